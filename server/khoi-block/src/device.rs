@@ -119,8 +119,8 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
 
     /// Describe a read as file ranges and zero runs, in order, covering exactly
-    /// `len` bytes. The default reads into memory, which is correct for devices
-    /// whose data does not live in files.
+    /// `len` bytes. Devices whose data does not live in files return no
+    /// `File` segments; frontends then fall back to [`BlockDevice::read_at`].
     fn read_plan(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>>;
 
     fn write_at(&self, buf: &[u8], offset: u64, flags: WriteFlags) -> Result<()>;
