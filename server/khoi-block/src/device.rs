@@ -74,12 +74,15 @@ pub enum ReadSegment {
     File { file: Arc<File>, offset: u64, len: u64 },
     /// `len` bytes of zeroes.
     Zero { len: u64 },
+    /// Bytes already in memory (test doubles, read-modify-write results).
+    Mem(Vec<u8>),
 }
 
 impl ReadSegment {
     pub fn len(&self) -> u64 {
         match self {
             ReadSegment::File { len, .. } | ReadSegment::Zero { len } => *len,
+            ReadSegment::Mem(v) => v.len() as u64,
         }
     }
 
@@ -119,8 +122,7 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
 
     /// Describe a read as file ranges and zero runs, in order, covering exactly
-    /// `len` bytes. Devices whose data does not live in files return no
-    /// `File` segments; frontends then fall back to [`BlockDevice::read_at`].
+    /// `len` bytes. Devices whose data does not live in files return `Mem`.
     fn read_plan(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>>;
 
     fn write_at(&self, buf: &[u8], offset: u64, flags: WriteFlags) -> Result<()>;
