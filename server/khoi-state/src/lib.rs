@@ -1,1 +1,522 @@
-//! khoi-state
+//! Khoi's mutable state in SQLite: seats and the audit/event log.
+//!
+//! Image bytes, layer stacks and version manifests belong to the block store
+//! (`khoi-block`), which keeps them next to the data they describe so a
+//! publish is one atomic rename there. This database holds what the admin
+//! decides (seats, assignments, policies) and what happened (events).
+//!
+//! One connection behind a mutex: every statement here is a small indexed
+//! lookup or insert, far off the block path, so there is no pool to tune.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("seat {0:?} does not exist")]
+    NoSuchSeat(String),
+    #[error("a seat named {0:?} already exists")]
+    SeatExists(String),
+    #[error("MAC address {mac} is already used by seat {seat:?}")]
+    MacInUse { mac: String, seat: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("state database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("state database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("state database was written by a newer Khoi (schema {found}, this build knows {known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// When a seat's overlay is thrown away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResetPolicy {
+    /// At every boot (the boot-script fetch) and at the nightly reset.
+    OnBoot,
+    /// Only at the nightly reset.
+    Nightly,
+    /// Only when the admin resets it.
+    Persistent,
+}
+
+impl ResetPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetPolicy::OnBoot => "on-boot",
+            ResetPolicy::Nightly => "nightly",
+            ResetPolicy::Persistent => "persistent",
+        }
+    }
+}
+
+impl fmt::Display for ResetPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ResetPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on-boot" => Ok(ResetPolicy::OnBoot),
+            "nightly" => Ok(ResetPolicy::Nightly),
+            "persistent" => Ok(ResetPolicy::Persistent),
+            other => Err(format!(
+                "unknown reset policy {other:?} (expected on-boot, nightly or persistent)"
+            )),
+        }
+    }
+}
+
+/// A MAC address in canonical lower-case colon form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+    /// Accepts `aa:bb:cc:dd:ee:ff`, `aa-bb-…` and bare `aabbccddeeff`, any case,
+    /// because admins copy MACs from stickers, Windows and switch tables.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hex: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
+        let bad = || format!("{s:?} is not a MAC address (expected like 52:54:00:12:34:56)");
+        if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut out = [0u8; 6];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seat {
+    pub name: String,
+    pub mac: String,
+    pub image: String,
+    /// `None` follows the image's current version.
+    pub pinned_version: Option<u32>,
+    /// The version the seat's overlay is made against; it changes only at a
+    /// reset (boot, nightly, or admin), never under a running seat.
+    pub active_version: Option<u32>,
+    pub policy: ResetPolicy,
+    /// Overlay quota in bytes; 0 means the server default.
+    pub quota: u64,
+    pub chap_user: String,
+    pub chap_secret: String,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSeat {
+    pub name: String,
+    pub mac: Mac,
+    pub image: String,
+    pub pinned_version: Option<u32>,
+    pub policy: ResetPolicy,
+    pub quota: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    /// Unix seconds.
+    pub ts: i64,
+    /// Machine-readable kind, e.g. `seat.add`, `seat.reset`, `overlay.quota`.
+    pub kind: String,
+    /// Who: `local:<user>`, a web user name, or `khoi` for the server itself.
+    pub actor: String,
+    /// From where: a socket address, `cli`, or `-`.
+    pub source: String,
+    /// What it is about: a seat, image or MAC.
+    pub subject: String,
+    pub detail: String,
+}
+
+/// An event to record; the id and time are assigned on insert.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub kind: &'a str,
+    pub actor: &'a str,
+    pub source: &'a str,
+    pub subject: &'a str,
+    pub detail: &'a str,
+}
+
+/// Migrations in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE seats (
+    name TEXT PRIMARY KEY,
+    mac TEXT NOT NULL UNIQUE,
+    image TEXT NOT NULL,
+    pinned_version INTEGER,
+    active_version INTEGER,
+    policy TEXT NOT NULL CHECK (policy IN ('on-boot', 'nightly', 'persistent')),
+    quota INTEGER NOT NULL DEFAULT 0,
+    chap_user TEXT NOT NULL,
+    chap_secret TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    source TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX events_ts ON events (ts);
+CREATE INDEX events_subject ON events (subject);
+"#];
+
+#[derive(Debug)]
+pub struct State {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Seat names become iSCSI IQN suffixes, NBD export names and file names, so
+/// they are kept to characters that are safe in all three.
+pub fn validate_name(field: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::Invalid {
+            field,
+            reason: format!(
+                "{name:?}: use 1-64 characters a-z, 0-9, '-' and '.', not starting with '-' or '.'"
+            ),
+        })
+    }
+}
+
+/// A CHAP secret the Microsoft initiator accepts (it demands 12-16 characters).
+fn generate_secret() -> Result<String> {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| StateError::Invalid {
+        field: "chap_secret",
+        reason: format!("no randomness available: {e}"),
+    })?;
+    Ok(raw
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}
+
+fn seat_from_row(row: &Row<'_>) -> rusqlite::Result<Seat> {
+    let policy: String = row.get("policy")?;
+    Ok(Seat {
+        name: row.get("name")?,
+        mac: row.get("mac")?,
+        image: row.get("image")?,
+        pinned_version: row.get("pinned_version")?,
+        active_version: row.get("active_version")?,
+        // The CHECK constraint keeps anything else out of the column.
+        policy: policy.parse().unwrap_or(ResetPolicy::OnBoot),
+        quota: row.get::<_, i64>("quota")?.try_into().unwrap_or(0),
+        chap_user: row.get("chap_user")?,
+        chap_secret: row.get("chap_secret")?,
+        created: row.get("created")?,
+    })
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: row.get("id")?,
+        ts: row.get("ts")?,
+        kind: row.get("kind")?,
+        actor: row.get("actor")?,
+        source: row.get("source")?,
+        subject: row.get("subject")?,
+        detail: row.get("detail")?,
+    })
+}
+
+fn quota_param(q: u64) -> i64 {
+    i64::try_from(q).unwrap_or(i64::MAX)
+}
+
+impl State {
+    /// Open (creating and migrating as needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<State> {
+        let conn = Connection::open(path).map_err(|source| StateError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::init(conn)
+    }
+
+    pub fn open_in_memory() -> Result<State> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<State> {
+        // WAL lets the admin page read while the server records events;
+        // synchronous=FULL because an acknowledged admin change must survive
+        // a power cut like a flushed seat write does.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+        if version > known {
+            return Err(StateError::TooNew {
+                found: version,
+                known,
+            });
+        }
+        let start = usize::try_from(version).unwrap_or(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(start) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+            tx.commit()?;
+        }
+        Ok(State {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn add_seat(&self, new: &NewSeat) -> Result<Seat> {
+        validate_name("name", &new.name)?;
+        let mac = new.mac.to_string();
+        let secret = generate_secret()?;
+        let conn = self.conn.lock();
+        if let Some(seat) = conn
+            .query_row("SELECT name FROM seats WHERE mac = ?1", [&mac], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+        {
+            return Err(StateError::MacInUse { mac, seat });
+        }
+        let inserted = conn.execute(
+            "INSERT INTO seats (name, mac, image, pinned_version, active_version, policy, quota,
+                                chap_user, chap_secret, created)
+             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (name) DO NOTHING",
+            params![
+                new.name,
+                mac,
+                new.image,
+                new.pinned_version,
+                new.policy.as_str(),
+                quota_param(new.quota),
+                new.name,
+                secret,
+                now()
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(StateError::SeatExists(new.name.clone()));
+        }
+        drop(conn);
+        self.seat(&new.name)
+    }
+
+    pub fn seat(&self, name: &str) -> Result<Seat> {
+        self.conn
+            .lock()
+            .query_row("SELECT * FROM seats WHERE name = ?1", [name], seat_from_row)
+            .optional()?
+            .ok_or_else(|| StateError::NoSuchSeat(name.to_string()))
+    }
+
+    pub fn seat_by_mac(&self, mac: Mac) -> Result<Option<Seat>> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT * FROM seats WHERE mac = ?1",
+                [mac.to_string()],
+                seat_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn seats(&self) -> Result<Vec<Seat>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached("SELECT * FROM seats ORDER BY name")?;
+        let rows = stmt.query_map([], seat_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn seats_on_image(&self, image: &str) -> Result<Vec<Seat>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached("SELECT * FROM seats WHERE image = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([image], seat_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Record the version a seat's overlay is now made against.
+    pub fn set_active_version(&self, seat: &str, version: Option<u32>) -> Result<()> {
+        let n = self.conn.lock().execute(
+            "UPDATE seats SET active_version = ?2 WHERE name = ?1",
+            params![seat, version],
+        )?;
+        if n == 0 {
+            return Err(StateError::NoSuchSeat(seat.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn remove_seat(&self, seat: &str) -> Result<()> {
+        let n = self
+            .conn
+            .lock()
+            .execute("DELETE FROM seats WHERE name = ?1", [seat])?;
+        if n == 0 {
+            return Err(StateError::NoSuchSeat(seat.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn record(&self, ev: &NewEvent<'_>) -> Result<i64> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT INTO events (ts, kind, actor, source, subject, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![now(), ev.kind, ev.actor, ev.source, ev.subject, ev.detail],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Most recent events first; `subject` filters to one seat/image/MAC.
+    pub fn events(&self, subject: Option<&str>, limit: u32) -> Result<Vec<Event>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT * FROM events WHERE (?1 IS NULL OR subject = ?1)
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![subject, limit], event_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seat(name: &str, mac: &str) -> NewSeat {
+        NewSeat {
+            name: name.into(),
+            mac: mac.parse().expect("valid mac"),
+            image: "win10".into(),
+            pinned_version: None,
+            policy: ResetPolicy::OnBoot,
+            quota: 0,
+        }
+    }
+
+    #[test]
+    fn mac_forms() {
+        let m: Mac = "52-54-00-AB-cd-01".parse().expect("dash form");
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:01");
+        assert_eq!("525400abcd01".parse::<Mac>(), Ok(m));
+        assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
+        assert!("52:54:00:ab:cd:zz".parse::<Mac>().is_err());
+    }
+
+    #[test]
+    fn seat_lifecycle_and_uniqueness() {
+        let st = State::open_in_memory().expect("db");
+        let s = st.add_seat(&seat("quay-01", "52:54:00:00:00:01")).expect("add");
+        assert_eq!(s.chap_user, "quay-01");
+        assert_eq!(s.chap_secret.len(), 16);
+        assert!(matches!(
+            st.add_seat(&seat("quay-01", "52:54:00:00:00:02")),
+            Err(StateError::SeatExists(_))
+        ));
+        assert!(matches!(
+            st.add_seat(&seat("quay-02", "52:54:00:00:00:01")),
+            Err(StateError::MacInUse { .. })
+        ));
+        assert!(matches!(
+            st.add_seat(&seat("Bad/Name", "52:54:00:00:00:03")),
+            Err(StateError::Invalid { field: "name", .. })
+        ));
+        let by_mac = st
+            .seat_by_mac("52:54:00:00:00:01".parse().expect("mac"))
+            .expect("query");
+        assert_eq!(by_mac.map(|s| s.name), Some("quay-01".into()));
+        st.set_active_version("quay-01", Some(3)).expect("set");
+        assert_eq!(st.seat("quay-01").expect("get").active_version, Some(3));
+        st.remove_seat("quay-01").expect("remove");
+        assert!(matches!(st.seat("quay-01"), Err(StateError::NoSuchSeat(_))));
+        assert!(st.seats().expect("list").is_empty());
+    }
+
+    #[test]
+    fn events_newest_first_and_filtered() {
+        let st = State::open_in_memory().expect("db");
+        for (kind, subject) in [("a", "s1"), ("b", "s2"), ("c", "s1")] {
+            st.record(&NewEvent {
+                kind,
+                actor: "khoi",
+                source: "-",
+                subject,
+                detail: "",
+            })
+            .expect("record");
+        }
+        let all = st.events(None, 10).expect("events");
+        assert_eq!(
+            all.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["c", "b", "a"]
+        );
+        let s1 = st.events(Some("s1"), 10).expect("events");
+        assert_eq!(s1.len(), 2);
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("khoi.db");
+        {
+            let st = State::open(&path).expect("open");
+            st.add_seat(&seat("a", "02:00:00:00:00:01")).expect("add");
+        }
+        let st = State::open(&path).expect("reopen");
+        assert_eq!(st.seats().expect("list").len(), 1);
+    }
+}
