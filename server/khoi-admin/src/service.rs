@@ -1,0 +1,653 @@
+//! The operations an administrator can perform, each one a typed call that
+//! the block store and the state database execute, and each one audited.
+//!
+//! Every frontend (the local CLI socket today, the web page later, the
+//! protocol servers when they open a seat) goes through here, so the rules
+//! live in one place: which version a seat runs, what may be deleted, what is
+//! recorded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use khoi_block::{Overlay, Store, StoreError, VersionDevice};
+use khoi_state::{Mac, NewEvent, NewSeat, ResetPolicy, Seat, State, StateError};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// Who asked, and from where: recorded with every change.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub source: String,
+}
+
+impl Actor {
+    pub fn server() -> Actor {
+        Actor {
+            name: "khoi".into(),
+            source: "-".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        ServiceError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => ServiceError::NotFound(e.to_string()),
+            StoreError::Exists(_) | StoreError::InUse(_) => ServiceError::Conflict(e.to_string()),
+            StoreError::InvalidName { .. } => ServiceError::invalid("name", e.to_string()),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<StateError> for ServiceError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::NoSuchSeat(_) => ServiceError::NotFound(e.to_string()),
+            StateError::SeatExists(_) | StateError::MacInUse { .. } => {
+                ServiceError::Conflict(e.to_string())
+            }
+            StateError::Invalid { field, reason } => ServiceError::invalid(field, reason),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// Settings the service needs from the server config.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub data_dir: PathBuf,
+    pub default_seat_quota: u64,
+    pub target_prefix: String,
+    /// The iSCSI portal seats are told to use (`None` when iSCSI is off).
+    pub iscsi_portal: Option<String>,
+    pub nbd_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageView {
+    pub name: String,
+    pub size: u64,
+    pub current: u32,
+    pub latest: u32,
+    pub versions: usize,
+    pub has_draft: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionView {
+    pub number: u32,
+    pub current: bool,
+    pub note: String,
+    pub author: String,
+    pub created: i64,
+    pub size: u64,
+    pub delta_bytes: u64,
+    pub layers: usize,
+    /// Seats whose overlay is on this version or that are pinned to it.
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SeatView {
+    pub name: String,
+    pub mac: String,
+    pub image: String,
+    /// `null` follows the image's current version.
+    pub pinned_version: Option<u32>,
+    /// The version the seat runs until its next reset.
+    pub active_version: Option<u32>,
+    pub policy: ResetPolicy,
+    pub quota: u64,
+    pub overlay_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SeatDetails {
+    #[serde(flatten)]
+    pub seat: SeatView,
+    pub target_iqn: String,
+    pub portal: Option<String>,
+    pub lun: u32,
+    pub chap_user: String,
+    pub chap_secret: String,
+    pub nbd_export: String,
+    pub nbd_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddSeat {
+    pub name: String,
+    pub mac: String,
+    pub image: String,
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub policy: Option<ResetPolicy>,
+    /// Overlay quota in bytes; absent means the server default.
+    #[serde(default)]
+    pub quota: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResetReport {
+    pub reset: Vec<String>,
+}
+
+/// An export the NBD server can offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportName {
+    Seat(String),
+    Version(String, u32),
+    Draft(String),
+}
+
+impl ExportName {
+    pub fn parse(name: &str) -> Option<ExportName> {
+        let (kind, rest) = name.split_once('/')?;
+        match kind {
+            "seat" => Some(ExportName::Seat(rest.into())),
+            "draft" => Some(ExportName::Draft(rest.into())),
+            "image" => {
+                let (image, n) = rest.rsplit_once('@')?;
+                Some(ExportName::Version(image.into(), n.parse().ok()?))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A device opened for a protocol frontend.
+#[derive(Debug, Clone)]
+pub enum Opened {
+    Overlay(Arc<Overlay>),
+    Version(Arc<VersionDevice>),
+}
+
+#[derive(Debug)]
+pub struct Service {
+    store: Arc<Store>,
+    state: Arc<State>,
+    config: ServiceConfig,
+    /// Admin changes are rare and must not interleave (a reset racing a
+    /// version delete could strand a seat), so they take turns.
+    admin: Mutex<()>,
+}
+
+impl Service {
+    pub fn new(store: Arc<Store>, state: Arc<State>, config: ServiceConfig) -> Service {
+        Service {
+            store,
+            state,
+            config,
+            admin: Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    fn audit(&self, actor: &Actor, kind: &str, subject: &str, detail: &str) {
+        let ev = NewEvent {
+            kind,
+            actor: &actor.name,
+            source: &actor.source,
+            subject,
+            detail,
+        };
+        if let Err(e) = self.state.record(&ev) {
+            // The change itself succeeded; losing its audit line must be
+            // loud but must not undo or fail the change.
+            tracing::error!(kind, subject, "cannot record audit event: {e}");
+        }
+    }
+
+    // ---- images ----
+
+    pub fn staging_dir(&self) -> PathBuf {
+        self.store.staging_dir()
+    }
+
+    pub fn images(&self) -> Vec<ImageView> {
+        self.store
+            .list_images()
+            .into_iter()
+            .map(|i| ImageView {
+                name: i.name,
+                size: i.size,
+                current: i.current,
+                latest: i.latest,
+                versions: i.versions,
+                has_draft: i.has_draft,
+            })
+            .collect()
+    }
+
+    /// Adopt a file the CLI prepared in the staging folder as a new image (or
+    /// a new version of an existing one).
+    pub fn import(
+        &self,
+        actor: &Actor,
+        name: &str,
+        staged: &str,
+        note: &str,
+    ) -> Result<VersionView> {
+        // Only a bare file name: the CLI writes into staging, and nothing
+        // else on the server may be turned into an image through this call.
+        if staged.is_empty() || staged.contains('/') || staged.starts_with('.') {
+            return Err(ServiceError::invalid(
+                "staged",
+                format!("{staged:?} must be a file name inside the staging folder"),
+            ));
+        }
+        let path = self.store.staging_dir().join(staged);
+        if !path.is_file() {
+            return Err(ServiceError::invalid(
+                "staged",
+                format!("{} does not exist", path.display()),
+            ));
+        }
+        let _g = self.admin.lock();
+        let v = self.store.import_image(name, &path, note, &actor.name)?;
+        self.audit(
+            actor,
+            "image.import",
+            name,
+            &format!("version {} ({} bytes): {note}", v.number, v.size),
+        );
+        drop(_g);
+        self.version(name, v.number)
+    }
+
+    fn version(&self, image: &str, n: u32) -> Result<VersionView> {
+        self.versions(image)?
+            .into_iter()
+            .find(|v| v.number == n)
+            .ok_or_else(|| ServiceError::NotFound(format!("image {image:?} has no version {n}")))
+    }
+
+    pub fn versions(&self, image: &str) -> Result<Vec<VersionView>> {
+        let current = self.store.current_version(image)?;
+        let seats = self.state.seats_on_image(image)?;
+        Ok(self
+            .store
+            .versions(image)?
+            .into_iter()
+            .map(|v| VersionView {
+                number: v.number,
+                current: v.number == current,
+                note: v.note,
+                author: v.author,
+                created: v.created,
+                size: v.size,
+                delta_bytes: v.delta_bytes,
+                layers: v.layers.len(),
+                used_by: seats
+                    .iter()
+                    .filter(|s| {
+                        s.active_version == Some(v.number) || s.pinned_version == Some(v.number)
+                    })
+                    .map(|s| s.name.clone())
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Make version `n` current again; seats following the image pick it up
+    /// at their next reset, never under a running system.
+    pub fn rollback(&self, actor: &Actor, image: &str, n: u32) -> Result<VersionView> {
+        let _g = self.admin.lock();
+        let before = self.store.current_version(image)?;
+        self.store.set_current(image, n)?;
+        self.audit(
+            actor,
+            "image.rollback",
+            image,
+            &format!("current version {before} -> {n}"),
+        );
+        drop(_g);
+        self.version(image, n)
+    }
+
+    pub fn delete_version(&self, actor: &Actor, image: &str, n: u32) -> Result<()> {
+        let _g = self.admin.lock();
+        let users: Vec<String> = self
+            .state
+            .seats_on_image(image)?
+            .into_iter()
+            .filter(|s| s.active_version == Some(n) || s.pinned_version == Some(n))
+            .map(|s| s.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(ServiceError::Conflict(format!(
+                "version {n} of {image:?} is used by seats {}; reset or re-pin them first",
+                users.join(", ")
+            )));
+        }
+        self.store.delete_version(image, n)?;
+        self.audit(actor, "image.version.delete", image, &format!("version {n}"));
+        Ok(())
+    }
+
+    pub fn delete_image(&self, actor: &Actor, image: &str) -> Result<()> {
+        let _g = self.admin.lock();
+        let seats = self.state.seats_on_image(image)?;
+        if !seats.is_empty() {
+            let names: Vec<_> = seats.into_iter().map(|s| s.name).collect();
+            return Err(ServiceError::Conflict(format!(
+                "image {image:?} is assigned to seats {}",
+                names.join(", ")
+            )));
+        }
+        self.store.delete_image(image)?;
+        self.audit(actor, "image.delete", image, "");
+        Ok(())
+    }
+
+    // ---- drafts ----
+
+    pub fn draft_open(&self, actor: &Actor, image: &str) -> Result<()> {
+        let _g = self.admin.lock();
+        let existed = self.store.draft(image).is_some();
+        self.store.open_draft(image)?;
+        if !existed {
+            let base = self.store.current_version(image)?;
+            self.audit(
+                actor,
+                "draft.open",
+                image,
+                &format!("over version {base}"),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn draft_publish(&self, actor: &Actor, image: &str, note: &str) -> Result<VersionView> {
+        if note.trim().is_empty() {
+            return Err(ServiceError::invalid(
+                "note",
+                "say what changed in this version (it goes into the version list and the audit log)",
+            ));
+        }
+        let _g = self.admin.lock();
+        let v = self.store.publish_draft(image, note, &actor.name)?;
+        self.audit(
+            actor,
+            "draft.publish",
+            image,
+            &format!("version {}: {note}", v.number),
+        );
+        drop(_g);
+        self.version(image, v.number)
+    }
+
+    pub fn draft_discard(&self, actor: &Actor, image: &str) -> Result<()> {
+        let _g = self.admin.lock();
+        self.store.discard_draft(image)?;
+        self.audit(actor, "draft.discard", image, "");
+        Ok(())
+    }
+
+    // ---- seats ----
+
+    fn target_version(&self, seat: &Seat) -> Result<u32> {
+        match seat.pinned_version {
+            Some(n) => Ok(n),
+            None => Ok(self.store.current_version(&seat.image)?),
+        }
+    }
+
+    fn quota(&self, seat: &Seat) -> u64 {
+        if seat.quota == 0 {
+            self.config.default_seat_quota
+        } else {
+            seat.quota
+        }
+    }
+
+    fn view(&self, seat: Seat) -> SeatView {
+        let overlay_bytes = self
+            .store
+            .seat_usage(&seat.name)
+            .map_or(0, |u| u.allocated);
+        let quota = self.quota(&seat);
+        SeatView {
+            name: seat.name,
+            mac: seat.mac,
+            image: seat.image,
+            pinned_version: seat.pinned_version,
+            active_version: seat.active_version,
+            policy: seat.policy,
+            quota,
+            overlay_bytes,
+        }
+    }
+
+    pub fn add_seat(&self, actor: &Actor, req: &AddSeat) -> Result<SeatView> {
+        let mac: Mac = req
+            .mac
+            .parse()
+            .map_err(|e: String| ServiceError::invalid("mac", e))?;
+        let _g = self.admin.lock();
+        let versions = self.store.versions(&req.image)?;
+        if let Some(n) = req.version
+            && !versions.iter().any(|v| v.number == n)
+        {
+            return Err(ServiceError::invalid(
+                "version",
+                format!("image {:?} has no version {n}", req.image),
+            ));
+        }
+        let seat = self.state.add_seat(&NewSeat {
+            name: req.name.clone(),
+            mac,
+            image: req.image.clone(),
+            pinned_version: req.version,
+            policy: req.policy.unwrap_or(ResetPolicy::OnBoot),
+            quota: req.quota.unwrap_or(0),
+        })?;
+        self.audit(
+            actor,
+            "seat.add",
+            &seat.name,
+            &format!(
+                "mac {} image {} version {} policy {}",
+                seat.mac,
+                seat.image,
+                seat.pinned_version
+                    .map_or_else(|| "latest".to_string(), |n| n.to_string()),
+                seat.policy
+            ),
+        );
+        Ok(self.view(seat))
+    }
+
+    pub fn seats(&self) -> Result<Vec<SeatView>> {
+        Ok(self
+            .state
+            .seats()?
+            .into_iter()
+            .map(|s| self.view(s))
+            .collect())
+    }
+
+    pub fn seat(&self, name: &str) -> Result<SeatDetails> {
+        let seat = self.state.seat(name)?;
+        let target_iqn = format!("{}:{}", self.config.target_prefix, seat.name);
+        let (chap_user, chap_secret) = (seat.chap_user.clone(), seat.chap_secret.clone());
+        let nbd_export = format!("seat/{}", seat.name);
+        Ok(SeatDetails {
+            seat: self.view(seat),
+            target_iqn,
+            portal: self.config.iscsi_portal.clone(),
+            lun: 0,
+            chap_user,
+            chap_secret,
+            nbd_export,
+            nbd_address: self.config.nbd_address.clone(),
+        })
+    }
+
+    pub fn remove_seat(&self, actor: &Actor, name: &str) -> Result<()> {
+        let _g = self.admin.lock();
+        self.state.seat(name)?;
+        self.store.remove_seat(name)?;
+        self.state.remove_seat(name)?;
+        self.audit(actor, "seat.remove", name, "");
+        Ok(())
+    }
+
+    /// Throw a seat's overlay away and move it to the version it should run
+    /// (its pin, or the image's current version). Live connections to the
+    /// old overlay fail from now on, so stale sessions drop.
+    pub fn reset_seat(&self, actor: &Actor, name: &str) -> Result<SeatView> {
+        let _g = self.admin.lock();
+        let seat = self.reset_locked(actor, name)?;
+        Ok(self.view(seat))
+    }
+
+    fn reset_locked(&self, actor: &Actor, name: &str) -> Result<Seat> {
+        let seat = self.state.seat(name)?;
+        let target = self.target_version(&seat)?;
+        self.store.reset_seat(name)?;
+        self.state.set_active_version(name, Some(target))?;
+        let detail = match seat.active_version {
+            Some(old) if old != target => format!("now on version {target} (was {old})"),
+            _ => format!("on version {target}"),
+        };
+        self.audit(actor, "seat.reset", name, &detail);
+        self.state.seat(name).map_err(Into::into)
+    }
+
+    pub fn reset_all(&self, actor: &Actor) -> Result<ResetReport> {
+        let _g = self.admin.lock();
+        let mut reset = Vec::new();
+        for seat in self.state.seats()? {
+            self.reset_locked(actor, &seat.name)?;
+            reset.push(seat.name);
+        }
+        Ok(ResetReport { reset })
+    }
+
+    /// Open a seat's overlay for a protocol frontend. A seat that never ran
+    /// starts on its target version; afterwards it stays on its active
+    /// version until reset.
+    pub fn open_seat(&self, name: &str) -> Result<Arc<Overlay>> {
+        let _g = self.admin.lock();
+        let seat = self.state.seat(name)?;
+        let version = match seat.active_version {
+            Some(v) => v,
+            None => {
+                let v = self.target_version(&seat)?;
+                self.state.set_active_version(name, Some(v))?;
+                v
+            }
+        };
+        let quota = self.quota(&seat);
+        Ok(self
+            .store
+            .seat_overlay(name, &seat.image, version, quota)?)
+    }
+
+    pub fn open_export(&self, name: &ExportName) -> Result<Opened> {
+        match name {
+            ExportName::Seat(s) => self.open_seat(s).map(Opened::Overlay),
+            ExportName::Version(image, n) => Ok(Opened::Version(self.store.open_version(image, *n)?)),
+            ExportName::Draft(image) => self.store.draft(image).map(Opened::Overlay).ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "image {image:?} has no open draft (open one with: khoi draft open {image})"
+                ))
+            }),
+        }
+    }
+
+    /// Every export name, for NBD_OPT_LIST.
+    pub fn export_names(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Ok(seats) = self.state.seats() {
+            for s in seats {
+                let desc = format!("seat {} ({})", s.name, s.image);
+                out.push((format!("seat/{}", s.name), desc));
+            }
+        }
+        for img in self.store.list_images() {
+            if let Ok(vs) = self.store.versions(&img.name) {
+                for v in vs {
+                    out.push((
+                        format!("image/{}@{}", img.name, v.number),
+                        format!("{} version {} (read-only)", img.name, v.number),
+                    ));
+                }
+            }
+            if img.has_draft {
+                out.push((
+                    format!("draft/{}", img.name),
+                    format!("maintenance draft of {}", img.name),
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_names_parse() {
+        assert_eq!(
+            ExportName::parse("seat/quay-01"),
+            Some(ExportName::Seat("quay-01".into()))
+        );
+        assert_eq!(
+            ExportName::parse("image/win10@3"),
+            Some(ExportName::Version("win10".into(), 3))
+        );
+        assert_eq!(
+            ExportName::parse("draft/win10"),
+            Some(ExportName::Draft("win10".into()))
+        );
+        assert_eq!(ExportName::parse("image/win10"), None);
+        assert_eq!(ExportName::parse("image/win10@x"), None);
+        assert_eq!(ExportName::parse(""), None);
+        assert_eq!(ExportName::parse("other/x"), None);
+    }
+}

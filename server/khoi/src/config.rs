@@ -1,0 +1,306 @@
+//! Server settings from YAML. Every key has a default, so no file at all is
+//! the embedded default: state under `./var/khoi`, every listener on loopback.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the state database, images and overlays live.
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub storage: Storage,
+    pub iscsi: Iscsi,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// NBD export address; `null` turns NBD off.
+    pub nbd: Option<SocketAddr>,
+    /// iSCSI portal address; `null` turns the target off.
+    pub iscsi: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Writes that need new overlay space fail once the data filesystem has
+    /// less than this free, so one runaway seat cannot fill the server's disk.
+    pub free_space_floor: Size,
+    /// Overlay quota for seats that do not set their own (0 = unlimited).
+    pub default_seat_quota: Size,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Iscsi {
+    /// Target IQNs are `<target_prefix>:<seat>`.
+    pub target_prefix: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("var/khoi"),
+            listen: Listen::default(),
+            storage: Storage::default(),
+            iscsi: Iscsi::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            nbd: Some(SocketAddr::from(([127, 0, 0, 1], 10809))),
+            iscsi: Some(SocketAddr::from(([127, 0, 0, 1], 3260))),
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            free_space_floor: Size(2 << 30),
+            default_seat_quota: Size(20 << 30),
+        }
+    }
+}
+
+impl Default for Iscsi {
+    fn default() -> Self {
+        Iscsi {
+            target_prefix: "iqn.2025-07.vn.khoi".into(),
+        }
+    }
+}
+
+/// A byte count written as a number or with a binary unit (`512MiB`, `20G`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (examples: 4096, 512MiB, 20GiB)"))?;
+        let shift = match unit.trim() {
+            "" | "B" => 0,
+            "K" | "KiB" => 10,
+            "M" | "MiB" => 20,
+            "G" | "GiB" => 30,
+            "T" | "TiB" => 40,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB or TiB)"
+                ));
+            }
+        };
+        n.checked_mul(1u64 << shift)
+            .map(Size)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+        for (unit, shift) in UNITS {
+            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A config error that names the file, line, column and key.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        // An empty file (or only comments) means "all defaults", which the
+        // YAML deserializer would otherwise reject as a null document.
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Ok(Config::default());
+        }
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                key: key_at(text, line),
+                message: first_line(&e.to_string()),
+            }
+        })?;
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let fail = |key: &str, message: String| {
+            let line = find_key_line(text, key);
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                column: 1,
+                key: Some(key.to_string()),
+                message,
+            }
+        };
+        let p = &self.iscsi.target_prefix;
+        if !p.starts_with("iqn.") || p.contains(char::is_whitespace) || p.ends_with(':') {
+            return Err(fail(
+                "target_prefix",
+                format!("{p:?} is not an IQN prefix (like iqn.2025-07.vn.khoi)"),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(fail("data_dir", "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The YAML key on `line` (1-based), to name the field in a type error.
+fn key_at(text: &str, line: u64) -> Option<String> {
+    let idx = usize::try_from(line.checked_sub(1)?).ok()?;
+    let l = text.lines().nth(idx)?;
+    let (key, _) = l.split_once(':')?;
+    let key = key.trim().trim_start_matches("- ");
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+fn find_key_line(text: &str, key: &str) -> u64 {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+        .map_or(0, |i| u64::try_from(i + 1).unwrap_or(0))
+}
+
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or(s);
+    // saphyr prefixes "error: line L column C: "; we print our own location.
+    match l.find(": ") {
+        Some(i) if l.starts_with("error: line") => {
+            let rest = &l[i + 2..];
+            rest.split_once(": ").map_or(rest, |(_, m)| m).to_string()
+        }
+        _ => l.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("khoi.yaml"), text)
+    }
+
+    #[test]
+    fn empty_file_is_default_and_loopback() {
+        let c = parse("# nothing\n").expect("defaults");
+        assert_eq!(c, Config::default());
+        assert!(c.listen.nbd.expect("nbd on").ip().is_loopback());
+        assert!(c.listen.iscsi.expect("iscsi on").ip().is_loopback());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../config/khoi.example.yaml");
+        parse(text).expect("the shipped example must be valid");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column() {
+        let e = parse("listen:\n  nbd: 127.0.0.1:1\n  nbdd: 1\n").expect_err("unknown");
+        assert_eq!((e.line, e.column), (3, 3));
+        let msg = e.to_string();
+        assert!(msg.starts_with("khoi.yaml:3:3: "), "{msg}");
+        assert!(msg.contains("nbdd"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let e = parse("storage:\n  free_space_floor: 12 parsecs\n").expect_err("bad size");
+        assert_eq!(e.line, 2);
+        assert_eq!(e.key.as_deref(), Some("free_space_floor"));
+        assert!(e.to_string().contains("parsecs"), "{e}");
+        let e = parse("listen:\n  nbd: not-an-address\n").expect_err("bad addr");
+        assert_eq!(e.key.as_deref(), Some("nbd"));
+        let e = parse("iscsi:\n  target_prefix: bogus\n").expect_err("bad iqn");
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("target_prefix")));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("4096".parse::<Size>(), Ok(Size(4096)));
+        assert_eq!("20GiB".parse::<Size>(), Ok(Size(20 << 30)));
+        assert_eq!("512M".parse::<Size>(), Ok(Size(512 << 20)));
+        assert!("5 furlongs".parse::<Size>().is_err());
+        assert!("99999999999T".parse::<Size>().is_err());
+        assert_eq!(Size(20 << 30).to_string(), "20GiB");
+        let c = parse("storage:\n  default_seat_quota: 0\n  free_space_floor: 1GiB\n")
+            .expect("sizes");
+        assert_eq!(c.storage.free_space_floor, Size(1 << 30));
+    }
+}
