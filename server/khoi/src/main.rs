@@ -1,1 +1,344 @@
-fn main() {}
+//! Khoi: a diskless boot server for rooms of Windows workstations.
+
+mod cli;
+mod client;
+mod config;
+mod exports;
+mod import;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use khoi_admin::api::{ImportRequest, Info, PublishRequest, RollbackRequest};
+use khoi_admin::service::{AddSeat, ImageView, ResetReport, SeatDetails, SeatView, VersionView};
+use serde::Serialize;
+
+use crate::cli::{Cli, Command, ConfigCmd, DraftCmd, ImageCmd, SeatCmd};
+use crate::client::Client;
+use crate::config::{Config, Size};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("khoi: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = &cli.data {
+        config.data_dir.clone_from(dir);
+    }
+    Ok(config)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Config(ConfigCmd::Check { file }) = &cli.command {
+        let config = Config::load(file)?;
+        println!(
+            "{}: ok (data in {}, NBD {}, iSCSI {})",
+            file.display(),
+            config.data_dir.display(),
+            config.listen.nbd.map_or("off".into(), |a| a.to_string()),
+            config.listen.iscsi.map_or("off".into(), |a| a.to_string()),
+        );
+        return Ok(());
+    }
+    let config = load_config(&cli)?;
+    if let Command::Serve = cli.command {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("KHOI_LOG")
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .init();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            // Block I/O runs on the blocking pool; bound it so forty seats
+            // booting at once queue instead of spawning hundreds of threads.
+            .max_blocking_threads(64)
+            .build()?;
+        return rt.block_on(serve::run(config));
+    }
+    let client = Client::new(&serve::control_socket(&config.data_dir));
+    let out = Out { json: cli.json };
+    match cli.command {
+        Command::Serve | Command::Config(_) => unreachable!("handled above"),
+        Command::Image(cmd) => image(&client, &out, cmd),
+        Command::Draft(cmd) => draft(&client, &out, cmd),
+        Command::Seat(cmd) => seat(&client, &out, cmd),
+        Command::Events { subject, limit } => {
+            let mut path = format!("/v1/events?limit={limit}");
+            if let Some(s) = subject {
+                path.push_str(&format!("&subject={}", urlencode(&s)));
+            }
+            let events: Vec<khoi_state::Event> = client.get(&path)?;
+            out.print(&events, |events| {
+                for e in events.iter().rev() {
+                    println!(
+                        "{}  {:<22} {:<14} {:<16} {}",
+                        e.ts, e.kind, e.actor, e.subject, e.detail
+                    );
+                }
+            })
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            human(value);
+        }
+        Ok(())
+    }
+}
+
+fn print_versions(versions: &[VersionView]) {
+    println!(
+        "{:>4} {:<3} {:>10} {:>10}  {:<16} {:<12} NOTE",
+        "VER", "CUR", "SIZE", "DELTA", "AUTHOR", "USED BY"
+    );
+    for v in versions {
+        println!(
+            "{:>4} {:<3} {:>10} {:>10}  {:<16} {:<12} {}",
+            v.number,
+            if v.current { "*" } else { "" },
+            Size(v.size).to_string(),
+            Size(v.delta_bytes).to_string(),
+            v.author,
+            v.used_by.join(","),
+            v.note
+        );
+    }
+}
+
+fn image(client: &Client, out: &Out, cmd: ImageCmd) -> anyhow::Result<()> {
+    match cmd {
+        ImageCmd::Import { name, file, note } => {
+            let info: Info = client.get("/v1/info")?;
+            let mut staged = import::stage(&file, &PathBuf::from(&info.staging_dir))?;
+            let staged_name = staged
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("staged file has no name")?
+                .to_string();
+            let v: VersionView = client.post(
+                "/v1/images",
+                &ImportRequest {
+                    name: name.clone(),
+                    staged: staged_name,
+                    note,
+                },
+            )?;
+            // The server moved the file into the store.
+            staged.keep = true;
+            out.print(&v, |v| {
+                println!("imported {name} version {} ({})", v.number, Size(v.size));
+            })
+        }
+        ImageCmd::List => {
+            let images: Vec<ImageView> = client.get("/v1/images")?;
+            out.print(&images, |images| {
+                println!(
+                    "{:<20} {:>10} {:>8} {:>7} DRAFT",
+                    "IMAGE", "SIZE", "CURRENT", "LATEST"
+                );
+                for i in images {
+                    println!(
+                        "{:<20} {:>10} {:>8} {:>7} {}",
+                        i.name,
+                        Size(i.size).to_string(),
+                        i.current,
+                        i.latest,
+                        if i.has_draft { "open" } else { "-" }
+                    );
+                }
+            })
+        }
+        ImageCmd::Versions { name } => {
+            let v: Vec<VersionView> = client.get(&format!("/v1/images/{}/versions", urlencode(&name)))?;
+            out.print(&v, |v| print_versions(v))
+        }
+        ImageCmd::Rollback { name, to } => {
+            let v: VersionView = client.post(
+                &format!("/v1/images/{}/rollback", urlencode(&name)),
+                &RollbackRequest { to },
+            )?;
+            out.print(&v, |v| {
+                println!(
+                    "{name}: version {} is current; seats following it move at their next reset",
+                    v.number
+                );
+            })
+        }
+        ImageCmd::DeleteVersion { name, version } => {
+            let r: () = client.delete(&format!(
+                "/v1/images/{}/versions/{version}",
+                urlencode(&name)
+            ))?;
+            out.print(&r, |_| println!("deleted {name} version {version}"))
+        }
+        ImageCmd::Delete { name } => {
+            let r: () = client.delete(&format!("/v1/images/{}", urlencode(&name)))?;
+            out.print(&r, |_| println!("deleted image {name}"))
+        }
+    }
+}
+
+fn draft(client: &Client, out: &Out, cmd: DraftCmd) -> anyhow::Result<()> {
+    match cmd {
+        DraftCmd::Open { image } => {
+            let r: () = client.post(&format!("/v1/images/{}/draft", urlencode(&image)), &())?;
+            out.print(&r, |_| {
+                println!("draft of {image} is open: NBD export draft/{image}");
+            })
+        }
+        DraftCmd::Publish { image, note } => {
+            let v: VersionView = client.post(
+                &format!("/v1/images/{}/draft/publish", urlencode(&image)),
+                &PublishRequest { note },
+            )?;
+            out.print(&v, |v| println!("published {image} version {}", v.number))
+        }
+        DraftCmd::Discard { image } => {
+            let r: () = client.delete(&format!("/v1/images/{}/draft", urlencode(&image)))?;
+            out.print(&r, |_| println!("discarded the draft of {image}"))
+        }
+    }
+}
+
+fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
+    match cmd {
+        SeatCmd::Add(a) => {
+            let quota = a
+                .quota
+                .as_deref()
+                .map(str::parse::<Size>)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--quota: {e}"))?;
+            let s: SeatView = client.post(
+                "/v1/seats",
+                &AddSeat {
+                    name: a.name,
+                    mac: a.mac,
+                    image: a.image,
+                    version: a.version,
+                    policy: Some(a.policy),
+                    quota: quota.map(|q| q.0),
+                },
+            )?;
+            out.print(&s, |s| {
+                println!(
+                    "added seat {} ({}) on {} {}; see its iSCSI login with: khoi seat show {}",
+                    s.name,
+                    s.mac,
+                    s.image,
+                    s.pinned_version
+                        .map_or_else(|| "(latest)".into(), |n| format!("version {n}")),
+                    s.name
+                );
+            })
+        }
+        SeatCmd::List => {
+            let seats: Vec<SeatView> = client.get("/v1/seats")?;
+            out.print(&seats, |seats| {
+                println!(
+                    "{:<16} {:<17} {:<14} {:>6} {:>6} {:<10} {:>21}",
+                    "SEAT", "MAC", "IMAGE", "PIN", "ACTIVE", "POLICY", "OVERLAY/QUOTA"
+                );
+                for s in seats {
+                    println!(
+                        "{:<16} {:<17} {:<14} {:>6} {:>6} {:<10} {:>21}",
+                        s.name,
+                        s.mac,
+                        s.image,
+                        s.pinned_version.map_or("latest".into(), |n| n.to_string()),
+                        s.active_version.map_or("-".into(), |n| n.to_string()),
+                        s.policy.as_str(),
+                        format!("{}/{}", Size(s.overlay_bytes), Size(s.quota)),
+                    );
+                }
+            })
+        }
+        SeatCmd::Show { name } => {
+            let d: SeatDetails = client.get(&format!("/v1/seats/{}", urlencode(&name)))?;
+            out.print(&d, |d| {
+                println!("seat:        {}", d.seat.name);
+                println!("mac:         {}", d.seat.mac);
+                println!(
+                    "image:       {} (pinned: {}, running: {})",
+                    d.seat.image,
+                    d.seat.pinned_version.map_or("latest".into(), |n| n.to_string()),
+                    d.seat.active_version.map_or("-".into(), |n| n.to_string())
+                );
+                println!("policy:      {}", d.seat.policy);
+                println!(
+                    "overlay:     {} of {}",
+                    Size(d.seat.overlay_bytes),
+                    Size(d.seat.quota)
+                );
+                println!("target:      {}", d.target_iqn);
+                println!("portal:      {}", d.portal.as_deref().unwrap_or("(iSCSI off)"));
+                println!("lun:         {}", d.lun);
+                println!("chap user:   {}", d.chap_user);
+                println!("chap secret: {}", d.chap_secret);
+                println!(
+                    "nbd:         nbd://{}/{}",
+                    d.nbd_address.as_deref().unwrap_or("(off)"),
+                    d.nbd_export
+                );
+            })
+        }
+        SeatCmd::Reset { name, all } => {
+            if all {
+                let r: ResetReport = client.post("/v1/reset-all", &())?;
+                out.print(&r, |r| println!("reset {} seats", r.reset.len()))
+            } else {
+                let name = name.context("give a seat name or --all")?;
+                let s: SeatView =
+                    client.post(&format!("/v1/seats/{}/reset", urlencode(&name)), &())?;
+                out.print(&s, |s| {
+                    println!(
+                        "reset {}: clean on version {}",
+                        s.name,
+                        s.active_version.map_or("-".into(), |n| n.to_string())
+                    );
+                })
+            }
+        }
+        SeatCmd::Remove { name } => {
+            let r: () = client.delete(&format!("/v1/seats/{}", urlencode(&name)))?;
+            out.print(&r, |_| println!("removed seat {name}"))
+        }
+    }
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install what Khoi needs on Debian 12: `setup.sh run` for the server,
+# `setup.sh test` for the server plus every real peer the tests drive.
+# Only installs what is missing, so it is cheap to call every time.
+set -euo pipefail
+
+mode=${1:-run}
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# qemu-img converts qcow2/vmdk/vhdx/vdi on import; ipxe provides the boot
+# binaries the TFTP server hands out.
+run_pkgs=(qemu-utils ipxe)
+# Real peers: NBD clients (libnbd-bin, fio, qemu-io), NBD peers for the
+# benchmark (nbdkit, qemu-nbd), iSCSI initiators (libiscsi-bin, qemu's
+# iscsi:// driver in qemu-block-extra) and tgt for the iSCSI benchmark.
+test_pkgs=(libnbd-bin nbdkit fio libiscsi-bin qemu-block-extra tgt iperf3 sqlite3)
+
+want=("${run_pkgs[@]}")
+[ "$mode" = test ] && want+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# qemu-block-extra must be the same build as qemu-utils, or qemu-img loses
+# its block drivers; some images ship a newer qemu-utils from backports than
+# the release has a qemu-block-extra for, so pin the whole qemu set to the
+# release when the versions disagree (see ../shared/reference/machine.md).
+qemu_mismatch=0
+if [ "$mode" = test ]; then
+    u=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    b=$(dpkg-query -W -f='${Version}' qemu-block-extra 2>/dev/null || true)
+    [ -n "$u" ] && [ "$u" != "$b" ] && qemu_mismatch=1
+fi
+
+if [ ${#missing[@]} -gt 0 ] || [ "$qemu_mismatch" = 1 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -q
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+    pkgs=()
+    for p in "${missing[@]}"; do
+        case "$p" in
+            qemu-utils|qemu-block-extra) ;;
+            *) pkgs+=("$p") ;;
+        esac
+    done
+    qemu=(qemu-utils/"$codename")
+    [ "$mode" = test ] && qemu+=(qemu-block-extra/"$codename")
+    as_root apt-get install -y -q --allow-downgrades "${pkgs[@]}" "${qemu[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found; install Rust from https://rustup.rs first" >&2
+    exit 1
+fi

@@ -1,0 +1,136 @@
+//! Command-line definitions. Every admin command talks to the running server
+//! through its control socket, so changes take effect at once and are audited
+//! exactly like changes made from the web page.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use khoi_state::ResetPolicy;
+
+#[derive(Debug, Parser)]
+#[command(name = "khoi", version, about = "Khoi diskless boot server")]
+pub struct Cli {
+    /// Server config (YAML). Without it, the embedded defaults apply.
+    #[arg(long, global = true, env = "KHOI_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data folder (overrides `data_dir` from the config).
+    #[arg(long, global = true, env = "KHOI_DATA")]
+    pub data: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve,
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Golden images and their versions.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Maintenance drafts: change an image, then publish it as a new version.
+    #[command(subcommand)]
+    Draft(DraftCmd),
+    /// Seats (the workstations that boot from Khoi).
+    #[command(subcommand)]
+    Seat(SeatCmd),
+    /// The audit and event log.
+    Events {
+        /// Only events about this seat, image or MAC.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Report unknown keys and bad values with file, line and column.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Import a disk image (raw as is; qcow2, vmdk, vhdx and vdi are converted).
+    /// Importing over an existing name adds a new version.
+    Import {
+        name: String,
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List images.
+    List,
+    /// List an image's versions.
+    Versions { name: String },
+    /// Make an earlier version current again (seats move at their next reset).
+    Rollback {
+        name: String,
+        #[arg(long)]
+        to: u32,
+    },
+    /// Delete one version (refused while a seat uses it or it is current).
+    DeleteVersion { name: String, version: u32 },
+    /// Delete an image with all its versions (refused while seats use it).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DraftCmd {
+    /// Open a maintenance draft over the image's current version (NBD export draft/IMAGE).
+    Open { image: String },
+    /// Publish the draft as the image's next version.
+    Publish {
+        image: String,
+        #[arg(long)]
+        note: String,
+    },
+    /// Throw the draft away.
+    Discard { image: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SeatCmd {
+    /// Register a seat.
+    Add(SeatAdd),
+    /// List seats.
+    List,
+    /// Show a seat with its iSCSI target, portal, LUN and CHAP credentials.
+    Show { name: String },
+    /// Throw away a seat's changes (or every seat's with --all).
+    Reset {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a seat and its overlay.
+    Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SeatAdd {
+    pub name: String,
+    #[arg(long)]
+    pub mac: String,
+    #[arg(long)]
+    pub image: String,
+    /// Pin a version; without it the seat follows the image's current version.
+    #[arg(long)]
+    pub version: Option<u32>,
+    #[arg(long, value_parser = parse_policy, default_value = "on-boot")]
+    pub policy: ResetPolicy,
+    /// Overlay quota, e.g. 20GiB (default: the server's default_seat_quota).
+    #[arg(long)]
+    pub quota: Option<String>,
+}
+
+fn parse_policy(s: &str) -> Result<ResetPolicy, String> {
+    s.parse()
+}

@@ -1,0 +1,189 @@
+//! `khoi serve`: open the state and the block store, start the protocol
+//! servers and the control socket, and stop them cleanly on SIGINT/SIGTERM.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use khoi_admin::api::{ApiState, router};
+use khoi_admin::{Service, ServiceConfig};
+use khoi_block::{BlockEvent, OverlayOwner, Store, StoreOptions};
+use khoi_state::{NewEvent, State};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::exports;
+
+pub fn control_socket(data_dir: &Path) -> PathBuf {
+    data_dir.join("khoi.sock")
+}
+
+/// Hold an exclusive lock on the data folder for the server's lifetime: two
+/// servers writing the same overlays would corrupt them.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("khoi.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: `fd` is a valid descriptor owned by `file`, which outlives the call.
+    let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another Khoi server is already running on {} (lock {} is held)",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+fn record_block_event(state: &State, ev: BlockEvent) {
+    let owner = |o: &OverlayOwner| match o {
+        OverlayOwner::Seat(s) => s.clone(),
+        OverlayOwner::Draft(i) => format!("draft/{i}"),
+    };
+    let (kind, subject, detail) = match &ev {
+        BlockEvent::QuotaExceeded { owner: o, quota } => (
+            "overlay.quota",
+            owner(o),
+            format!("overlay reached its quota of {quota} bytes; writes fail until reset"),
+        ),
+        BlockEvent::FreeSpaceLow { free, floor, owner: o } => (
+            "storage.low",
+            owner(o),
+            format!("data filesystem has {free} bytes free, below the floor of {floor}; new writes fail"),
+        ),
+        BlockEvent::OverlayDiscarded { owner: o, reason } => {
+            ("overlay.discarded", owner(o), reason.clone())
+        }
+        BlockEvent::OrphanRemoved { path } => (
+            "storage.orphan",
+            path.display().to_string(),
+            "removed a file no version or overlay uses".to_string(),
+        ),
+    };
+    tracing::warn!(kind, subject = %subject, "{detail}");
+    let _ = state.record(&NewEvent {
+        kind,
+        actor: "khoi",
+        source: "-",
+        subject: &subject,
+        detail: &detail,
+    });
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let dir = config.data_dir.clone();
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create data folder {}", dir.display()))?;
+    let _lock = lock_data_dir(&dir)?;
+
+    let state = Arc::new(
+        State::open(&dir.join("khoi.db")).context("opening the state database")?,
+    );
+    let events_state = Arc::clone(&state);
+    let store = Arc::new(
+        Store::open(
+            &dir,
+            StoreOptions {
+                free_space_floor: config.storage.free_space_floor.0,
+                events: Arc::new(move |ev| record_block_event(&events_state, ev)),
+            },
+        )
+        .context("opening the image store")?,
+    );
+    let service = Arc::new(Service::new(
+        store,
+        Arc::clone(&state),
+        ServiceConfig {
+            data_dir: dir.clone(),
+            default_seat_quota: config.storage.default_seat_quota.0,
+            target_prefix: config.iscsi.target_prefix.clone(),
+            iscsi_portal: config.listen.iscsi.map(|a| a.to_string()),
+            nbd_address: config.listen.nbd.map(|a| a.to_string()),
+        },
+    ));
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(addr) = config.listen.nbd {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for NBD on {addr}"))?;
+        tracing::info!("NBD exports on {}", listener.local_addr()?);
+        let resolver = Arc::new(exports::NbdExports::new(Arc::clone(&service)));
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            khoi_nbd::serve(listener, resolver, token).await;
+        });
+    }
+
+    let sock = control_socket(&dir);
+    // The lock above proves no other server owns this socket file.
+    let _ = std::fs::remove_file(&sock);
+    let control = UnixListener::bind(&sock)
+        .with_context(|| format!("cannot create control socket {}", sock.display()))?;
+    // Whoever can open the socket administers Khoi: keep it to the owner.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!("control socket at {}", sock.display());
+    let app = router(ApiState {
+        service: Arc::clone(&service),
+        source: "control-socket".into(),
+    });
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(control, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("control socket failed: {e}");
+        }
+    });
+
+    state.record(&NewEvent {
+        kind: "server.start",
+        actor: "khoi",
+        source: "-",
+        subject: "khoi",
+        detail: &format!("data {}", dir.display()),
+    })?;
+    println!("khoi: serving; data in {}, control socket {}", dir.display(), sock.display());
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    let _ = std::fs::remove_file(&sock);
+    service.store().flush_all();
+    state.record(&NewEvent {
+        kind: "server.stop",
+        actor: "khoi",
+        source: "-",
+        subject: "khoi",
+        detail: "",
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,319 @@
+//! End-to-end: the real `khoi` server and CLI, exercised by real NBD clients
+//! (libnbd's nbdinfo/nbdcopy/nbdsh, qemu-img/qemu-io, fio's nbd engine).
+
+mod common;
+
+use std::process::Command;
+
+use common::{Options, Server, make_image, qemu_io, qemu_io_ok, require, run, run_ok};
+
+const MIB: u64 = 1 << 20;
+
+/// A server with image `img` (version 1) imported from a generated file and
+/// seat `a` assigned to it.
+fn server_with_seat(opts: Options) -> (Server, std::path::PathBuf) {
+    let s = Server::start_with(opts);
+    let src = s.path("golden.img");
+    make_image(&src, 32 * MIB);
+    s.ok(&["image", "import", "img", src.to_str().expect("path"), "--note", "base"]);
+    s.ok(&["seat", "add", "a", "--mac", "52:54:00:00:00:0a", "--image", "img"]);
+    (s, src)
+}
+
+#[test]
+fn exports_are_listed_and_a_seat_reads_the_imported_image() {
+    require("nbdinfo");
+    require("nbdcopy");
+    require("qemu-img");
+    let (s, src) = server_with_seat(Options::default());
+    let list = run_ok(Command::new("nbdinfo").args(["--list", &s.nbd_uri("")]));
+    for export in ["seat/a", "image/img@1"] {
+        assert!(list.contains(&format!("export=\"{export}\"")) || list.contains(export), "{list}");
+    }
+    let copy = s.path("copy.img");
+    run_ok(Command::new("nbdcopy").args([&s.nbd_uri("seat/a"), copy.to_str().expect("path")]));
+    assert_eq!(
+        std::fs::read(&copy).expect("copy"),
+        std::fs::read(&src).expect("src"),
+        "nbdcopy of the seat differs from the imported image"
+    );
+    run_ok(Command::new("qemu-img").args([
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        src.to_str().expect("path"),
+        &s.nbd_uri("seat/a"),
+    ]));
+    let info = run_ok(Command::new("nbdinfo").args(["--json", &s.nbd_uri("seat/a")]));
+    let info: serde_json::Value = serde_json::from_str(&info).expect("nbdinfo json");
+    let export = &info["exports"][0];
+    assert_eq!(export["export-size"], 32 * MIB);
+    assert_eq!(export["can_multi_conn"], true, "{info}");
+    assert_eq!(export["can_flush"], true, "{info}");
+    assert_eq!(export["can_fua"], true, "{info}");
+    assert_eq!(export["is_read_only"], false, "{info}");
+}
+
+#[test]
+fn writes_through_one_connection_read_back_through_another() {
+    require("qemu-io");
+    let (s, _) = server_with_seat(Options::default());
+    let uri = s.nbd_uri("seat/a");
+    qemu_io_ok(&uri, &["write -P 0xab 1M 64k", "write -P 0xcd 3000 1000", "flush"]);
+    qemu_io_ok(&uri, &["read -P 0xab 1M 64k", "read -P 0xcd 3000 1000"]);
+    // The golden image is untouched: the version export still has the
+    // original bytes where the seat wrote.
+    let golden = s.nbd_uri("image/img@1");
+    let out = qemu_io(&golden, &["read -P 0xab 1M 64k"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Pattern verification failed"),
+        "the seat's write leaked into the golden version"
+    );
+}
+
+#[test]
+fn block_status_reports_trimmed_and_zeroed_overlay_extents() {
+    require("nbdinfo");
+    require("qemu-io");
+    let (s, _) = server_with_seat(Options::default());
+    let uri = s.nbd_uri("seat/a");
+    qemu_io_ok(&uri, &["discard 4M 1M", "write -z 8M 512k"]);
+    let map = run_ok(Command::new("nbdinfo").args(["--map", "--json", &uri]));
+    let map: serde_json::Value = serde_json::from_str(&map).expect("map json");
+    let zero_at = |off: u64| {
+        map.as_array()
+            .expect("extents")
+            .iter()
+            .find(|e| {
+                let o = e["offset"].as_u64().expect("offset");
+                let l = e["length"].as_u64().expect("length");
+                o <= off && off < o + l
+            })
+            .map(|e| e["type"].as_u64().expect("type"))
+            .expect("covered")
+    };
+    assert_eq!(zero_at(4 * MIB), 3, "trimmed range must be hole+zero: {map}");
+    assert_eq!(zero_at(8 * MIB), 3, "zeroed range must be hole+zero: {map}");
+    assert_eq!(zero_at(0), 0, "golden data is data: {map}");
+    qemu_io_ok(&uri, &["read -P 0 4M 1M", "read -P 0 8M 512k"]);
+}
+
+#[test]
+fn fio_verify_job_passes() {
+    require("fio");
+    let (s, _) = server_with_seat(Options::default());
+    let out = run(Command::new("fio").args([
+        "--name=verify",
+        "--ioengine=nbd",
+        &format!("--uri={}", s.nbd_uri("seat/a")),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--size=16M",
+        "--iodepth=16",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--do_verify=1",
+        "--randrepeat=0",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("verify: bad"),
+        "fio verify failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn flushed_writes_survive_kill_9() {
+    require("qemu-io");
+    let (mut s, _) = server_with_seat(Options::default());
+    let uri = s.nbd_uri("seat/a");
+    // qemu-io flushes on close too; the explicit flush is the contract under test.
+    qemu_io_ok(&uri, &["write -P 0x5a 2M 1M", "write -P 0x11 7000 5000", "flush"]);
+    s.kill9();
+    s.spawn();
+    qemu_io_ok(&uri, &["read -P 0x5a 2M 1M", "read -P 0x11 7000 5000"]);
+}
+
+#[test]
+fn full_quota_gives_enospc_and_other_seats_carry_on() {
+    require("qemu-io");
+    let (s, _) = server_with_seat(Options::default());
+    s.ok(&[
+        "seat", "add", "small", "--mac", "52:54:00:00:00:0b", "--image", "img", "--quota", "1MiB",
+    ]);
+    let small = s.nbd_uri("seat/small");
+    qemu_io_ok(&small, &["write -P 1 0 512k"]);
+    let out = qemu_io(&small, &["write -P 2 4M 2M"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("No space left on device"), "{text}");
+    // The overwrite of an already-allocated block still works when full,
+    // and the seat's earlier data is intact.
+    qemu_io_ok(&small, &["write -P 3 0 4k", "read -P 3 0 4k", "read -P 1 4k 508k"]);
+    // Another seat is unaffected.
+    qemu_io_ok(&s.nbd_uri("seat/a"), &["write -P 9 4M 2M", "read -P 9 4M 2M"]);
+    let events = s.json(&["events", "--subject", "small"]);
+    assert!(
+        events
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["kind"] == "overlay.quota"),
+        "no quota event: {events}"
+    );
+}
+
+#[test]
+fn version_exports_are_read_only() {
+    require("nbdsh");
+    let (s, _) = server_with_seat(Options::default());
+    let uri = s.nbd_uri("image/img@1");
+    let script = format!(
+        "h.connect_uri({uri:?})\n\
+         assert h.is_read_only()\n\
+         try:\n    h.pwrite(b'x' * 512, 0)\n    raise SystemExit('write to a version succeeded')\n\
+         except nbd.Error as e:\n    assert e.errno in (errno.EPERM, errno.EROFS), e\n\
+         print('ok', e.errno)\n"
+    );
+    let out = run_ok(Command::new("nbdsh").args(["-c", "import errno", "-c", &script]));
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_connection_carries_on() {
+    require("nbdsh");
+    let (s, _) = server_with_seat(Options::default());
+    let uri = s.nbd_uri("seat/a");
+    // libnbd checks ranges itself unless strict mode is relaxed.
+    let script = format!(
+        "h.set_strict_mode(0)\n\
+         h.connect_uri({uri:?})\n\
+         size = h.get_size()\n\
+         for (n, off) in [(4096, size), (8192, size - 4096), (64 << 20, 0)]:\n\
+         \x20   try:\n\
+         \x20       h.pread(n, off)\n\
+         \x20       raise SystemExit('out-of-range read succeeded')\n\
+         \x20   except nbd.Error as e:\n\
+         \x20       print('refused', n, off, e.errno)\n\
+         assert h.pread(4096, 0)[:8] == (0).to_bytes(8, 'little')\n\
+         print('alive')\n"
+    );
+    let out = run_ok(Command::new("nbdsh").args(["-c", &script]));
+    assert!(out.contains("alive"), "{out}");
+}
+
+#[test]
+fn draft_publish_rollback_and_reset_through_the_cli() {
+    require("qemu-io");
+    let (s, _) = server_with_seat(Options::default());
+    s.ok(&["draft", "open", "img"]);
+    qemu_io_ok(&s.nbd_uri("draft/img"), &["write -P 0x77 0 64k", "flush"]);
+    let v = s.json(&["draft", "publish", "img", "--note", "install printer driver"]);
+    assert_eq!(v["number"], 2);
+    assert_eq!(v["note"], "install printer driver");
+    // The seat keeps running version 1 until it is reset.
+    let seat = s.json(&["seat", "show", "a"]);
+    assert_eq!(seat["active_version"], 1, "{seat}");
+    let a = s.nbd_uri("seat/a");
+    let out = qemu_io(&a, &["read -P 0x77 0 64k"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verification failed"));
+    qemu_io_ok(&a, &["write -P 0x42 1M 4k"]);
+    s.ok(&["seat", "reset", "a"]);
+    qemu_io_ok(&a, &["read -P 0x77 0 64k"]);
+    let out = qemu_io(&a, &["read -P 0x42 1M 4k"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("verification failed"),
+        "reset kept the seat's write"
+    );
+    // Roll back: version 1 is current again, and the seat moves at reset.
+    s.ok(&["image", "rollback", "img", "--to", "1"]);
+    s.ok(&["seat", "reset", "a"]);
+    let out = qemu_io(&a, &["read -P 0x77 0 64k"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verification failed"));
+    let versions = s.json(&["image", "versions", "img"]);
+    assert_eq!(versions.as_array().expect("versions").len(), 2);
+    // Version 2 is no longer used by anyone and can be deleted; version 1 cannot.
+    let err = s.fails(&["image", "delete-version", "img", "1"]);
+    assert!(err.contains("used by") || err.contains("current"), "{err}");
+    s.ok(&["image", "delete-version", "img", "2"]);
+    let kinds: Vec<String> = s
+        .json(&["events", "--subject", "img"])
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    for k in ["image.import", "draft.open", "draft.publish", "image.rollback", "image.version.delete"] {
+        assert!(kinds.iter().any(|x| x == k), "missing audit event {k}: {kinds:?}");
+    }
+}
+
+#[test]
+fn import_refuses_bad_files_with_clear_messages() {
+    let s = Server::start();
+    let odd = s.path("odd.img");
+    std::fs::write(&odd, vec![7u8; 1000]).expect("write");
+    let err = s.fails(&["image", "import", "x", odd.to_str().expect("path")]);
+    assert!(err.contains("multiple of 512"), "{err}");
+    let err = s.fails(&["image", "import", "x", "/nonexistent/disk.img"]);
+    assert!(err.contains("cannot read"), "{err}");
+    let err = s.fails(&["seat", "add", "b", "--mac", "zz", "--image", "x"]);
+    assert!(err.contains("MAC"), "{err}");
+    assert_eq!(s.json(&["image", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn qcow2_imports_are_converted() {
+    require("qemu-img");
+    let s = Server::start();
+    let raw = s.path("src.raw");
+    make_image(&raw, 4 * MIB);
+    let q = s.path("src.qcow2");
+    run_ok(Command::new("qemu-img").args([
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().expect("path"),
+        q.to_str().expect("path"),
+    ]));
+    s.ok(&["image", "import", "q", q.to_str().expect("path")]);
+    s.ok(&["seat", "add", "c", "--mac", "52:54:00:00:00:0c", "--image", "q"]);
+    run_ok(Command::new("qemu-img").args([
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        raw.to_str().expect("path"),
+        &s.nbd_uri("seat/c"),
+    ]));
+}
+
+#[test]
+fn config_check_names_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "listen:\n  nbd: 127.0.0.1:10809\n  nbdx: 1\n").expect("write");
+    let out = Command::new(common::KHOI)
+        .args(["config", "check", bad.to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:3:3"), "{err}");
+    assert!(err.contains("nbdx"), "{err}");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/khoi.example.yaml");
+    let out = Command::new(common::KHOI)
+        .args(["config", "check", example])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
