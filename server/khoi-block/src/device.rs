@@ -71,7 +71,11 @@ pub struct Extent {
 #[derive(Debug, Clone)]
 pub enum ReadSegment {
     /// `len` bytes at `offset` of `file` (opened read-only for layers).
-    File { file: Arc<File>, offset: u64, len: u64 },
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
     /// `len` bytes of zeroes.
     Zero { len: u64 },
     /// Bytes already in memory (test doubles, read-modify-write results).
@@ -208,7 +212,11 @@ impl Checked {
         self.writable()?;
         self.range(offset, buf.len() as u64)?;
         if buf.is_empty() {
-            return if flags.fua { self.inner.flush() } else { Ok(()) };
+            return if flags.fua {
+                self.inner.flush()
+            } else {
+                Ok(())
+            };
         }
         self.inner.write_at(buf, offset, flags)
     }

@@ -2,10 +2,35 @@
 //! through a flattened map), per-seat copy-on-write overlays, draft overlays
 //! that publish into new versions, and the one block interface the NBD and
 //! iSCSI frontends share.
+//!
+//! - [`device`]: the [`BlockDevice`] trait and the [`Checked`] range guard.
+//! - [`Store`]: images, versions, drafts and seat overlays on disk (the
+//!   layout and crash-recovery rules are in the `store` module docs).
+//! - [`VersionDevice`]: a read-only version; [`Overlay`]: a seat's or a
+//!   draft's copy-on-write view (durability rules in the `overlay` docs).
+//! - [`MemDevice`]: an in-memory device for tests.
 
 pub mod device;
+mod error;
+mod event;
+mod fsio;
+pub mod map;
+mod mapfile;
+mod mem;
+mod overlay;
+mod store;
+mod version;
+
+#[cfg(test)]
+mod tests;
 
 pub use device::{
     BLOCK, BlockDevice, BlockError, Caps, Checked, Extent, ExtentKind, ReadSegment, SECTOR,
     WriteFlags,
 };
+pub use error::{StoreError, validate_name};
+pub use event::{BlockEvent, EventSink, OverlayOwner};
+pub use mem::MemDevice;
+pub use overlay::{Overlay, OverlayUsage};
+pub use store::{ImageInfo, Store, StoreOptions, VersionInfo};
+pub use version::VersionDevice;

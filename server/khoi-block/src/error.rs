@@ -1,0 +1,83 @@
+//! Errors of store (administrative) operations. Block I/O errors are
+//! [`crate::BlockError`]; these name the image, seat, version or file involved
+//! so an operator can act on the message alone.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} {name:?} already exists")]
+    Exists { kind: &'static str, name: String },
+    #[error(
+        "invalid {kind} name {name:?}: use 1-64 characters from A-Z a-z 0-9 . _ - (not \".\" or \"..\")"
+    )]
+    InvalidName { kind: &'static str, name: String },
+    #[error("{what} is in use: {reason}")]
+    InUse { what: String, reason: String },
+    #[error("invalid image {path}: {reason}")]
+    InvalidImage { path: PathBuf, reason: String },
+    #[error("corrupt store file {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { path, source }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Kinds of named things, for messages.
+pub(crate) const IMAGE: &str = "image";
+pub(crate) const SEAT: &str = "seat";
+
+/// Validates an image or seat name: it becomes a directory name, so it must
+/// not be able to escape the store or collide with our own temporary names.
+pub fn validate_name(kind: &'static str, name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName {
+            kind,
+            name: name.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["win11", "a", "A.b_c-9", &"x".repeat(64), "..a"] {
+            assert!(validate_name(IMAGE, good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(65), "a\0"] {
+            assert!(validate_name(IMAGE, bad).is_err(), "{bad:?}");
+        }
+    }
+}
