@@ -595,6 +595,18 @@ impl Overlay {
     }
 }
 
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        // The last handle going away (seat disconnected, draft closed) is a
+        // natural point to persist: the next open reads only what is durable.
+        if !self.is_gone()
+            && let Err(e) = self.flush_inner()
+        {
+            tracing::warn!(overlay = %self.owner, error = %e, "flush on close failed");
+        }
+    }
+}
+
 fn to_usize(v: u64) -> usize {
     usize::try_from(v).expect("request sizes fit in memory")
 }
