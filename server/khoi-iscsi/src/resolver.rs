@@ -1,0 +1,132 @@
+//! The policy seam: which targets exist, who may log in, and the disk behind
+//! each. The `khoi` binary implements [`TargetResolver`] over its state.
+
+use crate::text::Offer;
+
+/// A CHAP user name and secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChapSecret {
+    pub user: String,
+    pub secret: String,
+}
+
+impl ChapSecret {
+    pub fn new(user: impl Into<String>, secret: impl Into<String>) -> Self {
+        ChapSecret {
+            user: user.into(),
+            secret: secret.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ChapSecret {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapSecret")
+            .field("user", &self.user)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Who may log in to a target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetAuth {
+    /// Required initiator credentials (one-way CHAP).
+    pub chap: Option<ChapSecret>,
+    /// Credentials the target answers with when the initiator asks for
+    /// mutual CHAP.
+    pub mutual: Option<ChapSecret>,
+    /// Only this InitiatorName may log in.
+    pub allowed_initiator: Option<String>,
+}
+
+/// Stable identity of the LU behind a target (VPD 80h and 83h).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunIdentity {
+    /// Unit serial number: printable ASCII, stable across boots.
+    pub serial: String,
+    /// NAA IEEE Registered Extended (type 6) designator, 16 bytes, first
+    /// nibble 6.
+    pub naa: [u8; 16],
+}
+
+/// Things the binary records (login failures, full overlays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IscsiEvent {
+    LoginFailed {
+        peer: String,
+        initiator: Option<String>,
+        target: Option<String>,
+        /// Login status class << 8 | detail, e.g. 0x0201.
+        status: u16,
+        reason: String,
+    },
+    LoggedIn {
+        peer: String,
+        initiator: String,
+        target: Option<String>,
+        tsih: u16,
+    },
+    /// A write failed because the seat's overlay is full; the initiator got
+    /// DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT.
+    SpaceAllocationFailed {
+        target: String,
+        initiator: String,
+        detail: String,
+    },
+    SessionEnded {
+        peer: String,
+        initiator: String,
+        target: Option<String>,
+        tsih: u16,
+    },
+}
+
+pub trait TargetResolver: Send + Sync + 'static {
+    /// All target IQNs.
+    fn targets(&self) -> Vec<String>;
+    /// `None` means no such target.
+    fn auth(&self, target: &str) -> Option<TargetAuth>;
+    /// The disk at LUN 0, shared by every session to the target.
+    fn open_lun0(&self, target: &str) -> Result<khoi_block::Checked, String>;
+    fn identity(&self, target: &str) -> LunIdentity;
+    fn event(&self, ev: IscsiEvent);
+}
+
+/// Transport configuration.
+#[derive(Debug, Clone)]
+pub struct IscsiConfig {
+    /// `ip:port` advertised in SendTargets' TargetAddress.
+    pub portal: String,
+    /// Target portal group tag (sent at login and in TargetAddress).
+    pub tpgt: u16,
+    /// Operational key offers.
+    pub offer: Offer,
+    /// CmdSN window: MaxCmdSN = ExpCmdSN + window - 1.
+    pub cmd_window: u32,
+    /// Report POWER ON OCCURRED on a new session's first command.
+    pub unit_attention_on_login: bool,
+    /// Connections served at once; more wait in the accept backlog.
+    pub max_connections: usize,
+    /// Give up on a login that has not finished after this long.
+    pub login_timeout: std::time::Duration,
+    /// Largest transfer one command may ask for (bytes); bounds the memory a
+    /// write can pin while its data arrives.
+    pub max_transfer: u32,
+}
+
+impl IscsiConfig {
+    pub fn new(portal: impl Into<String>) -> Self {
+        IscsiConfig {
+            portal: portal.into(),
+            tpgt: 1,
+            offer: Offer::default(),
+            cmd_window: 128,
+            unit_attention_on_login: true,
+            max_connections: 1024,
+            login_timeout: std::time::Duration::from_secs(30),
+            max_transfer: 16 << 20,
+        }
+    }
+}
