@@ -203,7 +203,7 @@ impl StateMap {
             let word_end = ((b / BLOCKS_PER_WORD) + 1) * BLOCKS_PER_WORD;
             let stop = word_end.min(end);
             // Whole-word fast path: common for large untouched or fully written areas.
-            if b % BLOCKS_PER_WORD == 0 && (w == 0 || w == 0x5555_5555_5555_5555) {
+            if b.is_multiple_of(BLOCKS_PER_WORD) && (w == 0 || w == 0x5555_5555_5555_5555) {
                 let state = if w == 0 {
                     BlockState::NotPresent
                 } else {
@@ -541,7 +541,7 @@ mod tests {
                 if s >= n {
                     break;
                 }
-                let src = if (seed >> 50) % 3 == 0 {
+                let src = if (seed >> 50).is_multiple_of(3) {
                     Source::Zero
                 } else {
                     Source::Layer(round % 4)

@@ -59,8 +59,17 @@ pub fn create(path: &Path, size: u64, full: bool) -> Result<File, StoreError> {
     Ok(f)
 }
 
+/// Validates only the header and length of a map file, in constant time.
+pub fn check(path: &Path, size: u64) -> Result<bool, StoreError> {
+    read_inner(path, size, false).map(|b| matches!(b, MapBody::Full))
+}
+
 /// Reads and validates a map file for a disk of `size` bytes.
 pub fn read(path: &Path, size: u64) -> Result<MapBody, StoreError> {
+    read_inner(path, size, true)
+}
+
+fn read_inner(path: &Path, size: u64, body: bool) -> Result<MapBody, StoreError> {
     let f = fsio::open_ro(path)?;
     let len = f.metadata().map_err(StoreError::io(path))?.len();
     if len < HEADER {
@@ -104,6 +113,9 @@ pub fn read(path: &Path, size: u64) -> Result<MapBody, StoreError> {
             path,
             format!("map file is {len} bytes, expected {expect}"),
         ));
+    }
+    if !body {
+        return Ok(MapBody::States(StateMap::new(0)));
     }
     let mut body = vec![0u8; usize::try_from(body_len(size)).expect("map fits in memory")];
     fsio::read_exact_at(&f, &mut body, HEADER).map_err(StoreError::io(path))?;

@@ -149,7 +149,6 @@ pub struct Overlay {
     data: Arc<File>,
     data_path: PathBuf,
     map_file: File,
-    map_path: PathBuf,
     states: StateMap,
     dirty_pages: Vec<AtomicU64>,
     data_dirty: AtomicBool,
@@ -199,7 +198,7 @@ impl Overlay {
         }
         let states = StateMap::new(crate::map::blocks_for(size));
         Ok(Overlay::assemble(
-            data, data_path, map_file, map_path, states, lower, ctx,
+            data, data_path, map_file, states, lower, ctx,
         ))
     }
 
@@ -227,7 +226,7 @@ impl Overlay {
         }
         let map_file = fsio::open_rw(map_path)?;
         Ok(Overlay::assemble(
-            data, data_path, map_file, map_path, states, lower, ctx,
+            data, data_path, map_file, states, lower, ctx,
         ))
     }
 
@@ -255,7 +254,6 @@ impl Overlay {
         data: File,
         data_path: &Path,
         map_file: File,
-        map_path: &Path,
         states: StateMap,
         lower: Arc<dyn BlockDevice>,
         ctx: OverlayCtx,
@@ -270,7 +268,6 @@ impl Overlay {
             data: Arc::new(data),
             data_path: data_path.to_path_buf(),
             map_file,
-            map_path: map_path.to_path_buf(),
             states,
             dirty_pages: (0..dirty_words).map(|_| AtomicU64::new(0)).collect(),
             data_dirty: AtomicBool::new(false),
@@ -324,14 +321,6 @@ impl Overlay {
     /// Flush even when gone: publish makes the draft durable after stopping it.
     pub(crate) fn sync(&self) -> Result<()> {
         self.flush_inner()
-    }
-
-    pub(crate) fn data_path(&self) -> &Path {
-        &self.data_path
-    }
-
-    pub(crate) fn map_path(&self) -> &Path {
-        &self.map_path
     }
 
     fn check(&self) -> Result<()> {

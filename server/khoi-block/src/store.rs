@@ -823,32 +823,38 @@ impl Store {
         author: &str,
     ) -> Result<VersionInfo, StoreError> {
         let mut inner = self.inner.lock();
-        let draft = self
-            .load_draft(&mut inner, image)?
-            .ok_or_else(|| not_found("draft of image", image))?;
-        let meta = self
-            .draft_meta(image)
-            .ok_or_else(|| not_found("draft of image", image))?;
         let rec = inner
             .images
             .get(image)
             .ok_or_else(|| not_found(IMAGE, image))?
             .clone();
+        let meta = self
+            .draft_meta(image)
+            .ok_or_else(|| not_found("draft of image", image))?;
         let base = rec
             .by_uuid(&meta.version_uuid)
             .ok_or_else(|| not_found("base version of draft", image))?
             .clone();
-        // Stop writers first: the files are about to become an immutable layer.
-        draft.mark_gone();
-        inner.drafts.remove(image);
-        draft.sync().map_err(|e| StoreError::Io {
-            path: draft.data_path().to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let (data_path, map_path) = overlay_files(&self.draft_dir(image), meta.generation);
+        if let Some(draft) = inner.drafts.remove(image).and_then(|w| w.upgrade()) {
+            // Stop writers first: the files are about to become an immutable
+            // layer. Then make everything written so far durable.
+            draft.mark_gone();
+            draft.sync().map_err(|e| StoreError::Io {
+                path: data_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        } else {
+            // Nobody has it open: its files on disk are the draft, and
+            // validating them keeps a damaged draft from becoming a layer.
+            if mapfile::check(&map_path, base.size)? {
+                return Err(StoreError::corrupt(&map_path, "draft map marked full"));
+            }
+        }
         let id = fsio::random_hex();
         let lp = self.layer_paths(image, &id);
-        fs::hard_link(draft.data_path(), &lp.data).map_err(StoreError::io(&lp.data))?;
-        fs::hard_link(draft.map_path(), &lp.map).map_err(StoreError::io(&lp.map))?;
+        fs::hard_link(&data_path, &lp.data).map_err(StoreError::io(&lp.data))?;
+        fs::hard_link(&map_path, &lp.map).map_err(StoreError::io(&lp.map))?;
         fsio::fsync_dir(&self.image_dir(image).join("layers"))?;
         #[cfg(test)]
         crate::store::crash_point("publish:linked")?;

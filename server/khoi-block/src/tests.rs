@@ -1,6 +1,9 @@
 //! Store-level tests: a model-based proptest, crash consistency, capacity,
 //! golden immutability, version binding and constant-time operations.
 
+// Test images are a few hundred KiB; narrowing casts cannot truncate here.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
