@@ -877,3 +877,66 @@ fn publish_reset_rollback_are_constant_time_on_64gib() {
     assert!(ex.iter().any(|e| e.kind == ExtentKind::Zero));
     eprintln!("64 GiB: publish {publish:?}, reset {reset:?}, rollback {rollback:?}");
 }
+
+#[test]
+fn inconsistent_overlay_files_are_discarded() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let size = 16 * 4096;
+    {
+        let st = store(tmp.path());
+        let staged = stage(&st, "b.raw", &pattern(size, 1));
+        st.import_image("img", &staged, "", "").expect("import");
+        let seat = st.seat_overlay("s", "img", 1, 0).expect("seat");
+        seat.write_at(&[1u8; 4096], 0, WriteFlags::FUA)
+            .expect("write");
+    }
+    let map = tmp.path().join("seats/s/overlay.0.map");
+    let f = fs::OpenOptions::new().write(true).open(&map).expect("open");
+    f.set_len(100).expect("truncate");
+    drop(f);
+    let (st, events) = recording_store(tmp.path(), 0);
+    let seat = st.seat_overlay("s", "img", 1, 0).expect("seat");
+    assert_eq!(
+        read_all(&*seat),
+        pattern(size, 1),
+        "nothing of the broken overlay applied"
+    );
+    assert!(
+        events
+            .lock()
+            .iter()
+            .any(|e| matches!(e, BlockEvent::OverlayDiscarded { .. }))
+    );
+}
+
+#[test]
+fn version_read_plan_points_at_layer_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let st = store(tmp.path());
+    let size = 16 * 4096;
+    let staged = stage(&st, "b.raw", &pattern(size, 1));
+    st.import_image("img", &staged, "", "").expect("import");
+    let v = st.open_version("img", 1).expect("v");
+    assert!(v.caps().read_only && v.caps().extents);
+    assert!(matches!(
+        v.write_at(&[0], 0, WriteFlags::NONE),
+        Err(BlockError::ReadOnly)
+    ));
+    let plan = v.read_plan(100, 8000).expect("plan");
+    assert!(matches!(plan[0], ReadSegment::File { offset: 100, .. }));
+    assert_eq!(plan.iter().map(ReadSegment::len).sum::<u64>(), 8000);
+    let checked = Checked::new(v);
+    assert!(matches!(
+        checked.read_at(&mut [0u8; 10], size as u64 - 5),
+        Err(BlockError::OutOfRange { .. })
+    ));
+}
+
+#[test]
+fn store_types_are_shareable() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    assert_send_sync::<Overlay>();
+    assert_send_sync::<VersionDevice>();
+    assert_send_sync::<MemDevice>();
+}
