@@ -277,7 +277,9 @@ impl GreetingRepr {
     pub const LEN: usize = 18;
 
     pub fn parse(buf: &[u8]) -> Result<Self> {
-        if buf.len() < Self::LEN || be64(&buf[0..8]) != INIT_MAGIC || be64(&buf[8..16]) != OPTION_MAGIC
+        if buf.len() < Self::LEN
+            || be64(&buf[0..8]) != INIT_MAGIC
+            || be64(&buf[8..16]) != OPTION_MAGIC
         {
             return Err(Error);
         }
@@ -513,7 +515,10 @@ pub enum OptionRepr<'a> {
     SetMetaContext(MetaRequest<'a>),
     ExtendedHeaders,
     /// Known-but-unsupported or unknown options, data kept for completeness.
-    Other { code: OptionCode, data: &'a [u8] },
+    Other {
+        code: OptionCode,
+        data: &'a [u8],
+    },
 }
 
 impl<'a> OptionRepr<'a> {
@@ -530,7 +535,9 @@ impl<'a> OptionRepr<'a> {
             OptionCode::Info => InfoRequest::parse(data).map(OptionRepr::Info),
             OptionCode::Go => InfoRequest::parse(data).map(OptionRepr::Go),
             OptionCode::StructuredReply => empty(OptionRepr::StructuredReply),
-            OptionCode::ListMetaContext => MetaRequest::parse(data).map(OptionRepr::ListMetaContext),
+            OptionCode::ListMetaContext => {
+                MetaRequest::parse(data).map(OptionRepr::ListMetaContext)
+            }
             OptionCode::SetMetaContext => MetaRequest::parse(data).map(OptionRepr::SetMetaContext),
             OptionCode::ExtendedHeaders => empty(OptionRepr::ExtendedHeaders),
             code => Ok(OptionRepr::Other { code, data }),
@@ -760,12 +767,24 @@ impl<'a> InfoRepr<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyBody<'a> {
     Ack,
-    Server { name: &'a str, description: &'a str },
+    Server {
+        name: &'a str,
+        description: &'a str,
+    },
     Info(InfoRepr<'a>),
-    MetaContext { id: u32, name: &'a str },
+    MetaContext {
+        id: u32,
+        name: &'a str,
+    },
     /// Any error reply type, with its optional human-readable message.
-    Error { kind: ReplyType, message: &'a str },
-    Unknown { kind: ReplyType, data: &'a [u8] },
+    Error {
+        kind: ReplyType,
+        message: &'a str,
+    },
+    Unknown {
+        kind: ReplyType,
+        data: &'a [u8],
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -854,7 +873,9 @@ impl<'a> OptionReplyRepr<'a> {
                 p[0..4].copy_from_slice(&id.to_be_bytes());
                 p[4..4 + name.len()].copy_from_slice(name.as_bytes());
             }
-            ReplyBody::Error { message, .. } => p[..message.len()].copy_from_slice(message.as_bytes()),
+            ReplyBody::Error { message, .. } => {
+                p[..message.len()].copy_from_slice(message.as_bytes())
+            }
             ReplyBody::Unknown { data, .. } => p[..data.len()].copy_from_slice(data),
         }
     }
@@ -1256,11 +1277,26 @@ pub enum ChunkPayload<'a> {
     None,
     /// Only the 8-byte offset is part of the Repr: `data_len` bytes of data
     /// follow it on the wire, written by the caller (possibly by `sendfile`).
-    OffsetData { offset: u64, data_len: u32 },
-    OffsetHole { offset: u64, length: u32 },
-    BlockStatus { context_id: u32, descriptors: Descriptors<'a> },
-    Error { error: Errno, message: &'a str },
-    Unknown { kind: u16, data: &'a [u8] },
+    OffsetData {
+        offset: u64,
+        data_len: u32,
+    },
+    OffsetHole {
+        offset: u64,
+        length: u32,
+    },
+    BlockStatus {
+        context_id: u32,
+        descriptors: Descriptors<'a>,
+    },
+    Error {
+        error: Errno,
+        message: &'a str,
+    },
+    Unknown {
+        kind: u16,
+        data: &'a [u8],
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1287,7 +1323,7 @@ impl<'a> ChunkRepr<'a> {
                 offset: be64(&p[0..8]),
                 length: be32(&p[8..12]),
             },
-            ChunkType::BlockStatus if p.len() >= 12 && (p.len() - 4) % 8 == 0 => {
+            ChunkType::BlockStatus if p.len() >= 12 && (p.len() - 4).is_multiple_of(8) => {
                 ChunkPayload::BlockStatus {
                     context_id: be32(&p[0..4]),
                     descriptors: Descriptors::Raw(&p[4..]),
@@ -1357,7 +1393,9 @@ impl<'a> ChunkRepr<'a> {
         let p = c.payload_mut();
         match self.payload {
             ChunkPayload::None => {}
-            ChunkPayload::OffsetData { offset, .. } => p[0..8].copy_from_slice(&offset.to_be_bytes()),
+            ChunkPayload::OffsetData { offset, .. } => {
+                p[0..8].copy_from_slice(&offset.to_be_bytes())
+            }
             ChunkPayload::OffsetHole { offset, length } => {
                 p[0..8].copy_from_slice(&offset.to_be_bytes());
                 p[8..12].copy_from_slice(&length.to_be_bytes());
@@ -1402,7 +1440,10 @@ mod tests {
     #[test]
     fn greeting_parse_emit() {
         let r = GreetingRepr::parse(&GREETING).expect("valid greeting");
-        assert_eq!(r.flags, handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES);
+        assert_eq!(
+            r.flags,
+            handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES
+        );
         let mut buf = [0xa5u8; 18];
         r.emit(&mut buf);
         assert_eq!(buf, GREETING);
@@ -1500,8 +1541,9 @@ mod tests {
 
     #[test]
     fn option_meta_parse_emit() {
-        let hr = OptionHeaderRepr::parse(&OptionHeader::new_checked(&OPT_SET_META[..]).expect("len"))
-            .expect("magic");
+        let hr =
+            OptionHeaderRepr::parse(&OptionHeader::new_checked(&OPT_SET_META[..]).expect("len"))
+                .expect("magic");
         assert_eq!(hr.option, OptionCode::SetMetaContext);
         let repr = OptionRepr::parse(hr.option, &OPT_SET_META[16..]).expect("valid");
         let OptionRepr::SetMetaContext(m) = repr else {
@@ -1650,7 +1692,8 @@ mod tests {
     #[test]
     fn option_reply_parse_emit() {
         for (bytes, repr) in reply_cases() {
-            let parsed = OptionReplyRepr::parse(&OptionReply::new_unchecked(bytes)).expect("parses");
+            let parsed =
+                OptionReplyRepr::parse(&OptionReply::new_unchecked(bytes)).expect("parses");
             assert_eq!(parsed, repr);
             assert_eq!(repr.buffer_len(), bytes.len());
             let mut buf = vec![0xa5u8; repr.buffer_len()];

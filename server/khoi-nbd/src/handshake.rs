@@ -1,0 +1,859 @@
+//! Fixed newstyle negotiation as a sans-I/O state machine.
+//!
+//! The transport sends [`greeting`], then repeatedly reads exactly
+//! [`Handshake::wants`] bytes and hands them to [`Handshake::receive`], which
+//! answers with [`Action`]s: bytes to send, enter transmission, or close. No
+//! socket, clock or log is touched here; export lookups go through the
+//! [`ExportResolver`] passed in, so tests drive the machine with a fake.
+//!
+//! Every option we do not implement gets `NBD_REP_ERR_UNSUP` and negotiation
+//! continues, as the baseline requires. An option longer than
+//! [`MAX_OPTION_LEN`] is answered with `ERR_TOO_BIG` and the connection is
+//! closed instead of buffering attacker-chosen amounts of data.
+
+use khoi_block::Checked;
+
+use crate::transmission::{MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK, transmission_flags};
+use crate::wire::{
+    EXPORT_NAME_PADDING, GreetingRepr, InfoRepr, InfoRequest, InfoType, MAX_STRING_LEN,
+    MetaRequest, OptionCode, OptionHeader, OptionHeaderRepr, OptionReplyRepr, OptionRepr,
+    ReplyBody, ReplyType, client_flags, handshake_flags,
+};
+use crate::{ExportResolver, OpenError};
+
+/// Longest option payload we accept. The largest legitimate one is a meta
+/// context request: a name plus a few queries, each at most 4 KiB.
+pub const MAX_OPTION_LEN: u32 = 64 * 1024;
+
+pub const BASE_ALLOCATION: &str = "base:allocation";
+/// Context id we hand out for `base:allocation` (ids are server-chosen).
+pub const BASE_ALLOCATION_ID: u32 = 1;
+
+/// The greeting the server sends first.
+pub fn greeting() -> [u8; GreetingRepr::LEN] {
+    let mut b = [0u8; GreetingRepr::LEN];
+    GreetingRepr {
+        flags: handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES,
+    }
+    .emit(&mut b);
+    b
+}
+
+/// Result of a successful negotiation.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    pub name: String,
+    pub device: Checked,
+    /// Transmission flags as sent to the client.
+    pub flags: u16,
+    pub structured: bool,
+    /// Context id of `base:allocation`, if the client selected it.
+    pub base_allocation: Option<u32>,
+}
+
+/// Why negotiation ended without entering transmission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    BadClientFlags(u32),
+    BadOptionMagic,
+    OptionTooLong {
+        option: OptionCode,
+        len: u32,
+    },
+    Aborted,
+    /// `NBD_OPT_EXPORT_NAME` cannot report errors; the spec says close.
+    ExportNameFailed {
+        name: String,
+        error: OpenError,
+    },
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Send(Vec<u8>),
+    Enter(Box<Negotiated>),
+    Close(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    ClientFlags,
+    OptionHeader,
+    OptionData { option: OptionCode, len: u32 },
+    Done,
+}
+
+#[derive(Debug)]
+pub struct Handshake {
+    phase: Phase,
+    no_zeroes: bool,
+    structured: bool,
+    /// Export name `base:allocation` was selected for, if any.
+    meta_export: Option<String>,
+}
+
+impl Default for Handshake {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn reply(option: OptionCode, body: ReplyBody<'_>, out: &mut Vec<u8>) {
+    OptionReplyRepr { option, body }.emit_to_vec(out);
+}
+
+fn error(option: OptionCode, kind: ReplyType, message: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    reply(option, ReplyBody::Error { kind, message }, &mut out);
+    out
+}
+
+impl Handshake {
+    pub fn new() -> Self {
+        Handshake {
+            phase: Phase::ClientFlags,
+            no_zeroes: false,
+            structured: false,
+            meta_export: None,
+        }
+    }
+
+    /// Exact number of bytes the next `receive` call expects (0 once done).
+    pub fn wants(&self) -> usize {
+        match self.phase {
+            Phase::ClientFlags => 4,
+            Phase::OptionHeader => OptionHeader::<&[u8]>::LEN,
+            // Bounded by MAX_OPTION_LEN before this phase is entered.
+            Phase::OptionData { len, .. } => len as usize,
+            Phase::Done => 0,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Feeds exactly `wants()` bytes. Blocking only as far as `exports` is.
+    pub fn receive(&mut self, data: &[u8], exports: &dyn ExportResolver) -> Vec<Action> {
+        debug_assert_eq!(data.len(), self.wants());
+        let actions = match self.phase {
+            Phase::ClientFlags => self.client_flags(data),
+            Phase::OptionHeader => self.option_header(data, exports),
+            Phase::OptionData { option, .. } => {
+                self.phase = Phase::OptionHeader;
+                self.option(option, data, exports)
+            }
+            Phase::Done => Vec::new(),
+        };
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::Enter(_) | Action::Close(_)))
+        {
+            self.phase = Phase::Done;
+        }
+        actions
+    }
+
+    fn client_flags(&mut self, data: &[u8]) -> Vec<Action> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&data[..4]);
+        let flags = u32::from_be_bytes(b);
+        let known = client_flags::FIXED_NEWSTYLE | client_flags::NO_ZEROES;
+        // Unknown flags must drop the connection; plain (non-fixed) newstyle
+        // clients are not worth a second code path in 2025.
+        if flags & !known != 0 || flags & client_flags::FIXED_NEWSTYLE == 0 {
+            return vec![Action::Close(CloseReason::BadClientFlags(flags))];
+        }
+        self.no_zeroes = flags & client_flags::NO_ZEROES != 0;
+        self.phase = Phase::OptionHeader;
+        Vec::new()
+    }
+
+    fn option_header(&mut self, data: &[u8], exports: &dyn ExportResolver) -> Vec<Action> {
+        let Ok(h) = OptionHeader::new_checked(data).and_then(|h| OptionHeaderRepr::parse(&h))
+        else {
+            return vec![Action::Close(CloseReason::BadOptionMagic)];
+        };
+        if h.length > MAX_OPTION_LEN {
+            return vec![
+                Action::Send(error(h.option, ReplyType::ErrTooBig, "option too long")),
+                Action::Close(CloseReason::OptionTooLong {
+                    option: h.option,
+                    len: h.length,
+                }),
+            ];
+        }
+        if h.length == 0 {
+            return self.option(h.option, &[], exports);
+        }
+        self.phase = Phase::OptionData {
+            option: h.option,
+            len: h.length,
+        };
+        Vec::new()
+    }
+
+    fn option(
+        &mut self,
+        code: OptionCode,
+        data: &[u8],
+        exports: &dyn ExportResolver,
+    ) -> Vec<Action> {
+        let Ok(opt) = OptionRepr::parse(code, data) else {
+            return vec![Action::Send(error(
+                code,
+                ReplyType::ErrInvalid,
+                "malformed option data",
+            ))];
+        };
+        let mut out = Vec::new();
+        match opt {
+            OptionRepr::ExportName(name) => return self.export_name(name, exports),
+            OptionRepr::Abort => {
+                reply(code, ReplyBody::Ack, &mut out);
+                return vec![Action::Send(out), Action::Close(CloseReason::Aborted)];
+            }
+            OptionRepr::List => {
+                for e in exports.list() {
+                    if e.name.len() > MAX_STRING_LEN {
+                        continue;
+                    }
+                    reply(
+                        code,
+                        ReplyBody::Server {
+                            name: &e.name,
+                            description: clip(&e.description),
+                        },
+                        &mut out,
+                    );
+                }
+                reply(code, ReplyBody::Ack, &mut out);
+            }
+            OptionRepr::StartTls => {
+                out = error(code, ReplyType::ErrUnsup, "TLS is not supported");
+            }
+            OptionRepr::Info(req) => return self.info_or_go(code, req, exports),
+            OptionRepr::Go(req) => return self.info_or_go(code, req, exports),
+            OptionRepr::StructuredReply => {
+                self.structured = true;
+                reply(code, ReplyBody::Ack, &mut out);
+            }
+            OptionRepr::ListMetaContext(req) => out = self.meta_context(code, req, false, exports),
+            OptionRepr::SetMetaContext(req) => out = self.meta_context(code, req, true, exports),
+            OptionRepr::ExtendedHeaders => {
+                out = error(
+                    code,
+                    ReplyType::ErrUnsup,
+                    "extended headers are not supported",
+                );
+            }
+            OptionRepr::Other { .. } => {
+                out = error(code, ReplyType::ErrUnsup, "unsupported option");
+            }
+        }
+        vec![Action::Send(out)]
+    }
+
+    fn export_name(&mut self, name: &[u8], exports: &dyn ExportResolver) -> Vec<Action> {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let device = if name.len() > MAX_STRING_LEN {
+            Err(OpenError::NotFound("export name too long".into()))
+        } else {
+            exports.open(&name)
+        };
+        let device = match device {
+            Ok(d) => d,
+            Err(error) => {
+                return vec![Action::Close(CloseReason::ExportNameFailed { name, error })];
+            }
+        };
+        // Structured replies negotiated earlier stay in force; meta contexts
+        // too, if they were selected for this very export.
+        let flags = transmission_flags(device.caps(), self.structured);
+        let mut out = Vec::with_capacity(10 + EXPORT_NAME_PADDING);
+        out.extend_from_slice(&device.size().to_be_bytes());
+        out.extend_from_slice(&flags.to_be_bytes());
+        if !self.no_zeroes {
+            out.resize(out.len() + EXPORT_NAME_PADDING, 0);
+        }
+        let base_allocation = self.base_allocation_for(&name);
+        vec![
+            Action::Send(out),
+            Action::Enter(Box::new(Negotiated {
+                name,
+                device,
+                flags,
+                structured: self.structured,
+                base_allocation,
+            })),
+        ]
+    }
+
+    fn base_allocation_for(&self, name: &str) -> Option<u32> {
+        (self.structured && self.meta_export.as_deref() == Some(name)).then_some(BASE_ALLOCATION_ID)
+    }
+
+    fn info_or_go(
+        &mut self,
+        code: OptionCode,
+        req: InfoRequest<'_>,
+        exports: &dyn ExportResolver,
+    ) -> Vec<Action> {
+        if req.name.len() > MAX_STRING_LEN {
+            return vec![Action::Send(error(
+                code,
+                ReplyType::ErrTooBig,
+                "export name too long",
+            ))];
+        }
+        let device = match exports.open(req.name) {
+            Ok(d) => d,
+            Err(e) => return vec![Action::Send(open_error(code, &e))],
+        };
+        let flags = transmission_flags(device.caps(), self.structured);
+        let mut out = Vec::new();
+        reply(
+            code,
+            ReplyBody::Info(InfoRepr::Export {
+                size: device.size(),
+                flags,
+            }),
+            &mut out,
+        );
+        let mut want_name = false;
+        let mut want_description = false;
+        for r in req.requests() {
+            match r {
+                InfoType::Name => want_name = true,
+                InfoType::Description => want_description = true,
+                _ => {}
+            }
+        }
+        if want_name {
+            reply(code, ReplyBody::Info(InfoRepr::Name(req.name)), &mut out);
+        }
+        if want_description {
+            let description = exports
+                .list()
+                .into_iter()
+                .find(|e| e.name == req.name)
+                .map(|e| e.description)
+                .unwrap_or_default();
+            if !description.is_empty() {
+                reply(
+                    code,
+                    ReplyBody::Info(InfoRepr::Description(clip(&description))),
+                    &mut out,
+                );
+            }
+        }
+        // Sent whether or not it was asked for (the spec allows that): the
+        // values are the protocol defaults, so no client is constrained, and
+        // clients learn the 32 MiB maximum.
+        reply(
+            code,
+            ReplyBody::Info(InfoRepr::BlockSize {
+                min: MIN_BLOCK,
+                preferred: PREFERRED_BLOCK,
+                max: MAX_PAYLOAD,
+            }),
+            &mut out,
+        );
+        reply(code, ReplyBody::Ack, &mut out);
+        let mut actions = vec![Action::Send(out)];
+        if code == OptionCode::Go {
+            actions.push(Action::Enter(Box::new(Negotiated {
+                base_allocation: self.base_allocation_for(req.name),
+                name: req.name.to_owned(),
+                device,
+                flags,
+                structured: self.structured,
+            })));
+        }
+        actions
+    }
+
+    fn meta_context(
+        &mut self,
+        code: OptionCode,
+        req: MetaRequest<'_>,
+        set: bool,
+        exports: &dyn ExportResolver,
+    ) -> Vec<u8> {
+        if !self.structured {
+            return error(
+                code,
+                ReplyType::ErrInvalid,
+                "structured replies must be negotiated first",
+            );
+        }
+        if let Err(e) = exports.open(req.export) {
+            return open_error(code, &e);
+        }
+        let selected = if set {
+            req.queries().any(|q| q == BASE_ALLOCATION)
+        } else {
+            // Listing: no query means everything, and a bare namespace
+            // lists all of it.
+            req.query_count() == 0 || req.queries().any(|q| q == "base:" || q == BASE_ALLOCATION)
+        };
+        let mut out = Vec::new();
+        if selected {
+            reply(
+                code,
+                ReplyBody::MetaContext {
+                    // List replies carry a reserved id of zero.
+                    id: if set { BASE_ALLOCATION_ID } else { 0 },
+                    name: BASE_ALLOCATION,
+                },
+                &mut out,
+            );
+        }
+        if set {
+            self.meta_export = selected.then(|| req.export.to_owned());
+        }
+        reply(code, ReplyBody::Ack, &mut out);
+        out
+    }
+}
+
+fn open_error(code: OptionCode, e: &OpenError) -> Vec<u8> {
+    match e {
+        OpenError::NotFound(m) => error(code, ReplyType::ErrUnknown, clip(m)),
+        OpenError::Other(m) => error(code, ReplyType::ErrPolicy, clip(m)),
+    }
+}
+
+/// Strings on the wire are at most 4 KiB; cut on a character boundary.
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_STRING_LEN {
+        return s;
+    }
+    let mut cut = MAX_STRING_LEN;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::doubles::{MemDisk, StaticExports};
+    use crate::wire::{OptionReply, transmission_flags as tf};
+
+    fn exports() -> StaticExports {
+        StaticExports::new()
+            .with("seat/a", "Seat A", Arc::new(MemDisk::new(1 << 20)))
+            .with("image/w@1", "", Arc::new(MemDisk::new(2 << 20)))
+    }
+
+    fn option(opt: OptionRepr<'_>) -> Vec<u8> {
+        let mut b = vec![0u8; opt.buffer_len()];
+        opt.emit(&mut b);
+        b
+    }
+
+    fn info_data(name: &str, reqs: &[u16]) -> Vec<u8> {
+        let raw: Vec<u8> = reqs.iter().flat_map(|r| r.to_be_bytes()).collect();
+        let r = InfoRequest::new(name, &raw);
+        let mut b = vec![0u8; r.buffer_len()];
+        r.emit(&mut b);
+        b
+    }
+
+    fn meta_data(export: &str, queries: &[&str]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&u32::try_from(export.len()).expect("small").to_be_bytes());
+        b.extend_from_slice(export.as_bytes());
+        b.extend_from_slice(&u32::try_from(queries.len()).expect("small").to_be_bytes());
+        for q in queries {
+            b.extend_from_slice(&u32::try_from(q.len()).expect("small").to_be_bytes());
+            b.extend_from_slice(q.as_bytes());
+        }
+        b
+    }
+
+    /// Drives the machine with raw option bytes, splitting them the way the
+    /// transport would (header, then data), and collects the actions.
+    struct Driver {
+        hs: Handshake,
+        ex: StaticExports,
+    }
+
+    impl Driver {
+        fn new(flags: u32) -> (Self, Vec<Action>) {
+            let mut d = Driver {
+                hs: Handshake::new(),
+                ex: exports(),
+            };
+            assert_eq!(d.hs.wants(), 4);
+            let a = d.hs.receive(&flags.to_be_bytes(), &d.ex);
+            (d, a)
+        }
+
+        fn fixed() -> Self {
+            let (d, a) = Self::new(client_flags::FIXED_NEWSTYLE);
+            assert!(a.is_empty());
+            d
+        }
+
+        fn send(&mut self, bytes: &[u8]) -> Vec<Action> {
+            let mut pos = 0;
+            let mut actions = Vec::new();
+            while pos < bytes.len() && !self.hs.is_done() {
+                let n = self.hs.wants();
+                actions.extend(self.hs.receive(&bytes[pos..pos + n], &self.ex));
+                pos += n;
+            }
+            actions
+        }
+
+        fn opt(&mut self, opt: OptionRepr<'_>) -> Vec<Action> {
+            self.send(&option(opt))
+        }
+    }
+
+    /// Splits the bytes of `Send` actions into parsed option replies.
+    fn replies(actions: &[Action]) -> Vec<OptionReplyRepr<'_>> {
+        let mut out = Vec::new();
+        for a in actions {
+            if let Action::Send(bytes) = a {
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let r = OptionReply::new_checked(rest).expect("complete reply");
+                    let len = r.total_len();
+                    out.push(
+                        OptionReplyRepr::parse(&OptionReply::new_unchecked(&rest[..len]))
+                            .expect("valid"),
+                    );
+                    rest = &rest[len..];
+                }
+            }
+        }
+        out
+    }
+
+    fn entered(actions: &[Action]) -> Option<&Negotiated> {
+        actions.iter().find_map(|a| match a {
+            Action::Enter(n) => Some(&**n),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn greeting_bytes() {
+        let g = greeting();
+        assert_eq!(&g[..8], b"NBDMAGIC");
+        assert_eq!(&g[8..16], b"IHAVEOPT");
+        assert_eq!(g[16..], [0, 3]);
+    }
+
+    #[test]
+    fn bad_client_flags_close() {
+        let (_, a) = Driver::new(0x10 | client_flags::FIXED_NEWSTYLE);
+        assert!(matches!(
+            a[..],
+            [Action::Close(CloseReason::BadClientFlags(0x11))]
+        ));
+        let (_, a) = Driver::new(0);
+        assert!(matches!(
+            a[..],
+            [Action::Close(CloseReason::BadClientFlags(0))]
+        ));
+    }
+
+    #[test]
+    fn unknown_option_is_unsupported_and_negotiation_continues() {
+        let mut d = Driver::fixed();
+        let a = d.opt(OptionRepr::Other {
+            code: OptionCode::Unknown(0x1234),
+            data: b"junk",
+        });
+        let r = replies(&a);
+        assert_eq!(r.len(), 1);
+        assert!(matches!(
+            r[0].body,
+            ReplyBody::Error {
+                kind: ReplyType::ErrUnsup,
+                ..
+            }
+        ));
+        assert_eq!(r[0].option, OptionCode::Unknown(0x1234));
+        for opt in [OptionRepr::ExtendedHeaders, OptionRepr::StartTls] {
+            let a = d.opt(opt);
+            assert!(matches!(
+                replies(&a)[0].body,
+                ReplyBody::Error {
+                    kind: ReplyType::ErrUnsup,
+                    ..
+                }
+            ));
+        }
+        let a = d.opt(OptionRepr::List);
+        assert_eq!(replies(&a).len(), 3);
+        assert!(!d.hs.is_done());
+    }
+
+    #[test]
+    fn list_exports() {
+        let mut d = Driver::fixed();
+        let a = d.opt(OptionRepr::List);
+        let r = replies(&a);
+        assert_eq!(
+            r.iter().map(|r| r.body).collect::<Vec<_>>(),
+            vec![
+                ReplyBody::Server {
+                    name: "seat/a",
+                    description: "Seat A"
+                },
+                ReplyBody::Server {
+                    name: "image/w@1",
+                    description: ""
+                },
+                ReplyBody::Ack,
+            ]
+        );
+        // LIST with data is syntactically invalid, and negotiation goes on.
+        let a = d.opt(OptionRepr::Other {
+            code: OptionCode::List,
+            data: b"x",
+        });
+        assert!(matches!(
+            replies(&a)[0].body,
+            ReplyBody::Error {
+                kind: ReplyType::ErrInvalid,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn go_unknown_export() {
+        let mut d = Driver::fixed();
+        let data = info_data("seat/nope", &[]);
+        let a = d.opt(OptionRepr::Go(InfoRequest::parse(&data).expect("valid")));
+        let r = replies(&a);
+        assert_eq!(r.len(), 1);
+        let ReplyBody::Error { kind, message } = r[0].body else {
+            panic!("error expected")
+        };
+        assert_eq!(kind, ReplyType::ErrUnknown);
+        assert!(message.contains("seat/nope"));
+        assert!(entered(&a).is_none());
+        assert!(!d.hs.is_done());
+    }
+
+    #[test]
+    fn info_then_go() {
+        let mut d = Driver::fixed();
+        let data = info_data("seat/a", &[1, 2, 3, 77]);
+        let a = d.opt(OptionRepr::Info(InfoRequest::parse(&data).expect("valid")));
+        let r = replies(&a);
+        let flags = match r[0].body {
+            ReplyBody::Info(InfoRepr::Export { size, flags }) => {
+                assert_eq!(size, 1 << 20);
+                flags
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_ne!(flags & tf::HAS_FLAGS, 0);
+        assert_eq!(flags & tf::READ_ONLY, 0);
+        assert_eq!(r[1].body, ReplyBody::Info(InfoRepr::Name("seat/a")));
+        assert_eq!(r[2].body, ReplyBody::Info(InfoRepr::Description("Seat A")));
+        assert_eq!(
+            r[3].body,
+            ReplyBody::Info(InfoRepr::BlockSize {
+                min: 1,
+                preferred: 4096,
+                max: 32 << 20
+            })
+        );
+        assert_eq!(r[4].body, ReplyBody::Ack);
+        assert!(entered(&a).is_none());
+
+        let data = info_data("seat/a", &[]);
+        let a = d.opt(OptionRepr::Go(InfoRequest::parse(&data).expect("valid")));
+        let r = replies(&a);
+        assert!(matches!(
+            r[0].body,
+            ReplyBody::Info(InfoRepr::Export { .. })
+        ));
+        assert_eq!(r.last().map(|r| r.body), Some(ReplyBody::Ack));
+        let n = entered(&a).expect("entered transmission");
+        assert_eq!(n.name, "seat/a");
+        assert!(!n.structured);
+        assert_eq!(n.base_allocation, None);
+        assert!(d.hs.is_done());
+    }
+
+    #[test]
+    fn structured_and_base_allocation() {
+        let mut d = Driver::fixed();
+        // Meta contexts need structured replies first.
+        let m = meta_data("seat/a", &[BASE_ALLOCATION]);
+        let a = d.opt(OptionRepr::SetMetaContext(
+            MetaRequest::parse(&m).expect("valid"),
+        ));
+        assert!(matches!(
+            replies(&a)[0].body,
+            ReplyBody::Error {
+                kind: ReplyType::ErrInvalid,
+                ..
+            }
+        ));
+        let a = d.opt(OptionRepr::StructuredReply);
+        assert_eq!(replies(&a)[0].body, ReplyBody::Ack);
+
+        for queries in [&[][..], &["base:"][..], &[BASE_ALLOCATION][..]] {
+            let l = meta_data("seat/a", queries);
+            let a = d.opt(OptionRepr::ListMetaContext(
+                MetaRequest::parse(&l).expect("valid"),
+            ));
+            let r = replies(&a);
+            assert_eq!(
+                r.iter().map(|r| r.body).collect::<Vec<_>>(),
+                vec![
+                    ReplyBody::MetaContext {
+                        id: 0,
+                        name: BASE_ALLOCATION
+                    },
+                    ReplyBody::Ack
+                ],
+                "{queries:?}"
+            );
+        }
+        let l = meta_data("seat/a", &["qemu:dirty-bitmap:x"]);
+        let a = d.opt(OptionRepr::ListMetaContext(
+            MetaRequest::parse(&l).expect("valid"),
+        ));
+        assert_eq!(replies(&a)[0].body, ReplyBody::Ack);
+
+        let a = d.opt(OptionRepr::SetMetaContext(
+            MetaRequest::parse(&m).expect("valid"),
+        ));
+        let r = replies(&a);
+        assert_eq!(
+            r[0].body,
+            ReplyBody::MetaContext {
+                id: BASE_ALLOCATION_ID,
+                name: BASE_ALLOCATION
+            }
+        );
+        assert_eq!(r[1].body, ReplyBody::Ack);
+
+        let data = info_data("seat/a", &[]);
+        let a = d.opt(OptionRepr::Go(InfoRequest::parse(&data).expect("valid")));
+        let n = entered(&a).expect("entered");
+        assert!(n.structured);
+        assert_eq!(n.base_allocation, Some(BASE_ALLOCATION_ID));
+        assert_ne!(n.flags & tf::SEND_DF, 0);
+    }
+
+    #[test]
+    fn meta_context_for_other_export_is_dropped() {
+        let mut d = Driver::fixed();
+        d.opt(OptionRepr::StructuredReply);
+        let m = meta_data("image/w@1", &[BASE_ALLOCATION]);
+        d.opt(OptionRepr::SetMetaContext(
+            MetaRequest::parse(&m).expect("valid"),
+        ));
+        let data = info_data("seat/a", &[]);
+        let a = d.opt(OptionRepr::Go(InfoRequest::parse(&data).expect("valid")));
+        assert_eq!(entered(&a).expect("entered").base_allocation, None);
+    }
+
+    #[test]
+    fn export_name_with_and_without_zeroes() {
+        for (flags, len) in [
+            (client_flags::FIXED_NEWSTYLE, 10 + 124),
+            (client_flags::FIXED_NEWSTYLE | client_flags::NO_ZEROES, 10),
+        ] {
+            let (mut d, a) = Driver::new(flags);
+            assert!(a.is_empty());
+            let a = d.opt(OptionRepr::ExportName(b"seat/a"));
+            let Action::Send(bytes) = &a[0] else {
+                panic!("send first")
+            };
+            assert_eq!(bytes.len(), len);
+            assert_eq!(bytes[..8], (1u64 << 20).to_be_bytes());
+            assert!(bytes[10..].iter().all(|&b| b == 0));
+            assert_eq!(entered(&a).expect("entered").name, "seat/a");
+        }
+    }
+
+    #[test]
+    fn export_name_unknown_closes() {
+        let mut d = Driver::fixed();
+        let a = d.opt(OptionRepr::ExportName(b"nope"));
+        assert!(matches!(
+            a[..],
+            [Action::Close(CloseReason::ExportNameFailed { .. })]
+        ));
+        assert!(d.hs.is_done());
+    }
+
+    #[test]
+    fn absurd_option_length_closes_without_reading_it() {
+        let mut d = Driver::fixed();
+        let mut hdr = vec![0u8; 16];
+        OptionHeaderRepr {
+            option: OptionCode::Go,
+            length: 0xffff_fff0,
+        }
+        .emit(&mut OptionHeader::new_unchecked(&mut hdr[..]));
+        let a = d.send(&hdr);
+        assert!(matches!(
+            replies(&a)[0].body,
+            ReplyBody::Error {
+                kind: ReplyType::ErrTooBig,
+                ..
+            }
+        ));
+        assert!(matches!(
+            a.last(),
+            Some(Action::Close(CloseReason::OptionTooLong { .. }))
+        ));
+        assert_eq!(d.hs.wants(), 0);
+    }
+
+    #[test]
+    fn bad_option_magic_closes() {
+        let mut d = Driver::fixed();
+        let a = d.send(&[0u8; 16]);
+        assert!(matches!(
+            a[..],
+            [Action::Close(CloseReason::BadOptionMagic)]
+        ));
+    }
+
+    #[test]
+    fn abort_acks_then_closes() {
+        let mut d = Driver::fixed();
+        let a = d.opt(OptionRepr::Abort);
+        assert_eq!(replies(&a)[0].body, ReplyBody::Ack);
+        assert!(matches!(
+            a.last(),
+            Some(Action::Close(CloseReason::Aborted))
+        ));
+    }
+
+    #[test]
+    fn malformed_go_is_invalid() {
+        let mut d = Driver::fixed();
+        let a = d.opt(OptionRepr::Other {
+            code: OptionCode::Go,
+            data: &[0, 0, 0, 50, b'x'],
+        });
+        assert!(matches!(
+            replies(&a)[0].body,
+            ReplyBody::Error {
+                kind: ReplyType::ErrInvalid,
+                ..
+            }
+        ));
+        assert!(!d.hs.is_done());
+    }
+}
