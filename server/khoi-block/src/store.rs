@@ -3,6 +3,7 @@
 //! # Layout
 //! ```text
 //! <dir>/
+//!   lock                            flock'd by the one Store that owns the directory
 //!   staging/                        raw images the CLI prepares for import
 //!   trash/                          whole directories being deleted (emptied at open)
 //!   images/<image>/
@@ -160,6 +161,9 @@ struct Inner {
 }
 
 pub struct Store {
+    /// Holds an exclusive `flock` on `<dir>/lock` for the store's lifetime:
+    /// two servers on one directory would each believe they own the files.
+    _lock: fs::File,
     dir: PathBuf,
     opts: StoreOptions,
     space: Arc<SpaceGuard>,
@@ -248,6 +252,30 @@ fn remove_in_background(paths: Vec<PathBuf>) {
     }
 }
 
+fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(StoreError::io(&path))?;
+    // SAFETY: flock on a file descriptor we own; no memory involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::InUse {
+                what: format!("store {}", dir.display()),
+                reason: "another Store (or server) has it open".into(),
+            });
+        }
+        return Err(StoreError::Io { path, source: err });
+    }
+    Ok(f)
+}
+
 impl Store {
     /// Opens (creating if missing) the store at `dir`, removes what crashes
     /// left behind and validates every image's metadata and layer files.
@@ -256,8 +284,10 @@ impl Store {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
         }
+        let lock = lock_dir(dir)?;
         let space = Arc::new(SpaceGuard::new(dir.to_path_buf(), opts.free_space_floor));
         let store = Store {
+            _lock: lock,
             dir: dir.to_path_buf(),
             opts,
             space,

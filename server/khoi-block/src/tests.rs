@@ -933,6 +933,18 @@ fn version_read_plan_points_at_layer_files() {
 }
 
 #[test]
+fn second_store_on_same_dir_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let st = store(tmp.path());
+    assert!(matches!(
+        Store::open(tmp.path(), StoreOptions::default()),
+        Err(StoreError::InUse { .. })
+    ));
+    drop(st);
+    store(tmp.path());
+}
+
+#[test]
 fn store_types_are_shareable() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Store>();
