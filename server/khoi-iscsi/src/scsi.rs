@@ -151,13 +151,23 @@ pub struct Nexus {
 /// Which command a Data-Out buffer belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataOutKind {
-    Write { fua: bool },
+    Write {
+        fua: bool,
+    },
     /// VERIFY with BYTCHK: compare the data; `per_block` is BYTCHK=11b (one
     /// block compared against every block of the range).
-    Compare { per_block: bool },
-    ModeSelect { ten: bool, save: bool },
+    Compare {
+        per_block: bool,
+    },
+    ModeSelect {
+        ten: bool,
+        save: bool,
+    },
     Unmap,
-    WriteSame { unmap: bool, fua: bool },
+    WriteSame {
+        unmap: bool,
+        fua: bool,
+    },
 }
 
 /// What a command needs before it can complete.
@@ -165,7 +175,10 @@ pub enum DataOutKind {
 pub enum Plan {
     Done(Done),
     /// Read `len` bytes at byte `offset`; GOOD once sent.
-    Read { offset: u64, len: u64 },
+    Read {
+        offset: u64,
+        len: u64,
+    },
     /// Flush the device, then GOOD.
     Flush,
     /// The command needs `len` bytes of Data-Out (the SCSI transfer length);
@@ -177,19 +190,48 @@ pub enum Plan {
         blocks: u64,
     },
     /// WRITE SAME(16) with NDOB: no data, the pattern is zeroes.
-    Zero { offset: u64, len: u64, unmap: bool, fua: bool },
+    Zero {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        fua: bool,
+    },
 }
 
 /// Block I/O to run on a blocking thread.
 #[derive(Debug, Clone)]
 pub enum Job {
-    Read { offset: u64, len: u64 },
-    Write { offset: u64, data: Bytes, flags: WriteFlags },
-    Compare { offset: u64, len: u64, data: Bytes, per_block: bool },
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    Write {
+        offset: u64,
+        data: Bytes,
+        flags: WriteFlags,
+    },
+    Compare {
+        offset: u64,
+        len: u64,
+        data: Bytes,
+        per_block: bool,
+    },
     Flush,
-    Trim { ranges: Vec<(u64, u64)> },
-    Zero { offset: u64, len: u64, unmap: bool, fua: bool },
-    WriteSame { offset: u64, len: u64, pattern: Bytes, fua: bool },
+    Trim {
+        ranges: Vec<(u64, u64)>,
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        fua: bool,
+    },
+    WriteSame {
+        offset: u64,
+        len: u64,
+        pattern: Bytes,
+        fua: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -468,7 +510,11 @@ pub fn with_data(
         DataOutKind::Write { fua } => Ok(Job::Write {
             offset,
             data,
-            flags: if fua { WriteFlags::FUA } else { WriteFlags::NONE },
+            flags: if fua {
+                WriteFlags::FUA
+            } else {
+                WriteFlags::NONE
+            },
         }),
         DataOutKind::Compare { per_block } => Ok(Job::Compare {
             offset,
@@ -579,7 +625,11 @@ pub fn execute(job: Job, dev: &Checked) -> Result<JobOutput, BlockError> {
             unmap,
             fua,
         } => {
-            let flags = if fua { WriteFlags::FUA } else { WriteFlags::NONE };
+            let flags = if fua {
+                WriteFlags::FUA
+            } else {
+                WriteFlags::NONE
+            };
             if unmap {
                 dev.trim(offset, len, flags)?;
             } else {
@@ -741,7 +791,10 @@ fn name_string(s: &str) -> Vec<u8> {
 pub fn vpd_page(page: u8, lu: &LuInfo) -> Option<Vec<u8>> {
     Some(match page {
         0x00 => vpd(0x00, VPD_PAGES.to_vec()),
-        0x80 => vpd(0x80, pad_ascii(&lu.identity.serial, lu.identity.serial.len().min(252))),
+        0x80 => vpd(
+            0x80,
+            pad_ascii(&lu.identity.serial, lu.identity.serial.len().min(252)),
+        ),
         0x83 => {
             let mut b = Vec::new();
             // LU association: NAA 6 (binary, type 3).
@@ -1004,9 +1057,7 @@ mod tests {
             target: "iqn.2025-01.vn.khoi:seat01".into(),
             identity: LunIdentity {
                 serial: "KHOI0001".into(),
-                naa: [
-                    0x60, 0x01, 0x40, 0x5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
-                ],
+                naa: [0x60, 0x01, 0x40, 0x5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             },
             max_transfer_blocks: 32768,
             opt_transfer_blocks: 2048,
@@ -1063,23 +1114,40 @@ mod tests {
         assert_eq!(&d.data[8..12], b"KHOI");
         let d = run(&[0x12, 0, 0, 0, 5, 0]);
         assert_eq!(d.data.len(), 5);
-        assert_eq!(run(&[0x12, 0, 0x80, 0, 0xff, 0]).sense, Some(Sense::INVALID_FIELD_IN_CDB));
-        assert_eq!(run(&[0x12, 1, 0x86, 0, 0xff, 0]).sense, Some(Sense::INVALID_FIELD_IN_CDB));
+        assert_eq!(
+            run(&[0x12, 0, 0x80, 0, 0xff, 0]).sense,
+            Some(Sense::INVALID_FIELD_IN_CDB)
+        );
+        assert_eq!(
+            run(&[0x12, 1, 0x86, 0, 0xff, 0]).sense,
+            Some(Sense::INVALID_FIELD_IN_CDB)
+        );
         // Another LUN: qualifier 3, device type 1Fh.
-        let d = done(plan(&cdb(&[0x12, 0, 0, 0, 0xff, 0]), 1 << 48, &lu(), &mut Nexus::default()));
+        let d = done(plan(
+            &cdb(&[0x12, 0, 0, 0, 0xff, 0]),
+            1 << 48,
+            &lu(),
+            &mut Nexus::default(),
+        ));
         assert_eq!(d.data[0], 0x7f);
     }
 
     #[test]
     fn vpd_pages_bytes() {
         let d = run(&[0x12, 1, 0x00, 0, 0xff, 0]);
-        assert_eq!(&d.data[..], &[0, 0, 0, 6, 0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]);
+        assert_eq!(
+            &d.data[..],
+            &[0, 0, 0, 6, 0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
+        );
         let d = run(&[0x12, 1, 0x80, 0, 0xff, 0]);
         assert_eq!(&d.data[..], b"\x00\x80\x00\x08KHOI0001");
         let d = run(&[0x12, 1, 0x83, 0, 0xff, 0]);
         let page = &d.data[..];
         assert_eq!(page[1], 0x83);
-        assert_eq!(usize::from(page[2]) << 8 | usize::from(page[3]), page.len() - 4);
+        assert_eq!(
+            usize::from(page[2]) << 8 | usize::from(page[3]),
+            page.len() - 4
+        );
         // First designator: NAA 6, 16 bytes, LU association.
         assert_eq!(&page[4..8], &[0x01, 0x03, 0x00, 0x10]);
         assert_eq!(page[8] >> 4, 6);
@@ -1088,7 +1156,11 @@ mod tests {
         let mut seen = Vec::new();
         while i < page.len() {
             let len = usize::from(page[i + 3]);
-            seen.push(((page[i + 1] >> 4) & 3, page[i + 1] & 0x0f, page[i + 1] & 0x80 != 0));
+            seen.push((
+                (page[i + 1] >> 4) & 3,
+                page[i + 1] & 0x0f,
+                page[i + 1] & 0x80 != 0,
+            ));
             if page[i + 1] & 0x0f == 8 {
                 assert_eq!(len % 4, 0, "SCSI name strings are padded to 4");
                 assert_eq!(page[i + 4 + len - 1], 0);
@@ -1096,7 +1168,16 @@ mod tests {
             i += 4 + len;
         }
         assert_eq!(i, page.len());
-        assert_eq!(seen, vec![(0, 3, false), (0, 1, false), (1, 4, true), (1, 8, true), (2, 8, true)]);
+        assert_eq!(
+            seen,
+            vec![
+                (0, 3, false),
+                (0, 1, false),
+                (1, 4, true),
+                (1, 8, true),
+                (2, 8, true)
+            ]
+        );
         let d = run(&[0x12, 1, 0xb0, 0, 0xff, 0]);
         assert_eq!(&d.data[..4], &[0, 0xb0, 0, 0x3c]);
         assert_eq!(d.data[4] & 1, 1, "WSNZ");
@@ -1126,27 +1207,61 @@ mod tests {
     #[test]
     fn reads_and_writes_plan() {
         assert_eq!(
-            plan(&cdb(&[0x28, 0, 0, 0, 0, 0x10, 0, 0, 8, 0]), 0, &lu(), &mut Nexus::default()),
+            plan(
+                &cdb(&[0x28, 0, 0, 0, 0, 0x10, 0, 0, 8, 0]),
+                0,
+                &lu(),
+                &mut Nexus::default()
+            ),
             Plan::Read {
                 offset: 0x10 * 512,
                 len: 4096
             }
         );
-        assert_eq!(run(&[0x28, 0, 0, 0, 0x08, 0, 0, 0, 1, 0]).sense, Some(Sense::LBA_OUT_OF_RANGE));
-        assert_eq!(run(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0]).sense, Some(Sense::INVALID_FIELD_IN_CDB));
+        assert_eq!(
+            run(&[0x28, 0, 0, 0, 0x08, 0, 0, 0, 1, 0]).sense,
+            Some(Sense::LBA_OUT_OF_RANGE)
+        );
+        assert_eq!(
+            run(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0]).sense,
+            Some(Sense::INVALID_FIELD_IN_CDB)
+        );
         assert_eq!(run(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Done::good());
         // READ(6) with 0 means 256 blocks.
         assert_eq!(
-            plan(&cdb(&[0x08, 0, 0, 0, 0, 0]), 0, &lu(), &mut Nexus::default()),
-            Plan::Read { offset: 0, len: 256 * 512 }
+            plan(
+                &cdb(&[0x08, 0, 0, 0, 0, 0]),
+                0,
+                &lu(),
+                &mut Nexus::default()
+            ),
+            Plan::Read {
+                offset: 0,
+                len: 256 * 512
+            }
         );
-        match plan(&cdb(&[0x8a, 0x08, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0]), 0, &lu(), &mut Nexus::default()) {
-            Plan::DataOut { kind: DataOutKind::Write { fua: true }, offset: 512, len: 1024, blocks: 2 } => {}
+        match plan(
+            &cdb(&[0x8a, 0x08, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0]),
+            0,
+            &lu(),
+            &mut Nexus::default(),
+        ) {
+            Plan::DataOut {
+                kind: DataOutKind::Write { fua: true },
+                offset: 512,
+                len: 1024,
+                blocks: 2,
+            } => {}
             other => panic!("{other:?}"),
         }
         let mut ro = lu();
         ro.read_only = true;
-        let d = done(plan(&cdb(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]), 0, &ro, &mut Nexus::default()));
+        let d = done(plan(
+            &cdb(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+            0,
+            &ro,
+            &mut Nexus::default(),
+        ));
         assert_eq!(d.sense, Some(Sense::WRITE_PROTECTED));
     }
 
@@ -1164,14 +1279,25 @@ mod tests {
         // Changeable values: nothing.
         let d = run(&[0x1a, 0x08, 0x48, 0, 0xff, 0]);
         assert_eq!(d.data[6], 0);
-        assert_eq!(run(&[0x1a, 0, 0x30, 0, 0xff, 0]).sense, Some(Sense::INVALID_FIELD_IN_CDB));
-        assert_eq!(run(&[0x1a, 0, 0xc8, 0, 0xff, 0]).sense, Some(Sense::SAVING_NOT_SUPPORTED));
+        assert_eq!(
+            run(&[0x1a, 0, 0x30, 0, 0xff, 0]).sense,
+            Some(Sense::INVALID_FIELD_IN_CDB)
+        );
+        assert_eq!(
+            run(&[0x1a, 0, 0xc8, 0, 0xff, 0]).sense,
+            Some(Sense::SAVING_NOT_SUPPORTED)
+        );
         let d = run(&[0x5a, 0x10, 0x0a, 0, 0, 0, 0, 0, 0xff, 0]);
         assert_eq!(d.data[4], 1, "LONGLBA");
         assert_eq!(&d.data[6..8], &[0, 16]);
         let mut ro = lu();
         ro.read_only = true;
-        let d = done(plan(&cdb(&[0x1a, 0x08, 0x3f, 0, 0xff, 0]), 0, &ro, &mut Nexus::default()));
+        let d = done(plan(
+            &cdb(&[0x1a, 0x08, 0x3f, 0, 0xff, 0]),
+            0,
+            &ro,
+            &mut Nexus::default(),
+        ));
         assert_eq!(d.data[2], 0x90);
     }
 
@@ -1192,8 +1318,14 @@ mod tests {
     #[test]
     fn report_luns_and_request_sense() {
         let d = run(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
-        assert_eq!(&d.data[..], &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(run(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]).sense, Some(Sense::INVALID_FIELD_IN_CDB));
+        assert_eq!(
+            &d.data[..],
+            &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            run(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]).sense,
+            Some(Sense::INVALID_FIELD_IN_CDB)
+        );
         let d = run(&[0x03, 0, 0, 0, 252, 0]);
         assert_eq!(d.status, GOOD);
         assert_eq!(d.data[0], 0x70);
@@ -1210,7 +1342,10 @@ mod tests {
         d[16..20].copy_from_slice(&16u32.to_be_bytes());
         assert_eq!(unmap_data(&d, &l).unwrap(), vec![(8 * 512, 16 * 512)]);
         d[8..16].copy_from_slice(&2040u64.to_be_bytes());
-        assert_eq!(unmap_data(&d, &l).unwrap_err().sense, Some(Sense::LBA_OUT_OF_RANGE));
+        assert_eq!(
+            unmap_data(&d, &l).unwrap_err().sense,
+            Some(Sense::LBA_OUT_OF_RANGE)
+        );
     }
 
     #[test]
@@ -1223,6 +1358,9 @@ mod tests {
             block_error(&BlockError::Io(std::io::Error::other("x"))).sense,
             Some(Sense::UNRECOVERED_READ_ERROR)
         );
-        assert_eq!(block_error(&BlockError::ReadOnly).sense, Some(Sense::WRITE_PROTECTED));
+        assert_eq!(
+            block_error(&BlockError::ReadOnly).sense,
+            Some(Sense::WRITE_PROTECTED)
+        );
     }
 }
