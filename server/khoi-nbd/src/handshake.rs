@@ -857,3 +857,40 @@ mod tests {
         assert!(!d.hs.is_done());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::doubles::{MemDisk, StaticExports};
+
+    proptest! {
+        /// Arbitrary option streams never panic the machine, and it never
+        /// asks for more than MAX_OPTION_LEN bytes at once.
+        #[test]
+        fn option_stream_never_panics(
+            opts in proptest::collection::vec((0u32..14, proptest::collection::vec(any::<u8>(), 0..64)), 0..8)
+        ) {
+            let ex = StaticExports::new().with("", "", Arc::new(MemDisk::new(4096)));
+            let mut hs = Handshake::new();
+            hs.receive(&client_flags::FIXED_NEWSTYLE.to_be_bytes(), &ex);
+            for (code, data) in opts {
+                if hs.is_done() {
+                    break;
+                }
+                let mut hdr = [0u8; 16];
+                OptionHeaderRepr { option: OptionCode::from(code), length: u32::try_from(data.len()).unwrap_or(0) }
+                    .emit(&mut OptionHeader::new_unchecked(&mut hdr[..]));
+                hs.receive(&hdr, &ex);
+                if !data.is_empty() && !hs.is_done() {
+                    prop_assert_eq!(hs.wants(), data.len());
+                    hs.receive(&data, &ex);
+                }
+                prop_assert!(hs.wants() <= MAX_OPTION_LEN as usize);
+            }
+        }
+    }
+}

@@ -1958,3 +1958,36 @@ mod tests {
         assert_eq!(u32::from(Errno::Shutdown), 108);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Parsers see attacker-controlled bytes: they may reject, never panic.
+        #[test]
+        fn parsers_never_panic(code in 0u32..16, data in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = OptionRepr::parse(OptionCode::from(code), &data);
+            let _ = InfoRepr::parse(&data);
+            let _ = GreetingRepr::parse(&data);
+            if let Ok(r) = OptionReply::new_checked(&data[..]) {
+                let _ = OptionReplyRepr::parse(&r);
+            }
+            if let Ok(c) = Chunk::new_checked(&data[..]) {
+                let _ = ChunkRepr::parse(&c);
+            }
+            if let Ok(r) = Request::new_checked(&data[..]) {
+                let _ = RequestRepr::parse(&r);
+            }
+        }
+
+        #[test]
+        fn request_round_trip(flags: u16, cmd: u16, cookie: u64, offset: u64, length: u32) {
+            let r = RequestRepr { flags, command: Command::from(cmd), cookie, offset, length };
+            let b = r.to_bytes();
+            prop_assert_eq!(RequestRepr::parse(&Request::new_unchecked(&b[..])), Ok(r));
+        }
+    }
+}
