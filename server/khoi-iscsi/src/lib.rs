@@ -17,3 +17,4 @@ pub mod text;
 pub mod transport;
 
 pub use resolver::{ChapSecret, IscsiConfig, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
+pub use transport::serve;

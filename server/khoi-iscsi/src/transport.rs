@@ -1,1 +1,723 @@
-//! TODO
+//! The tokio transport: accept loop, per-connection login and full-feature
+//! tasks, block I/O on the blocking pool, and a writer task that stamps
+//! sequence numbers and sends Data-In straight from files with sendfile(2)
+//! when digests are off.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use khoi_block::{Checked, ReadSegment};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::frame::{self, Digests, FrameError};
+use crate::login::{Login, LoginOutcome, Step};
+use crate::pdu::{InitiatorRepr, Pdu, RejectReason};
+use crate::registry::Registry;
+use crate::resolver::{IscsiConfig, IscsiEvent, TargetResolver};
+use crate::scsi::{self, LuInfo};
+use crate::session::{self, Action, Out, ReadReply, Reply, Session, Stamp, Stamper};
+
+/// Largest data segment accepted during login (text only).
+const LOGIN_MAX_DATA: usize = 65_536;
+/// Replies queued for the writer before I/O tasks wait.
+const WRITER_QUEUE: usize = 256;
+
+static ZEROS: [u8; 65_536] = [0u8; 65_536];
+
+/// Serve iSCSI on an already-bound listener until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    resolver: Arc<dyn TargetResolver>,
+    config: IscsiConfig,
+    shutdown: CancellationToken,
+) {
+    let config = Arc::new(config);
+    let registry = Arc::new(Registry::new());
+    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "iscsi accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let resolver = resolver.clone();
+        let config = config.clone();
+        let registry = registry.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = tune_socket(&stream) {
+                debug!(%peer, error = %e, "socket options");
+            }
+            match connection(stream, peer, resolver, config, registry, shutdown).await {
+                Ok(()) => debug!(%peer, "iscsi connection closed"),
+                Err(e) => info!(%peer, error = %e, "iscsi connection ended"),
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+fn tune_socket(s: &TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    // iPXE abandons its session when Windows takes over and never logs out:
+    // keepalive is how that dead connection gets noticed.
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    socket2::SockRef::from(s).set_tcp_keepalive(&ka)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("framing: {0}")]
+    Frame(#[from] FrameError),
+    #[error("peer closed mid-PDU")]
+    Truncated,
+    #[error("login timed out")]
+    LoginTimeout,
+    #[error("{0}")]
+    Protocol(String),
+}
+
+async fn read_pdu<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    digests: Digests,
+    max_data: usize,
+) -> Result<Option<Pdu>, ConnError> {
+    loop {
+        if let Some(p) = frame::decode(buf, digests, max_data)? {
+            return Ok(Some(p));
+        }
+        buf.reserve(64 * 1024);
+        if rd.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ConnError::Truncated)
+            };
+        }
+    }
+}
+
+async fn write_all_slices<W: AsyncWrite + Unpin>(w: &mut W, bufs: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| IoSlice::new(b))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = w.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
+fn encode_pdu(pdu: &Pdu, digests: Digests, out: &mut Vec<Bytes>) {
+    out.push(frame::encode_header(pdu, digests).freeze());
+    if !pdu.data.is_empty() {
+        out.push(pdu.data.clone());
+        out.push(frame::encode_trailer(&pdu.data, digests).freeze());
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    resolver: Arc<dyn TargetResolver>,
+    config: Arc<IscsiConfig>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<(), ConnError> {
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let peer_s = peer.to_string();
+    let login = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        r = tokio::time::timeout(config.login_timeout, login_phase(&mut stream, &mut rbuf, &peer_s, &resolver, &config, &registry)) => match r {
+            Ok(r) => r?,
+            Err(_) => return Err(ConnError::LoginTimeout),
+        },
+    };
+    let Some((outcome, dev)) = login else {
+        return Ok(());
+    };
+    let target = outcome.target().map(str::to_owned);
+    resolver.event(IscsiEvent::LoggedIn {
+        peer: peer_s.clone(),
+        initiator: outcome.initiator.clone(),
+        target: target.clone(),
+        tsih: outcome.tsih,
+    });
+    let cancel = shutdown.child_token();
+    if target.is_some() {
+        registry.insert(
+            &outcome.initiator,
+            outcome.isid,
+            outcome.tsih,
+            cancel.clone(),
+        );
+    }
+    let result = full_feature(stream, rbuf, &outcome, dev, &resolver, &config, cancel).await;
+    if target.is_some() {
+        registry.remove(&outcome.initiator, outcome.isid, outcome.tsih);
+    }
+    resolver.event(IscsiEvent::SessionEnded {
+        peer: peer_s,
+        initiator: outcome.initiator.clone(),
+        target,
+        tsih: outcome.tsih,
+    });
+    result
+}
+
+async fn login_phase(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    peer: &str,
+    resolver: &Arc<dyn TargetResolver>,
+    config: &IscsiConfig,
+    registry: &Registry,
+) -> Result<Option<(LoginOutcome, Option<Checked>)>, ConnError> {
+    let mut login = Login::new(
+        resolver.clone(),
+        config.offer,
+        config.tpgt,
+        config.cmd_window,
+    );
+    let nodigest = Digests::default();
+    loop {
+        let Some(pdu) = read_pdu(stream, rbuf, nodigest, LOGIN_MAX_DATA).await? else {
+            return Ok(None);
+        };
+        let req = match InitiatorRepr::parse(&pdu.view()) {
+            Ok(InitiatorRepr::Login(r)) => r,
+            _ => {
+                // Anything but a well-formed Login Request before login is
+                // complete is a protocol error; there is no session to
+                // reject it in.
+                return Err(ConnError::Protocol("expected a Login Request".into()));
+            }
+        };
+        let step = login.on_pdu(&req, &pdu.data);
+        let (pdu, failure, ready_target) = match step {
+            Step::Continue(p) => (p, None, None),
+            Step::Fail(p, f) => (p, Some(f), None),
+            Step::Ready { target } => {
+                let (dev, lu_res) = match &target {
+                    Some(t) => {
+                        let r = resolver.clone();
+                        let t2 = t.clone();
+                        match tokio::task::spawn_blocking(move || r.open_lun0(&t2)).await {
+                            Ok(Ok(d)) => (Some(d), Ok(())),
+                            Ok(Err(e)) => (None, Err(e)),
+                            Err(e) => (None, Err(e.to_string())),
+                        }
+                    }
+                    None => (None, Ok(())),
+                };
+                let tsih = registry.allocate_tsih();
+                match login.finish(tsih, lu_res) {
+                    Ok((p, outcome)) => {
+                        let mut out = Vec::new();
+                        encode_pdu(&p, nodigest, &mut out);
+                        write_all_slices(stream, &out).await?;
+                        return Ok(Some((outcome, dev)));
+                    }
+                    Err((p, f)) => (p, Some(f), target),
+                }
+            }
+        };
+        let mut out = Vec::new();
+        encode_pdu(&pdu, nodigest, &mut out);
+        write_all_slices(stream, &out).await?;
+        if let Some(f) = failure {
+            info!(%peer, status = format_args!("{:#06x}", f.status), reason = %f.reason,
+                initiator = ?f.initiator, target = ?f.target.as_ref().or(ready_target.as_ref()), "iscsi login failed");
+            resolver.event(IscsiEvent::LoginFailed {
+                peer: peer.to_owned(),
+                initiator: f.initiator,
+                target: f.target,
+                status: f.status,
+                reason: f.reason,
+            });
+            let _ = stream.shutdown().await;
+            return Ok(None);
+        }
+    }
+}
+
+enum WriterMsg {
+    Out(Out),
+    Read(ReadReply),
+}
+
+async fn full_feature(
+    stream: TcpStream,
+    mut rbuf: BytesMut,
+    outcome: &LoginOutcome,
+    dev: Option<Checked>,
+    resolver: &Arc<dyn TargetResolver>,
+    config: &IscsiConfig,
+    cancel: CancellationToken,
+) -> Result<(), ConnError> {
+    let params = outcome.params;
+    let digests = Digests {
+        header: params.header_digest,
+        data: params.data_digest,
+    };
+    let lu = match (&dev, outcome.target()) {
+        (Some(d), Some(t)) => Some(LuInfo::new(
+            d,
+            t.to_owned(),
+            resolver.identity(t),
+            config.max_transfer,
+            params.max_burst_length,
+        )),
+        _ => None,
+    };
+    let mut session = Session::new(
+        resolver.clone(),
+        outcome,
+        lu,
+        config.portal.clone(),
+        config.tpgt,
+        config.cmd_window,
+        config.unit_attention_on_login,
+    );
+    let (mut rd, wr) = stream.into_split();
+    let exp = Arc::new(AtomicU32::new(session.exp_cmd_sn));
+    let (tx, rx) = mpsc::channel::<WriterMsg>(WRITER_QUEUE);
+    let stamper = Stamper {
+        stat_sn: outcome.stat_sn,
+        window: config.cmd_window.max(1),
+    };
+    let writer_cancel = cancel.clone();
+    let writer = tokio::spawn(writer_task(
+        wr,
+        rx,
+        stamper,
+        exp.clone(),
+        digests,
+        writer_cancel,
+    ));
+    let max_data = (params.target_mrdsl as usize).max(8192);
+    let mut jobs: JoinSet<u32> = JoinSet::new();
+    let target = outcome.target().unwrap_or_default().to_owned();
+    let initiator = outcome.initiator.clone();
+
+    let result: Result<(), ConnError> = 'conn: loop {
+        let pdu = tokio::select! {
+            _ = cancel.cancelled() => break 'conn Ok(()),
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => {
+                if let Ok(itt) = done {
+                    session.exec_done(itt);
+                }
+                continue;
+            }
+            r = read_pdu(&mut rd, &mut rbuf, digests, max_data) => r,
+        };
+        let pdu = match pdu {
+            Ok(Some(p)) => p,
+            Ok(None) => break Ok(()),
+            Err(ConnError::Frame(FrameError::DataDigest { bhs })) => {
+                // The PDU was framed correctly, so reject it and go on.
+                let r = crate::pdu::Reject {
+                    reason: RejectReason::DataDigestError,
+                    seq: Default::default(),
+                    data_sn: 0,
+                };
+                let out = Out {
+                    pdu: Pdu::new(r.emit(), Bytes::copy_from_slice(&bhs)),
+                    stamp: Stamp::Peek,
+                };
+                if tx.send(WriterMsg::Out(out)).await.is_err() {
+                    break Ok(());
+                }
+                continue;
+            }
+            Err(e) => break Err(e),
+        };
+        let actions = session.on_pdu(&pdu);
+        exp.store(session.exp_cmd_sn, Ordering::Release);
+        for a in actions {
+            match a {
+                Action::Send(o) => {
+                    if tx.send(WriterMsg::Out(o)).await.is_err() {
+                        break 'conn Ok(());
+                    }
+                }
+                Action::Exec(ex) => {
+                    let Some(dev) = dev.clone() else {
+                        break 'conn Err(ConnError::Protocol("I/O without a LU".into()));
+                    };
+                    let tx = tx.clone();
+                    let resolver = resolver.clone();
+                    let cancel = cancel.clone();
+                    let (target, initiator) = (target.clone(), initiator.clone());
+                    jobs.spawn(async move {
+                        let itt = ex.itt;
+                        let shape = ex.shape;
+                        let job = ex.job;
+                        let result =
+                            match tokio::task::spawn_blocking(move || scsi::execute(job, &dev))
+                                .await
+                            {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    Err(khoi_block::BlockError::Io(io::Error::other(e.to_string())))
+                                }
+                            };
+                        match session::reply(&shape, result) {
+                            Reply::Pdus(outs) => {
+                                for o in outs {
+                                    let _ = tx.send(WriterMsg::Out(o)).await;
+                                }
+                            }
+                            Reply::NoSpace(outs, detail) => {
+                                resolver.event(IscsiEvent::SpaceAllocationFailed {
+                                    target,
+                                    initiator,
+                                    detail,
+                                });
+                                for o in outs {
+                                    let _ = tx.send(WriterMsg::Out(o)).await;
+                                }
+                            }
+                            Reply::Read(rr) => {
+                                let _ = tx.send(WriterMsg::Read(rr)).await;
+                            }
+                            Reply::Close(why) => {
+                                warn!(%target, %initiator, %why, "closing iscsi connection");
+                                cancel.cancel();
+                            }
+                        }
+                        itt
+                    });
+                }
+                Action::Drain => {
+                    while let Some(done) = jobs.join_next().await {
+                        if let Ok(itt) = done {
+                            session.exec_done(itt);
+                        }
+                    }
+                }
+                Action::Close(why) => {
+                    if why != "logout" {
+                        info!(%target, %initiator, %why, "closing iscsi connection");
+                    }
+                    break 'conn Ok(());
+                }
+            }
+        }
+    };
+    // Let queued replies (a logout response, a reject) reach the wire.
+    while jobs.join_next().await.is_some() {}
+    drop(tx);
+    match tokio::time::timeout(Duration::from_secs(5), writer).await {
+        Ok(Ok(Err(e))) => debug!(error = %e, "iscsi writer"),
+        Ok(_) => {}
+        Err(_) => cancel.cancel(),
+    }
+    result
+}
+
+async fn writer_task(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    mut stamper: Stamper,
+    exp: Arc<AtomicU32>,
+    digests: Digests,
+    cancel: CancellationToken,
+) -> io::Result<()> {
+    let mut next: Option<WriterMsg> = None;
+    let r: io::Result<()> = async {
+        loop {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => tokio::select! {
+                    m = rx.recv() => match m { Some(m) => m, None => break },
+                    _ = cancel.cancelled() => break,
+                },
+            };
+            match msg {
+                WriterMsg::Out(o) => {
+                    // Batch consecutive small PDUs into one vectored write.
+                    let mut bufs = Vec::new();
+                    let mut o = o;
+                    let mut count = 0;
+                    loop {
+                        stamper.apply(&mut o.pdu.bhs, o.stamp, exp.load(Ordering::Acquire));
+                        encode_pdu(&o.pdu, digests, &mut bufs);
+                        count += 1;
+                        if count >= 64 {
+                            break;
+                        }
+                        match rx.try_recv() {
+                            Ok(WriterMsg::Out(n)) => o = n,
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    write_all_slices(&mut wr, &bufs).await?;
+                }
+                WriterMsg::Read(rr) => {
+                    write_read(&mut wr, rr, &mut stamper, &exp, digests).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = wr.shutdown().await;
+    r
+}
+
+/// A read segment with in-memory data moved into `Bytes` so PDUs can share
+/// it without copying.
+enum Seg {
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+    },
+    Zero(u64),
+    Mem(Bytes),
+}
+
+impl Seg {
+    fn len(&self) -> u64 {
+        match self {
+            Seg::File { len, .. } | Seg::Zero(len) => *len,
+            Seg::Mem(b) => b.len() as u64,
+        }
+    }
+}
+
+/// A piece of Data-In payload.
+enum Piece {
+    Mem(Bytes),
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Cut `[start, start+len)` of the read out of its segments.
+fn pieces(segs: &[Seg], start: u64, len: u64) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    let end = start + len;
+    for s in segs {
+        let (s_start, s_end) = (pos, pos + s.len());
+        pos = s_end;
+        if s_end <= start || s_start >= end {
+            continue;
+        }
+        let a = start.max(s_start) - s_start;
+        let b = end.min(s_end) - s_start;
+        match s {
+            Seg::File { file, offset, .. } => out.push(Piece::File {
+                file: file.clone(),
+                offset: offset + a,
+                len: b - a,
+            }),
+            Seg::Zero(_) => {
+                let mut n = b - a;
+                while n > 0 {
+                    let k = n.min(ZEROS.len() as u64);
+                    out.push(Piece::Mem(Bytes::from_static(&ZEROS[..k as usize])));
+                    n -= k;
+                }
+            }
+            Seg::Mem(m) => out.push(Piece::Mem(m.slice(a as usize..b as usize))),
+        }
+    }
+    out
+}
+
+fn pread_exact(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let n = usize::try_from(len).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; n];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(Bytes::from(buf))
+}
+
+async fn write_read(
+    wr: &mut OwnedWriteHalf,
+    rr: ReadReply,
+    stamper: &mut Stamper,
+    exp: &AtomicU32,
+    digests: Digests,
+) -> io::Result<()> {
+    let ReadReply {
+        pdus,
+        segments,
+        response,
+    } = rr;
+    let segs: Vec<Seg> = segments
+        .into_iter()
+        .map(|s| match s {
+            ReadSegment::File { file, offset, len } => Seg::File { file, offset, len },
+            ReadSegment::Zero { len } => Seg::Zero(len),
+            ReadSegment::Mem(v) => Seg::Mem(Bytes::from(v)),
+        })
+        .collect();
+    let mut bufs: Vec<Bytes> = Vec::new();
+    for (mut out, start, len) in pdus {
+        stamper.apply(&mut out.pdu.bhs, out.stamp, exp.load(Ordering::Acquire));
+        set_data_len(&mut out.pdu.bhs, len);
+        bufs.push(frame::encode_header(&out.pdu, digests).freeze());
+        let ps = pieces(&segs, start, len as u64);
+        if digests.data {
+            // The digest needs the bytes in hand: read file ranges.
+            let mut data = BytesMut::with_capacity(len);
+            for p in ps {
+                match p {
+                    Piece::Mem(b) => data.extend_from_slice(&b),
+                    Piece::File { file, offset, len } => {
+                        let b =
+                            tokio::task::spawn_blocking(move || pread_exact(&file, offset, len))
+                                .await
+                                .map_err(io::Error::other)??;
+                        data.extend_from_slice(&b);
+                    }
+                }
+            }
+            let trailer = frame::encode_trailer(&data, digests).freeze();
+            bufs.push(data.freeze());
+            bufs.push(trailer);
+        } else {
+            for p in ps {
+                match p {
+                    Piece::Mem(b) => bufs.push(b),
+                    Piece::File { file, offset, len } => {
+                        write_all_slices(wr, &bufs).await?;
+                        bufs.clear();
+                        send_file(wr, &file, offset, len).await?;
+                    }
+                }
+            }
+            let pad = frame::padded(len) - len;
+            if pad > 0 {
+                bufs.push(Bytes::from_static(&ZEROS[..pad]));
+            }
+        }
+        if bufs.len() > 48 {
+            write_all_slices(wr, &bufs).await?;
+            bufs.clear();
+        }
+    }
+    if let Some(mut o) = response {
+        stamper.apply(&mut o.pdu.bhs, o.stamp, exp.load(Ordering::Acquire));
+        encode_pdu(&o.pdu, digests, &mut bufs);
+    }
+    write_all_slices(wr, &bufs).await
+}
+
+fn set_data_len(bhs: &mut [u8; 48], len: usize) {
+    crate::pdu::Bhs::new_unchecked(&mut bhs[..]).set_data_segment_len(len);
+}
+
+/// sendfile(2) a file range to the socket, waiting for writability.
+async fn send_file(
+    wr: &OwnedWriteHalf,
+    file: &std::fs::File,
+    mut offset: u64,
+    mut len: u64,
+) -> io::Result<()> {
+    let sock: &TcpStream = wr.as_ref();
+    while len > 0 {
+        sock.writable().await?;
+        let res = sock.try_io(Interest::WRITABLE, || {
+            let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+            let count = usize::try_from(len.min(1 << 30)).unwrap_or(1 << 30);
+            // SAFETY: both descriptors are open for the duration of the call
+            // (the socket half and the Arc'd file are borrowed), `off` is a
+            // valid, exclusively borrowed off_t, and sendfile writes nothing
+            // into our memory besides it.
+            let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as u64)
+            }
+        });
+        match res {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than its read plan",
+                ));
+            }
+            Ok(n) => {
+                offset += n;
+                len -= n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
+                // Filesystems without sendfile support: copy instead.
+                let file = file.try_clone()?;
+                let data = tokio::task::spawn_blocking(move || pread_exact(&file, offset, len))
+                    .await
+                    .map_err(io::Error::other)??;
+                let mut w: &TcpStream = sock;
+                return write_all_ref(&mut w, &data).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn write_all_ref(sock: &mut &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        sock.writable().await?;
+        match sock.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

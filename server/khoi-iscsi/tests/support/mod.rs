@@ -1,0 +1,272 @@
+//! A file-backed device and a fixed resolver, shared by the `memtarget`
+//! example and the integration tests (included with `#[path]`).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use khoi_block::{
+    BlockDevice, BlockError, Caps, Checked, Extent, ExtentKind, ReadSegment, WriteFlags,
+};
+use khoi_iscsi::{ChapSecret, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
+use parking_lot::Mutex;
+
+/// A plain file as a block device. Reads are planned as file ranges so the
+/// transport's sendfile path is exercised.
+#[derive(Debug)]
+pub struct FileDevice {
+    file: Arc<File>,
+    size: u64,
+}
+
+impl FileDevice {
+    pub fn create(path: &Path, size: u64) -> std::io::Result<FileDevice> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(size)?;
+        Ok(FileDevice {
+            file: Arc::new(file),
+            size,
+        })
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn caps(&self) -> Caps {
+        Caps {
+            read_only: false,
+            flush: true,
+            fua: false,
+            trim: true,
+            zero: true,
+            extents: false,
+            multi_conn: true,
+        }
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> khoi_block::device::Result<()> {
+        Ok(self.file.read_exact_at(buf, offset)?)
+    }
+    fn read_plan(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<ReadSegment>> {
+        Ok(vec![ReadSegment::File {
+            file: self.file.clone(),
+            offset,
+            len,
+        }])
+    }
+    fn write_at(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        _flags: WriteFlags,
+    ) -> khoi_block::device::Result<()> {
+        Ok(self.file.write_all_at(buf, offset)?)
+    }
+    fn flush(&self) -> khoi_block::device::Result<()> {
+        Ok(self.file.sync_data()?)
+    }
+    fn trim(&self, offset: u64, len: u64, flags: WriteFlags) -> khoi_block::device::Result<()> {
+        self.write_zeroes(offset, len, flags)
+    }
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        _flags: WriteFlags,
+    ) -> khoi_block::device::Result<()> {
+        let zero = vec![0u8; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zero.len() as u64) as usize;
+            self.file.write_all_at(&zero[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+    fn extents(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<Extent>> {
+        Ok(vec![Extent {
+            offset,
+            len,
+            kind: ExtentKind::Overlay,
+        }])
+    }
+}
+
+/// A device that fails every write with NoSpace (a full overlay).
+#[derive(Debug)]
+pub struct FullDevice(pub u64);
+
+impl BlockDevice for FullDevice {
+    fn size(&self) -> u64 {
+        self.0
+    }
+    fn caps(&self) -> Caps {
+        Caps {
+            read_only: false,
+            flush: true,
+            fua: true,
+            trim: false,
+            zero: false,
+            extents: false,
+            multi_conn: true,
+        }
+    }
+    fn read_at(&self, buf: &mut [u8], _offset: u64) -> khoi_block::device::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn read_plan(&self, _offset: u64, len: u64) -> khoi_block::device::Result<Vec<ReadSegment>> {
+        Ok(vec![ReadSegment::Zero { len }])
+    }
+    fn write_at(&self, _: &[u8], _: u64, _: WriteFlags) -> khoi_block::device::Result<()> {
+        Err(BlockError::NoSpace("overlay quota reached".into()))
+    }
+    fn flush(&self) -> khoi_block::device::Result<()> {
+        Ok(())
+    }
+    fn trim(&self, _: u64, _: u64, _: WriteFlags) -> khoi_block::device::Result<()> {
+        Err(BlockError::NoSpace("overlay quota reached".into()))
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: WriteFlags) -> khoi_block::device::Result<()> {
+        Err(BlockError::NoSpace("overlay quota reached".into()))
+    }
+    fn extents(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<Extent>> {
+        Ok(vec![Extent {
+            offset,
+            len,
+            kind: ExtentKind::Zero,
+        }])
+    }
+}
+
+pub const OPEN: &str = "iqn.2025-01.vn.khoi:open";
+pub const CHAP: &str = "iqn.2025-01.vn.khoi:chap";
+pub const MUTUAL: &str = "iqn.2025-01.vn.khoi:mutual";
+pub const BOUND: &str = "iqn.2025-01.vn.khoi:bound";
+pub const FULL: &str = "iqn.2025-01.vn.khoi:full";
+
+pub const CHAP_USER: &str = "seat01";
+pub const CHAP_SECRET: &str = "seat01-secret-12";
+pub const MUTUAL_USER: &str = "seat02";
+pub const MUTUAL_SECRET: &str = "seat02-secret-34";
+pub const TARGET_USER: &str = "khoi";
+pub const TARGET_SECRET: &str = "khoi-target-secret";
+
+/// Targets with fixed policies; each LU is opened once and shared by every
+/// session to it.
+pub struct TestResolver {
+    pub auth: Vec<(String, TargetAuth)>,
+    pub devices: Mutex<HashMap<String, Checked>>,
+    pub dir: std::path::PathBuf,
+    pub size: u64,
+    pub events: Mutex<Vec<IscsiEvent>>,
+}
+
+impl TestResolver {
+    pub fn new(dir: &Path, size: u64) -> TestResolver {
+        let auth = vec![
+            (OPEN.to_owned(), TargetAuth::default()),
+            (
+                CHAP.to_owned(),
+                TargetAuth {
+                    chap: Some(ChapSecret::new(CHAP_USER, CHAP_SECRET)),
+                    mutual: None,
+                    allowed_initiator: None,
+                },
+            ),
+            (
+                MUTUAL.to_owned(),
+                TargetAuth {
+                    chap: Some(ChapSecret::new(MUTUAL_USER, MUTUAL_SECRET)),
+                    mutual: Some(ChapSecret::new(TARGET_USER, TARGET_SECRET)),
+                    allowed_initiator: None,
+                },
+            ),
+            (
+                BOUND.to_owned(),
+                TargetAuth {
+                    chap: None,
+                    mutual: None,
+                    allowed_initiator: Some("iqn.2010-04.org.ipxe:nobody".to_owned()),
+                },
+            ),
+            (FULL.to_owned(), TargetAuth::default()),
+        ];
+        TestResolver {
+            auth,
+            devices: Mutex::new(HashMap::new()),
+            dir: dir.to_owned(),
+            size,
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn login_failures(&self) -> Vec<u16> {
+        self.events
+            .lock()
+            .iter()
+            .filter_map(|e| match e {
+                IscsiEvent::LoginFailed { status, .. } => Some(*status),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl TargetResolver for TestResolver {
+    fn targets(&self) -> Vec<String> {
+        self.auth.iter().map(|(t, _)| t.clone()).collect()
+    }
+    fn auth(&self, target: &str) -> Option<TargetAuth> {
+        self.auth
+            .iter()
+            .find(|(t, _)| t == target)
+            .map(|(_, a)| a.clone())
+    }
+    fn open_lun0(&self, target: &str) -> Result<Checked, String> {
+        let mut devs = self.devices.lock();
+        if let Some(d) = devs.get(target) {
+            return Ok(d.clone());
+        }
+        let dev: Arc<dyn BlockDevice> = if target == FULL {
+            Arc::new(FullDevice(self.size))
+        } else {
+            let name = target.rsplit(':').next().unwrap_or("lun");
+            Arc::new(
+                FileDevice::create(&self.dir.join(format!("{name}.img")), self.size)
+                    .map_err(|e| e.to_string())?,
+            )
+        };
+        let c = Checked::new(dev);
+        devs.insert(target.to_owned(), c.clone());
+        Ok(c)
+    }
+    fn identity(&self, target: &str) -> LunIdentity {
+        // Derive stable ids from the name so two targets never collide.
+        let h = target.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x1000_0000_01b3)
+        });
+        let mut naa = [0u8; 16];
+        naa[0] = 0x60;
+        naa[1] = 0x01;
+        naa[2] = 0x40;
+        naa[3] = 0x5f;
+        naa[8..16].copy_from_slice(&h.to_be_bytes());
+        LunIdentity {
+            serial: format!("KHOI{:016X}", h),
+            naa,
+        }
+    }
+    fn event(&self, ev: IscsiEvent) {
+        self.events.lock().push(ev);
+    }
+}
