@@ -383,9 +383,24 @@ pub fn have(tool: &str) -> bool {
 /// Runs a command on a blocking thread (the server keeps running on the
 /// runtime meanwhile) and returns (success, stdout, stderr).
 pub async fn run(cmd: &str, args: Vec<String>) -> (bool, String, String) {
+    run_with_path(cmd, args, None).await
+}
+
+/// [`run`] with `prefix` put in front of `PATH` (nbdsh runs whatever
+/// `python3` comes first, which must be the system one with the bindings).
+pub async fn run_with_path(
+    cmd: &str,
+    args: Vec<String>,
+    prefix: Option<&str>,
+) -> (bool, String, String) {
     let cmd = cmd.to_owned();
+    let path = prefix.map(|p| format!("{p}:{}", std::env::var("PATH").unwrap_or_default()));
     tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(&cmd)
+        let mut c = std::process::Command::new(&cmd);
+        if let Some(path) = path {
+            c.env("PATH", path);
+        }
+        let out = c
             .args(&args)
             .output()
             .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
