@@ -135,9 +135,9 @@ impl LuInfo {
     }
 
     fn max_unmap_blocks(&self) -> u32 {
-        // One UNMAP descriptor or WRITE SAME may cover up to 1 GiB; larger
-        // ranges are split by the initiator.
-        (1 << 30) / 512
+        // 512 MiB per UNMAP descriptor or WRITE SAME; larger ranges are split
+        // by the initiator (libiscsi flags limits above 1Mi blocks as bogus).
+        1 << 20
     }
 }
 
@@ -581,7 +581,22 @@ pub fn execute(job: Job, dev: &Checked) -> Result<JobOutput, BlockError> {
             data,
             flags,
         } => {
-            dev.write_at(&data, offset, flags)?;
+            let tail = data.len() % BLOCK_LEN as usize;
+            if tail != 0 {
+                // A write truncated by a short iSCSI EDTL ends mid-block:
+                // read-modify-write the last block so devices only ever see
+                // whole sectors.
+                let mut buf = data.to_vec();
+                let head = buf.len() - tail;
+                let mut block = vec![0u8; BLOCK_LEN as usize];
+                dev.read_at(&mut block, offset + head as u64)?;
+                block[..tail].copy_from_slice(&buf[head..]);
+                buf.truncate(head);
+                buf.extend_from_slice(&block);
+                dev.write_at(&buf, offset, flags)?;
+            } else {
+                dev.write_at(&data, offset, flags)?;
+            }
             fua_emulation(dev, flags)?;
             Ok(JobOutput::Done(Done::good()))
         }
