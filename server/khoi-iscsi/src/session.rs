@@ -192,10 +192,14 @@ impl std::fmt::Debug for Session {
 /// The task fails with DATA PHASE ERROR but the connection stays up, so one
 /// bad PDU doesn't cost the initiator its other commands.
 fn fail_task(shape: &ReplyShape) -> Vec<Action> {
-    done_pdus(shape, Done::check(Sense::new(0x0b, 0x4b, 0x00)), Some(Residual::None))
-        .into_iter()
-        .map(Action::Send)
-        .collect()
+    done_pdus(
+        shape,
+        Done::check(Sense::new(0x0b, 0x4b, 0x00)),
+        Some(Residual::None),
+    )
+    .into_iter()
+    .map(Action::Send)
+    .collect()
 }
 
 impl Session {
@@ -406,10 +410,14 @@ impl Session {
                         _ => {
                             let shape = self.shape(c.itt, c.lun, c.edtl, Residual::None);
                             let res = Residual::between(edtl, len);
-                            return done_pdus(&shape, Done::check(Sense::INVALID_FIELD_IN_IU), Some(res))
-                                .into_iter()
-                                .map(Action::Send)
-                                .collect();
+                            return done_pdus(
+                                &shape,
+                                Done::check(Sense::INVALID_FIELD_IN_IU),
+                                Some(res),
+                            )
+                            .into_iter()
+                            .map(Action::Send)
+                            .collect();
                         }
                     }
                 } else {
