@@ -13,7 +13,7 @@ run_pkgs=(qemu-utils ipxe)
 # Real peers: NBD clients (libnbd-bin, fio, qemu-io), NBD peers for the
 # benchmark (nbdkit, qemu-nbd), iSCSI initiators (libiscsi-bin, qemu's
 # iscsi:// driver in qemu-block-extra) and tgt for the iSCSI benchmark.
-test_pkgs=(libnbd-bin nbdkit fio libiscsi-bin qemu-block-extra tgt iperf3 sqlite3)
+test_pkgs=(libnbd-bin python3-libnbd nbdkit fio libiscsi-bin qemu-block-extra tgt iperf3 sqlite3)
 
 want=("${run_pkgs[@]}")
 [ "$mode" = test ] && want+=("${test_pkgs[@]}")

@@ -234,15 +234,15 @@ pub fn make_image(path: &Path, size: u64) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            *b = (x >> 24) as u8;
+            *b = x.to_le_bytes()[3];
         }
     }
     std::fs::write(path, data).expect("write image");
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    out
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {
@@ -257,24 +257,55 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `qemu-io` on an NBD URI with the given `-c` commands.
-pub fn qemu_io(uri: &str, cmds: &[&str]) -> Output {
+/// `qemu-io` on an NBD URI with the given `-c` commands (entries starting
+/// with `-`, like `-r`, are options): (succeeded, all output).
+pub fn qemu_io(uri: &str, cmds: &[&str]) -> (bool, String) {
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw"]);
     for cmd in cmds {
-        c.args(["-c", cmd]);
+        if cmd.starts_with('-') {
+            c.arg(cmd);
+        } else {
+            c.args(["-c", cmd]);
+        }
     }
     c.arg(uri);
-    run(&mut c)
+    let out = run(&mut c);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // qemu-io keeps going after a failed command; its messages tell.
+    let ok = out.status.success() && !text.contains("failed") && !text.contains("error");
+    (ok, text)
 }
 
 pub fn qemu_io_ok(uri: &str, cmds: &[&str]) -> String {
-    let out = qemu_io(uri, cmds);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (ok, text) = qemu_io(uri, cmds);
+    assert!(ok, "qemu-io {cmds:?} on {uri} failed:\n{text}");
+    text
+}
+
+/// A `qemu-io` read that must find other bytes than `pattern`.
+pub fn qemu_io_mismatch(uri: &str, cmd: &str) {
+    qemu_io_mismatch_with(uri, &[cmd]);
+}
+
+pub fn qemu_io_mismatch_with(uri: &str, cmds: &[&str]) {
+    let (ok, text) = qemu_io(uri, cmds);
+    let cmd = cmds.join(" ");
     assert!(
-        out.status.success() && !stdout.contains("failed") && !stdout.contains("error"),
-        "qemu-io {cmds:?} on {uri} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        !ok && text.contains("Pattern verification failed"),
+        "qemu-io {cmd:?} on {uri} should have found other data:\n{text}"
     );
-    stdout
+}
+
+/// `nbdsh` with Debian's python: a developer's pyenv python has no `nbd`.
+pub fn nbdsh(script: &str) -> String {
+    run_ok(
+        Command::new("nbdsh")
+            .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+            .args(["-c", "import errno", "-c", script]),
+    )
 }

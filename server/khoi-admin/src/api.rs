@@ -134,7 +134,10 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::delete(delete_version),
         )
         .route("/v1/images/{name}/rollback", post(rollback))
-        .route("/v1/images/{name}/draft", post(draft_open).delete(draft_discard))
+        .route(
+            "/v1/images/{name}/draft",
+            post(draft_open).delete(draft_discard),
+        )
         .route("/v1/images/{name}/draft/publish", post(draft_publish))
         .route("/v1/seats", get(seats).post(add_seat))
         .route("/v1/seats/{name}", get(seat).delete(remove_seat))

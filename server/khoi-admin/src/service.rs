@@ -54,9 +54,12 @@ impl ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(_) => ServiceError::NotFound(e.to_string()),
-            StoreError::Exists(_) | StoreError::InUse(_) => ServiceError::Conflict(e.to_string()),
+            StoreError::NotFound { .. } => ServiceError::NotFound(e.to_string()),
+            StoreError::Exists { .. } | StoreError::InUse { .. } => {
+                ServiceError::Conflict(e.to_string())
+            }
             StoreError::InvalidName { .. } => ServiceError::invalid("name", e.to_string()),
+            StoreError::InvalidImage { .. } => ServiceError::invalid("staged", e.to_string()),
             other => ServiceError::Internal(other.to_string()),
         }
     }
@@ -104,7 +107,7 @@ pub struct VersionView {
     pub current: bool,
     pub note: String,
     pub author: String,
-    pub created: i64,
+    pub created: u64,
     pub size: u64,
     pub delta_bytes: u64,
     pub layers: usize,
@@ -358,7 +361,12 @@ impl Service {
             )));
         }
         self.store.delete_version(image, n)?;
-        self.audit(actor, "image.version.delete", image, &format!("version {n}"));
+        self.audit(
+            actor,
+            "image.version.delete",
+            image,
+            &format!("version {n}"),
+        );
         Ok(())
     }
 
@@ -385,12 +393,7 @@ impl Service {
         self.store.open_draft(image)?;
         if !existed {
             let base = self.store.current_version(image)?;
-            self.audit(
-                actor,
-                "draft.open",
-                image,
-                &format!("over version {base}"),
-            );
+            self.audit(actor, "draft.open", image, &format!("over version {base}"));
         }
         Ok(())
     }
@@ -439,10 +442,7 @@ impl Service {
     }
 
     fn view(&self, seat: Seat) -> SeatView {
-        let overlay_bytes = self
-            .store
-            .seat_usage(&seat.name)
-            .map_or(0, |u| u.allocated);
+        let overlay_bytes = self.store.seat_usage(&seat.name).map_or(0, |u| u.allocated);
         let quota = self.quota(&seat);
         SeatView {
             name: seat.name,
@@ -479,6 +479,11 @@ impl Service {
             policy: req.policy.unwrap_or(ResetPolicy::OnBoot),
             quota: req.quota.unwrap_or(0),
         })?;
+        // A new seat starts clean on its target version, so `seat list`
+        // shows what it will boot before it ever does.
+        let target = self.target_version(&seat)?;
+        self.state.set_active_version(&seat.name, Some(target))?;
+        let seat = self.state.seat(&seat.name)?;
         self.audit(
             actor,
             "seat.add",
@@ -577,20 +582,22 @@ impl Service {
             }
         };
         let quota = self.quota(&seat);
-        Ok(self
-            .store
-            .seat_overlay(name, &seat.image, version, quota)?)
+        Ok(self.store.seat_overlay(name, &seat.image, version, quota)?)
     }
 
     pub fn open_export(&self, name: &ExportName) -> Result<Opened> {
         match name {
             ExportName::Seat(s) => self.open_seat(s).map(Opened::Overlay),
-            ExportName::Version(image, n) => Ok(Opened::Version(self.store.open_version(image, *n)?)),
-            ExportName::Draft(image) => self.store.draft(image).map(Opened::Overlay).ok_or_else(|| {
-                ServiceError::NotFound(format!(
-                    "image {image:?} has no open draft (open one with: khoi draft open {image})"
-                ))
-            }),
+            ExportName::Version(image, n) => {
+                Ok(Opened::Version(self.store.open_version(image, *n)?))
+            }
+            ExportName::Draft(image) => {
+                self.store.draft(image).map(Opened::Overlay).ok_or_else(|| {
+                    ServiceError::NotFound(format!(
+                        "image {image:?} has no open draft (open one with: khoi draft open {image})"
+                    ))
+                })
+            }
         }
     }
 

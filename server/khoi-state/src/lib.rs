@@ -34,7 +34,9 @@ pub enum StateError {
     },
     #[error("state database: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("state database was written by a newer Khoi (schema {found}, this build knows {known})")]
+    #[error(
+        "state database was written by a newer Khoi (schema {found}, this build knows {known})"
+    )]
     TooNew { found: i64, known: i64 },
 }
 
@@ -309,7 +311,11 @@ impl State {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(start) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+            tx.pragma_update(
+                None,
+                "user_version",
+                i64::try_from(i + 1).unwrap_or(i64::MAX),
+            )?;
             tx.commit()?;
         }
         Ok(State {
@@ -460,7 +466,9 @@ mod tests {
     #[test]
     fn seat_lifecycle_and_uniqueness() {
         let st = State::open_in_memory().expect("db");
-        let s = st.add_seat(&seat("quay-01", "52:54:00:00:00:01")).expect("add");
+        let s = st
+            .add_seat(&seat("quay-01", "52:54:00:00:00:01"))
+            .expect("add");
         assert_eq!(s.chap_user, "quay-01");
         assert_eq!(s.chap_secret.len(), 16);
         assert!(matches!(

@@ -16,10 +16,9 @@ pub struct Client {
     user: String,
 }
 
-/// An error the server reported, with its HTTP status.
+/// An error the server reported.
 #[derive(Debug)]
 pub struct ApiFailure {
-    pub status: u16,
     pub message: String,
 }
 
@@ -35,7 +34,7 @@ impl Client {
     pub fn new(socket: &Path) -> Client {
         let user = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into());
+            .unwrap_or_else(|_| login_name());
         Client {
             socket: socket.to_path_buf(),
             user,
@@ -91,10 +90,32 @@ impl Client {
             let message = serde_json::from_slice::<khoi_admin::api::ErrorBody>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(ApiFailure { status, message }.into());
+            return Err(ApiFailure { message }.into());
         }
-        let body = if body.is_empty() { b"null".to_vec() } else { body };
+        let body = if body.is_empty() {
+            b"null".to_vec()
+        } else {
+            body
+        };
         serde_json::from_slice(&body).context("the server's answer is not the expected JSON")
+    }
+}
+
+/// The name of the uid running this CLI, for the audit log when the
+/// environment does not say (cron jobs, systemd units).
+fn login_name() -> String {
+    // SAFETY: getuid cannot fail; getpwuid returns NULL or a pointer to a
+    // static record that stays valid until the next getpw* call, and this
+    // single-threaded CLI makes none before copying the name out.
+    unsafe {
+        let uid = libc::getuid();
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return format!("uid{uid}");
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -150,8 +171,8 @@ mod tests {
 
     #[test]
     fn parses_plain_and_chunked() {
-        let (s, b) = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]")
-            .expect("plain");
+        let (s, b) =
+            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]").expect("plain");
         assert_eq!((s, b.as_slice()), (200, b"[]".as_slice()));
         let (s, b) = parse_response(
             b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",

@@ -131,7 +131,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
         for (unit, shift) in UNITS {
-            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", self.0 >> shift);
             }
         }
@@ -299,8 +299,8 @@ mod tests {
         assert!("5 furlongs".parse::<Size>().is_err());
         assert!("99999999999T".parse::<Size>().is_err());
         assert_eq!(Size(20 << 30).to_string(), "20GiB");
-        let c = parse("storage:\n  default_seat_quota: 0\n  free_space_floor: 1GiB\n")
-            .expect("sizes");
+        let c =
+            parse("storage:\n  default_seat_quota: 0\n  free_space_floor: 1GiB\n").expect("sizes");
         assert_eq!(c.storage.free_space_floor, Size(1 << 30));
     }
 }

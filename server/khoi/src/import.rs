@@ -70,8 +70,7 @@ impl Drop for Staged {
 }
 
 pub fn stage(src: &Path, staging: &Path) -> anyhow::Result<Staged> {
-    let mut f =
-        File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let mut f = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
     let meta = f
         .metadata()
         .with_context(|| format!("cannot read {}", src.display()))?;
@@ -79,8 +78,8 @@ pub fn stage(src: &Path, staging: &Path) -> anyhow::Result<Staged> {
         bail!("{} is not a regular file", src.display());
     }
     let mut head = vec![0u8; 4096];
-    let n = read_full(&mut f, &mut head)
-        .with_context(|| format!("cannot read {}", src.display()))?;
+    let n =
+        read_full(&mut f, &mut head).with_context(|| format!("cannot read {}", src.display()))?;
     head.truncate(n);
     let format = detect(&head);
     let name = format!(
@@ -114,7 +113,7 @@ fn check_size(src: &Path, size: u64) -> anyhow::Result<()> {
     if size == 0 {
         bail!("{} is empty", src.display());
     }
-    if size % SECTOR != 0 {
+    if !size.is_multiple_of(SECTOR) {
         bail!(
             "{} is {size} bytes, which is not a multiple of 512: it is not a whole disk image \
              (was the download or copy cut short?)",

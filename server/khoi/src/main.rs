@@ -57,6 +57,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
     if let Command::Serve = cli.command {
         tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("KHOI_LOG")
                     .unwrap_or_else(|_| "info".into()),
@@ -186,7 +188,8 @@ fn image(client: &Client, out: &Out, cmd: ImageCmd) -> anyhow::Result<()> {
             })
         }
         ImageCmd::Versions { name } => {
-            let v: Vec<VersionView> = client.get(&format!("/v1/images/{}/versions", urlencode(&name)))?;
+            let v: Vec<VersionView> =
+                client.get(&format!("/v1/images/{}/versions", urlencode(&name)))?;
             out.print(&v, |v| print_versions(v))
         }
         ImageCmd::Rollback { name, to } => {
@@ -298,7 +301,9 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                 println!(
                     "image:       {} (pinned: {}, running: {})",
                     d.seat.image,
-                    d.seat.pinned_version.map_or("latest".into(), |n| n.to_string()),
+                    d.seat
+                        .pinned_version
+                        .map_or("latest".into(), |n| n.to_string()),
                     d.seat.active_version.map_or("-".into(), |n| n.to_string())
                 );
                 println!("policy:      {}", d.seat.policy);
@@ -308,7 +313,10 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                     Size(d.seat.quota)
                 );
                 println!("target:      {}", d.target_iqn);
-                println!("portal:      {}", d.portal.as_deref().unwrap_or("(iSCSI off)"));
+                println!(
+                    "portal:      {}",
+                    d.portal.as_deref().unwrap_or("(iSCSI off)")
+                );
                 println!("lun:         {}", d.lun);
                 println!("chap user:   {}", d.chap_user);
                 println!("chap secret: {}", d.chap_secret);

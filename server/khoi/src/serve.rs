@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use khoi_admin::api::{ApiState, router};
 use khoi_admin::{Service, ServiceConfig};
 use khoi_block::{BlockEvent, OverlayOwner, Store, StoreOptions};
@@ -20,29 +20,6 @@ pub fn control_socket(data_dir: &Path) -> PathBuf {
     data_dir.join("khoi.sock")
 }
 
-/// Hold an exclusive lock on the data folder for the server's lifetime: two
-/// servers writing the same overlays would corrupt them.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
-    let path = dir.join("khoi.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    // SAFETY: `fd` is a valid descriptor owned by `file`, which outlives the call.
-    let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        bail!(
-            "another Khoi server is already running on {} (lock {} is held)",
-            dir.display(),
-            path.display()
-        );
-    }
-    Ok(file)
-}
-
 fn record_block_event(state: &State, ev: BlockEvent) {
     let owner = |o: &OverlayOwner| match o {
         OverlayOwner::Seat(s) => s.clone(),
@@ -54,10 +31,16 @@ fn record_block_event(state: &State, ev: BlockEvent) {
             owner(o),
             format!("overlay reached its quota of {quota} bytes; writes fail until reset"),
         ),
-        BlockEvent::FreeSpaceLow { free, floor, owner: o } => (
+        BlockEvent::FreeSpaceLow {
+            free,
+            floor,
+            owner: o,
+        } => (
             "storage.low",
             owner(o),
-            format!("data filesystem has {free} bytes free, below the floor of {floor}; new writes fail"),
+            format!(
+                "data filesystem has {free} bytes free, below the floor of {floor}; new writes fail"
+            ),
         ),
         BlockEvent::OverlayDiscarded { owner: o, reason } => {
             ("overlay.discarded", owner(o), reason.clone())
@@ -82,11 +65,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create data folder {}", dir.display()))?;
-    let _lock = lock_data_dir(&dir)?;
 
-    let state = Arc::new(
-        State::open(&dir.join("khoi.db")).context("opening the state database")?,
-    );
+    let state = Arc::new(State::open(&dir.join("khoi.db")).context("opening the state database")?);
     let events_state = Arc::clone(&state);
     let store = Arc::new(
         Store::open(
@@ -121,7 +101,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let resolver = Arc::new(exports::NbdExports::new(Arc::clone(&service)));
         let token = shutdown.clone();
         tasks.spawn(async move {
-            khoi_nbd::serve(listener, resolver, token).await;
+            if let Err(e) = khoi_nbd::serve(listener, resolver, token).await {
+                tracing::error!("NBD server stopped: {e}");
+            }
         });
     }
 
@@ -154,14 +136,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         subject: "khoi",
         detail: &format!("data {}", dir.display()),
     })?;
-    println!("khoi: serving; data in {}, control socket {}", dir.display(), sock.display());
+    println!(
+        "khoi: serving; data in {}, control socket {}",
+        dir.display(),
+        sock.display()
+    );
 
     wait_for_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     let _ = std::fs::remove_file(&sock);
-    service.store().flush_all();
     state.record(&NewEvent {
         kind: "server.stop",
         actor: "khoi",
