@@ -1,0 +1,323 @@
+//! Khoi's network-boot front door.
+//!
+//! Boot chain: PXE ROM → DHCP ([`dhcp`], proxy or authoritative) → TFTP iPXE binary
+//! ([`tftp`]) → HTTP per-seat iPXE script ([`http`]) → `sanboot` from Khoi's iSCSI target.
+//!
+//! Layering follows the repository's style guide: [`wire`] is a sans-I/O view/Repr pair,
+//! [`dhcp::DhcpCore`] is a sans-I/O state machine that takes `(now, datagram)` and returns the
+//! reply to send, and only [`net`] touches sockets. The binary supplies a [`BootDirectory`]
+//! (seats and leases, backed by SQLite) and wires [`run`] into its runtime.
+
+// Tests may unwrap; library code may not (workspace lint).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod config;
+pub mod dhcp;
+pub mod http;
+pub mod net;
+pub mod script;
+pub mod tftp;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{BootFiles, ConfigError, DhcpMode, Pool, PxeConfig};
+pub use dhcp::{DhcpCore, DhcpStats, Received, Transmit};
+pub use net::{DhcpSockets, NetError};
+
+/// Default prefix for seat initiator names; the binary may use another.
+pub const DEFAULT_INITIATOR_PREFIX: &str = "iqn.2025-07.vn.khoi.initiator";
+
+/// `iqn.2025-07.vn.khoi.initiator:<seat>`.
+pub fn default_initiator_iqn(seat: &str) -> String {
+    format!("{DEFAULT_INITIATOR_PREFIX}:{seat}")
+}
+
+/// What a seat boots: everything the iPXE script and DHCP need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatBoot {
+    pub seat: String,
+    pub mac: [u8; 6],
+    pub target_iqn: String,
+    /// The iSCSI portal the seat logs into (Khoi's target).
+    pub portal: SocketAddrV4,
+    pub initiator_iqn: String,
+    /// One-way CHAP `(username, secret)` the initiator presents.
+    pub chap: Option<(String, String)>,
+    /// Mutual CHAP `(username, secret)` the target presents back.
+    pub mutual_chap: Option<(String, String)>,
+    /// Authoritative mode: a fixed address instead of one from the pool.
+    pub reserved_ip: Option<Ipv4Addr>,
+}
+
+/// An address bound to a MAC in authoritative mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    /// Seconds since the Unix epoch.
+    pub expires_unix: u64,
+}
+
+impl Lease {
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.expires_unix <= unix_secs(now)
+    }
+}
+
+/// Seats and leases, implemented by the binary over its SQLite state.
+///
+/// Calls are synchronous and may block briefly (SQLite): the network layers call them from
+/// blocking-pool threads, never from an async task directly.
+pub trait BootDirectory: Send + Sync + 'static {
+    /// The registered seat with this MAC, if any. Unregistered MACs get nothing.
+    fn seat_by_mac(&self, mac: [u8; 6]) -> Option<SeatBoot>;
+    /// The seat fetched its boot script: it is (re)booting. Called before the script is
+    /// returned, so the binary can reset the overlay and drop stale sessions first.
+    fn booting(&self, seat: &SeatBoot);
+    /// An unregistered MAC asked to boot. Rate-limited here: at most once per MAC per
+    /// `unknown_report_secs`.
+    fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, at: SystemTime);
+    /// All stored leases (authoritative mode), read once at start.
+    fn leases(&self) -> Vec<Lease>;
+    fn save_lease(&self, lease: &Lease);
+    fn remove_lease(&self, mac: [u8; 6]);
+}
+
+/// Reports each unknown MAC once per period; shared by DHCP and HTTP.
+#[derive(Debug)]
+pub struct UnknownMacReporter {
+    period: Duration,
+    last: Mutex<HashMap<[u8; 6], SystemTime>>,
+}
+
+/// Beyond this many remembered MACs, entries older than the period are dropped, so a
+/// flood of random MACs cannot grow memory without bound.
+const REPORTER_PRUNE_AT: usize = 4096;
+
+impl UnknownMacReporter {
+    pub fn new(period: Duration) -> Self {
+        UnknownMacReporter {
+            period,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// True if `mac` has not been reported within the period; records it if so.
+    pub fn should_report(&self, mac: [u8; 6], now: SystemTime) -> bool {
+        let mut last = self.last.lock();
+        let due = match last.get(&mac) {
+            // A clock that went backwards counts as "due" rather than silencing forever.
+            Some(&t) => now.duration_since(t).map_or(true, |d| d >= self.period),
+            None => true,
+        };
+        if due {
+            if last.len() >= REPORTER_PRUNE_AT {
+                let period = self.period;
+                last.retain(|_, t| now.duration_since(*t).is_ok_and(|d| d < period));
+            }
+            last.insert(mac, now);
+        }
+        due
+    }
+
+    /// Reports to `dir` if due.
+    pub fn report(
+        &self,
+        dir: &dyn BootDirectory,
+        mac: [u8; 6],
+        arch: Option<u16>,
+        now: SystemTime,
+    ) {
+        if self.should_report(mac, now) {
+            dir.unknown_mac(mac, arch, now);
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `52:54:00:77:00:01`.
+pub fn mac_colon(mac: [u8; 6]) -> String {
+    MacFmt(mac, ':').to_string()
+}
+
+/// `52-54-00-77-00-01`, the form used in script URLs (safe in any URI parser).
+pub fn mac_hyphen(mac: [u8; 6]) -> String {
+    MacFmt(mac, '-').to_string()
+}
+
+struct MacFmt([u8; 6], char);
+
+impl fmt::Display for MacFmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, "{}", self.1)?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `52:54:00:77:00:01`, `52-54-00-77-00-01` or `525400770001` (any case).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let hex: String = match s.len() {
+        12 => s.to_string(),
+        17 => {
+            let sep = s.as_bytes().get(2).copied()?;
+            if sep != b':' && sep != b'-' {
+                return None;
+            }
+            let parts: Vec<&str> = s.split(char::from(sep)).collect();
+            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+                return None;
+            }
+            parts.concat()
+        }
+        _ => return None,
+    };
+    let mut mac = [0u8; 6];
+    for (i, b) in mac.iter_mut().enumerate() {
+        let pair = hex.get(2 * i..2 * i + 2)?;
+        *b = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// Errors that stop the PXE services from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum PxeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("TFTP: {0}")]
+    Tftp(String),
+    #[error("HTTP on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Starts every configured service (DHCP unless `mode: off`, TFTP unless disabled, the
+/// HTTP boot-script server) and runs them until `cancel` fires or one of them fails.
+///
+/// Binding happens before anything is served, so a missing interface or a busy port is
+/// reported at once, naming the interface or address.
+pub async fn run(
+    config: PxeConfig,
+    dir: Arc<dyn BootDirectory>,
+    cancel: CancellationToken,
+) -> Result<(), PxeError> {
+    config.validate()?;
+    let reporter = Arc::new(UnknownMacReporter::new(config.unknown_report_period()));
+
+    let dhcp = if config.mode == DhcpMode::Off {
+        None
+    } else {
+        let sockets = DhcpSockets::bind(&config)?;
+        let core = DhcpCore::new(&config, reporter.clone(), dir.leases());
+        Some((sockets, core))
+    };
+    let tftp_socket = if config.tftp_enabled {
+        Some(net::bind_tftp(&config)?)
+    } else {
+        None
+    };
+    let http_addr = std::net::SocketAddr::from((config.server_ip, config.http_port));
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|source| PxeError::Http {
+            addr: http_addr,
+            source,
+        })?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some((sockets, core)) = dhcp {
+        let (dir, cancel) = (dir.clone(), cancel.clone());
+        tasks.spawn(async move {
+            net::serve_dhcp(sockets, core, dir, cancel)
+                .await
+                .map_err(PxeError::from)
+        });
+    }
+    if let Some(sock) = tftp_socket {
+        let (root, cancel) = (config.tftp_root.clone(), cancel.clone());
+        tasks.spawn(async move { tftp::serve(sock, &root, cancel).await });
+    }
+    {
+        let router = http::router(dir.clone(), reporter.clone());
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            http::serve(listener, router, cancel)
+                .await
+                .map_err(|source| PxeError::Http {
+                    addr: http_addr,
+                    source,
+                })
+        });
+    }
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined.unwrap_or_else(|e| Err(PxeError::Tftp(format!("task failed: {e}"))));
+        if let Err(e) = r {
+            // One service failing takes the others down: a half-working boot chain is
+            // harder to diagnose than a stopped one.
+            cancel.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_forms() {
+        let m = [0x52, 0x54, 0x00, 0x77, 0x00, 0xab];
+        assert_eq!(mac_colon(m), "52:54:00:77:00:ab");
+        assert_eq!(mac_hyphen(m), "52-54-00-77-00-ab");
+        assert_eq!(parse_mac("52:54:00:77:00:AB"), Some(m));
+        assert_eq!(parse_mac("52-54-00-77-00-ab"), Some(m));
+        assert_eq!(parse_mac("5254007700ab"), Some(m));
+        for bad in [
+            "",
+            "52:54:00:77:00",
+            "52:54:00:77:00:zz",
+            "52:54-00:77:00:ab",
+            "5254007700ab0",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn reporter_once_per_period() {
+        let r = UnknownMacReporter::new(Duration::from_secs(600));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let m = [1, 2, 3, 4, 5, 6];
+        assert!(r.should_report(m, t0));
+        assert!(!r.should_report(m, t0 + Duration::from_secs(599)));
+        assert!(r.should_report([9; 6], t0));
+        assert!(r.should_report(m, t0 + Duration::from_secs(600)));
+        assert!(!r.should_report(m, t0 + Duration::from_secs(601)));
+    }
+}

@@ -1,0 +1,228 @@
+//! Sockets: the only part of the crate that does network I/O.
+//!
+//! Every socket is bound to the boot interface with `SO_BINDTODEVICE`, so a datagram that
+//! arrived on another interface never reaches [`DhcpCore`] and a reply can only leave
+//! through the boot interface (broadcasts to 255.255.255.255 included). Because of that
+//! `IP_PKTINFO` is not needed: the arrival interface is known, and the source address of a
+//! reply is the interface's, which [`DhcpSockets::bind`] checks is the configured
+//! `server_ip`.
+
+use std::ffi::CStr;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio_util::sync::CancellationToken;
+
+use crate::dhcp::{DhcpCore, Event, PXE_PORT, Received, SERVER_PORT};
+use crate::{BootDirectory, PxeConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("boot interface `{0}` does not exist; refusing to start DHCP/TFTP")]
+    InterfaceMissing(String),
+    #[error(
+        "boot interface `{iface}` has no IPv4 address {ip} (it has: {have:?}); refusing to start"
+    )]
+    AddressMissing {
+        iface: String,
+        ip: Ipv4Addr,
+        have: Vec<Ipv4Addr>,
+    },
+    #[error("cannot bind {what} on {addr} (interface `{iface}`): {source}")]
+    Bind {
+        what: &'static str,
+        iface: String,
+        addr: SocketAddrV4,
+        source: io::Error,
+    },
+    #[error("reading interface addresses: {0}")]
+    Ifaddrs(io::Error),
+    #[error("DHCP socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The IPv4 addresses of interface `name`, or [`NetError::InterfaceMissing`].
+pub fn interface_ipv4(name: &str) -> Result<Vec<Ipv4Addr>, NetError> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `head`; on success we own the list and
+    // free it below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(NetError::Ifaddrs(io::Error::last_os_error()));
+    }
+    let mut found = false;
+    let mut addrs = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a non-null node of the list getifaddrs returned, alive until
+        // freeifaddrs; ifa_name is a NUL-terminated string; ifa_addr, when non-null and
+        // of family AF_INET, points at a sockaddr_in.
+        unsafe {
+            let ifa = &*cur;
+            if !ifa.ifa_name.is_null() && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+            {
+                found = true;
+                if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+                {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    addrs.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    if !found {
+        // An interface that is down without addresses still appears in getifaddrs (as
+        // AF_PACKET), so "not found" really means "does not exist".
+        return Err(NetError::InterfaceMissing(name.to_string()));
+    }
+    Ok(addrs)
+}
+
+fn check_interface(cfg: &PxeConfig) -> Result<(), NetError> {
+    let have = interface_ipv4(&cfg.interface)?;
+    if !have.contains(&cfg.server_ip) {
+        return Err(NetError::AddressMissing {
+            iface: cfg.interface.clone(),
+            ip: cfg.server_ip,
+            have,
+        });
+    }
+    Ok(())
+}
+
+/// A UDP socket bound to `addr` on interface `iface` only.
+pub fn bind_udp_on(
+    iface: &str,
+    addr: SocketAddrV4,
+    what: &'static str,
+) -> Result<UdpSocket, NetError> {
+    let err = |source| NetError::Bind {
+        what,
+        iface: iface.to_string(),
+        addr,
+        source,
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    // Several sockets on 0.0.0.0:67 may coexist on different interfaces (dnsmasq does the
+    // same); SO_BINDTODEVICE keeps their traffic apart.
+    s.set_reuse_address(true).map_err(err)?;
+    s.bind_device(Some(iface.as_bytes())).map_err(err)?;
+    s.set_broadcast(true).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&SocketAddr::V4(addr).into()).map_err(err)?;
+    Ok(s.into())
+}
+
+/// The DHCP sockets (ports 67 and 4011), bound to the boot interface.
+#[derive(Debug)]
+pub struct DhcpSockets {
+    iface: String,
+    port67: UdpSocket,
+    port4011: UdpSocket,
+}
+
+impl DhcpSockets {
+    /// Checks that the interface exists and carries `server_ip`, then binds. Must run in
+    /// the network namespace the sockets are for (relevant to tests).
+    pub fn bind(cfg: &PxeConfig) -> Result<Self, NetError> {
+        check_interface(cfg)?;
+        let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+        Ok(DhcpSockets {
+            iface: cfg.interface.clone(),
+            port67: bind_udp_on(&cfg.interface, any(SERVER_PORT), "DHCP")?,
+            port4011: bind_udp_on(&cfg.interface, any(PXE_PORT), "PXE boot server")?,
+        })
+    }
+}
+
+/// The TFTP listening socket: `server_ip:tftp_port` on the boot interface.
+pub fn bind_tftp(cfg: &PxeConfig) -> Result<UdpSocket, NetError> {
+    check_interface(cfg)?;
+    bind_udp_on(
+        &cfg.interface,
+        SocketAddrV4::new(cfg.server_ip, cfg.tftp_port),
+        "TFTP",
+    )
+}
+
+/// Runs the DHCP core over the sockets until `cancel` fires.
+///
+/// Datagrams are processed one at a time on the blocking pool (the directory may hit
+/// SQLite); DHCP rates on a LAN are far below what that sustains.
+pub async fn serve_dhcp(
+    sockets: DhcpSockets,
+    core: DhcpCore,
+    dir: Arc<dyn BootDirectory>,
+    cancel: CancellationToken,
+) -> Result<(), NetError> {
+    let s67 = tokio::net::UdpSocket::from_std(sockets.port67)?;
+    let s4011 = tokio::net::UdpSocket::from_std(sockets.port4011)?;
+    let core = Arc::new(Mutex::new(core));
+    let mut b67 = vec![0u8; 4096];
+    let mut b4011 = vec![0u8; 4096];
+    tracing::info!(iface = %sockets.iface, "DHCP listening on ports 67 and 4011");
+    loop {
+        let (port, n, src) = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            r = s67.recv_from(&mut b67) => { let (n, a) = r?; (SERVER_PORT, n, a) }
+            r = s4011.recv_from(&mut b4011) => { let (n, a) = r?; (PXE_PORT, n, a) }
+        };
+        let SocketAddr::V4(src) = src else { continue };
+        let payload = if port == SERVER_PORT {
+            b67[..n].to_vec()
+        } else {
+            b4011[..n].to_vec()
+        };
+        let (core2, dir2) = (core.clone(), dir.clone());
+        let processed = tokio::task::spawn_blocking(move || {
+            let rx = Received {
+                local_port: port,
+                src,
+                payload: &payload,
+            };
+            core2.lock().process(SystemTime::now(), &*dir2, rx)
+        })
+        .await;
+        let (reply, event) = match processed {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "DHCP processing task failed");
+                continue;
+            }
+        };
+        log_event(&event, src, port);
+        if let Some(tx) = reply {
+            let sock = if port == SERVER_PORT { &s67 } else { &s4011 };
+            if let Err(e) = sock.send_to(&tx.payload, SocketAddr::V4(tx.dst)).await {
+                tracing::warn!(dst = %tx.dst, error = %e, "DHCP reply not sent");
+            }
+        }
+    }
+}
+
+fn log_event(event: &Event, src: SocketAddrV4, port: u16) {
+    match event {
+        Event::Garbage => tracing::debug!(%src, port, "malformed DHCP datagram dropped"),
+        Event::Ignored(why) => tracing::trace!(%src, port, why, "DHCP ignored"),
+        Event::UnknownMac {
+            mac,
+            arch,
+            reported,
+        } => {
+            if *reported {
+                tracing::info!(mac = %crate::mac_colon(*mac), ?arch, "unregistered MAC tried to boot");
+            }
+        }
+        Event::NoBootFile { seat, arch } => {
+            tracing::warn!(seat, arch, "no boot file configured for this architecture")
+        }
+        Event::PoolExhausted { seat } => tracing::warn!(seat, "DHCP pool exhausted"),
+        other => tracing::info!(%src, port, event = ?other, "DHCP"),
+    }
+}

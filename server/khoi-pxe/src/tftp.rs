@@ -1,0 +1,125 @@
+//! Read-only TFTP for the iPXE binaries (async-tftp: blksize, tsize, timeout, windowsize).
+//!
+//! async-tftp drives its own executor inside the task that awaits [`serve`], so all
+//! transfers share that one task; fine for a few hundred KiB per boot. Its transfer sockets
+//! bind `(listen_ip, 0)`, which is why [`crate::net::bind_tftp`] binds the server address
+//! rather than `0.0.0.0`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Component, Path, PathBuf};
+
+use async_tftp::packet;
+use async_tftp::server::handlers::{DirHandler, DirHandlerMode};
+use async_tftp::server::{Handler, TftpServerBuilder};
+use tokio_util::sync::CancellationToken;
+
+use crate::PxeError;
+
+/// Windows larger than this buy nothing on a LAN and let one client hog the executor.
+const WINDOW_SIZE_LIMIT: u16 = 64;
+
+/// Serves regular files under a root; refuses writes and anything resolving outside it
+/// (`..`, absolute paths after the leading `/` is stripped, symlinks out of the root).
+pub struct ReadOnlyRoot {
+    root: PathBuf,
+    inner: DirHandler,
+}
+
+impl std::fmt::Debug for ReadOnlyRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadOnlyRoot")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl ReadOnlyRoot {
+    pub fn new(root: &Path) -> Result<Self, PxeError> {
+        let root = std::fs::canonicalize(root)
+            .map_err(|e| PxeError::Tftp(format!("root {}: {e}", root.display())))?;
+        let inner = DirHandler::new(&root, DirHandlerMode::ReadOnly)
+            .map_err(|e| PxeError::Tftp(format!("root {}: {e}", root.display())))?;
+        Ok(ReadOnlyRoot { root, inner })
+    }
+
+    /// The path relative to the root, if it names a regular file inside the root.
+    pub fn resolve(&self, requested: &Path) -> Result<PathBuf, packet::Error> {
+        // Clients send `/undionly.kpxe` and `undionly.kpxe` alike.
+        let rel = requested.strip_prefix("/").unwrap_or(requested);
+        let mut clean = PathBuf::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(p) => clean.push(p),
+                Component::CurDir => {}
+                Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                    return Err(packet::Error::PermissionDenied);
+                }
+            }
+        }
+        if clean.as_os_str().is_empty() {
+            return Err(packet::Error::FileNotFound);
+        }
+        let full = std::fs::canonicalize(self.root.join(&clean))
+            .map_err(|_| packet::Error::FileNotFound)?;
+        if !full.starts_with(&self.root) {
+            return Err(packet::Error::PermissionDenied);
+        }
+        if !full.is_file() {
+            return Err(packet::Error::FileNotFound);
+        }
+        full.strip_prefix(&self.root)
+            .map(Path::to_path_buf)
+            .map_err(|_| packet::Error::PermissionDenied)
+    }
+}
+
+impl Handler for ReadOnlyRoot {
+    type Reader = <DirHandler as Handler>::Reader;
+    type Writer = <DirHandler as Handler>::Writer;
+
+    async fn read_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
+        let rel = match self.resolve(path) {
+            Ok(rel) => rel,
+            Err(e) => {
+                tracing::info!(%client, path = %path.display(), error = ?e, "TFTP read refused");
+                return Err(e);
+            }
+        };
+        tracing::debug!(%client, path = %rel.display(), "TFTP read");
+        self.inner.read_req_open(client, &rel).await
+    }
+
+    async fn write_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+        _size: Option<u64>,
+    ) -> Result<Self::Writer, packet::Error> {
+        tracing::info!(%client, path = %path.display(), "TFTP write refused");
+        Err(packet::Error::PermissionDenied)
+    }
+}
+
+/// Serves `root` read-only on an already-bound socket until `cancel` fires.
+pub async fn serve(
+    socket: UdpSocket,
+    root: &Path,
+    cancel: CancellationToken,
+) -> Result<(), PxeError> {
+    let handler = ReadOnlyRoot::new(root)?;
+    let server = TftpServerBuilder::with_handler(handler)
+        .std_socket(socket)
+        .map_err(|e| PxeError::Tftp(e.to_string()))?
+        .window_size_limit(WINDOW_SIZE_LIMIT)
+        .build()
+        .await
+        .map_err(|e| PxeError::Tftp(e.to_string()))?;
+    tokio::select! {
+        r = server.serve() => r.map_err(|e| PxeError::Tftp(e.to_string())),
+        () = cancel.cancelled() => Ok(()),
+    }
+}
