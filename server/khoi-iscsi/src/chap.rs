@@ -40,7 +40,7 @@ pub fn decode_binary(v: &str) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(h.len().div_ceil(2));
         let digits: Vec<u8> = h
             .bytes()
-            .map(|c| (c as char).to_digit(16).map(|d| d as u8))
+            .map(|c| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok()))
             .collect::<Option<_>>()?;
         let mut it = digits.iter();
         if digits.len() % 2 == 1 {
@@ -82,6 +82,7 @@ pub fn offers_md5(list: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
 

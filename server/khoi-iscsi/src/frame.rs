@@ -136,6 +136,7 @@ pub fn encode(pdu: &Pdu, digests: Digests) -> Bytes {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
     use crate::pdu::{NopOut, RESERVED_TAG};

@@ -311,11 +311,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Bhs<T> {
     /// field, so the framer never passes one (lengths are bounded by the
     /// negotiated MaxRecvDataSegmentLength, at most 2^24-1).
     pub fn set_data_segment_len(&mut self, len: usize) {
-        let v = len & 0x00ff_ffff;
-        let d = &mut self.buffer.as_mut()[field::DATA_SEG_LEN];
-        d[0] = ((v >> 16) & 0xff) as u8;
-        d[1] = ((v >> 8) & 0xff) as u8;
-        d[2] = (v & 0xff) as u8;
+        let v = u32::try_from(len & 0x00ff_ffff).unwrap_or(0).to_be_bytes();
+        self.buffer.as_mut()[field::DATA_SEG_LEN].copy_from_slice(&v[1..]);
     }
 
     pub fn set_lun(&mut self, lun: u64) {
@@ -1239,6 +1236,7 @@ impl InitiatorRepr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
 

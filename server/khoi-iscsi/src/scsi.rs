@@ -11,6 +11,7 @@ use crate::resolver::LunIdentity;
 
 /// Logical block size advertised (512e).
 pub const BLOCK_LEN: u64 = 512;
+const BLOCK_USIZE: usize = 512;
 
 pub const GOOD: u8 = 0x00;
 pub const CHECK_CONDITION: u8 = 0x02;
@@ -581,14 +582,14 @@ pub fn execute(job: Job, dev: &Checked) -> Result<JobOutput, BlockError> {
             data,
             flags,
         } => {
-            let tail = data.len() % BLOCK_LEN as usize;
+            let tail = data.len() % BLOCK_USIZE;
             if tail != 0 {
                 // A write truncated by a short iSCSI EDTL ends mid-block:
                 // read-modify-write the last block so devices only ever see
                 // whole sectors.
                 let mut buf = data.to_vec();
                 let head = buf.len() - tail;
-                let mut block = vec![0u8; BLOCK_LEN as usize];
+                let mut block = vec![0u8; BLOCK_USIZE];
                 dev.read_at(&mut block, offset + head as u64)?;
                 block[..tail].copy_from_slice(&buf[head..]);
                 buf.truncate(head);
@@ -796,7 +797,7 @@ fn designator(proto_codeset: u8, piv_assoc_type: u8, value: &[u8]) -> Vec<u8> {
 fn name_string(s: &str) -> Vec<u8> {
     let mut v: Vec<u8> = s.bytes().take(250).collect();
     v.push(0);
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v
@@ -995,7 +996,7 @@ fn mode_sense(cdb: &[u8; 16], lu: &LuInfo) -> Plan {
     Plan::Done(Done::data(d, alloc))
 }
 
-fn mode_select(cdb: &[u8; 16], lu: &LuInfo) -> Plan {
+fn mode_select(cdb: &[u8; 16], _lu: &LuInfo) -> Plan {
     let ten = cdb[0] == 0x55;
     let save = cdb[1] & 0x01 != 0;
     let len = if ten {
@@ -1060,6 +1061,7 @@ fn mode_select_data(d: &[u8], ten: bool, save: bool, lu: &LuInfo) -> Done {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
 

@@ -149,9 +149,15 @@ impl WriteTask {
         if offset >= self.need {
             return;
         }
+        // offset < need ≤ buf.len(), so both fit in usize.
         let end = (offset + data.len() as u64).min(self.need);
-        let (s, e) = (offset as usize, end as usize);
-        self.buf[s..e].copy_from_slice(&data[..e - s]);
+        let s = usize::try_from(offset).unwrap_or(self.buf.len());
+        let e = usize::try_from(end)
+            .unwrap_or(self.buf.len())
+            .min(self.buf.len());
+        if s < e {
+            self.buf[s..e].copy_from_slice(&data[..e - s]);
+        }
     }
 
     fn complete(&self) -> bool {
@@ -911,7 +917,7 @@ pub fn done_pdus(shape: &ReplyShape, d: Done, residual: Option<Residual>) -> Vec
     let mut out: Vec<Out> = datain_headers(shape, send, collapse.then_some((scsi::GOOD, res)))
         .into_iter()
         .map(|(mut o, off, len)| {
-            let off = off as usize;
+            let off = usize::try_from(off).unwrap_or(0);
             o.pdu = Pdu::new(o.pdu.bhs, d.data.slice(off..off + len));
             o
         })
@@ -956,6 +962,7 @@ pub fn reply(shape: &ReplyShape, result: Result<JobOutput, BlockError>) -> Reply
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
     use crate::login::tests::resolver;

@@ -532,6 +532,11 @@ impl Seg {
     }
 }
 
+/// Offsets within one read, which fits in memory, so never truncated.
+fn us(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
 /// A piece of Data-In payload.
 enum Piece {
     Mem(Bytes),
@@ -565,11 +570,11 @@ fn pieces(segs: &[Seg], start: u64, len: u64) -> Vec<Piece> {
                 let mut n = b - a;
                 while n > 0 {
                     let k = n.min(ZEROS.len() as u64);
-                    out.push(Piece::Mem(Bytes::from_static(&ZEROS[..k as usize])));
+                    out.push(Piece::Mem(Bytes::from_static(&ZEROS[..us(k)])));
                     n -= k;
                 }
             }
-            Seg::Mem(m) => out.push(Piece::Mem(m.slice(a as usize..b as usize))),
+            Seg::Mem(m) => out.push(Piece::Mem(m.slice(us(a)..us(b)))),
         }
     }
     out
@@ -680,7 +685,7 @@ async fn send_file(
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
-                Ok(n as u64)
+                Ok(u64::try_from(n).unwrap_or(0))
             }
         });
         match res {

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! End-to-end tests: the target on 127.0.0.1:0 against libiscsi's tools,
 //! qemu-io, and a small raw-PDU initiator for what the tools can't do.
 //! Tests needing an external tool print a note and pass when it's missing.
@@ -340,7 +341,7 @@ impl Client {
         }
         .emit();
         self.cmd_sn += 1;
-        let imm = write.map(|w| Bytes::copy_from_slice(w)).unwrap_or_default();
+        let imm = write.map(Bytes::copy_from_slice).unwrap_or_default();
         self.send(Pdu::new(h, imm));
         let mut data = Vec::new();
         loop {

@@ -86,7 +86,7 @@ impl BlockDevice for FileDevice {
         let zero = vec![0u8; 1 << 20];
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(zero.len() as u64) as usize;
+            let n = usize::try_from((len - done).min(zero.len() as u64)).unwrap_or(zero.len());
             self.file.write_all_at(&zero[..n], offset + done)?;
             done += n as u64;
         }
