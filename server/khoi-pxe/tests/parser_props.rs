@@ -32,7 +32,13 @@ fn cores() -> Vec<DhcpCore> {
     let proxy = PxeConfig::proxy("br0", SERVER, "/x".into());
     [proxy, auth]
         .iter()
-        .map(|c| DhcpCore::new(c, Arc::new(UnknownMacReporter::new(Duration::from_secs(600))), vec![]))
+        .map(|c| {
+            DhcpCore::new(
+                c,
+                Arc::new(UnknownMacReporter::new(Duration::from_secs(600))),
+                vec![],
+            )
+        })
         .collect()
 }
 
