@@ -383,6 +383,7 @@ pub fn plan(cdb: &[u8; 16], lun: u64, lu: &LuInfo, nexus: &mut Nexus) -> Plan {
             }
         }
         0x41 | 0x93 => write_same(cdb, lu),
+        0xa3 if cdb[1] & 0x1f == 0x0c => report_supported_opcodes(cdb, lu),
         _ => Plan::Done(Done::check(Sense::INVALID_OPCODE)),
     }
 }
@@ -889,6 +890,233 @@ fn read_capacity16(cdb: &[u8; 16], lu: &LuInfo) -> Plan {
 }
 
 // ---------------------------------------------------------------------------
+// REPORT SUPPORTED OPERATION CODES
+
+/// One supported command: opcode, service action (if it has them) and the
+/// CDB usage data — a mask of the bits the device server looks at, with the
+/// opcode (and service action) in the first bytes. Must match [`plan`].
+struct OpInfo {
+    op: u8,
+    sa: Option<u8>,
+    usage: &'static [u8],
+}
+
+const fn op(op: u8, usage: &'static [u8]) -> OpInfo {
+    OpInfo {
+        op,
+        sa: None,
+        usage,
+    }
+}
+
+const OPS: &[OpInfo] = &[
+    op(0x00, &[0x00, 0, 0, 0, 0, 0]),
+    op(0x03, &[0x03, 0x01, 0, 0, 0xff, 0]),
+    op(0x08, &[0x08, 0x1f, 0xff, 0xff, 0xff, 0]),
+    op(0x12, &[0x12, 0x01, 0xff, 0xff, 0xff, 0]),
+    op(0x15, &[0x15, 0x11, 0, 0, 0xff, 0]),
+    op(0x1a, &[0x1a, 0x08, 0xff, 0xff, 0xff, 0]),
+    op(0x1b, &[0x1b, 0x01, 0, 0x0f, 0xf7, 0]),
+    op(0x25, &[0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0]),
+    op(
+        0x28,
+        &[0x28, 0x1a, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
+    ),
+    op(
+        0x2a,
+        &[0x2a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
+    ),
+    op(
+        0x2e,
+        &[0x2e, 0x10, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
+    ),
+    op(
+        0x2f,
+        &[0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
+    ),
+    op(
+        0x34,
+        &[0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
+    ),
+    op(
+        0x35,
+        &[0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
+    ),
+    op(
+        0x41,
+        &[0x41, 0x08, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0],
+    ),
+    op(0x42, &[0x42, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op(0x55, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0]),
+    op(0x5a, &[0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0]),
+    op(
+        0x88,
+        &[
+            0x88, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    ),
+    op(
+        0x8a,
+        &[
+            0x8a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    ),
+    op(
+        0x8e,
+        &[
+            0x8e, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    ),
+    op(
+        0x8f,
+        &[
+            0x8f, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    ),
+    op(
+        0x90,
+        &[
+            0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    ),
+    op(
+        0x91,
+        &[
+            0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    ),
+    op(
+        0x93,
+        &[
+            0x93, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    ),
+    OpInfo {
+        op: 0x9e,
+        sa: Some(0x10),
+        usage: &[
+            0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    },
+    op(
+        0xa0,
+        &[0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    ),
+    OpInfo {
+        op: 0xa3,
+        sa: Some(0x0c),
+        usage: &[
+            0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    },
+    op(
+        0xa8,
+        &[
+            0xa8, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    op(
+        0xaa,
+        &[
+            0xaa, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    op(
+        0xae,
+        &[
+            0xae, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+    op(
+        0xaf,
+        &[
+            0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    ),
+];
+
+/// UNMAP and the UNMAP bit of WRITE SAME exist only on thin LUs.
+fn op_supported(o: &OpInfo, lu: &LuInfo) -> bool {
+    o.op != 0x42 || lu.thin
+}
+
+fn usage_for(o: &OpInfo, lu: &LuInfo) -> Vec<u8> {
+    let mut u = o.usage.to_vec();
+    if matches!(o.op, 0x41 | 0x93) && !lu.thin {
+        u[1] &= !0x08;
+    }
+    u
+}
+
+/// Command timeouts descriptor: length 0Ah, timeouts "not specified".
+const TIMEOUTS: [u8; 12] = [0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+fn report_supported_opcodes(cdb: &[u8; 16], lu: &LuInfo) -> Plan {
+    let rctd = cdb[2] & 0x80 != 0;
+    let options = cdb[2] & 0x07;
+    let req_op = cdb[3];
+    let req_sa = be16(&cdb[4..]);
+    let alloc = usize::try_from(be32(&cdb[6..])).unwrap_or(usize::MAX);
+    let ops = OPS.iter().filter(|o| op_supported(o, lu));
+    let mut d = Vec::new();
+    match options {
+        0 => {
+            d.extend_from_slice(&[0; 4]);
+            for o in ops {
+                let u = usage_for(o, lu);
+                d.push(o.op);
+                d.push(0);
+                d.extend_from_slice(&u16::from(o.sa.unwrap_or(0)).to_be_bytes());
+                d.push(0);
+                d.push((if rctd { 0x02 } else { 0 }) | u8::from(o.sa.is_some()));
+                d.extend_from_slice(&u16::try_from(u.len()).unwrap_or(0).to_be_bytes());
+                if rctd {
+                    d.extend_from_slice(&TIMEOUTS);
+                }
+            }
+            let n = (d.len() - 4) as u64;
+            put32(&mut d[0..], n);
+        }
+        1..=3 => {
+            let found = OPS.iter().find(|o| o.op == req_op && op_supported(o, lu));
+            let entry = match (options, found) {
+                (1, Some(o)) if o.sa.is_some() => {
+                    return Plan::Done(Done::check(Sense::INVALID_FIELD_IN_CDB));
+                }
+                (2, Some(o)) if o.sa.is_none() => {
+                    return Plan::Done(Done::check(Sense::INVALID_FIELD_IN_CDB));
+                }
+                (1 | 3, Some(o)) if o.sa.is_none() => Some(o),
+                (2 | 3, Some(o)) if o.sa.map(u64::from) == Some(req_sa) => Some(o),
+                _ => None,
+            };
+            match entry {
+                Some(o) => {
+                    let u = usage_for(o, lu);
+                    d.push(0);
+                    d.push((if rctd { 0x80 } else { 0 }) | 0x03);
+                    d.extend_from_slice(&u16::try_from(u.len()).unwrap_or(0).to_be_bytes());
+                    d.extend_from_slice(&u);
+                    if rctd {
+                        d.extend_from_slice(&TIMEOUTS);
+                    }
+                }
+                None => d.extend_from_slice(&[0, 0x01, 0, 0]),
+            }
+        }
+        _ => return Plan::Done(Done::check(Sense::INVALID_FIELD_IN_CDB)),
+    }
+    Plan::Done(Done::data(d, alloc))
+}
+
+// ---------------------------------------------------------------------------
 // Mode pages
 
 const PAGE_RW_RECOVERY: u8 = 0x01;
@@ -1362,6 +1590,55 @@ mod tests {
         assert_eq!(
             unmap_data(&d, &l).unwrap_err().sense,
             Some(Sense::LBA_OUT_OF_RANGE)
+        );
+    }
+
+    #[test]
+    fn report_supported_opcodes_consistent() {
+        let d = run(&[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0]);
+        let n = be32(&d.data[..]) as usize;
+        assert_eq!(n + 4, d.data.len());
+        assert_eq!(n % 8, 0);
+        // Every listed opcode is one `plan` implements (not INVALID OPCODE).
+        for desc in d.data[4..].chunks(8) {
+            let mut c = [0u8; 16];
+            c[0] = desc[0];
+            c[1] = desc[3];
+            let p = plan(&c, 0, &lu(), &mut Nexus::default());
+            assert_ne!(
+                p,
+                Plan::Done(Done::check(Sense::INVALID_OPCODE)),
+                "{:#x}",
+                desc[0]
+            );
+            let one = run(&[
+                0xa3,
+                0x0c,
+                if desc[5] & 1 != 0 { 2 } else { 1 },
+                desc[0],
+                desc[2],
+                desc[3],
+                0,
+                0,
+                0xff,
+                0xff,
+                0,
+                0,
+            ]);
+            assert_eq!(one.data[1] & 7, 3);
+            assert_eq!(one.data[4], desc[0]);
+            assert_eq!(be16(&one.data[2..]), be16(&desc[6..]));
+        }
+        // With RCTD, descriptors grow by the 12-byte timeouts descriptor.
+        let d = run(&[0xa3, 0x0c, 0x80, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0]);
+        assert_eq!((d.data.len() - 4) % 20, 0);
+        // Unsupported opcode: SUPPORT=001b.
+        let d = run(&[0xa3, 0x0c, 1, 0xc1, 0, 0, 0, 0, 0xff, 0xff, 0, 0]);
+        assert_eq!(&d.data[..], &[0, 1, 0, 0]);
+        // RC16 has service actions: option 1 is refused.
+        assert_eq!(
+            run(&[0xa3, 0x0c, 1, 0x9e, 0, 0x10, 0, 0, 0xff, 0xff, 0, 0]).sense,
+            Some(Sense::INVALID_FIELD_IN_CDB)
         );
     }
 
