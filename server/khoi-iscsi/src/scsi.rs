@@ -1596,7 +1596,7 @@ mod tests {
     #[test]
     fn report_supported_opcodes_consistent() {
         let d = run(&[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0]);
-        let n = be32(&d.data[..]) as usize;
+        let n = usize::try_from(be32(&d.data[..])).unwrap();
         assert_eq!(n + 4, d.data.len());
         assert_eq!(n % 8, 0);
         // Every listed opcode is one `plan` implements (not INVALID OPCODE).
