@@ -178,6 +178,8 @@ async fn connection(
         return Ok(());
     };
     let target = outcome.target().map(str::to_owned);
+    debug!(%peer, initiator = %outcome.initiator, target = ?target, tsih = outcome.tsih,
+        params = ?outcome.params, "iscsi login complete");
     resolver.event(IscsiEvent::LoggedIn {
         peer: peer_s.clone(),
         initiator: outcome.initiator.clone(),

@@ -248,9 +248,14 @@ struct Client {
     buf: BytesMut,
     cmd_sn: u32,
     itt: u32,
+    digests: Digests,
 }
 
 fn login(addr: SocketAddr, target: &str, isid: [u8; 6]) -> Client {
+    login_with(addr, target, isid, false)
+}
+
+fn login_with(addr: SocketAddr, target: &str, isid: [u8; 6], crc: bool) -> Client {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -259,8 +264,12 @@ fn login(addr: SocketAddr, target: &str, isid: [u8; 6]) -> Client {
         buf: BytesMut::new(),
         cmd_sn: 1,
         itt: 0x100,
+        digests: Digests::default(),
     };
+    let digest = if crc { "CRC32C,None" } else { "None" };
     let keys = text::emit(&[
+        ("HeaderDigest", digest),
+        ("DataDigest", digest),
         ("InitiatorName", "iqn.2025-01.test:raw"),
         ("TargetName", target),
         ("SessionType", "Normal"),
@@ -290,13 +299,17 @@ fn login(addr: SocketAddr, target: &str, isid: [u8; 6]) -> Client {
     assert_eq!((lr.status_class, lr.status_detail), (0, 0));
     assert!(lr.transit && lr.nsg == Stage::FullFeature);
     assert_ne!(lr.tsih, 0);
+    c.digests = Digests {
+        header: crc,
+        data: crc,
+    };
     c
 }
 
 impl Client {
     fn send(&mut self, p: Pdu) {
         self.s
-            .write_all(&frame::encode(&p, Digests::default()))
+            .write_all(&frame::encode(&p, self.digests))
             .expect("send");
     }
 
@@ -307,7 +320,7 @@ impl Client {
     /// The next PDU, or None on EOF/error.
     fn recv(&mut self) -> Option<Pdu> {
         loop {
-            match frame::decode(&mut self.buf, Digests::default(), 1 << 20) {
+            match frame::decode(&mut self.buf, self.digests, 1 << 20) {
                 Ok(Some(p)) => return Some(p),
                 Ok(None) => {}
                 Err(_) => return None,
@@ -437,6 +450,21 @@ fn two_sessions_malformed_pdu_and_reinstatement() {
         "reinstated session's connection must close"
     );
     assert!(a2.nop() && b.nop());
+}
+
+#[test]
+fn crc32c_digests_end_to_end() {
+    let srv = start();
+    let mut c = login_with(srv.addr, OPEN, [0x40, 0, 0, 0, 0, 7], true);
+    let _ = c.command(&TUR, 0, None);
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (st, _, _) = c.command(&[0x2a, 0, 0, 0, 0, 16, 0, 0, 8, 0], 4096, Some(&data));
+    assert_eq!(st, 0);
+    // Read back through the file (pread + data digest instead of sendfile).
+    let (st, _, back) = c.command(&[0x28, 0, 0, 0, 0, 16, 0, 0, 8, 0], 4096, None);
+    assert_eq!(st, 0);
+    assert_eq!(back, data);
+    assert!(c.nop());
 }
 
 #[test]
