@@ -1,7 +1,7 @@
 //! TFTP on 127.0.0.1 (bound to `lo` with SO_BINDTODEVICE, like the boot interface): a raw
 //! client checks the option negotiation byte by byte (blksize, tsize, windowsize, EDK2's
 //! abort-after-OACK), and curl, atftp and tftp-hpa fetch files when installed.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ impl Drop for Server {
 
 fn pattern(n: usize) -> Vec<u8> {
     // Not a multiple of any block size, so the last block is short.
-    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    (0..n).map(|i| ((i * 7 + i / 251) % 256) as u8).collect()
 }
 
 fn start() -> Server {

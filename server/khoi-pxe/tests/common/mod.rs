@@ -9,13 +9,16 @@ use khoi_pxe::{BootDirectory, Lease, SeatBoot, default_initiator_iqn};
 use parking_lot::Mutex;
 
 pub const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x77, 0x00, 0x01];
+/// One `unknown_mac` call.
+pub type UnknownReport = ([u8; 6], Option<u16>, SystemTime);
+
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 
 #[derive(Debug, Default)]
 pub struct FakeDir {
     pub seats: Mutex<HashMap<[u8; 6], SeatBoot>>,
     pub booted: Mutex<Vec<String>>,
-    pub unknown: Mutex<Vec<([u8; 6], Option<u16>, SystemTime)>>,
+    pub unknown: Mutex<Vec<UnknownReport>>,
     pub leases: Mutex<HashMap<[u8; 6], Lease>>,
     pub removed: Mutex<Vec<[u8; 6]>>,
 }
