@@ -484,3 +484,99 @@ fn full_overlay_is_data_protect_27_07() {
             .any(|e| matches!(e, IscsiEvent::SpaceAllocationFailed { .. }))
     );
 }
+
+/// A 16-bit boot sector that writes "KHOI-BOOT-OK" to COM1 and halts.
+fn boot_sector() -> [u8; 512] {
+    let code: &[u8] = &[
+        0x31, 0xc0, // xor ax, ax
+        0x8e, 0xd8, // mov ds, ax
+        0xfc, // cld
+        0xbe, 0x17, 0x7c, // mov si, 0x7c17 (the message)
+        0xac, // lodsb
+        0x84, 0xc0, // test al, al
+        0x74, 0x06, // jz halt
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xee, // out dx, al
+        0xeb, 0xf5, // jmp lodsb
+        0xfa, 0xf4, 0xeb, 0xfc, // halt: cli; hlt; jmp halt
+    ];
+    let mut s = [0u8; 512];
+    s[..code.len()].copy_from_slice(code);
+    let msg = b"KHOI-BOOT-OK\r\n\0";
+    s[code.len()..code.len() + msg.len()].copy_from_slice(msg);
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    s
+}
+
+/// iPXE itself (the real client: MRDSL 8192, InitialR2T=Yes,
+/// ImmediateData=No, a unit attention on its first TUR) sanboots from the
+/// target under QEMU/TCG and runs the boot sector we wrote.
+#[test]
+fn ipxe_sanboot() {
+    let lkrn = "/usr/lib/ipxe/ipxe.lkrn";
+    if !have("qemu-system-x86_64") || !std::path::Path::new(lkrn).exists() {
+        return;
+    }
+    let srv = start();
+    let mut c = login(srv.addr, OPEN, [0x40, 0, 0, 0, 0, 0x20]);
+    let _ = c.command(&TUR, 0, None);
+    let (st, _, _) = c.command(
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        512,
+        Some(&boot_sector()),
+    );
+    assert_eq!(st, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("boot.ipxe");
+    // QEMU user networking maps 10.0.2.2 to the host's loopback.
+    std::fs::write(
+        &script,
+        format!(
+            "#!ipxe\ndhcp\nsanboot iscsi:10.0.2.2::{}::{OPEN}\n",
+            srv.addr.port()
+        ),
+    )
+    .unwrap();
+    let serial = dir.path().join("serial.txt");
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-nographic",
+            "-m",
+            "128",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+        ])
+        .args(["-kernel", lkrn, "-initrd"])
+        .arg(&script)
+        .args(["-netdev", "user,id=n0", "-device", "e1000,netdev=n0"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut booted = false;
+    while std::time::Instant::now() < deadline {
+        let out = std::fs::read(&serial).unwrap_or_default();
+        if out.windows(12).any(|w| w == b"KHOI-BOOT-OK") {
+            booted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    assert!(booted, "iPXE did not boot from the target:\n{out}");
+    assert!(
+        srv.resolver.events.lock().iter().any(|e| matches!(
+            e,
+            IscsiEvent::LoggedIn { initiator, .. } if initiator.starts_with("iqn.2010-04.org.ipxe")
+        )),
+        "no iPXE login recorded"
+    );
+}
