@@ -15,6 +15,7 @@ const BLOCK_USIZE: usize = 512;
 
 pub const GOOD: u8 = 0x00;
 pub const CHECK_CONDITION: u8 = 0x02;
+pub const TASK_SET_FULL: u8 = 0x28;
 
 /// Sense key, additional sense code and qualifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

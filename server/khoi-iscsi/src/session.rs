@@ -23,6 +23,9 @@ use crate::resolver::TargetResolver;
 use crate::scsi::{self, DataOutKind, Done, Job, JobOutput, LuInfo, Nexus, Plan, Sense};
 use crate::text::{self, Params, TextLimits};
 
+/// Write data one connection may hold while waiting for Data-Out.
+pub const MAX_PENDING_WRITE_BYTES: u64 = 64 << 20;
+
 /// How the writer fills the sequence-number words of an outgoing PDU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stamp {
@@ -432,6 +435,20 @@ impl Session {
                 let shape = self.shape(c.itt, c.lun, c.edtl, residual);
                 if len == 0 {
                     return done_pdus(&shape, Done::good(), Some(residual))
+                        .into_iter()
+                        .map(Action::Send)
+                        .collect();
+                }
+                let pending: u64 = self.tasks.values().map(|t| t.need).sum();
+                if pending + len > MAX_PENDING_WRITE_BYTES {
+                    // Bound the memory one connection can pin with writes
+                    // waiting for data; initiators retry TASK SET FULL.
+                    let d = Done {
+                        status: scsi::TASK_SET_FULL,
+                        sense: None,
+                        data: Bytes::new(),
+                    };
+                    return done_pdus(&shape, d, Some(Residual::None))
                         .into_iter()
                         .map(Action::Send)
                         .collect();
@@ -986,7 +1003,7 @@ mod tests {
 
     fn lu() -> LuInfo {
         LuInfo {
-            blocks: 4096,
+            blocks: 1 << 20,
             read_only: false,
             wce: true,
             thin: false,
@@ -1277,6 +1294,20 @@ mod tests {
         let a = s.on_pdu(&tmf(21, TmfFunction::TargetColdReset, 0));
         let r = TaskMgmtResponseRepr::parse(&sends(&a)[0].pdu.view()).unwrap();
         assert_eq!(r.response, TmfResponse::NotSupported);
+    }
+
+    #[test]
+    fn pending_write_memory_is_bounded() {
+        let mut s = session(Params::default());
+        // 16 MiB writes waiting for R2T data: the fifth exceeds 64 MiB.
+        let w = [0x2a, 0, 0, 0, 0, 0, 0, 0x80, 0, 0];
+        for i in 0..4 {
+            let a = s.on_pdu(&cmd(100 + i, 10 + i, &w, 16 << 20, true, b""));
+            assert_eq!(sends(&a)[0].pdu.opcode(), Opcode::R2t);
+        }
+        let a = s.on_pdu(&cmd(200, 14, &w, 16 << 20, true, b""));
+        let r = ScsiResponse::parse(&sends(&a)[0].pdu.view()).unwrap();
+        assert_eq!(r.status, scsi::TASK_SET_FULL);
     }
 
     #[test]
