@@ -206,6 +206,8 @@ pub enum PxeError {
     Net(#[from] NetError),
     #[error("TFTP: {0}")]
     Tftp(String),
+    #[error("PXE service task failed: {0}")]
+    Task(String),
     #[error("HTTP on {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -273,7 +275,7 @@ pub async fn run(
     }
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
-        let r = joined.unwrap_or_else(|e| Err(PxeError::Tftp(format!("task failed: {e}"))));
+        let r = joined.unwrap_or_else(|e| Err(PxeError::Task(e.to_string())));
         if let Err(e) = r {
             // One service failing takes the others down: a half-working boot chain is
             // harder to diagnose than a stopped one.

@@ -168,10 +168,20 @@ pub async fn serve_dhcp(
     let mut b4011 = vec![0u8; 4096];
     tracing::info!(iface = %sockets.iface, "DHCP listening on ports 67 and 4011");
     loop {
-        let (port, n, src) = tokio::select! {
+        let (port, received) = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            r = s67.recv_from(&mut b67) => { let (n, a) = r?; (SERVER_PORT, n, a) }
-            r = s4011.recv_from(&mut b4011) => { let (n, a) = r?; (PXE_PORT, n, a) }
+            r = s67.recv_from(&mut b67) => (SERVER_PORT, r),
+            r = s4011.recv_from(&mut b4011) => (PXE_PORT, r),
+        };
+        let (n, src) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                // A receive error on one datagram (ENOBUFS, a stray ICMP error) must not stop
+                // DHCP for the whole LAN; pause briefly so a persistent one cannot spin.
+                tracing::warn!(port, error = %e, "DHCP receive failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let SocketAddr::V4(src) = src else { continue };
         let payload = if port == SERVER_PORT {
