@@ -141,6 +141,13 @@ impl LuInfo {
         // by the initiator (libiscsi flags limits above 1Mi blocks as bogus).
         1 << 20
     }
+
+    /// WRITE SAME is bounded like a transfer, so initiators that probe with
+    /// a plain WRITE of MAXIMUM WRITE SAME LENGTH blocks stay within
+    /// MAXIMUM TRANSFER LENGTH.
+    fn max_write_same_blocks(&self) -> u32 {
+        self.max_unmap_blocks().min(self.max_transfer_blocks.max(1))
+    }
 }
 
 /// Per-I_T-nexus command-set state.
@@ -468,7 +475,15 @@ fn write_same(cdb: &[u8; 16], lu: &LuInfo) -> Plan {
     let unmap = cdb[1] & 0x08 != 0;
     let anchor = cdb[1] & 0x10 != 0;
     let ndob = cdb[0] == 0x93 && cdb[1] & 0x01 != 0;
-    if cdb[1] & 0xe0 != 0 || anchor || (unmap && !lu.thin) {
+    if cdb[1] & 0xe0 != 0 || anchor {
+        return Plan::Done(Done::check(Sense::INVALID_FIELD_IN_CDB));
+    }
+    // Write protection is reported before the UNMAP bit is judged: a
+    // read-only LU refuses every write-like command the same way.
+    if lu.read_only {
+        return Plan::Done(Done::check(Sense::WRITE_PROTECTED));
+    }
+    if unmap && !lu.thin {
         return Plan::Done(Done::check(Sense::INVALID_FIELD_IN_CDB));
     }
     let (lba, n) = if cdb[0] == 0x41 {
@@ -481,7 +496,7 @@ fn write_same(cdb: &[u8; 16], lu: &LuInfo) -> Plan {
     }
     let (offset, len) = tri!(range(lu, lba, n));
     // WSNZ=1: zero blocks is not "the whole medium" here.
-    if n == 0 || n > u64::from(lu.max_unmap_blocks()) {
+    if n == 0 || n > u64::from(lu.max_write_same_blocks()) {
         return Plan::Done(Done::check(Sense::INVALID_FIELD_IN_CDB));
     }
     let fua = false;
@@ -845,7 +860,7 @@ pub fn vpd_page(page: u8, lu: &LuInfo) -> Option<Vec<u8>> {
                 put32(&mut b[16..], u64::from(lu.max_unmap_blocks()));
                 put32(&mut b[20..], 256); // max unmap descriptors
                 put32(&mut b[24..], 8); // optimal unmap granularity
-                b[32..40].copy_from_slice(&u64::from(lu.max_unmap_blocks()).to_be_bytes());
+                b[32..40].copy_from_slice(&u64::from(lu.max_write_same_blocks()).to_be_bytes());
             }
             vpd(0xb0, b)
         }

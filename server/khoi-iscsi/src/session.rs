@@ -410,6 +410,18 @@ impl Session {
                 len,
                 blocks,
             } => {
+                if matches!(kind, DataOutKind::WriteSame { .. }) && edtl != len {
+                    // WRITE SAME carries exactly one block of data.
+                    let shape = self.shape(c.itt, c.lun, c.edtl, Residual::None);
+                    return done_pdus(
+                        &shape,
+                        Done::check(Sense::INVALID_FIELD_IN_CDB),
+                        Some(Residual::between(edtl, len)),
+                    )
+                    .into_iter()
+                    .map(Action::Send)
+                    .collect();
+                }
                 let (len, residual) = if edtl < len {
                     match kind {
                         // FCP-4 option (a): write what the initiator sends

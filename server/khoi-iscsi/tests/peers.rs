@@ -179,6 +179,32 @@ fn report_cu(out: &str) {
     }
 }
 
+/// Suites that must pass because the LU advertises them (thin
+/// provisioning: UNMAP, WRITE SAME), plus the 12-byte variants and a
+/// read-only LU.
+#[test]
+fn libiscsi_conditional_suites() {
+    if !have("iscsi-test-cu") {
+        return;
+    }
+    let srv = start();
+    let set = "SCSI.Unmap.*,SCSI.WriteSame10.*,SCSI.WriteSame16.*,SCSI.GetLBAStatus.*,SCSI.Verify12.*,SCSI.WriteVerify12.*";
+    let (ok, out) = run(Command::new("iscsi-test-cu")
+        .args(["-d", "-t", set])
+        .arg(url(&srv, None, OPEN)));
+    report_cu(&out);
+    assert!(ok, "{out}");
+    let (total, failed) = cu_counts(&out);
+    assert_eq!(failed, 0, "{out}");
+    assert!(total >= 30, "{out}");
+    let (ok, out) = run(Command::new("iscsi-test-cu")
+        .args(["-d", "-t", "SCSI.ReadOnly.*,SCSI.ModeSense6.*"])
+        .arg(url(&srv, None, READONLY)));
+    report_cu(&out);
+    assert!(ok, "{out}");
+    assert_eq!(cu_counts(&out).1, 0, "{out}");
+}
+
 #[test]
 fn iscsi_family_with_chap() {
     if !have("iscsi-test-cu") {

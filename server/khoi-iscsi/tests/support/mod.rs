@@ -153,6 +153,7 @@ pub const CHAP: &str = "iqn.2025-01.vn.khoi:chap";
 pub const MUTUAL: &str = "iqn.2025-01.vn.khoi:mutual";
 pub const BOUND: &str = "iqn.2025-01.vn.khoi:bound";
 pub const FULL: &str = "iqn.2025-01.vn.khoi:full";
+pub const READONLY: &str = "iqn.2025-01.vn.khoi:readonly";
 
 pub const CHAP_USER: &str = "seat01";
 pub const CHAP_SECRET: &str = "seat01-secret-12";
@@ -200,6 +201,7 @@ impl TestResolver {
                 },
             ),
             (FULL.to_owned(), TargetAuth::default()),
+            (READONLY.to_owned(), TargetAuth::default()),
         ];
         TestResolver {
             auth,
@@ -239,6 +241,9 @@ impl TargetResolver for TestResolver {
         }
         let dev: Arc<dyn BlockDevice> = if target == FULL {
             Arc::new(FullDevice(self.size))
+        } else if target == READONLY {
+            let size = usize::try_from(self.size).map_err(|e| e.to_string())?;
+            Arc::new(khoi_block::MemDevice::read_only(vec![0; size]))
         } else {
             let name = target.rsplit(':').next().unwrap_or("lun");
             Arc::new(
