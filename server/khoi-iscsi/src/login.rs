@@ -31,6 +31,27 @@ pub mod status {
 /// Upper bound on text accumulated across Login PDUs with the C bit.
 const MAX_LOGIN_TEXT: usize = 64 * 1024;
 
+/// The answer to a PDU that isn't a parseable Login Request during login:
+/// a Login Response with status 0x0200 (initiator error), ITT echoed.
+pub fn malformed_response(bhs: &[u8; 48]) -> Pdu {
+    let b = crate::pdu::Bhs::new_unchecked(&bhs[..]);
+    let r = LoginResponse {
+        transit: false,
+        cont: false,
+        csg: Stage::Security,
+        nsg: Stage::Security,
+        version_max: 0,
+        version_active: 0,
+        isid: b.isid(),
+        tsih: 0,
+        itt: b.itt(),
+        seq: SeqNums::default(),
+        status_class: 0x02,
+        status_detail: 0x00,
+    };
+    Pdu::new(r.emit(), Bytes::new())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionKind {
     /// A discovery session: SendTargets=All lists what this initiator may

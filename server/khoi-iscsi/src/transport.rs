@@ -232,7 +232,15 @@ async fn login_phase(
             _ => {
                 // Anything but a well-formed Login Request before login is
                 // complete is a protocol error; there is no session to
-                // reject it in.
+                // reject it in, so answer "initiator error" and close.
+                let mut out = Vec::new();
+                encode_pdu(
+                    &crate::login::malformed_response(&pdu.bhs),
+                    nodigest,
+                    &mut out,
+                );
+                let _ = write_all_slices(stream, &out).await;
+                let _ = stream.shutdown().await;
                 return Err(ConnError::Protocol("expected a Login Request".into()));
             }
         };

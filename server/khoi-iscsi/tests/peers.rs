@@ -606,3 +606,36 @@ fn ipxe_sanboot() {
         "no iPXE login recorded"
     );
 }
+
+#[test]
+fn command_before_login_is_initiator_error() {
+    let srv = start();
+    let mut s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut c = Client {
+        s,
+        buf: BytesMut::new(),
+        cmd_sn: 1,
+        itt: 5,
+        digests: Digests::default(),
+    };
+    let h = ScsiCommand {
+        immediate: false,
+        fin: true,
+        read: false,
+        write: false,
+        attr: 1,
+        lun: 0,
+        itt: 5,
+        edtl: 0,
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+        cdb: [0; 16],
+    }
+    .emit();
+    c.send(Pdu::new(h, Bytes::new()));
+    let r = c.recv().expect("login response");
+    let lr = LoginResponse::parse(&r.view()).unwrap();
+    assert_eq!((lr.status_class, lr.status_detail, lr.itt), (2, 0, 5));
+    assert!(c.recv().is_none());
+}
