@@ -610,7 +610,7 @@ fn ipxe_sanboot() {
 #[test]
 fn command_before_login_is_initiator_error() {
     let srv = start();
-    let mut s = TcpStream::connect(srv.addr).unwrap();
+    let s = TcpStream::connect(srv.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut c = Client {
         s,
