@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use khoi_pxe::dhcp::Received;
 use khoi_pxe::wire::Message;
-use khoi_pxe::{BootDirectory, DhcpCore, DhcpMode, Lease, Pool, PxeConfig, SeatBoot, UnknownMacReporter};
+use khoi_pxe::{BootDirectory, DhcpCore, DhcpMode, Lease, Pool, PxeConfig, SeatBoot, BootState};
 use libfuzzer_sys::fuzz_target;
 
 struct Dir(HashMap<[u8; 6], SeatBoot>);
@@ -52,8 +52,7 @@ fuzz_target!(|data: &[u8]| {
     auth.subnet_mask = Some(Ipv4Addr::new(255, 255, 255, 0));
     auth.pool = Some(Pool { start: Ipv4Addr::new(10, 77, 0, 100), end: Ipv4Addr::new(10, 77, 0, 101) });
     for cfg in [PxeConfig::proxy("br0", server, "/x".into()), auth] {
-        let reporter = Arc::new(UnknownMacReporter::new(Duration::from_secs(600)));
-        let mut core = DhcpCore::new(&cfg, reporter, Vec::new());
+        let mut core = DhcpCore::new(&cfg, Arc::new(BootState::new(&cfg)), Vec::new());
         for port in [67, 4011] {
             let rx = Received { local_port: port, src: SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 130), 68), payload: data };
             let (tx, _) = core.process(SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30), &dir, rx);

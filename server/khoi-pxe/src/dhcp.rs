@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{BootFiles, DhcpMode, Pool, PxeConfig};
 use crate::wire::{self, Message, MessageType, Options, opt, pxe};
-use crate::{BootDirectory, Lease, SeatBoot, UnknownMacReporter, unix_secs};
+use crate::{BootDirectory, BootState, Lease, SeatBoot, unix_secs};
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
@@ -135,7 +135,7 @@ pub struct DhcpCore {
     router: Option<Ipv4Addr>,
     dns: Vec<Ipv4Addr>,
     pool: Option<Pool>,
-    reporter: Arc<UnknownMacReporter>,
+    state: Arc<BootState>,
     leases: HashMap<[u8; 6], Lease>,
     offers: HashMap<[u8; 6], (Ipv4Addr, SystemTime)>,
     quarantine: HashMap<Ipv4Addr, SystemTime>,
@@ -154,7 +154,7 @@ pub fn client_arch(o: &Options) -> Option<u16> {
 impl DhcpCore {
     /// `leases` are the stored leases (from [`BootDirectory::leases`]); ignored outside
     /// authoritative mode. The config must have passed [`PxeConfig::validate`].
-    pub fn new(cfg: &PxeConfig, reporter: Arc<UnknownMacReporter>, leases: Vec<Lease>) -> Self {
+    pub fn new(cfg: &PxeConfig, state: Arc<BootState>, leases: Vec<Lease>) -> Self {
         let leases = if cfg.mode == DhcpMode::Authoritative {
             leases.into_iter().map(|l| (l.mac, l)).collect()
         } else {
@@ -170,7 +170,7 @@ impl DhcpCore {
             router: cfg.router,
             dns: cfg.dns.clone(),
             pool: cfg.pool,
-            reporter,
+            state,
             leases,
             offers: HashMap::new(),
             quarantine: HashMap::new(),
@@ -252,7 +252,7 @@ impl DhcpCore {
         req: &Message,
     ) -> Event {
         let arch = client_arch(&req.options);
-        let reported = self.reporter.should_report(mac, now);
+        let reported = self.state.reporter.should_report(mac, now);
         if reported {
             dir.unknown_mac(mac, arch, now);
         }
@@ -452,6 +452,8 @@ impl DhcpCore {
             req.ciaddr
         };
         let dst = self.destination(&rx, req, Some(to), &mut reply);
+        // The site's DHCP gave the client this address; its script fetch will come from it.
+        self.state.seen.record(mac, to);
         let event = Event::Ack {
             seat: seat.seat,
             ip: None,
@@ -684,6 +686,7 @@ impl DhcpCore {
         };
         self.leases.insert(mac, lease);
         dir.save_lease(&lease);
+        self.state.seen.record(mac, requested);
         let mut reply = self.reply_base(req, MessageType::Ack);
         reply.yiaddr = requested;
         reply.ciaddr = req.ciaddr;
@@ -747,6 +750,7 @@ impl DhcpCore {
         }
         self.leases.remove(&mac);
         dir.remove_lease(mac);
+        self.state.seen.forget(mac);
         (
             None,
             Event::Released {

@@ -98,6 +98,49 @@ pub struct UnknownMacReporter {
     last: Mutex<HashMap<[u8; 6], SystemTime>>,
 }
 
+/// State shared by the DHCP and HTTP sides; create one per server with [`BootState::new`].
+#[derive(Debug)]
+pub struct BootState {
+    /// Rate limit for [`BootDirectory::unknown_mac`], whichever side saw the MAC.
+    pub reporter: UnknownMacReporter,
+    /// Where DHCP last saw each seat, so the HTTP side can tell a seat fetching its own
+    /// script (which resets its overlay) from another host asking for it.
+    pub seen: SeenAddrs,
+}
+
+impl BootState {
+    pub fn new(cfg: &PxeConfig) -> Self {
+        BootState {
+            reporter: UnknownMacReporter::new(cfg.unknown_report_period()),
+            seen: SeenAddrs::default(),
+        }
+    }
+}
+
+/// MAC → the IPv4 address DHCP last acknowledged for it (bounded like the reporter).
+#[derive(Debug, Default)]
+pub struct SeenAddrs(Mutex<HashMap<[u8; 6], Ipv4Addr>>);
+
+impl SeenAddrs {
+    pub fn record(&self, mac: [u8; 6], ip: Ipv4Addr) {
+        if ip.is_unspecified() || ip.is_broadcast() {
+            return;
+        }
+        let mut m = self.0.lock();
+        if m.len() >= REPORTER_PRUNE_AT && !m.contains_key(&mac) {
+            // Only registered seats are recorded, so this is a backstop, not a policy.
+            m.clear();
+        }
+        m.insert(mac, ip);
+    }
+    pub fn forget(&self, mac: [u8; 6]) {
+        self.0.lock().remove(&mac);
+    }
+    pub fn get(&self, mac: [u8; 6]) -> Option<Ipv4Addr> {
+        self.0.lock().get(&mac).copied()
+    }
+}
+
 /// Beyond this many remembered MACs, entries older than the period are dropped, so a
 /// flood of random MACs cannot grow memory without bound.
 const REPORTER_PRUNE_AT: usize = 4096;
@@ -226,13 +269,13 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), PxeError> {
     config.validate()?;
-    let reporter = Arc::new(UnknownMacReporter::new(config.unknown_report_period()));
+    let state = Arc::new(BootState::new(&config));
 
     let dhcp = if config.mode == DhcpMode::Off {
         None
     } else {
         let sockets = DhcpSockets::bind(&config)?;
-        let core = DhcpCore::new(&config, reporter.clone(), dir.leases());
+        let core = DhcpCore::new(&config, state.clone(), dir.leases());
         Some((sockets, core))
     };
     let tftp_socket = if config.tftp_enabled {
@@ -262,7 +305,7 @@ pub async fn run(
         tasks.spawn(async move { tftp::serve(sock, &root, cancel).await });
     }
     {
-        let router = http::router(dir.clone(), reporter.clone());
+        let router = http::router(dir.clone(), state.clone());
         let cancel = cancel.clone();
         tasks.spawn(async move {
             http::serve(listener, router, cancel)

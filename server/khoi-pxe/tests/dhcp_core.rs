@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use common::{FakeDir, MAC, SERVER, seat};
 use khoi_pxe::dhcp::{Event, Received};
 use khoi_pxe::wire::{Message, MessageType, opt};
-use khoi_pxe::{DhcpCore, DhcpMode, Pool, PxeConfig, Transmit, UnknownMacReporter};
+use khoi_pxe::{BootState, DhcpCore, DhcpMode, Pool, PxeConfig, Transmit};
 
 static BIOS_DISCOVER: &[u8] = include_bytes!("vectors/ipxe-bios-f1.bin");
 static DNSMASQ_BIOS_OFFER: &[u8] = include_bytes!("vectors/ipxe-bios-f2.bin");
@@ -53,14 +53,15 @@ fn auth_cfg() -> PxeConfig {
 struct Rig {
     core: DhcpCore,
     dir: Arc<FakeDir>,
+    state: Arc<BootState>,
 }
 
 impl Rig {
     fn new(cfg: &PxeConfig, dir: FakeDir) -> Self {
         let dir = Arc::new(dir);
-        let reporter = Arc::new(UnknownMacReporter::new(cfg.unknown_report_period()));
-        let core = DhcpCore::new(cfg, reporter, khoi_pxe::BootDirectory::leases(&*dir));
-        Rig { core, dir }
+        let state = Arc::new(BootState::new(cfg));
+        let core = DhcpCore::new(cfg, state.clone(), khoi_pxe::BootDirectory::leases(&*dir));
+        Rig { core, dir, state }
     }
 
     fn send_at(
@@ -188,6 +189,11 @@ fn proxy_bios_request_4011_gets_file_in_header_and_71_echo() {
     assert!(!m.options.contains(67), "boot file only in the header");
     assert!(!m.options.contains(66));
     assert!(matches!(ev, Event::Ack { .. }));
+    assert_eq!(
+        r.state.seen.get(MAC),
+        Some(CLIENT),
+        "HTTP will expect the script fetch from here"
+    );
 
     let d = Message::parse_bytes(DNSMASQ_BIOS_ACK).unwrap();
     assert_eq!(
@@ -489,6 +495,7 @@ fn authoritative_dora_with_lan_options_and_lease_saved() {
     let saved = r.dir.leases.lock().get(&MAC).copied().unwrap();
     assert_eq!(saved.ip, POOL0);
     assert_eq!(saved.expires_unix, khoi_pxe::unix_secs(t0()) + 3600);
+    assert_eq!(r.state.seen.get(MAC), Some(POOL0));
 
     // iPXE (snponly) then does its own DORA and gets the script URL.
     let (tx, _) = r.send(67, src, SNP_DISCOVER);
@@ -696,6 +703,7 @@ fn release_removes_lease_inform_gets_config_only() {
     assert!(r.dir.leases.lock().is_empty());
     assert_eq!(r.dir.removed.lock().clone(), vec![MAC]);
     assert_eq!(r.core.lease(MAC), None);
+    assert_eq!(r.state.seen.get(MAC), None);
 }
 
 #[test]

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{FakeDir, MAC, seat};
-use khoi_pxe::{BootDirectory, Lease, SeatBoot, UnknownMacReporter};
+use khoi_pxe::{BootDirectory, BootState, Lease, SeatBoot};
 use tokio_util::sync::CancellationToken;
 
 struct Server {
+    state: Arc<BootState>,
     _rt: tokio::runtime::Runtime,
     cancel: CancellationToken,
     addr: SocketAddr,
@@ -31,9 +32,13 @@ fn start(dir: Arc<dyn BootDirectory>, period: Duration) -> Server {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
-    let router = khoi_pxe::http::router(dir, Arc::new(UnknownMacReporter::new(period)));
+    let mut cfg = khoi_pxe::PxeConfig::proxy("lo", common::SERVER, "/x".into());
+    cfg.unknown_report_secs = period.as_secs();
+    let state = Arc::new(BootState::new(&cfg));
+    let router = khoi_pxe::http::router(dir, state.clone());
     rt.spawn(khoi_pxe::http::serve(listener, router, cancel.clone()));
     Server {
+        state,
         _rt: rt,
         cancel,
         addr,
@@ -167,4 +172,27 @@ fn booting_completes_before_the_script_is_returned() {
     assert_eq!(status, 200);
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert_eq!(dir.0.booted.lock().len(), 1);
+}
+
+#[test]
+fn script_fetch_from_an_address_dhcp_did_not_give_is_refused() {
+    let dir = Arc::new(FakeDir::with([chap_seat()]));
+    let srv = start(dir.clone(), Duration::from_secs(600));
+    srv.state
+        .seen
+        .record(MAC, std::net::Ipv4Addr::new(10, 77, 0, 130));
+    let (status, body) = get(srv.addr, "/boot/52-54-00-77-00-01.ipxe");
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("refused: DHCP gave this MAC 10.77.0.130, not 127.0.0.1"),
+        "{body}"
+    );
+    assert!(!body.contains("password"), "no secrets to a stranger");
+    assert!(
+        dir.booted.lock().is_empty(),
+        "no reset triggered by a stranger"
+    );
+    srv.state.seen.record(MAC, std::net::Ipv4Addr::LOCALHOST);
+    assert_eq!(get(srv.addr, "/boot/52-54-00-77-00-01.ipxe").0, 200);
+    assert_eq!(dir.booted.lock().len(), 1);
 }

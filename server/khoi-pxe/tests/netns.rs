@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use common::{FakeDir, MAC, seat};
 use khoi_pxe::wire::{Message, MessageType, opt};
-use khoi_pxe::{BootDirectory, DhcpCore, DhcpSockets, NetError, PxeConfig, UnknownMacReporter};
+use khoi_pxe::{BootDirectory, BootState, DhcpCore, DhcpSockets, NetError, PxeConfig};
 use tokio_util::sync::CancellationToken;
 
 static OVMF_DISCOVER: &[u8] = include_bytes!("vectors/ovmf-f1.bin");
@@ -171,8 +171,8 @@ fn dhcp_and_tftp_bound_to_the_boot_interface_only() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    let reporter = Arc::new(UnknownMacReporter::new(cfg.unknown_report_period()));
-    let core = DhcpCore::new(&cfg, reporter, dir.leases());
+    let state = Arc::new(BootState::new(&cfg));
+    let core = DhcpCore::new(&cfg, state, dir.leases());
     let dyn_dir: Arc<dyn BootDirectory> = dir.clone();
     rt.spawn(khoi_pxe::net::serve_dhcp(
         sockets,

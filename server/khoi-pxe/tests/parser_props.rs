@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use common::{FakeDir, MAC, SERVER, seat};
 use khoi_pxe::dhcp::Received;
 use khoi_pxe::wire::Message;
-use khoi_pxe::{DhcpCore, DhcpMode, Pool, PxeConfig, UnknownMacReporter};
+use khoi_pxe::{BootState, DhcpCore, DhcpMode, Pool, PxeConfig};
 use proptest::prelude::*;
 
 static SEEDS: [&[u8]; 4] = [
@@ -32,13 +32,7 @@ fn cores() -> Vec<DhcpCore> {
     let proxy = PxeConfig::proxy("br0", SERVER, "/x".into());
     [proxy, auth]
         .iter()
-        .map(|c| {
-            DhcpCore::new(
-                c,
-                Arc::new(UnknownMacReporter::new(Duration::from_secs(600))),
-                vec![],
-            )
-        })
+        .map(|c| DhcpCore::new(c, Arc::new(BootState::new(c)), vec![]))
         .collect()
 }
 
