@@ -210,6 +210,7 @@ impl DhcpCore {
             Event::Released { .. } => self.stats.releases += 1,
             Event::Inform { .. } => self.stats.informs += 1,
         }
+        self.state.publish_dhcp_stats(self.stats);
         (reply, event)
     }
 

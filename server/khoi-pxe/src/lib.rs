@@ -106,6 +106,8 @@ pub struct BootState {
     /// Where DHCP last saw each seat, so the HTTP side can tell a seat fetching its own
     /// script (which resets its overlay) from another host asking for it.
     pub seen: SeenAddrs,
+    /// The DHCP counters as of the last datagram, for metrics.
+    dhcp_stats: Mutex<DhcpStats>,
 }
 
 impl BootState {
@@ -113,7 +115,17 @@ impl BootState {
         BootState {
             reporter: UnknownMacReporter::new(cfg.unknown_report_period()),
             seen: SeenAddrs::default(),
+            dhcp_stats: Mutex::new(DhcpStats::default()),
         }
+    }
+
+    /// DHCP counters (received, garbage, offers, acks, unknown MACs, ...).
+    pub fn dhcp_stats(&self) -> DhcpStats {
+        *self.dhcp_stats.lock()
+    }
+
+    pub(crate) fn publish_dhcp_stats(&self, stats: DhcpStats) {
+        *self.dhcp_stats.lock() = stats;
     }
 }
 

@@ -389,6 +389,7 @@ fn garbage_counted_and_dropped() {
         assert!(tx.is_none());
     }
     assert_eq!(r.core.stats().garbage, 14);
+    assert_eq!(r.state.dhcp_stats(), r.core.stats());
     assert_eq!(r.core.stats().received, 14);
     // Still works afterwards.
     assert!(r.send(67, src, BIOS_DISCOVER).0.is_some());
