@@ -138,6 +138,11 @@ pub struct SeatDetails {
     pub lun: u32,
     pub chap_user: String,
     pub chap_secret: String,
+    /// Set when mutual CHAP is on: the target answers with this user/secret.
+    pub mutual_chap_user: Option<String>,
+    pub mutual_chap_secret: Option<String>,
+    /// When set, only this initiator may log in to the seat's target.
+    pub initiator_iqn: Option<String>,
     pub nbd_export: String,
     pub nbd_address: Option<String>,
 }
@@ -154,6 +159,12 @@ pub struct AddSeat {
     /// Overlay quota in bytes; absent means the server default.
     #[serde(default)]
     pub quota: Option<u64>,
+    /// Bind the seat's target to this initiator IQN.
+    #[serde(default)]
+    pub initiator_iqn: Option<String>,
+    /// Have the target prove itself to the seat too (mutual CHAP).
+    #[serde(default)]
+    pub mutual_chap: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -478,6 +489,8 @@ impl Service {
             pinned_version: req.version,
             policy: req.policy.unwrap_or(ResetPolicy::OnBoot),
             quota: req.quota.unwrap_or(0),
+            initiator_iqn: req.initiator_iqn.clone(),
+            mutual_chap: req.mutual_chap,
         })?;
         // A new seat starts clean on its target version, so `seat list`
         // shows what it will boot before it ever does.
@@ -509,10 +522,25 @@ impl Service {
             .collect())
     }
 
+    /// The iSCSI target name of a seat.
+    pub fn target_iqn(&self, seat: &str) -> String {
+        format!("{}:{}", self.config.target_prefix, seat)
+    }
+
+    /// The seat a target IQN belongs to, if it is one of ours.
+    pub fn seat_of_target<'a>(&self, target: &'a str) -> Option<&'a str> {
+        target
+            .strip_prefix(self.config.target_prefix.as_str())?
+            .strip_prefix(':')
+    }
+
     pub fn seat(&self, name: &str) -> Result<SeatDetails> {
         let seat = self.state.seat(name)?;
-        let target_iqn = format!("{}:{}", self.config.target_prefix, seat.name);
+        let target_iqn = self.target_iqn(&seat.name);
         let (chap_user, chap_secret) = (seat.chap_user.clone(), seat.chap_secret.clone());
+        let mutual_chap_secret = seat.mutual_secret.clone();
+        let mutual_chap_user = mutual_chap_secret.as_ref().map(|_| target_iqn.clone());
+        let initiator_iqn = seat.initiator_iqn.clone();
         let nbd_export = format!("seat/{}", seat.name);
         Ok(SeatDetails {
             seat: self.view(seat),
@@ -521,6 +549,9 @@ impl Service {
             lun: 0,
             chap_user,
             chap_secret,
+            mutual_chap_user,
+            mutual_chap_secret,
+            initiator_iqn,
             nbd_export,
             nbd_address: self.config.nbd_address.clone(),
         })

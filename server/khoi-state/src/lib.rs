@@ -132,6 +132,10 @@ pub struct Seat {
     pub quota: u64,
     pub chap_user: String,
     pub chap_secret: String,
+    /// Only this initiator IQN may log in to the seat's target.
+    pub initiator_iqn: Option<String>,
+    /// The secret the target proves itself with when mutual CHAP is on.
+    pub mutual_secret: Option<String>,
     pub created: i64,
 }
 
@@ -143,6 +147,8 @@ pub struct NewSeat {
     pub pinned_version: Option<u32>,
     pub policy: ResetPolicy,
     pub quota: u64,
+    pub initiator_iqn: Option<String>,
+    pub mutual_chap: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,7 +178,8 @@ pub struct NewEvent<'a> {
 }
 
 /// Migrations in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE seats (
     name TEXT PRIMARY KEY,
     mac TEXT NOT NULL UNIQUE,
@@ -196,7 +203,16 @@ CREATE TABLE events (
 );
 CREATE INDEX events_ts ON events (ts);
 CREATE INDEX events_subject ON events (subject);
-"#];
+"#,
+    r#"
+ALTER TABLE seats ADD COLUMN initiator_iqn TEXT;
+ALTER TABLE seats ADD COLUMN mutual_secret TEXT;
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
+];
 
 #[derive(Debug)]
 pub struct State {
@@ -257,6 +273,8 @@ fn seat_from_row(row: &Row<'_>) -> rusqlite::Result<Seat> {
         quota: row.get::<_, i64>("quota")?.try_into().unwrap_or(0),
         chap_user: row.get("chap_user")?,
         chap_secret: row.get("chap_secret")?,
+        initiator_iqn: row.get("initiator_iqn")?,
+        mutual_secret: row.get("mutual_secret")?,
         created: row.get("created")?,
     })
 }
@@ -325,8 +343,25 @@ impl State {
 
     pub fn add_seat(&self, new: &NewSeat) -> Result<Seat> {
         validate_name("name", &new.name)?;
+        if let Some(iqn) = &new.initiator_iqn
+            && (!(iqn.starts_with("iqn.") || iqn.starts_with("eui.") || iqn.starts_with("naa."))
+                || iqn.len() > 223
+                || iqn.contains(char::is_whitespace))
+        {
+            return Err(StateError::Invalid {
+                field: "initiator_iqn",
+                reason: format!("{iqn:?} is not an iSCSI name (iqn.…, eui.… or naa.…)"),
+            });
+        }
         let mac = new.mac.to_string();
         let secret = generate_secret()?;
+        // Mutual CHAP needs a different secret in each direction (RFC 7143
+        // 12.1.3 forbids reuse), so it gets its own.
+        let mutual = if new.mutual_chap {
+            Some(generate_secret()?)
+        } else {
+            None
+        };
         let conn = self.conn.lock();
         if let Some(seat) = conn
             .query_row("SELECT name FROM seats WHERE mac = ?1", [&mac], |r| {
@@ -338,8 +373,8 @@ impl State {
         }
         let inserted = conn.execute(
             "INSERT INTO seats (name, mac, image, pinned_version, active_version, policy, quota,
-                                chap_user, chap_secret, created)
-             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8, ?9)
+                                chap_user, chap_secret, created, initiator_iqn, mutual_secret)
+             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (name) DO NOTHING",
             params![
                 new.name,
@@ -350,7 +385,9 @@ impl State {
                 quota_param(new.quota),
                 new.name,
                 secret,
-                now()
+                now(),
+                new.initiator_iqn,
+                mutual
             ],
         )?;
         if inserted == 0 {
@@ -417,6 +454,38 @@ impl State {
         Ok(())
     }
 
+    /// A value that identifies this installation, created on first use: it
+    /// keeps SCSI device identifiers unique across Khoi servers.
+    pub fn server_id(&self) -> Result<String> {
+        let conn = self.conn.lock();
+        if let Some(id) = conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'server_id'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+        {
+            return Ok(id);
+        }
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|e| StateError::Invalid {
+            field: "server_id",
+            reason: format!("no randomness available: {e}"),
+        })?;
+        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        conn.execute(
+            "INSERT OR IGNORE INTO settings (key, value) VALUES ('server_id', ?1)",
+            [&id],
+        )?;
+        conn.query_row(
+            "SELECT value FROM settings WHERE key = 'server_id'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(Into::into)
+    }
+
     pub fn record(&self, ev: &NewEvent<'_>) -> Result<i64> {
         let conn = self.conn.lock();
         conn.execute(
@@ -451,6 +520,8 @@ mod tests {
             pinned_version: None,
             policy: ResetPolicy::OnBoot,
             quota: 0,
+            initiator_iqn: None,
+            mutual_chap: false,
         }
     }
 
@@ -489,9 +560,26 @@ mod tests {
         assert_eq!(by_mac.map(|s| s.name), Some("quay-01".into()));
         st.set_active_version("quay-01", Some(3)).expect("set");
         assert_eq!(st.seat("quay-01").expect("get").active_version, Some(3));
+        let mut m = seat("quay-03", "52:54:00:00:00:03");
+        m.mutual_chap = true;
+        m.initiator_iqn = Some("iqn.1991-05.com.microsoft:quay-03".into());
+        let m = st.add_seat(&m).expect("mutual");
+        assert_ne!(m.mutual_secret.as_deref(), Some(m.chap_secret.as_str()));
+        assert!(m.mutual_secret.is_some_and(|s| s.len() == 16));
+        let mut bad = seat("quay-04", "52:54:00:00:00:04");
+        bad.initiator_iqn = Some("windows pc".into());
+        assert!(matches!(
+            st.add_seat(&bad),
+            Err(StateError::Invalid {
+                field: "initiator_iqn",
+                ..
+            })
+        ));
+        let id = st.server_id().expect("id");
+        assert_eq!(st.server_id().expect("id again"), id);
         st.remove_seat("quay-01").expect("remove");
         assert!(matches!(st.seat("quay-01"), Err(StateError::NoSuchSeat(_))));
-        assert!(st.seats().expect("list").is_empty());
+        assert_eq!(st.seats().expect("list").len(), 1);
     }
 
     #[test]

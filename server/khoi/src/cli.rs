@@ -129,6 +129,12 @@ pub struct SeatAdd {
     /// Overlay quota, e.g. 20GiB (default: the server's default_seat_quota).
     #[arg(long)]
     pub quota: Option<String>,
+    /// Only this initiator IQN may log in to the seat's target.
+    #[arg(long)]
+    pub initiator_iqn: Option<String>,
+    /// Mutual CHAP: the target proves itself to the seat with its own secret.
+    #[arg(long)]
+    pub mutual_chap: bool,
 }
 
 fn parse_policy(s: &str) -> Result<ResetPolicy, String> {

@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod exports;
 mod import;
+mod recorder;
 mod serve;
 
 use std::path::PathBuf;
@@ -258,6 +259,8 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                     version: a.version,
                     policy: Some(a.policy),
                     quota: quota.map(|q| q.0),
+                    initiator_iqn: a.initiator_iqn,
+                    mutual_chap: a.mutual_chap,
                 },
             )?;
             out.print(&s, |s| {
@@ -320,6 +323,13 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                 println!("lun:         {}", d.lun);
                 println!("chap user:   {}", d.chap_user);
                 println!("chap secret: {}", d.chap_secret);
+                if let (Some(u), Some(p)) = (&d.mutual_chap_user, &d.mutual_chap_secret) {
+                    println!("mutual user: {u}");
+                    println!("mutual secret: {p}");
+                }
+                if let Some(i) = &d.initiator_iqn {
+                    println!("initiator:   {i} (only this initiator may log in)");
+                }
                 println!(
                     "nbd:         nbd://{}/{}",
                     d.nbd_address.as_deref().unwrap_or("(off)"),

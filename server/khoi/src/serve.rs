@@ -10,6 +10,8 @@ use khoi_admin::api::{ApiState, router};
 use khoi_admin::{Service, ServiceConfig};
 use khoi_block::{BlockEvent, OverlayOwner, Store, StoreOptions};
 use khoi_state::{NewEvent, State};
+
+use crate::recorder::Recorder;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
@@ -20,45 +22,37 @@ pub fn control_socket(data_dir: &Path) -> PathBuf {
     data_dir.join("khoi.sock")
 }
 
-fn record_block_event(state: &State, ev: BlockEvent) {
+fn record_block_event(recorder: &Recorder, ev: BlockEvent) {
     let owner = |o: &OverlayOwner| match o {
         OverlayOwner::Seat(s) => s.clone(),
         OverlayOwner::Draft(i) => format!("draft/{i}"),
     };
-    let (kind, subject, detail) = match &ev {
-        BlockEvent::QuotaExceeded { owner: o, quota } => (
+    match ev {
+        BlockEvent::QuotaExceeded { owner: o, quota } => recorder.record(
             "overlay.quota",
-            owner(o),
-            format!("overlay reached its quota of {quota} bytes; writes fail until reset"),
+            owner(&o),
+            format!("overlay reached its quota of {quota} bytes; new writes fail until reset"),
         ),
         BlockEvent::FreeSpaceLow {
             free,
             floor,
             owner: o,
-        } => (
+        } => recorder.record(
             "storage.low",
-            owner(o),
+            owner(&o),
             format!(
                 "data filesystem has {free} bytes free, below the floor of {floor}; new writes fail"
             ),
         ),
         BlockEvent::OverlayDiscarded { owner: o, reason } => {
-            ("overlay.discarded", owner(o), reason.clone())
+            recorder.record("overlay.discarded", owner(&o), reason);
         }
-        BlockEvent::OrphanRemoved { path } => (
+        BlockEvent::OrphanRemoved { path } => recorder.record(
             "storage.orphan",
             path.display().to_string(),
-            "removed a file no version or overlay uses".to_string(),
+            "removed a file no version or overlay uses",
         ),
-    };
-    tracing::warn!(kind, subject = %subject, "{detail}");
-    let _ = state.record(&NewEvent {
-        kind,
-        actor: "khoi",
-        source: "-",
-        subject: &subject,
-        detail: &detail,
-    });
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -67,13 +61,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data folder {}", dir.display()))?;
 
     let state = Arc::new(State::open(&dir.join("khoi.db")).context("opening the state database")?);
-    let events_state = Arc::clone(&state);
+    let recorder = Recorder::start(Arc::clone(&state));
+    let block_recorder = recorder.clone();
     let store = Arc::new(
         Store::open(
             &dir,
             StoreOptions {
                 free_space_floor: config.storage.free_space_floor.0,
-                events: Arc::new(move |ev| record_block_event(&events_state, ev)),
+                events: Arc::new(move |ev| record_block_event(&block_recorder, ev)),
             },
         )
         .context("opening the image store")?,
@@ -104,6 +99,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if let Err(e) = khoi_nbd::serve(listener, resolver, token).await {
                 tracing::error!("NBD server stopped: {e}");
             }
+        });
+    }
+
+    if let Some(addr) = config.listen.iscsi {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for iSCSI on {addr}"))?;
+        let portal = listener.local_addr()?;
+        tracing::info!("iSCSI portal on {portal}");
+        let targets = Arc::new(exports::IscsiTargets::new(
+            Arc::clone(&service),
+            recorder.clone(),
+            state.server_id()?,
+        ));
+        let token = shutdown.clone();
+        let cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
+        tasks.spawn(async move {
+            khoi_iscsi::serve(listener, targets, cfg, token).await;
         });
     }
 
