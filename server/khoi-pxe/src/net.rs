@@ -109,9 +109,9 @@ pub fn bind_udp_on(
         source,
     };
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    // Several sockets on 0.0.0.0:67 may coexist on different interfaces (dnsmasq does the
-    // same); SO_BINDTODEVICE keeps their traffic apart.
-    s.set_reuse_address(true).map_err(err)?;
+    // No SO_REUSEADDR: sockets on 0.0.0.0:67 bound to different devices do not conflict
+    // anyway, and a second DHCP server on the same interface (another Khoi, a wildcard
+    // dnsmasq) should fail here with EADDRINUSE rather than answer alongside it.
     s.bind_device(Some(iface.as_bytes())).map_err(err)?;
     s.set_broadcast(true).map_err(err)?;
     s.set_nonblocking(true).map_err(err)?;

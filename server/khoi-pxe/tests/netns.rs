@@ -167,6 +167,10 @@ fn dhcp_and_tftp_bound_to_the_boot_interface_only() {
             khoi_pxe::net::bind_tftp(&cfg).unwrap(),
         )
     });
+    // A second DHCP server on the same interface is refused, not run alongside.
+    let dup = in_ns(&s, || DhcpSockets::bind(&cfg)).unwrap_err();
+    assert!(matches!(dup, NetError::Bind { .. }), "{dup}");
+    assert!(dup.to_string().contains("`kboot`"), "{dup}");
     let dir = Arc::new(FakeDir::with([seat("pc01", MAC)]));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
