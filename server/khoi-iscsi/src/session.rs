@@ -1322,6 +1322,78 @@ mod tests {
         assert_eq!(r.status, scsi::TASK_SET_FULL);
     }
 
+    fn text_req(itt: u32, cmd_sn: u32, body: &'static [u8]) -> Pdu {
+        let h = TextRequest {
+            immediate: false,
+            fin: true,
+            cont: false,
+            lun: 0,
+            itt,
+            ttt: RESERVED_TAG,
+            cmd_sn,
+            exp_stat_sn: 5,
+        }
+        .emit();
+        Pdu::new(h, Bytes::from_static(body))
+    }
+
+    #[test]
+    fn send_targets_in_normal_session_names_own_target() {
+        let mut s = session(Params::default());
+        for (i, body) in [&b"SendTargets=\0"[..], b"SendTargets=All\0"]
+            .into_iter()
+            .enumerate()
+        {
+            let a = s.on_pdu(&text_req(30 + i as u32, 10 + i as u32, body));
+            let o = sends(&a);
+            let pairs = text::parse(&o[0].pdu.data, TextLimits::default()).unwrap();
+            assert_eq!(
+                pairs,
+                vec![
+                    (
+                        "TargetName".to_string(),
+                        "iqn.2025-01.vn.khoi:seat01".to_string()
+                    ),
+                    ("TargetAddress".to_string(), "127.0.0.1:3260,1".to_string()),
+                ]
+            );
+            assert!(TextResponse::parse(&o[0].pdu.view()).unwrap().fin);
+        }
+    }
+
+    #[test]
+    fn discovery_lists_only_reachable_targets() {
+        let mut out = outcome(Params::default());
+        out.kind = SessionKind::Discovery {
+            chap_targets: vec!["iqn.2025-01.vn.khoi:seat01".into()],
+        };
+        let mut s = Session::new(
+            resolver(),
+            &out,
+            None,
+            "10.0.0.1:3260".into(),
+            1,
+            128,
+            false,
+        );
+        let a = s.on_pdu(&text_req(1, 10, b"SendTargets=All\0"));
+        let pairs = text::parse(&sends(&a)[0].pdu.data, TextLimits::default()).unwrap();
+        let names: Vec<&str> = pairs
+            .iter()
+            .filter(|(k, _)| k == "TargetName")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        // seat01 (CHAP proven) and open; seat02 is CHAP-protected and bound
+        // to another initiator.
+        assert_eq!(
+            names,
+            vec!["iqn.2025-01.vn.khoi:open", "iqn.2025-01.vn.khoi:seat01"]
+        );
+        // SCSI commands have no LU in a discovery session.
+        let a = s.on_pdu(&cmd(2, 11, &[0x00], 0, false, b""));
+        assert_eq!(sends(&a)[0].pdu.opcode(), Opcode::Reject);
+    }
+
     #[test]
     fn stamper_orders_statsn() {
         let mut st = Stamper {
