@@ -1340,11 +1340,8 @@ mod tests {
     #[test]
     fn send_targets_in_normal_session_names_own_target() {
         let mut s = session(Params::default());
-        for (i, body) in [&b"SendTargets=\0"[..], b"SendTargets=All\0"]
-            .into_iter()
-            .enumerate()
-        {
-            let a = s.on_pdu(&text_req(30 + i as u32, 10 + i as u32, body));
+        for (i, body) in [(0u32, &b"SendTargets=\0"[..]), (1, b"SendTargets=All\0")] {
+            let a = s.on_pdu(&text_req(30 + i, 10 + i, body));
             let o = sends(&a);
             let pairs = text::parse(&o[0].pdu.data, TextLimits::default()).unwrap();
             assert_eq!(
