@@ -242,7 +242,10 @@ async fn transmit(
     shutdown: CancellationToken,
 ) -> Result<(), ConnError> {
     let session = Arc::new(Session::new(negotiated));
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    // Pipelining clients send many small requests back to back; one buffered
+    // read picks up a burst of headers instead of a syscall per header.
+    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
     // Cancelled by server shutdown, by the writer failing, or by the device
     // going away; the reader stops and in-flight replies drain.
     let conn = shutdown.child_token();
@@ -406,11 +409,15 @@ fn writer_loop(wr: &OwnedWriteHalf, rx: mpsc::Receiver<Outgoing>) -> io::Result<
     let sock = Sock {
         fd: wr.as_ref().as_raw_fd(),
     };
-    for msg in rx {
+    let mut next = rx.recv().ok();
+    while let Some(msg) = next {
+        // Replies that are already waiting go out corked together: at queue
+        // depth 32 that is one segment for many small replies, not one each.
+        let following = rx.try_recv().ok();
         let n = msg.pieces.len();
         for (i, piece) in msg.pieces.iter().enumerate() {
             // MSG_MORE keeps a header and its data in one segment.
-            let more = i + 1 < n;
+            let more = i + 1 < n || following.is_some();
             match piece {
                 Piece::Bytes(b) => sock.send_all(b, more)?,
                 Piece::Data(ReadSegment::Mem(v)) => sock.send_all(v, more)?,
@@ -420,9 +427,17 @@ fn writer_loop(wr: &OwnedWriteHalf, rx: mpsc::Receiver<Outgoing>) -> io::Result<
                 }
             }
         }
+        drop(msg);
+        next = match following {
+            Some(m) => Some(m),
+            None => rx.recv().ok(),
+        };
     }
     Ok(())
 }
+
+/// Read-side buffer per connection: enough for a few hundred request headers.
+const READ_BUFFER: usize = 64 << 10;
 
 static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
 
