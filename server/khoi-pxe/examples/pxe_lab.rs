@@ -8,6 +8,9 @@
 //! Reads the lab's environment (`LAB_IF`, `LAB_IP`, `TFTP_ROOT`, `IQN`), registers the lab's
 //! client MACs 52:54:00:77:00:01..=10 as seats `c1`.. booting `$IQN` from `$LAB_IP:3260`,
 //! and serves proxyDHCP, TFTP and the HTTP scripts on port 8077 until killed.
+//!
+//! `KHOI_PXE_MODE=authoritative` makes it the segment's DHCP server instead (pool
+//! `.100`-`.199` of `$LAB_IP`'s /24, leases kept in memory); see `tests/lab_authoritative.sh`.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -33,7 +36,9 @@ impl BootDirectory for LabSeats {
     fn leases(&self) -> Vec<Lease> {
         Vec::new()
     }
-    fn save_lease(&self, _: &Lease) {}
+    fn save_lease(&self, lease: &Lease) {
+        eprintln!("LAB: lease {} -> {}", mac_colon(lease.mac), lease.ip);
+    }
     fn remove_lease(&self, _: [u8; 6]) {}
 }
 
@@ -51,7 +56,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let ip: Ipv4Addr = env("LAB_IP")?.parse()?;
     let iqn = env("IQN")?;
-    let cfg = PxeConfig::proxy(&env("LAB_IF")?, ip, env("TFTP_ROOT")?.into());
+    let mut cfg = PxeConfig::proxy(&env("LAB_IF")?, ip, env("TFTP_ROOT")?.into());
+    if std::env::var("KHOI_PXE_MODE").as_deref() == Ok("authoritative") {
+        let [a, b, c, _] = ip.octets();
+        cfg.mode = khoi_pxe::DhcpMode::Authoritative;
+        cfg.subnet_mask = Some(Ipv4Addr::new(255, 255, 255, 0));
+        cfg.pool = Some(khoi_pxe::Pool {
+            start: Ipv4Addr::new(a, b, c, 100),
+            end: Ipv4Addr::new(a, b, c, 199),
+        });
+        cfg.lease_secs = 3600;
+    }
     let seats = (1u8..=10)
         .map(|i| {
             let mac = [0x52, 0x54, 0x00, 0x77, 0x00, i];
