@@ -245,6 +245,25 @@ fn qemu_io_patterns() {
     assert_eq!(out.matches("read ").count(), 3, "{out}");
 }
 
+/// Mutual CHAP: libiscsi verifies our CHAP_R against the target secret.
+#[test]
+fn mutual_chap_with_libiscsi() {
+    if !have("iscsi-inq") {
+        return;
+    }
+    let srv = start();
+    let base = url(&srv, Some((MUTUAL_USER, MUTUAL_SECRET)), MUTUAL);
+    let (ok, out) = run(Command::new("iscsi-inq").arg(format!(
+        "{base}?target_user={TARGET_USER}&target_password={TARGET_SECRET}"
+    )));
+    assert!(ok, "{out}");
+    // With the wrong target secret the initiator must refuse our answer.
+    let (ok, out) = run(Command::new("iscsi-inq").arg(format!(
+        "{base}?target_user={TARGET_USER}&target_password=not-the-target-secret"
+    )));
+    assert!(!ok, "{out}");
+}
+
 #[test]
 fn login_rejections() {
     if !have("iscsi-inq") {
