@@ -137,6 +137,9 @@ pub struct Seat {
     /// The secret the target proves itself with when mutual CHAP is on.
     pub mutual_secret: Option<String>,
     pub created: i64,
+    /// The seat boots its image's draft (maintenance overlay) instead of its
+    /// own overlay, so an admin can change the golden image from it.
+    pub maintenance: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +152,76 @@ pub struct NewSeat {
     pub quota: u64,
     pub initiator_iqn: Option<String>,
     pub mutual_chap: bool,
+}
+
+/// What an admin may change on an existing seat; `None` keeps the value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SeatUpdate {
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    /// `Some(None)` unpins (follow the image's current version).
+    #[serde(default, with = "double_option")]
+    pub pinned_version: Option<Option<u32>>,
+    #[serde(default)]
+    pub policy: Option<ResetPolicy>,
+    #[serde(default)]
+    pub quota: Option<u64>,
+    #[serde(default)]
+    pub maintenance: Option<bool>,
+}
+
+/// Tells an absent field (keep) from an explicit `null` (clear).
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<Option<u32>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_none(),
+            Some(inner) => inner.serialize(s),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+        Option::<u32>::deserialize(d).map(Some)
+    }
+}
+
+/// An administrator of the web page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: String,
+    /// argon2 PHC string; never sent to a browser.
+    #[serde(skip_serializing, default)]
+    pub hash: String,
+    pub created: i64,
+}
+
+/// Which events to list; every field narrows the result.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EventFilter {
+    /// Exact subject (a seat, image or MAC).
+    pub subject: Option<String>,
+    /// Kind prefix: `seat.` matches `seat.add` and `seat.reset`.
+    pub kind: Option<String>,
+    pub actor: Option<String>,
+    /// Substring of subject or detail.
+    pub text: Option<String>,
+    /// Unix seconds, inclusive.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: u32,
+}
+
+/// A MAC that asked to boot but belongs to no seat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnknownMac {
+    pub mac: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub count: i64,
+    /// The detail of the latest request (address, architecture).
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +284,16 @@ CREATE TABLE settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+"#,
+    r#"
+ALTER TABLE seats ADD COLUMN maintenance INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+    hash TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE INDEX events_kind ON events (kind);
 "#,
 ];
 
@@ -276,6 +359,7 @@ fn seat_from_row(row: &Row<'_>) -> rusqlite::Result<Seat> {
         initiator_iqn: row.get("initiator_iqn")?,
         mutual_secret: row.get("mutual_secret")?,
         created: row.get("created")?,
+        maintenance: row.get::<_, i64>("maintenance")? != 0,
     })
 }
 
@@ -289,6 +373,33 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
         subject: row.get("subject")?,
         detail: row.get("detail")?,
     })
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        name: row.get("name")?,
+        role: row.get("role")?,
+        hash: row.get("hash")?,
+        created: row.get("created")?,
+    })
+}
+
+/// User names appear in the audit log and CSV exports: printable, short,
+/// no separators that would make a log line ambiguous.
+pub fn validate_user_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::Invalid {
+            field: "name",
+            reason: format!("{name:?}: use 1-32 letters, digits, '-', '_', '.' or '@'"),
+        })
+    }
 }
 
 fn quota_param(q: u64) -> i64 {
@@ -486,6 +597,158 @@ impl State {
         .map_err(Into::into)
     }
 
+    /// Change an existing seat; validation matches [`State::add_seat`].
+    pub fn update_seat(&self, name: &str, up: &SeatUpdate) -> Result<Seat> {
+        let old = self.seat(name)?;
+        let mac = match &up.mac {
+            Some(m) => m
+                .parse::<Mac>()
+                .map_err(|reason| StateError::Invalid {
+                    field: "mac",
+                    reason,
+                })?
+                .to_string(),
+            None => old.mac.clone(),
+        };
+        let conn = self.conn.lock();
+        if mac != old.mac
+            && let Some(seat) = conn
+                .query_row("SELECT name FROM seats WHERE mac = ?1", [&mac], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?
+        {
+            return Err(StateError::MacInUse { mac, seat });
+        }
+        conn.execute(
+            "UPDATE seats SET mac = ?2, image = ?3, pinned_version = ?4, policy = ?5, quota = ?6,
+                              maintenance = ?7
+             WHERE name = ?1",
+            params![
+                name,
+                mac,
+                up.image.as_ref().unwrap_or(&old.image),
+                up.pinned_version.unwrap_or(old.pinned_version),
+                up.policy.unwrap_or(old.policy).as_str(),
+                quota_param(up.quota.unwrap_or(old.quota)),
+                i64::from(up.maintenance.unwrap_or(old.maintenance)),
+            ],
+        )?;
+        drop(conn);
+        self.seat(name)
+    }
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.lock().execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ---- users ----
+
+    pub fn users(&self) -> Result<Vec<User>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached("SELECT * FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], user_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row("SELECT * FROM users WHERE name = ?1", [name], user_from_row)
+            .optional()?)
+    }
+
+    /// Insert or replace a user's role and hash.
+    pub fn put_user(&self, name: &str, role: &str, hash: &str) -> Result<()> {
+        validate_user_name(name)?;
+        if !matches!(role, "admin" | "operator" | "viewer") {
+            return Err(StateError::Invalid {
+                field: "role",
+                reason: format!("{role:?}: expected admin, operator or viewer"),
+            });
+        }
+        self.conn.lock().execute(
+            "INSERT INTO users (name, role, hash, created) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET role = excluded.role, hash = excluded.hash",
+            params![name, role, hash, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_user(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .lock()
+            .execute("DELETE FROM users WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    // ---- events ----
+
+    pub fn events_filtered(&self, f: &EventFilter) -> Result<Vec<Event>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT * FROM events
+             WHERE (?1 IS NULL OR subject = ?1)
+               AND (?2 IS NULL OR substr(kind, 1, length(?2)) = ?2)
+               AND (?3 IS NULL OR actor = ?3)
+               AND (?4 IS NULL OR instr(subject, ?4) > 0 OR instr(detail, ?4) > 0)
+               AND (?5 IS NULL OR ts >= ?5)
+               AND (?6 IS NULL OR ts <= ?6)
+             ORDER BY id DESC LIMIT ?7",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                f.subject, f.kind, f.actor, f.text, f.since, f.until, f.limit
+            ],
+            event_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// MACs recorded by the PXE server (`pxe.unknown_mac`, subject = MAC)
+    /// that no seat has, newest first.
+    pub fn unknown_macs(&self, limit: u32) -> Result<Vec<UnknownMac>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT lower(e.subject) AS mac, MIN(e.ts) AS first_seen, MAX(e.ts) AS last_seen,
+                    COUNT(*) AS n,
+                    (SELECT detail FROM events d WHERE d.kind = 'pxe.unknown_mac'
+                       AND lower(d.subject) = lower(e.subject) ORDER BY d.id DESC LIMIT 1) AS detail
+             FROM events e
+             WHERE e.kind = 'pxe.unknown_mac'
+               AND lower(e.subject) NOT IN (SELECT mac FROM seats)
+             GROUP BY lower(e.subject)
+             ORDER BY last_seen DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(UnknownMac {
+                mac: r.get("mac")?,
+                first_seen: r.get("first_seen")?,
+                last_seen: r.get("last_seen")?,
+                count: r.get("n")?,
+                detail: r.get::<_, Option<String>>("detail")?.unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn record(&self, ev: &NewEvent<'_>) -> Result<i64> {
         let conn = self.conn.lock();
         conn.execute(
@@ -602,6 +865,81 @@ mod tests {
         );
         let s1 = st.events(Some("s1"), 10).expect("events");
         assert_eq!(s1.len(), 2);
+    }
+
+    #[test]
+    fn update_seat_users_settings_and_unknown_macs() {
+        let st = State::open_in_memory().expect("db");
+        st.add_seat(&seat("a", "02:00:00:00:00:01")).expect("add");
+        st.add_seat(&seat("b", "02:00:00:00:00:02")).expect("add");
+        let up = SeatUpdate {
+            pinned_version: Some(Some(2)),
+            maintenance: Some(true),
+            policy: Some(ResetPolicy::Nightly),
+            ..SeatUpdate::default()
+        };
+        let s = st.update_seat("a", &up).expect("update");
+        assert_eq!(
+            (s.pinned_version, s.maintenance, s.policy),
+            (Some(2), true, ResetPolicy::Nightly)
+        );
+        let unpin: SeatUpdate = serde_json::from_str(r#"{"pinned_version":null}"#).expect("json");
+        assert_eq!(
+            st.update_seat("a", &unpin).expect("unpin").pinned_version,
+            None
+        );
+        let keep: SeatUpdate = serde_json::from_str("{}").expect("json");
+        assert!(st.update_seat("a", &keep).expect("keep").maintenance);
+        let clash = SeatUpdate {
+            mac: Some("02:00:00:00:00:02".into()),
+            ..SeatUpdate::default()
+        };
+        assert!(matches!(
+            st.update_seat("a", &clash),
+            Err(StateError::MacInUse { .. })
+        ));
+
+        st.put_user("an", "admin", "h").expect("user");
+        st.put_user("an", "viewer", "h2").expect("replace");
+        assert_eq!(
+            st.user("an").expect("q").map(|u| u.role),
+            Some("viewer".into())
+        );
+        assert!(st.put_user("x", "root", "h").is_err());
+        assert!(st.put_user("a b", "admin", "h").is_err());
+        assert!(st.remove_user("an").expect("rm"));
+
+        st.set_setting("k", "1").expect("set");
+        st.set_setting("k", "2").expect("set");
+        assert_eq!(st.setting("k").expect("get").as_deref(), Some("2"));
+
+        for mac in [
+            "02:00:00:00:00:09",
+            "02:00:00:00:00:01",
+            "02:00:00:00:00:09",
+        ] {
+            st.record(&NewEvent {
+                kind: "pxe.unknown_mac",
+                actor: "khoi",
+                source: "10.0.0.9",
+                subject: mac,
+                detail: "bios",
+            })
+            .expect("record");
+        }
+        let unknown = st.unknown_macs(10).expect("unknown");
+        assert_eq!(unknown.len(), 1);
+        assert_eq!(
+            (unknown[0].mac.as_str(), unknown[0].count),
+            ("02:00:00:00:00:09", 2)
+        );
+        let f = EventFilter {
+            kind: Some("pxe.".into()),
+            text: Some(":09".into()),
+            limit: 10,
+            ..EventFilter::default()
+        };
+        assert_eq!(st.events_filtered(&f).expect("filter").len(), 2);
     }
 
     #[test]
