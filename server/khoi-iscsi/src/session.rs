@@ -31,8 +31,7 @@ pub const MAX_PENDING_WRITE_BYTES: u64 = 64 << 20;
 pub enum Stamp {
     /// Carries status: StatSN is assigned and advanced.
     Status,
-    /// Shows the next StatSN without advancing it (R2T, Reject, NOP-In
-    /// pings).
+    /// Shows the next StatSN without advancing it (R2T).
     Peek,
     /// Data-In without status: StatSN stays zero.
     Window,
@@ -286,7 +285,9 @@ impl Session {
         };
         Action::Send(Out {
             pdu: Pdu::new(r.emit(), Bytes::copy_from_slice(bhs)),
-            stamp: Stamp::Peek,
+            // Like LIO, a Reject consumes a StatSN, so initiators that
+            // account for it as a response stay in step.
+            stamp: Stamp::Status,
         })
     }
 

@@ -374,7 +374,7 @@ async fn full_feature(
                 };
                 let out = Out {
                     pdu: Pdu::new(r.emit(), Bytes::copy_from_slice(&bhs)),
-                    stamp: Stamp::Peek,
+                    stamp: Stamp::Status,
                 };
                 if tx.send(WriterMsg::Out(out)).await.is_err() {
                     break Ok(());
