@@ -621,12 +621,34 @@ async fn write_read(
             ReadSegment::Mem(v) => Seg::Mem(Bytes::from(v)),
         })
         .collect();
+    // Headers and sendfile payloads are separate syscalls; corking lets the
+    // kernel pack them into full segments instead of a 48-byte one each.
+    let cork = !digests.data && segs.iter().any(|s| matches!(s, Seg::File { .. }));
+    if cork {
+        let _ = socket2::SockRef::from(wr.as_ref()).set_tcp_cork(true);
+    }
+    let r = write_read_pdus(wr, pdus, &segs, response, stamper, exp, digests).await;
+    if cork {
+        let _ = socket2::SockRef::from(wr.as_ref()).set_tcp_cork(false);
+    }
+    r
+}
+
+async fn write_read_pdus(
+    wr: &mut OwnedWriteHalf,
+    pdus: Vec<(Out, u64, usize)>,
+    segs: &[Seg],
+    response: Option<Out>,
+    stamper: &mut Stamper,
+    exp: &AtomicU32,
+    digests: Digests,
+) -> io::Result<()> {
     let mut bufs: Vec<Bytes> = Vec::new();
     for (mut out, start, len) in pdus {
         stamper.apply(&mut out.pdu.bhs, out.stamp, exp.load(Ordering::Acquire));
         set_data_len(&mut out.pdu.bhs, len);
         bufs.push(frame::encode_header(&out.pdu, digests).freeze());
-        let ps = pieces(&segs, start, len as u64);
+        let ps = pieces(segs, start, len as u64);
         if digests.data {
             // The digest needs the bytes in hand: read file ranges.
             let mut data = BytesMut::with_capacity(len);
