@@ -554,35 +554,16 @@ fn boot_sector() -> [u8; 512] {
     s
 }
 
-/// iPXE itself (the real client: MRDSL 8192, InitialR2T=Yes,
-/// ImmediateData=No, a unit attention on its first TUR) sanboots from the
-/// target under QEMU/TCG and runs the boot sector we wrote.
-#[test]
-fn ipxe_sanboot() {
+/// Boot iPXE under QEMU/TCG with `script` and wait for the boot sector's
+/// serial output. Returns None when QEMU or the iPXE image is missing.
+fn ipxe_boots(script_body: &str) -> Option<(bool, String)> {
     let lkrn = "/usr/lib/ipxe/ipxe.lkrn";
     if !have("qemu-system-x86_64") || !std::path::Path::new(lkrn).exists() {
-        return;
+        return None;
     }
-    let srv = start();
-    let mut c = login(srv.addr, OPEN, [0x40, 0, 0, 0, 0, 0x20]);
-    let _ = c.command(&TUR, 0, None);
-    let (st, _, _) = c.command(
-        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
-        512,
-        Some(&boot_sector()),
-    );
-    assert_eq!(st, 0);
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("boot.ipxe");
-    // QEMU user networking maps 10.0.2.2 to the host's loopback.
-    std::fs::write(
-        &script,
-        format!(
-            "#!ipxe\ndhcp\nsanboot iscsi:10.0.2.2::{}::{OPEN}\n",
-            srv.addr.port()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&script, format!("#!ipxe\n{script_body}")).unwrap();
     let serial = dir.path().join("serial.txt");
     let mut qemu = Command::new("qemu-system-x86_64")
         .args([
@@ -616,14 +597,62 @@ fn ipxe_sanboot() {
     let _ = qemu.kill();
     let _ = qemu.wait();
     let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
-    assert!(booted, "iPXE did not boot from the target:\n{out}");
-    assert!(
-        srv.resolver.events.lock().iter().any(|e| matches!(
-            e,
-            IscsiEvent::LoggedIn { initiator, .. } if initiator.starts_with("iqn.2010-04.org.ipxe")
-        )),
-        "no iPXE login recorded"
+    Some((booted, out))
+}
+
+fn ipxe_logged_in(srv: &Server) -> bool {
+    srv.resolver.events.lock().iter().any(|e| {
+        matches!(e, IscsiEvent::LoggedIn { initiator, .. } if initiator.starts_with("iqn.2010-04.org.ipxe"))
+    })
+}
+
+/// iPXE itself (the real client: MRDSL 8192, InitialR2T=Yes,
+/// ImmediateData=No, a unit attention on its first TUR) sanboots from the
+/// target and runs the boot sector we wrote.
+#[test]
+fn ipxe_sanboot() {
+    let srv = start();
+    let mut c = login(srv.addr, OPEN, [0x40, 0, 0, 0, 0, 0x20]);
+    let _ = c.command(&TUR, 0, None);
+    let (st, _, _) = c.command(
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        512,
+        Some(&boot_sector()),
     );
+    assert_eq!(st, 0);
+    // QEMU user networking maps 10.0.2.2 to the host's loopback.
+    let script = format!(
+        "dhcp\nsanboot iscsi:10.0.2.2::{}::{OPEN}\n",
+        srv.addr.port()
+    );
+    let Some((booted, out)) = ipxe_boots(&script) else {
+        return;
+    };
+    assert!(booted, "iPXE did not boot from the target:\n{out}");
+    assert!(ipxe_logged_in(&srv), "no iPXE login recorded");
+}
+
+/// iPXE with CHAP and reverse (mutual) CHAP, as the iBFT later hands to
+/// Windows.
+#[test]
+fn ipxe_sanboot_mutual_chap() {
+    use khoi_iscsi::TargetResolver as _;
+    let srv = start();
+    let dev = srv.resolver.open_lun0(MUTUAL).unwrap();
+    dev.write_at(&boot_sector(), 0, khoi_block::WriteFlags::NONE)
+        .unwrap();
+    let script = format!(
+        "dhcp\nset username {MUTUAL_USER}\nset password {MUTUAL_SECRET}\n\
+         set reverse-username {TARGET_USER}\nset reverse-password {TARGET_SECRET}\n\
+         sanboot iscsi:10.0.2.2::{}::{MUTUAL}\n",
+        srv.addr.port()
+    );
+    let Some((booted, out)) = ipxe_boots(&script) else {
+        return;
+    };
+    assert!(booted, "iPXE did not boot with mutual CHAP:\n{out}");
+    assert!(ipxe_logged_in(&srv));
+    assert!(srv.resolver.login_failures().is_empty());
 }
 
 #[test]
