@@ -351,7 +351,10 @@ impl Session {
         let Some(lu) = self.lu.as_ref() else {
             return vec![self.reject(&pdu.bhs, RejectReason::CommandNotSupported)];
         };
-        if self.tasks.contains_key(&c.itt) || self.in_flight.contains(&c.itt) {
+        // Only a write still waiting for data is provably open: an executing
+        // command's response may already be on the wire, and initiators
+        // reuse a tag as soon as they see it.
+        if self.tasks.contains_key(&c.itt) {
             return vec![self.reject(&pdu.bhs, RejectReason::TaskInProgress)];
         }
         let mut cdb = c.cdb;

@@ -353,6 +353,9 @@ async fn full_feature(
 
     let result: Result<(), ConnError> = 'conn: loop {
         let pdu = tokio::select! {
+            // Completions first, so the session forgets finished tags before
+            // it reads a command that reuses one.
+            biased;
             _ = cancel.cancelled() => break 'conn Ok(()),
             Some(done) = jobs.join_next(), if !jobs.is_empty() => {
                 if let Ok(itt) = done {
