@@ -387,7 +387,7 @@ async fn full_feature(
             Err(e) => break Err(e),
         };
         tracing::trace!(op = ?pdu.opcode(), itt = format_args!("{:#x}", pdu.view().itt()),
-            cdb0 = format_args!("{:#04x}", pdu.bhs[32]), len = pdu.data.len(), "rx");
+            bhs = ?&pdu.bhs[..], ahs = pdu.ahs.len(), len = pdu.data.len(), "rx");
         let actions = session.on_pdu(&pdu);
         tracing::trace!(?actions, "actions");
         exp.store(session.exp_cmd_sn, Ordering::Release);
