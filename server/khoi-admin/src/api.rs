@@ -4,17 +4,22 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Auth;
+use crate::schedule::{RunReport, ScheduleSettings, ScheduleView, Scheduler};
 use crate::service::{
-    Actor, AddSeat, ImageView, ResetReport, SeatDetails, SeatView, Service, ServiceError,
-    VersionView,
+    Actor, AddSeat, Health, ImageView, PublishRequest as PublishWith, ResetReport, SeatDetails, SeatView,
+    Service, ServiceError, VersionView,
 };
+use khoi_state::{EventFilter, SeatUpdate, UnknownMac, User};
 
 /// The header a local client uses to say which person is running it, for the
 /// audit log (the socket's peer uid is recorded alongside).
@@ -25,6 +30,63 @@ pub struct ApiState {
     pub service: Arc<Service>,
     /// How this listener's callers are described in the audit log.
     pub source: String,
+    /// The nightly reset, where the server runs one.
+    pub scheduler: Option<Arc<Scheduler>>,
+    /// Web users, where the web page runs.
+    pub auth: Option<Arc<Auth>>,
+}
+
+impl ApiState {
+    pub fn new(service: Arc<Service>, source: impl Into<String>) -> ApiState {
+        ApiState {
+            service,
+            source: source.into(),
+            scheduler: None,
+            auth: None,
+        }
+    }
+}
+
+/// Who is calling: the logged-in web user (put in the request by the web
+/// layer after it checked the session) or the local CLI user.
+#[derive(Debug)]
+pub struct Who(pub Actor);
+
+impl FromRequestParts<ApiState> for Who {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, st: &ApiState) -> Result<Self, Self::Rejection> {
+        if let Some(a) = parts.extensions.get::<Actor>() {
+            return Ok(Who(a.clone()));
+        }
+        Ok(Who(actor(st, &parts.headers)))
+    }
+}
+
+/// A JSON body whose rejection is a JSON error naming the problem (and the
+/// field, where serde says which), never a bare text body.
+#[derive(Debug)]
+pub struct Body422<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Body422<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+    async fn from_request(req: axum::extract::Request, st: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, st).await {
+            Ok(Json(v)) => Ok(Body422(v)),
+            Err(e) => {
+                let text = e.body_text();
+                let field = text
+                    .split('`')
+                    .nth(1)
+                    .filter(|_| text.contains("field `"))
+                    .map(str::to_string);
+                Err((e.status(), Json(ErrorBody { error: text, field })).into_response())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,21 +174,81 @@ pub struct RollbackRequest {
     pub to: u32,
 }
 
+/// What the CLI sends to publish; the API also takes `force` (see
+/// [`PublishWith`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PublishRequest {
     pub note: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct EventQuery {
-    subject: Option<String>,
-    limit: Option<u32>,
+pub struct EventQuery {
+    pub subject: Option<String>,
+    pub kind: Option<String>,
+    pub actor: Option<String>,
+    pub q: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+impl EventQuery {
+    pub fn filter(&self) -> EventFilter {
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        EventFilter {
+            subject: nonempty(&self.subject),
+            kind: nonempty(&self.kind),
+            actor: nonempty(&self.actor),
+            text: nonempty(&self.q),
+            since: self.since,
+            until: self.until,
+            limit: self.limit.unwrap_or(100).min(10_000),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImportPathRequest {
+    pub name: String,
+    /// Absolute path of a disk image on the server.
+    pub path: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    pub name: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    pub on: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserRequest {
+    pub name: String,
+    pub role: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserUpdate {
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/info", get(info))
         .route("/v1/images", get(images).post(import))
+        .route("/v1/images/import-path", post(import_path))
+        .route("/v1/images/upload", post(upload))
         .route("/v1/images/{name}", axum::routing::delete(delete_image))
         .route("/v1/images/{name}/versions", get(versions))
         .route(
@@ -140,10 +262,20 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/images/{name}/draft/publish", post(draft_publish))
         .route("/v1/seats", get(seats).post(add_seat))
-        .route("/v1/seats/{name}", get(seat).delete(remove_seat))
+        .route(
+            "/v1/seats/{name}",
+            get(seat).delete(remove_seat).patch(update_seat),
+        )
+        .route("/v1/seats/{name}/maintenance", post(maintenance))
         .route("/v1/seats/{name}/reset", post(reset_seat))
         .route("/v1/reset-all", post(reset_all))
         .route("/v1/events", get(events))
+        .route("/v1/health", get(health))
+        .route("/v1/unknown-macs", get(unknown_macs))
+        .route("/v1/schedule", get(schedule).post(schedule_update))
+        .route("/v1/schedule/run", post(schedule_run))
+        .route("/v1/users", get(users).post(user_add))
+        .route("/v1/users/{name}", axum::routing::patch(user_update).delete(user_remove))
         .with_state(state)
 }
 
@@ -162,10 +294,9 @@ async fn images(State(st): State<ApiState>) -> Json<Vec<ImageView>> {
 
 async fn import(
     State(st): State<ApiState>,
-    headers: HeaderMap,
-    Json(req): Json<ImportRequest>,
+    Who(who): Who,
+    Body422(req): Body422<ImportRequest>,
 ) -> ApiResult<VersionView> {
-    let who = actor(&st, &headers);
     blocking(move || st.service.import(&who, &req.name, &req.staged, &req.note)).await
 }
 
@@ -178,58 +309,52 @@ async fn versions(
 
 async fn delete_image(
     State(st): State<ApiState>,
-    headers: HeaderMap,
+    Who(who): Who,
     Path(name): Path<String>,
 ) -> ApiResult<()> {
-    let who = actor(&st, &headers);
     blocking(move || st.service.delete_image(&who, &name)).await
 }
 
 async fn delete_version(
     State(st): State<ApiState>,
-    headers: HeaderMap,
+    Who(who): Who,
     Path((name, n)): Path<(String, u32)>,
 ) -> ApiResult<()> {
-    let who = actor(&st, &headers);
     blocking(move || st.service.delete_version(&who, &name, n)).await
 }
 
 async fn rollback(
     State(st): State<ApiState>,
-    headers: HeaderMap,
+    Who(who): Who,
     Path(name): Path<String>,
-    Json(req): Json<RollbackRequest>,
+    Body422(req): Body422<RollbackRequest>,
 ) -> ApiResult<VersionView> {
-    let who = actor(&st, &headers);
     blocking(move || st.service.rollback(&who, &name, req.to)).await
 }
 
 async fn draft_open(
     State(st): State<ApiState>,
-    headers: HeaderMap,
+    Who(who): Who,
     Path(name): Path<String>,
 ) -> ApiResult<()> {
-    let who = actor(&st, &headers);
     blocking(move || st.service.draft_open(&who, &name)).await
 }
 
 async fn draft_discard(
     State(st): State<ApiState>,
-    headers: HeaderMap,
+    Who(who): Who,
     Path(name): Path<String>,
 ) -> ApiResult<()> {
-    let who = actor(&st, &headers);
     blocking(move || st.service.draft_discard(&who, &name)).await
 }
 
 async fn draft_publish(
     State(st): State<ApiState>,
-    headers: HeaderMap,
+    Who(who): Who,
     Path(name): Path<String>,
-    Json(req): Json<PublishRequest>,
+    Body422(req): Body422<PublishWith>,
 ) -> ApiResult<VersionView> {
-    let who = actor(&st, &headers);
-    blocking(move || st.service.draft_publish(&who, &name, &req.note)).await
+    blocking(move || st.service.draft_publish_with(&who, &name, &req)).await
 }
 
 async fn seats(State(st): State<ApiState>) -> ApiResult<Vec<SeatView>> {
@@ -238,10 +363,9 @@ async fn seats(State(st): State<ApiState>) -> ApiResult<Vec<SeatView>> {
 
 async fn add_seat(
     State(st): State<ApiState>,
-    headers: HeaderMap,
-    Json(req): Json<AddSeat>,
+    Who(who): Who,
+    Body422(req): Body422<AddSeat>,
 ) -> ApiResult<SeatView> {
-    let who = actor(&st, &headers);
     blocking(move || st.service.add_seat(&who, &req)).await
 }
 
@@ -251,24 +375,21 @@ async fn seat(State(st): State<ApiState>, Path(name): Path<String>) -> ApiResult
 
 async fn remove_seat(
     State(st): State<ApiState>,
-    headers: HeaderMap,
+    Who(who): Who,
     Path(name): Path<String>,
 ) -> ApiResult<()> {
-    let who = actor(&st, &headers);
     blocking(move || st.service.remove_seat(&who, &name)).await
 }
 
 async fn reset_seat(
     State(st): State<ApiState>,
-    headers: HeaderMap,
+    Who(who): Who,
     Path(name): Path<String>,
 ) -> ApiResult<SeatView> {
-    let who = actor(&st, &headers);
     blocking(move || st.service.reset_seat(&who, &name)).await
 }
 
-async fn reset_all(State(st): State<ApiState>, headers: HeaderMap) -> ApiResult<ResetReport> {
-    let who = actor(&st, &headers);
+async fn reset_all(State(st): State<ApiState>, Who(who): Who) -> ApiResult<ResetReport> {
     blocking(move || st.service.reset_all(&who)).await
 }
 
@@ -276,12 +397,194 @@ async fn events(
     State(st): State<ApiState>,
     Query(q): Query<EventQuery>,
 ) -> ApiResult<Vec<khoi_state::Event>> {
-    let limit = q.limit.unwrap_or(100).min(10_000);
+    let f = q.filter();
+    blocking(move || st.service.state().events_filtered(&f).map_err(Into::into)).await
+}
+
+async fn import_path(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Body422(req): Body422<ImportPathRequest>,
+) -> ApiResult<VersionView> {
     blocking(move || {
         st.service
-            .state()
-            .events(q.subject.as_deref(), limit)
-            .map_err(Into::into)
+            .import_path(&who, &req.name, std::path::Path::new(&req.path), &req.note)
+    })
+    .await
+}
+
+/// Stream a browser upload into the staging folder, then convert and import
+/// it. The body is never held in memory: disk images are tens of GiB.
+async fn upload(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> ApiResult<VersionView> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    khoi_state::validate_name("name", &q.name).map_err(|e| ApiError(e.into()))?;
+    let staging = st.service.staging_dir();
+    let part = staging.join(crate::staging::unique_name("upload", "part"));
+    let guard = crate::staging::Staged::new(part.clone());
+    let io = |e: std::io::Error| ApiError(ServiceError::Internal(format!("upload: {e}")));
+    tokio::fs::create_dir_all(&staging).await.map_err(io)?;
+    let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError(ServiceError::Invalid {
+                field: "body".into(),
+                reason: format!("upload interrupted: {e}"),
+            })
+        })?;
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.sync_all().await.map_err(io)?;
+    drop(file);
+    blocking(move || {
+        let staged = crate::staging::stage_upload(&part, &staging)
+            .map_err(|reason| ServiceError::Invalid {
+                field: "body".into(),
+                reason,
+            })?;
+        drop(guard);
+        let file = staged
+            .file_name()
+            .ok_or_else(|| ServiceError::Internal("staged file has no name".into()))?;
+        let r = st.service.import(&who, &q.name, &file, &q.note);
+        staged.finish(r.is_ok());
+        r
+    })
+    .await
+}
+
+async fn update_seat(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+    Body422(req): Body422<SeatUpdate>,
+) -> ApiResult<SeatView> {
+    blocking(move || st.service.update_seat(&who, &name, &req)).await
+}
+
+async fn maintenance(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+    Body422(req): Body422<MaintenanceRequest>,
+) -> ApiResult<SeatView> {
+    let up = SeatUpdate {
+        maintenance: Some(req.on),
+        ..SeatUpdate::default()
+    };
+    blocking(move || st.service.update_seat(&who, &name, &up)).await
+}
+
+async fn health(State(st): State<ApiState>) -> ApiResult<Health> {
+    blocking(move || Ok(st.service.health())).await
+}
+
+async fn unknown_macs(State(st): State<ApiState>) -> ApiResult<Vec<UnknownMac>> {
+    blocking(move || st.service.state().unknown_macs(100).map_err(Into::into)).await
+}
+
+fn scheduler(st: &ApiState) -> Result<Arc<Scheduler>, ApiError> {
+    st.scheduler
+        .clone()
+        .ok_or_else(|| ApiError(ServiceError::NotFound("this server runs no scheduler".into())))
+}
+
+fn auth(st: &ApiState) -> Result<Arc<Auth>, ApiError> {
+    st.auth.clone().ok_or_else(|| {
+        ApiError(ServiceError::NotFound(
+            "users exist only where the web page runs".into(),
+        ))
+    })
+}
+
+async fn schedule(State(st): State<ApiState>) -> ApiResult<ScheduleView> {
+    let s = scheduler(&st)?;
+    blocking(move || Ok(s.view())).await
+}
+
+async fn schedule_update(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Body422(req): Body422<ScheduleSettings>,
+) -> ApiResult<ScheduleView> {
+    let s = scheduler(&st)?;
+    blocking(move || {
+        s.update(&who, &req)?;
+        Ok(s.view())
+    })
+    .await
+}
+
+async fn schedule_run(State(st): State<ApiState>, Who(who): Who) -> ApiResult<RunReport> {
+    let s = scheduler(&st)?;
+    blocking(move || s.run_now(&who, "manual")).await
+}
+
+async fn users(State(st): State<ApiState>) -> ApiResult<Vec<User>> {
+    let a = auth(&st)?;
+    blocking(move || a.users()).await
+}
+
+async fn user_add(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Body422(req): Body422<UserRequest>,
+) -> ApiResult<()> {
+    let a = auth(&st)?;
+    let svc = Arc::clone(&st.service);
+    blocking(move || {
+        if a.users()?.iter().any(|u| u.name == req.name) {
+            return Err(ServiceError::Conflict(format!(
+                "user {:?} already exists",
+                req.name
+            )));
+        }
+        a.put_user(&req.name, &req.role, &req.password)?;
+        svc.audit(&who, "user.add", &req.name, &format!("role {}", req.role));
+        Ok(())
+    })
+    .await
+}
+
+async fn user_update(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+    Body422(req): Body422<UserUpdate>,
+) -> ApiResult<()> {
+    let a = auth(&st)?;
+    let svc = Arc::clone(&st.service);
+    blocking(move || {
+        if let Some(role) = &req.role {
+            a.set_role(&name, role)?;
+            svc.audit(&who, "user.role", &name, &format!("role {role}"));
+        }
+        if let Some(pw) = &req.password {
+            a.set_password(&name, pw)?;
+            svc.audit(&who, "user.password", &name, "password changed");
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn user_remove(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+) -> ApiResult<()> {
+    let a = auth(&st)?;
+    let svc = Arc::clone(&st.service);
+    blocking(move || {
+        a.remove_user(&name)?;
+        svc.audit(&who, "user.remove", &name, "");
+        Ok(())
     })
     .await
 }

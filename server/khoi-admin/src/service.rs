@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use khoi_block::{Overlay, Store, StoreError, VersionDevice};
-use khoi_state::{Mac, NewEvent, NewSeat, ResetPolicy, Seat, State, StateError};
+use khoi_state::{Mac, NewEvent, NewSeat, ResetPolicy, Seat, SeatUpdate, State, StateError};
+
+use crate::activity::{Activity, SeatState};
+use crate::metrics::{Metrics, SeatLabel, TriggerLabel};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +130,8 @@ pub struct SeatView {
     pub policy: ResetPolicy,
     pub quota: u64,
     pub overlay_bytes: u64,
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -165,6 +170,25 @@ pub struct AddSeat {
     /// Have the target prove itself to the seat too (mutual CHAP).
     #[serde(default)]
     pub mutual_chap: bool,
+}
+
+/// Server health for the dashboard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    pub sessions: usize,
+    /// Error-like events (quota, low space, failures) in the last 24 hours.
+    pub errors_24h: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishRequest {
+    pub note: String,
+    /// Publish even while a maintenance seat of the image is running (its
+    /// unflushed writes may be lost).
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -207,6 +231,7 @@ pub struct Service {
     store: Arc<Store>,
     state: Arc<State>,
     config: ServiceConfig,
+    activity: Arc<Activity>,
     /// Admin changes are rare and must not interleave (a reset racing a
     /// version delete could strand a seat), so they take turns.
     admin: Mutex<()>,
@@ -218,8 +243,23 @@ impl Service {
             store,
             state,
             config,
+            activity: Arc::new(Activity::new(Arc::new(Metrics::new()))),
             admin: Mutex::new(()),
         }
+    }
+
+    /// Where the protocol servers report sessions and I/O; also owns the
+    /// Prometheus registry.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.activity.metrics()
+    }
+
+    pub fn seat_state(&self, seat: &SeatView) -> SeatState {
+        self.activity.state(&seat.name, seat.maintenance)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -234,7 +274,8 @@ impl Service {
         &self.config
     }
 
-    fn audit(&self, actor: &Actor, kind: &str, subject: &str, detail: &str) {
+    /// Record an event on behalf of an actor (logins, schedule runs).
+    pub fn audit(&self, actor: &Actor, kind: &str, subject: &str, detail: &str) {
         let ev = NewEvent {
             kind,
             actor: &actor.name,
@@ -410,6 +451,40 @@ impl Service {
     }
 
     pub fn draft_publish(&self, actor: &Actor, image: &str, note: &str) -> Result<VersionView> {
+        self.draft_publish_with(
+            actor,
+            image,
+            &PublishRequest {
+                note: note.into(),
+                force: false,
+            },
+        )
+    }
+
+    /// Publish the draft. A maintenance seat still running on the draft
+    /// would keep writing into files that became an immutable layer, so it
+    /// must be off unless the admin forces it.
+    pub fn draft_publish_with(
+        &self,
+        actor: &Actor,
+        image: &str,
+        req: &PublishRequest,
+    ) -> Result<VersionView> {
+        let note = req.note.as_str();
+        let running: Vec<String> = self
+            .state
+            .seats_on_image(image)?
+            .into_iter()
+            .filter(|s| s.maintenance && self.activity.is_online(&s.name))
+            .map(|s| s.name)
+            .collect();
+        if !running.is_empty() && !req.force {
+            return Err(ServiceError::Conflict(format!(
+                "maintenance seat(s) {} still running on the draft of {image:?}; shut them down \
+                 first or publish with force",
+                running.join(", ")
+            )));
+        }
         if note.trim().is_empty() {
             return Err(ServiceError::invalid(
                 "note",
@@ -464,6 +539,7 @@ impl Service {
             policy: seat.policy,
             quota,
             overlay_bytes,
+            maintenance: seat.maintenance,
         }
     }
 
@@ -585,6 +661,16 @@ impl Service {
             _ => format!("on version {target}"),
         };
         self.audit(actor, "seat.reset", name, &detail);
+        self.metrics()
+            .resets
+            .get_or_create(&TriggerLabel {
+                trigger: if actor.name == "nightly" {
+                    "nightly".into()
+                } else {
+                    "admin".into()
+                },
+            })
+            .inc();
         self.state.seat(name).map_err(Into::into)
     }
 
@@ -604,6 +690,11 @@ impl Service {
     pub fn open_seat(&self, name: &str) -> Result<Arc<Overlay>> {
         let _g = self.admin.lock();
         let seat = self.state.seat(name)?;
+        if seat.maintenance {
+            // A seat in maintenance boots the image's draft, so the admin's
+            // changes there become the next version when published.
+            return Ok(self.store.open_draft(&seat.image)?);
+        }
         let version = match seat.active_version {
             Some(v) => v,
             None => {
@@ -663,6 +754,122 @@ impl Service {
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
     }
+
+    /// Change a seat. A new image or pin takes effect at its next reset, like
+    /// a publish; maintenance takes effect at its next boot.
+    pub fn update_seat(&self, actor: &Actor, name: &str, up: &SeatUpdate) -> Result<SeatView> {
+        let _g = self.admin.lock();
+        let old = self.state.seat(name)?;
+        let image = up.image.clone().unwrap_or_else(|| old.image.clone());
+        let versions = self.store.versions(&image)?;
+        if let Some(Some(n)) = up.pinned_version
+            && !versions.iter().any(|v| v.number == n)
+        {
+            return Err(ServiceError::invalid(
+                "version",
+                format!("image {image:?} has no version {n}"),
+            ));
+        }
+        if up.maintenance == Some(true) && !old.maintenance {
+            // The draft must exist before the seat boots into it.
+            self.store.open_draft(&image)?;
+        }
+        let seat = self.state.update_seat(name, up)?;
+        let mut changes = Vec::new();
+        if seat.mac != old.mac {
+            changes.push(format!("mac {} -> {}", old.mac, seat.mac));
+        }
+        if seat.image != old.image {
+            changes.push(format!("image {} -> {}", old.image, seat.image));
+        }
+        if seat.pinned_version != old.pinned_version {
+            let show = |v: Option<u32>| v.map_or_else(|| "latest".to_string(), |n| n.to_string());
+            changes.push(format!(
+                "version {} -> {}",
+                show(old.pinned_version),
+                show(seat.pinned_version)
+            ));
+        }
+        if seat.policy != old.policy {
+            changes.push(format!("policy {} -> {}", old.policy, seat.policy));
+        }
+        if seat.quota != old.quota {
+            changes.push(format!("quota {} -> {}", old.quota, seat.quota));
+        }
+        if seat.maintenance != old.maintenance {
+            changes.push(format!("maintenance {}", if seat.maintenance { "on" } else { "off" }));
+        }
+        if !changes.is_empty() {
+            self.audit(actor, "seat.update", name, &changes.join(", "));
+        }
+        Ok(self.view(seat))
+    }
+
+    /// Adopt a disk image that is already on the server (a USB disk, a
+    /// network share): it is staged (converted if it is not raw) and imported.
+    pub fn import_path(
+        &self,
+        actor: &Actor,
+        name: &str,
+        path: &Path,
+        note: &str,
+    ) -> Result<VersionView> {
+        if !path.is_absolute() {
+            return Err(ServiceError::invalid(
+                "path",
+                format!("{} must be an absolute path on the server", path.display()),
+            ));
+        }
+        khoi_state::validate_name("name", name)?;
+        let staged = crate::staging::stage(path, &self.staging_dir())
+            .map_err(|e| ServiceError::invalid("path", e))?;
+        let file = staged
+            .file_name()
+            .ok_or_else(|| ServiceError::Internal("staged file has no name".into()))?;
+        let r = self.import(actor, name, &file, note);
+        staged.finish(r.is_ok());
+        r
+    }
+
+    pub fn health(&self) -> Health {
+        let (free_bytes, total_bytes) = crate::staging::fs_space(&self.config.data_dir);
+        let since = crate::activity::unix_now() - 86_400;
+        let errors_24h = self
+            .state
+            .events_filtered(&khoi_state::EventFilter {
+                since: Some(since),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .map_or(0, |evs| evs.iter().filter(|e| is_error_kind(&e.kind)).count());
+        Health {
+            free_bytes,
+            total_bytes,
+            sessions: self.activity.total_sessions(),
+            errors_24h,
+        }
+    }
+
+    /// Refresh the per-seat overlay gauge (called at each scrape).
+    pub fn refresh_overlay_metrics(&self) {
+        if let Ok(seats) = self.seats() {
+            for s in seats {
+                self.metrics()
+                    .overlay_bytes
+                    .get_or_create(&SeatLabel { seat: s.name })
+                    .set(i64::try_from(s.overlay_bytes).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+/// Event kinds that mean something went wrong and the officer should look.
+pub fn is_error_kind(kind: &str) -> bool {
+    matches!(kind, "overlay.quota" | "storage.low" | "overlay.discarded")
+        || kind.ends_with(".error")
+        || kind.ends_with(".failed")
+        || kind == "nightly.seat.failed"
+        || kind == "login.failed"
 }
 
 #[cfg(test)]

@@ -128,10 +128,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Whoever can open the socket administers Khoi: keep it to the owner.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!("control socket at {}", sock.display());
-    let app = router(ApiState {
-        service: Arc::clone(&service),
-        source: "control-socket".into(),
-    });
+    let app = router(ApiState::new(Arc::clone(&service), "control-socket"));
     let token = shutdown.clone();
     tasks.spawn(async move {
         let served = axum::serve(control, app)

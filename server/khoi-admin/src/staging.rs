@@ -1,0 +1,284 @@
+//! Turning a disk image file into a raw file in the store's staging folder,
+//! for imports started from the web page (a server-side path or a browser
+//! upload). The CLI does the same in its own process (`khoi/src/import.rs`),
+//! where it can show a terminal progress bar.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SECTOR: u64 = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Qcow2,
+    Vmdk,
+    Vhdx,
+    Vdi,
+    Vpc,
+}
+
+impl Format {
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vhdx => "vhdx",
+            Format::Vdi => "vdi",
+            Format::Vpc => "vpc",
+        }
+    }
+}
+
+/// Recognise container formats by their magic, so a raw disk never needs
+/// qemu-img and a qcow2 is never imported as if it were a raw disk.
+pub fn detect(head: &[u8]) -> Format {
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    if at(0, b"QFI\xfb") {
+        Format::Qcow2
+    } else if at(0, b"KDMV") || at(0, b"# Disk DescriptorFile") {
+        Format::Vmdk
+    } else if at(0, b"vhdxfile") {
+        Format::Vhdx
+    } else if at(0x40, &[0x7f, 0x10, 0xda, 0xbe]) {
+        Format::Vdi
+    } else if at(0, b"conectix") {
+        Format::Vpc
+    } else {
+        Format::Raw
+    }
+}
+
+/// A staged raw file, removed unless [`Staged::finish`] keeps it.
+#[derive(Debug)]
+pub struct Staged {
+    pub path: PathBuf,
+    keep: bool,
+}
+
+impl Staged {
+    /// Own `path`: it is removed when this is dropped.
+    pub fn new(path: PathBuf) -> Staged {
+        Staged { path, keep: false }
+    }
+
+    pub fn file_name(&self) -> Option<String> {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+    }
+
+    /// The store moves an adopted file away; keep it only then.
+    pub fn finish(mut self, adopted: bool) {
+        self.keep = adopted;
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A unique file name in the staging folder.
+pub fn unique_name(prefix: &str, ext: &str) -> String {
+    let mut raw = [0u8; 8];
+    let _ = getrandom::fill(&mut raw);
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}.{ext}")
+}
+
+/// Copy (sparsely) or convert `src` into a new raw file in `staging`.
+pub fn stage(src: &Path, staging: &Path) -> Result<Staged, String> {
+    let meta = std::fs::metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", src.display()));
+    }
+    let format = sniff(src)?;
+    std::fs::create_dir_all(staging).map_err(|e| format!("staging folder: {e}"))?;
+    let staged = Staged {
+        path: staging.join(unique_name("web-import", "raw")),
+        keep: false,
+    };
+    match format {
+        Format::Raw => {
+            check_size(src, meta.len())?;
+            copy_sparse(src, meta.len(), &staged.path)?;
+        }
+        other => {
+            convert(src, other, &staged.path)?;
+            let size = std::fs::metadata(&staged.path)
+                .map_err(|e| format!("converted file: {e}"))?
+                .len();
+            check_size(src, size)?;
+        }
+    }
+    Ok(staged)
+}
+
+/// Prepare an upload that is already in the staging folder: a raw upload is
+/// renamed in place (no second copy of a 40 GiB disk), others are converted.
+pub fn stage_upload(part: &Path, staging: &Path) -> Result<Staged, String> {
+    let upload = Staged {
+        path: part.to_path_buf(),
+        keep: false,
+    };
+    let format = sniff(part)?;
+    let size = std::fs::metadata(part)
+        .map_err(|e| format!("upload: {e}"))?
+        .len();
+    let staged = Staged {
+        path: staging.join(unique_name("web-upload", "raw")),
+        keep: false,
+    };
+    if format == Format::Raw {
+        check_size(Path::new("the uploaded file"), size)?;
+        std::fs::rename(part, &staged.path).map_err(|e| format!("upload: {e}"))?;
+    } else {
+        convert(part, format, &staged.path)?;
+        let size = std::fs::metadata(&staged.path)
+            .map_err(|e| format!("converted file: {e}"))?
+            .len();
+        check_size(Path::new("the uploaded file"), size)?;
+    }
+    drop(upload);
+    Ok(staged)
+}
+
+fn sniff(src: &Path) -> Result<Format, String> {
+    let mut f = File::open(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+    let mut head = vec![0u8; 4096];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(format!("cannot read {}: {e}", src.display())),
+        }
+    }
+    head.truncate(n);
+    Ok(detect(&head))
+}
+
+fn check_size(src: &Path, size: u64) -> Result<(), String> {
+    if size == 0 {
+        return Err(format!("{} is empty", src.display()));
+    }
+    if !size.is_multiple_of(SECTOR) {
+        return Err(format!(
+            "{} is {size} bytes, not a multiple of 512: it is not a whole disk image \
+             (was the copy cut short?)",
+            src.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Copy, leaving all-zero megabytes as holes: disk images are mostly empty.
+fn copy_sparse(src: &Path, size: u64, dst: &Path) -> Result<(), String> {
+    const CHUNK: usize = 1 << 20;
+    let err = |e: std::io::Error| format!("copying {}: {e}", src.display());
+    let mut input = File::open(src).map_err(err)?;
+    let mut out = File::create(dst).map_err(err)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = input.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|b| *b == 0) {
+            out.seek(SeekFrom::Current(i64::try_from(n).unwrap_or(0)))
+                .map_err(err)?;
+        } else {
+            out.write_all(&buf[..n]).map_err(err)?;
+        }
+    }
+    out.set_len(size).map_err(err)?;
+    out.sync_all().map_err(err)
+}
+
+fn convert(src: &Path, format: Format, dst: &Path) -> Result<(), String> {
+    let out = Command::new("qemu-img")
+        .args(["convert", "-f", format.qemu_name(), "-O", "raw"])
+        .arg(src)
+        .arg(dst)
+        .output()
+        .map_err(|e| {
+            format!(
+                "{} is a {} image and converting it needs qemu-img, which could not be run \
+                 ({e}); install it with: apt-get install qemu-utils",
+                src.display(),
+                format.qemu_name()
+            )
+        })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(dst);
+        return Err(format!(
+            "qemu-img could not convert {} from {}: {}",
+            src.display(),
+            format.qemu_name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// (free, total) bytes of the filesystem holding `dir`; zeros if unknown.
+pub fn fs_space(dir: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return (0, 0);
+    };
+    // SAFETY: statvfs is plain old data; all-zero is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    #[allow(clippy::useless_conversion)]
+    let frsize = u64::from(st.f_frsize);
+    #[allow(clippy::useless_conversion)]
+    (
+        u64::from(st.f_bavail).saturating_mul(frsize),
+        u64::from(st.f_blocks).saturating_mul(frsize),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_formats_by_magic() {
+        assert_eq!(detect(b"QFI\xfb\0\0\0\x03"), Format::Qcow2);
+        assert_eq!(detect(b"vhdxfile"), Format::Vhdx);
+        assert_eq!(detect(&[0u8; 512]), Format::Raw);
+    }
+
+    #[test]
+    fn stages_raw_and_refuses_odd_sizes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let src = dir.path().join("disk.img");
+        let mut data = vec![0u8; 3 << 20];
+        data[(1 << 20) + 7] = 0x5a;
+        std::fs::write(&src, &data).expect("write");
+        let staging = dir.path().join("staging");
+        let staged = stage(&src, &staging).expect("stage");
+        assert_eq!(std::fs::read(&staged.path).expect("read"), data);
+        let path = staged.path.clone();
+        drop(staged);
+        assert!(!path.exists(), "unadopted staged files are removed");
+        let odd = dir.path().join("odd.img");
+        std::fs::write(&odd, vec![1u8; 1000]).expect("write");
+        assert!(stage(&odd, &staging).expect_err("odd").contains("multiple of 512"));
+        let (free, total) = fs_space(dir.path());
+        assert!(free > 0 && total >= free);
+    }
+}
