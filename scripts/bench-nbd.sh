@@ -14,7 +14,7 @@ SEATS=${SEATS:-40}
 
 ./scripts/setup.sh test >/dev/null
 cargo build --release --bin khoi >&2
-KHOI=$PWD/target/release/khoi
+KHOI=${CARGO_TARGET_DIR:-$PWD/target}/release/khoi
 
 work=$(mktemp -d /tmp/khoi-bench-nbd.XXXXXX)
 pids=()

@@ -16,6 +16,9 @@ pub struct Config {
     pub listen: Listen,
     pub storage: Storage,
     pub iscsi: Iscsi,
+    /// Network boot (DHCP/proxyDHCP, TFTP, iPXE scripts). Absent: no boot
+    /// services, so a fresh install never answers DHCP on a LAN by surprise.
+    pub pxe: Option<khoi_pxe::PxeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -51,6 +54,7 @@ impl Default for Config {
             listen: Listen::default(),
             storage: Storage::default(),
             iscsi: Iscsi::default(),
+            pxe: None,
         }
     }
 }
@@ -217,6 +221,18 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(fail("data_dir", "must not be empty".into()));
         }
+        if let Some(pxe) = &self.pxe {
+            pxe.validate().map_err(|e| fail("pxe", e.to_string()))?;
+            if pxe.mode != khoi_pxe::DhcpMode::Off
+                && !matches!(self.listen.iscsi, Some(std::net::SocketAddr::V4(_)))
+            {
+                return Err(fail(
+                    "iscsi",
+                    "network boot needs an IPv4 iSCSI portal under listen.iscsi for the seats"
+                        .into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -289,6 +305,23 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("nbd"));
         let e = parse("iscsi:\n  target_prefix: bogus\n").expect_err("bad iqn");
         assert_eq!((e.line, e.key.as_deref()), (2, Some("target_prefix")));
+    }
+
+    #[test]
+    fn pxe_section_is_checked() {
+        let ok = parse(
+            "pxe:\n  mode: proxy\n  interface: br0\n  server_ip: 10.77.0.1\n  tftp_root: /srv/tftp\n",
+        )
+        .expect("pxe");
+        assert_eq!(ok.pxe.expect("pxe").interface, "br0");
+        let e = parse("pxe:\n  mode: proxy\n  interface: br0\n  server_ip: 10.77.0.1\n  tftp_root: /t\n  bogus: 1\n")
+            .expect_err("unknown pxe key");
+        assert_eq!(e.line, 6);
+        let e = parse(
+            "listen:\n  iscsi: null\npxe:\n  mode: proxy\n  interface: br0\n  server_ip: 10.77.0.1\n  tftp_root: /t\n",
+        )
+        .expect_err("boot without a portal");
+        assert_eq!(e.key.as_deref(), Some("iscsi"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Khoi: a diskless boot server for rooms of Windows workstations.
 
+mod boot;
 mod cli;
 mod client;
 mod config;

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::exports;
+use crate::{boot, exports};
 
 pub fn control_socket(data_dir: &Path) -> PathBuf {
     data_dir.join("khoi.sock")
@@ -120,6 +120,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    if let Some(pxe) = config.pxe.clone() {
+        start_boot_services(
+            pxe,
+            exports_boot(&service, &recorder, config.listen.iscsi),
+            &shutdown,
+            &mut tasks,
+        )
+        .await?;
+    }
+
     let sock = control_socket(&dir);
     // The lock above proves no other server owns this socket file.
     let _ = std::fs::remove_file(&sock);
@@ -164,6 +174,92 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         subject: "khoi",
         detail: "",
     })?;
+    Ok(())
+}
+
+fn exports_boot(
+    service: &Arc<Service>,
+    recorder: &Recorder,
+    portal: Option<std::net::SocketAddr>,
+) -> Arc<dyn khoi_pxe::BootDirectory> {
+    Arc::new(boot::Seats::new(
+        Arc::clone(service),
+        recorder.clone(),
+        portal,
+    ))
+}
+
+/// Bind every boot socket before serving any, so a missing boot interface or
+/// a port in use stops `khoi serve` with a clear error instead of leaving a
+/// half-working boot LAN.
+async fn start_boot_services(
+    pxe: khoi_pxe::PxeConfig,
+    dir: Arc<dyn khoi_pxe::BootDirectory>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
+    use khoi_pxe::{BootState, DhcpCore, DhcpMode, DhcpSockets, http, net, tftp};
+    let state = Arc::new(BootState::new(&pxe));
+    let dhcp = if pxe.mode == DhcpMode::Off {
+        None
+    } else {
+        let sockets = DhcpSockets::bind(&pxe)
+            .with_context(|| format!("cannot start DHCP on interface {}", pxe.interface))?;
+        Some((
+            sockets,
+            DhcpCore::new(&pxe, Arc::clone(&state), dir.leases()),
+        ))
+    };
+    let tftp_socket =
+        if pxe.tftp_enabled {
+            let files: Vec<&str> = [
+                Some(pxe.boot_files.bios.as_str()),
+                Some(pxe.boot_files.efi_x64.as_str()),
+                pxe.boot_files.efi_ia32.as_deref(),
+                pxe.boot_files.efi_arm64.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            boot::prepare_tftp_root(&pxe.tftp_root, &files)?;
+            Some(net::bind_tftp(&pxe).with_context(|| {
+                format!("cannot start TFTP on {}:{}", pxe.server_ip, pxe.tftp_port)
+            })?)
+        } else {
+            None
+        };
+    let http_addr = std::net::SocketAddr::from((pxe.server_ip, pxe.http_port));
+    let http_listener = TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot serve boot scripts on {http_addr}"))?;
+    tracing::info!(
+        mode = ?pxe.mode,
+        interface = %pxe.interface,
+        "network boot: scripts on http://{http_addr}/boot/<mac>.ipxe"
+    );
+    if let Some((sockets, core)) = dhcp {
+        let (dir, token) = (Arc::clone(&dir), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = net::serve_dhcp(sockets, core, dir, token).await {
+                tracing::error!("DHCP stopped: {e}");
+            }
+        });
+    }
+    if let Some(socket) = tftp_socket {
+        let (root, token) = (pxe.tftp_root.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = tftp::serve(socket, &root, token).await {
+                tracing::error!("TFTP stopped: {e}");
+            }
+        });
+    }
+    let router = http::router(dir, state);
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = http::serve(http_listener, router, token).await {
+            tracing::error!("boot-script HTTP server stopped: {e}");
+        }
+    });
     Ok(())
 }
 

@@ -1,0 +1,212 @@
+//! The boot path's view of the seats: who may PXE boot, what its iPXE
+//! script says, and what happens when a seat announces it is booting.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use khoi_admin::{Actor, Service};
+use khoi_pxe::{BootDirectory, Lease, SeatBoot};
+use khoi_state::{Mac, ResetPolicy};
+use parking_lot::Mutex;
+
+use crate::recorder::Recorder;
+
+/// Leases live in the state database as one JSON document: a room has tens
+/// of seats, leases change a few times a day, and one row keeps the whole
+/// table consistent without a schema of its own.
+const LEASES_KEY: &str = "dhcp.leases";
+
+#[derive(Debug)]
+pub struct Seats {
+    service: Arc<Service>,
+    recorder: Recorder,
+    portal: Option<SocketAddrV4>,
+    leases: Mutex<BTreeMap<String, (String, u64)>>,
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    Mac(mac).to_string()
+}
+
+impl Seats {
+    pub fn new(service: Arc<Service>, recorder: Recorder, portal: Option<SocketAddr>) -> Seats {
+        let portal = match portal {
+            Some(SocketAddr::V4(a)) => Some(a),
+            _ => None,
+        };
+        let leases = service
+            .state()
+            .setting(LEASES_KEY)
+            .ok()
+            .flatten()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        Seats {
+            service,
+            recorder,
+            portal,
+            leases: Mutex::new(leases),
+        }
+    }
+
+    fn persist(&self, leases: &BTreeMap<String, (String, u64)>) {
+        let saved = serde_json::to_string(leases)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                self.service
+                    .state()
+                    .set_setting(LEASES_KEY, &json)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = saved {
+            tracing::error!("cannot save DHCP leases: {e}");
+        }
+    }
+}
+
+impl BootDirectory for Seats {
+    fn seat_by_mac(&self, mac: [u8; 6]) -> Option<SeatBoot> {
+        // Without an IPv4 iSCSI portal there is nothing a seat could boot.
+        let portal = self.portal?;
+        let seat = match self.service.state().seat_by_mac(Mac(mac)) {
+            Ok(seat) => seat?,
+            Err(e) => {
+                tracing::error!("seat lookup failed: {e}");
+                return None;
+            }
+        };
+        let target_iqn = self.service.target_iqn(&seat.name);
+        let initiator_iqn = seat
+            .initiator_iqn
+            .clone()
+            .unwrap_or_else(|| khoi_pxe::default_initiator_iqn(&seat.name));
+        Some(SeatBoot {
+            mac,
+            portal,
+            initiator_iqn,
+            chap: Some((seat.chap_user.clone(), seat.chap_secret.clone())),
+            mutual_chap: seat.mutual_secret.clone().map(|s| (target_iqn.clone(), s)),
+            target_iqn,
+            reserved_ip: None,
+            seat: seat.name,
+        })
+    }
+
+    /// The boot-script fetch: the seat is (re)booting. An `on-boot` seat is
+    /// reset here, which also moves it to the version it should run and makes
+    /// its stale sessions (iPXE's abandoned one, the last Windows one) fail
+    /// and close. Other policies keep their overlay, so their version moves
+    /// only at the reset that policy allows.
+    fn booting(&self, boot: &SeatBoot) {
+        let actor = Actor {
+            name: "khoi".into(),
+            source: format!("boot {}", mac_text(boot.mac)),
+        };
+        let seat = match self.service.state().seat(&boot.seat) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(seat = %boot.seat, "booting seat vanished: {e}");
+                return;
+            }
+        };
+        match seat.policy {
+            ResetPolicy::OnBoot => {
+                if let Err(e) = self.service.reset_seat(&actor, &boot.seat) {
+                    tracing::error!(seat = %boot.seat, "reset at boot failed: {e}");
+                    self.recorder.record(
+                        "seat.boot.reset_failed",
+                        boot.seat.clone(),
+                        e.to_string(),
+                    );
+                }
+            }
+            ResetPolicy::Nightly | ResetPolicy::Persistent => {
+                self.recorder.record(
+                    "seat.boot",
+                    boot.seat.clone(),
+                    format!("booting with its overlay kept ({})", seat.policy),
+                );
+            }
+        }
+    }
+
+    fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, at: SystemTime) {
+        let arch = match arch {
+            Some(0) => "BIOS".to_string(),
+            Some(6) => "UEFI IA32".to_string(),
+            Some(7 | 9) => "UEFI x64".to_string(),
+            Some(n) => format!("architecture {n}"),
+            None => "unknown architecture".to_string(),
+        };
+        let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.recorder.record(
+            "pxe.unknown_mac",
+            mac_text(mac),
+            format!("unregistered machine asked to boot ({arch}) at {secs}"),
+        );
+    }
+
+    fn leases(&self) -> Vec<Lease> {
+        self.leases
+            .lock()
+            .iter()
+            .filter_map(|(mac, (ip, expires))| {
+                Some(Lease {
+                    mac: mac.parse::<Mac>().ok()?.0,
+                    ip: ip.parse().ok()?,
+                    expires_unix: *expires,
+                })
+            })
+            .collect()
+    }
+
+    fn save_lease(&self, lease: &Lease) {
+        let mut leases = self.leases.lock();
+        leases.insert(
+            mac_text(lease.mac),
+            (lease.ip.to_string(), lease.expires_unix),
+        );
+        self.persist(&leases);
+    }
+
+    fn remove_lease(&self, mac: [u8; 6]) {
+        let mut leases = self.leases.lock();
+        if leases.remove(&mac_text(mac)).is_some() {
+            self.persist(&leases);
+        }
+    }
+}
+
+/// Debian's `ipxe` package puts the boot binaries here.
+const IPXE_DIR: &str = "/usr/lib/ipxe";
+
+/// Fill the TFTP root with the iPXE binaries the config names, from the
+/// distribution's `ipxe` package, when they are not there yet: the admin
+/// should not have to copy files for the default setup to boot.
+pub fn prepare_tftp_root(root: &Path, files: &[&str]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("cannot create TFTP root {}", root.display()))?;
+    for name in files {
+        let dst = root.join(name);
+        if dst.exists() {
+            continue;
+        }
+        let src = Path::new(IPXE_DIR).join(name);
+        if src.exists() {
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+        } else {
+            tracing::warn!(
+                "{} is missing and {} has no copy (install Debian's ipxe package); \
+                 seats needing it cannot boot",
+                dst.display(),
+                src.display()
+            );
+        }
+    }
+    Ok(())
+}
