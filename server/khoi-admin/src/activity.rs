@@ -117,7 +117,10 @@ impl Activity {
         if live.session_since.is_none() {
             live.session_since = Some(Instant::now());
         }
-        self.metrics.sessions.get_or_create(&label(seat, proto)).inc();
+        self.metrics
+            .sessions
+            .get_or_create(&label(seat, proto))
+            .inc();
     }
 
     pub fn disconnected(&self, seat: &str, proto: &str, peer: &str) {
@@ -132,7 +135,10 @@ impl Activity {
             if live.sessions.is_empty() {
                 live.session_since = None;
             }
-            self.metrics.sessions.get_or_create(&label(seat, proto)).dec();
+            self.metrics
+                .sessions
+                .get_or_create(&label(seat, proto))
+                .dec();
         }
     }
 
@@ -260,7 +266,11 @@ fn per_second(bytes: u64, secs: f64) -> u64 {
     if secs <= 0.0 {
         return 0;
     }
-    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
     let r = (bytes as f64 / secs) as u64;
     r
 }
@@ -287,8 +297,14 @@ mod tests {
         a.io("s1", "iscsi", IoOp::Read, 4096, Duration::from_micros(80));
         assert_eq!(a.total_sessions(), 1);
         let text = a.metrics().encode();
-        assert!(text.contains("khoi_read_bytes_total{seat=\"s1\",proto=\"iscsi\"} 4096"), "{text}");
-        assert!(text.contains("khoi_sessions{seat=\"s1\",proto=\"iscsi\"} 1"), "{text}");
+        assert!(
+            text.contains("khoi_read_bytes_total{seat=\"s1\",proto=\"iscsi\"} 4096"),
+            "{text}"
+        );
+        assert!(
+            text.contains("khoi_sessions{seat=\"s1\",proto=\"iscsi\"} 1"),
+            "{text}"
+        );
         a.disconnected("s1", "iscsi", "10.0.0.5:5000");
         assert!(!a.is_online("s1"));
         assert_eq!(a.live("s1").last_boot.is_some(), true);

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Auth;
 use crate::schedule::{RunReport, ScheduleSettings, ScheduleView, Scheduler};
 use crate::service::{
-    Actor, AddSeat, Health, ImageView, PublishRequest as PublishWith, ResetReport, SeatDetails, SeatView,
-    Service, ServiceError, VersionView,
+    Actor, AddSeat, Health, ImageView, PublishRequest as PublishWith, ResetReport, SeatDetails,
+    SeatView, Service, ServiceError, VersionView,
 };
 use khoi_state::{EventFilter, SeatUpdate, UnknownMac, User};
 
@@ -275,7 +275,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/schedule", get(schedule).post(schedule_update))
         .route("/v1/schedule/run", post(schedule_run))
         .route("/v1/users", get(users).post(user_add))
-        .route("/v1/users/{name}", axum::routing::patch(user_update).delete(user_remove))
+        .route(
+            "/v1/users/{name}",
+            axum::routing::patch(user_update).delete(user_remove),
+        )
         .with_state(state)
 }
 
@@ -443,11 +446,12 @@ async fn upload(
     file.sync_all().await.map_err(io)?;
     drop(file);
     blocking(move || {
-        let staged = crate::staging::stage_upload(&part, &staging)
-            .map_err(|reason| ServiceError::Invalid {
+        let staged = crate::staging::stage_upload(&part, &staging).map_err(|reason| {
+            ServiceError::Invalid {
                 field: "body".into(),
                 reason,
-            })?;
+            }
+        })?;
         drop(guard);
         let file = staged
             .file_name()
@@ -490,9 +494,11 @@ async fn unknown_macs(State(st): State<ApiState>) -> ApiResult<Vec<UnknownMac>> 
 }
 
 fn scheduler(st: &ApiState) -> Result<Arc<Scheduler>, ApiError> {
-    st.scheduler
-        .clone()
-        .ok_or_else(|| ApiError(ServiceError::NotFound("this server runs no scheduler".into())))
+    st.scheduler.clone().ok_or_else(|| {
+        ApiError(ServiceError::NotFound(
+            "this server runs no scheduler".into(),
+        ))
+    })
 }
 
 fn auth(st: &ApiState) -> Result<Arc<Auth>, ApiError> {

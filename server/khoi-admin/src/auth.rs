@@ -114,8 +114,7 @@ fn verify(hash: &str, password: &str) -> bool {
 /// Constant-time comparison for tokens.
 pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -337,7 +336,8 @@ mod tests {
         let token = auth.setup_token().expect("token");
         assert!(auth.complete_setup("wrong", "an", "secret-123").is_err());
         assert!(auth.complete_setup(&token, "an", "short").is_err());
-        auth.complete_setup(&token, "an", "secret-123").expect("setup");
+        auth.complete_setup(&token, "an", "secret-123")
+            .expect("setup");
         assert!(auth.setup_token().is_none());
         assert!(auth.complete_setup(&token, "evil", "secret-123").is_err());
         let id = auth.login("an", "secret-123", "1.2.3.4").expect("login");
@@ -358,7 +358,12 @@ mod tests {
         auth.logout(&id);
         assert!(auth.session(&id).is_none());
         // A second Auth over the same database does not offer setup again.
-        assert!(Auth::new(state, None).expect("auth").setup_token().is_none());
+        assert!(
+            Auth::new(state, None)
+                .expect("auth")
+                .setup_token()
+                .is_none()
+        );
     }
 
     #[test]

@@ -84,11 +84,7 @@ impl Metrics {
                 "Open protocol sessions per seat",
                 m.sessions.clone(),
             );
-            r.register(
-                "read_bytes",
-                "Bytes read by seats",
-                m.bytes_read.clone(),
-            );
+            r.register("read_bytes", "Bytes read by seats", m.bytes_read.clone());
             r.register(
                 "written_bytes",
                 "Bytes written by seats",

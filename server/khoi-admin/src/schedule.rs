@@ -161,7 +161,11 @@ impl Scheduler {
             actor,
             "schedule.update",
             "nightly",
-            &format!("cron {:?}, online seats: {}", new.cron.trim(), new.online.as_str()),
+            &format!(
+                "cron {:?}, online seats: {}",
+                new.cron.trim(),
+                new.online.as_str()
+            ),
         );
         Ok(())
     }
@@ -234,14 +238,26 @@ impl Scheduler {
                 Ok(_) if online => report.forced.push(seat.name),
                 Ok(_) => report.reset.push(seat.name),
                 Err(e) => {
-                    self.service
-                        .audit(&resetter, "nightly.seat.failed", &seat.name, &e.to_string());
+                    self.service.audit(
+                        &resetter,
+                        "nightly.seat.failed",
+                        &seat.name,
+                        &e.to_string(),
+                    );
                     report.failed.push(seat.name);
                 }
             }
         }
-        self.service.state().set_setting(KEY_LAST, &now.to_string())?;
-        let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(" ") };
+        self.service
+            .state()
+            .set_setting(KEY_LAST, &now.to_string())?;
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(" ")
+            }
+        };
         self.service.audit(
             actor,
             "nightly.run",
@@ -267,12 +283,18 @@ impl Scheduler {
         let now = self.clock.now().timestamp();
         let Some(last) = self.last_run() else {
             // First start of this installation: nothing was missed yet.
-            self.service.state().set_setting(KEY_LAST, &now.to_string())?;
+            self.service
+                .state()
+                .set_setting(KEY_LAST, &now.to_string())?;
             return Ok(None);
         };
         match self.next_after(last) {
             Some(due) if due <= now => {
-                let trigger = if now - due > 120 { "catch-up" } else { "schedule" };
+                let trigger = if now - due > 120 {
+                    "catch-up"
+                } else {
+                    "schedule"
+                };
                 self.run_now(&Actor::server(), trigger).map(Some)
             }
             _ => Ok(None),

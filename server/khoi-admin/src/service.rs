@@ -797,7 +797,10 @@ impl Service {
             changes.push(format!("quota {} -> {}", old.quota, seat.quota));
         }
         if seat.maintenance != old.maintenance {
-            changes.push(format!("maintenance {}", if seat.maintenance { "on" } else { "off" }));
+            changes.push(format!(
+                "maintenance {}",
+                if seat.maintenance { "on" } else { "off" }
+            ));
         }
         if !changes.is_empty() {
             self.audit(actor, "seat.update", name, &changes.join(", "));
@@ -841,7 +844,9 @@ impl Service {
                 limit: 10_000,
                 ..Default::default()
             })
-            .map_or(0, |evs| evs.iter().filter(|e| is_error_kind(&e.kind)).count());
+            .map_or(0, |evs| {
+                evs.iter().filter(|e| is_error_kind(&e.kind)).count()
+            });
         Health {
             free_bytes,
             total_bytes,

@@ -277,7 +277,11 @@ mod tests {
         assert!(!path.exists(), "unadopted staged files are removed");
         let odd = dir.path().join("odd.img");
         std::fs::write(&odd, vec![1u8; 1000]).expect("write");
-        assert!(stage(&odd, &staging).expect_err("odd").contains("multiple of 512"));
+        assert!(
+            stage(&odd, &staging)
+                .expect_err("odd")
+                .contains("multiple of 512")
+        );
         let (free, total) = fs_space(dir.path());
         assert!(free > 0 && total >= free);
     }
