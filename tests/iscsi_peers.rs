@@ -246,24 +246,37 @@ fn a_full_overlay_fails_the_write_not_the_session() {
     );
 }
 
-/// The conformance suite from the reference's must-pass list, against a
-/// seat of the real server (the crate's own tests run it on a bare target).
+/// The reference's must-pass conformance set, against a seat of the real
+/// server (the crate's own tests run it on a bare target). libiscsi logs
+/// "[FAILED]" for commands a test *expects* to fail, so the verdict comes
+/// from CUnit's run summary, not from grepping the log.
 #[test]
 fn libiscsi_conformance_on_a_seat_target() {
     require("iscsi-test-cu");
     let s = iscsi_server();
     let a = add_seat(&s, "conf", 1, &[]);
     let tests = "SCSI.TestUnitReady.*,SCSI.Inquiry.*,SCSI.ReadCapacity10.*,SCSI.ReadCapacity16.*,\
-SCSI.Read10.*,SCSI.Read16.*,SCSI.Write10.*,SCSI.Write16.*,SCSI.ModeSense6.*,SCSI.StartStopUnit.*,\
-SCSI.Mandatory.*,iSCSI.*";
+SCSI.Read6.*,SCSI.Read10.*,SCSI.Read12.*,SCSI.Read16.*,SCSI.Write10.*,SCSI.Write12.*,SCSI.Write16.*,\
+SCSI.WriteVerify10.*,SCSI.WriteVerify16.*,SCSI.Verify10.*,SCSI.Verify16.*,SCSI.ModeSense6.*,\
+SCSI.Mandatory.*,SCSI.NoMedia.*,SCSI.StartStopUnit.*,SCSI.ReportSupportedOpcodes.*,\
+SCSI.Prefetch10.*,SCSI.Prefetch16.*,iSCSI.*";
     let out = run(Command::new("iscsi-test-cu")
         .args(["-d", "-t", tests])
         .arg(url(&s, &a)));
     let text = String::from_utf8_lossy(&out.stdout);
-    let failed: Vec<&str> = text.lines().filter(|l| l.contains("FAILED")).collect();
+    // "     tests    112    112    112      0        0" (total, ran, passed, failed, inactive)
+    let counts: Vec<u32> = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("tests"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(
-        out.status.success() && failed.is_empty(),
-        "iscsi-test-cu failures: {failed:#?}\n{}",
+        counts.len() >= 4 && counts[3] == 0 && counts[1] >= 100,
+        "iscsi-test-cu summary {counts:?}:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -41,6 +41,7 @@ pub struct Server {
     pub config: PathBuf,
     pub nbd_port: u16,
     pub iscsi_port: u16,
+    pub admin_port: u16,
     child: Option<Child>,
 }
 
@@ -65,6 +66,7 @@ impl Server {
         let config = dir.path().join("khoi.yaml");
         let nbd_port = free_port();
         let iscsi_port = free_port();
+        let admin_port = free_port();
         let mut f = std::fs::File::create(&config).expect("config");
         writeln!(f, "data_dir: {}", data.display()).expect("write");
         writeln!(f, "listen:\n  nbd: 127.0.0.1:{nbd_port}").expect("write");
@@ -80,6 +82,8 @@ impl Server {
             opts.default_seat_quota.as_deref().unwrap_or("0")
         )
         .expect("write");
+        // Every server gets its own admin port, so tests can run in parallel.
+        writeln!(f, "admin:\n  listen: 127.0.0.1:{admin_port}").expect("write");
         drop(f);
         let mut s = Server {
             dir,
@@ -87,6 +91,7 @@ impl Server {
             config,
             nbd_port,
             iscsi_port,
+            admin_port,
             child: None,
         };
         s.spawn();
