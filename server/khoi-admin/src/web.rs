@@ -123,6 +123,83 @@ pub fn router(st: WebState) -> Router {
         .layer(middleware::from_fn_with_state(st, guard))
 }
 
+/// What the binary passes from its config.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// `None`: no web page, but the nightly reset still runs.
+    pub listen: Option<SocketAddr>,
+    pub initial_password: Option<String>,
+    pub secure_cookies: bool,
+    pub cron: String,
+    /// `skip` or `force`.
+    pub online: String,
+}
+
+/// Start the nightly reset and the web page (if it has an address); both
+/// stop when `shutdown` is cancelled. Returns the page's bound address.
+pub async fn start(
+    service: Arc<Service>,
+    opts: AdminOptions,
+    shutdown: tokio_util::sync::CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<Option<SocketAddr>, String> {
+    let online: OnlinePolicy = opts
+        .online
+        .parse()
+        .map_err(|e: ServiceError| e.to_string())?;
+    let scheduler = Arc::new(
+        Scheduler::new(
+            Arc::clone(&service),
+            Arc::new(crate::schedule::SystemClock),
+            ScheduleSettings {
+                cron: opts.cron.clone(),
+                online,
+            },
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    tasks.spawn(Arc::clone(&scheduler).run(shutdown.clone()));
+    let Some(addr) = opts.listen else {
+        return Ok(None);
+    };
+    let state = Arc::clone(service.state());
+    let pw = opts.initial_password.clone();
+    let auth = tokio::task::spawn_blocking(move || Auth::new(state, pw.as_deref()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for the admin page on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(token) = auth.setup_token() {
+        // The one way to the first admin account: whoever can read the
+        // server's log (root, the service account) can create it.
+        let url = format!("http://{bound}/setup?token={token}");
+        tracing::warn!("no admin account yet; create one at {url}");
+        println!("khoi: no admin account yet; open {url} to create it (the link works once)");
+    }
+    tracing::info!("admin page on http://{bound}");
+    let app = router(WebState {
+        service,
+        auth: Arc::new(auth),
+        scheduler,
+        secure_cookies: opts.secure_cookies,
+    });
+    tasks.spawn(async move {
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+        if let Err(e) = served {
+            tracing::error!("admin page failed: {e}");
+        }
+    });
+    Ok(Some(bound))
+}
+
 // ---------------------------------------------------------------- guard ----
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -19,6 +19,54 @@ pub struct Config {
     /// Network boot (DHCP/proxyDHCP, TFTP, iPXE scripts). Absent: no boot
     /// services, so a fresh install never answers DHCP on a LAN by surprise.
     pub pxe: Option<khoi_pxe::PxeConfig>,
+    pub admin: Admin,
+}
+
+/// The admin web page, its JSON API and `/metrics`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// `null` turns the web page off (the CLI still works).
+    pub listen: Option<SocketAddr>,
+    /// Creates the `admin` user at first start; without it a one-time setup
+    /// link is printed in the log.
+    pub initial_password: Option<String>,
+    /// Khoi serves plain HTTP; set this when users reach it through an
+    /// HTTPS reverse proxy, so session cookies are marked Secure.
+    pub secure_cookies: bool,
+    pub nightly: Nightly,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nightly {
+    /// Cron expression (minute hour day month weekday) in `zone`.
+    pub cron: String,
+    /// Only Asia/Ho_Chi_Minh (UTC+7, no daylight saving) is supported.
+    pub zone: String,
+    /// `skip` (leave running seats alone and report them) or `force`.
+    pub online: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            initial_password: None,
+            secure_cookies: false,
+            nightly: Nightly::default(),
+        }
+    }
+}
+
+impl Default for Nightly {
+    fn default() -> Self {
+        Nightly {
+            cron: khoi_admin::schedule::DEFAULT_CRON.into(),
+            zone: "Asia/Ho_Chi_Minh".into(),
+            online: "skip".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -55,6 +103,7 @@ impl Default for Config {
             storage: Storage::default(),
             iscsi: Iscsi::default(),
             pxe: None,
+            admin: Admin::default(),
         }
     }
 }
@@ -218,6 +267,36 @@ impl Config {
                 format!("{p:?} is not an IQN prefix (like iqn.2025-07.vn.khoi)"),
             ));
         }
+        let n = &self.admin.nightly;
+        if let Err(e) = khoi_admin::schedule::parse_cron(&n.cron) {
+            return Err(fail("cron", e.to_string()));
+        }
+        if !matches!(
+            n.zone.as_str(),
+            "Asia/Ho_Chi_Minh" | "Asia/Saigon" | "UTC+7" | "+07:00"
+        ) {
+            return Err(fail(
+                "zone",
+                format!("{:?}: only Asia/Ho_Chi_Minh (UTC+7) is supported", n.zone),
+            ));
+        }
+        if !matches!(n.online.as_str(), "skip" | "force") {
+            return Err(fail(
+                "online",
+                format!("{:?}: expected skip or force", n.online),
+            ));
+        }
+        if self
+            .admin
+            .initial_password
+            .as_ref()
+            .is_some_and(|p| p.chars().count() < 8)
+        {
+            return Err(fail(
+                "initial_password",
+                "must be at least 8 characters".into(),
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(fail("data_dir", "must not be empty".into()));
         }
@@ -322,6 +401,17 @@ mod tests {
         )
         .expect_err("boot without a portal");
         assert_eq!(e.key.as_deref(), Some("iscsi"));
+    }
+
+    #[test]
+    fn admin_section() {
+        let c = parse("# nothing\n").expect("defaults");
+        assert!(c.admin.listen.expect("admin on").ip().is_loopback());
+        assert_eq!(c.admin.nightly.cron, "0 2 * * *");
+        let e = parse("admin:\n  nightly:\n    cron: every night\n").expect_err("bad cron");
+        assert_eq!((e.line, e.key.as_deref()), (3, Some("cron")));
+        let e = parse("admin:\n  nightly:\n    online: maybe\n").expect_err("bad policy");
+        assert_eq!(e.key.as_deref(), Some("online"));
     }
 
     #[test]

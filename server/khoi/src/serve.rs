@@ -149,6 +149,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    let admin = &config.admin;
+    khoi_admin::web::start(
+        Arc::clone(&service),
+        khoi_admin::web::AdminOptions {
+            listen: admin.listen,
+            initial_password: admin.initial_password.clone(),
+            secure_cookies: admin.secure_cookies,
+            cron: admin.nightly.cron.clone(),
+            online: admin.nightly.online.clone(),
+        },
+        shutdown.clone(),
+        &mut tasks,
+    )
+    .await
+    .map_err(anyhow::Error::msg)
+    .context("starting the admin page and the nightly reset")?;
+
     state.record(&NewEvent {
         kind: "server.start",
         actor: "khoi",
