@@ -43,6 +43,7 @@ pub struct Server {
     pub iscsi_port: u16,
     pub admin_port: u16,
     child: Option<Child>,
+    netns: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -50,6 +51,12 @@ pub struct Options {
     pub free_space_floor: Option<String>,
     pub default_seat_quota: Option<String>,
     pub iscsi: bool,
+    /// The iSCSI portal to listen on instead of loopback (with `iscsi`).
+    pub iscsi_addr: Option<String>,
+    /// YAML appended to the generated config (e.g. a `pxe:` section).
+    pub extra_yaml: String,
+    /// Run `khoi serve` inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 impl Server {
@@ -71,7 +78,11 @@ impl Server {
         writeln!(f, "data_dir: {}", data.display()).expect("write");
         writeln!(f, "listen:\n  nbd: 127.0.0.1:{nbd_port}").expect("write");
         if opts.iscsi {
-            writeln!(f, "  iscsi: 127.0.0.1:{iscsi_port}").expect("write");
+            let addr = opts
+                .iscsi_addr
+                .clone()
+                .unwrap_or_else(|| format!("127.0.0.1:{iscsi_port}"));
+            writeln!(f, "  iscsi: {addr}").expect("write");
         } else {
             writeln!(f, "  iscsi: null").expect("write");
         }
@@ -84,6 +95,7 @@ impl Server {
         .expect("write");
         // Every server gets its own admin port, so tests can run in parallel.
         writeln!(f, "admin:\n  listen: 127.0.0.1:{admin_port}").expect("write");
+        f.write_all(opts.extra_yaml.as_bytes()).expect("write");
         drop(f);
         let mut s = Server {
             dir,
@@ -93,6 +105,7 @@ impl Server {
             iscsi_port,
             admin_port,
             child: None,
+            netns: opts.netns,
         };
         s.spawn();
         s
@@ -104,7 +117,16 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .expect("log");
-        let child = Command::new(KHOI)
+        // `ip netns exec` execs, so the child's pid is khoi's own.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, KHOI]);
+                c
+            }
+            None => Command::new(KHOI),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&self.config)

@@ -1,0 +1,768 @@
+//! Real firmware boots the test disk from Khoi alone: qemu's iPXE ROM under
+//! SeaBIOS and OVMF's own PXE stack, in private network namespaces, through
+//! Khoi's DHCP (proxy beside a plain site DHCP server, or authoritative),
+//! TFTP, per-seat iPXE script and iSCSI target. The booted Linux logs in
+//! again from the iBFT, mounts the disk read-write and reports whether the
+//! file its previous boot wrote is still there, which is how the reset
+//! policies are checked with a real boot.
+//!
+//! Needs root (namespaces, taps) and the packages of `./scripts/setup.sh
+//! test`; the test disk is built by `images/test-disk/build.sh` (cached).
+//! Boots are serialised by a lock file: each TCG guest wants a whole core.
+
+mod common;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{Options, Server, require, run, run_ok};
+
+const LAB_IP: &str = "10.77.0.1";
+const ROUTER_IP: &str = "10.77.0.254";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether this run can drive the lab at all; a developer's non-root
+/// `cargo test` skips with a note, `./scripts/test.sh` runs as root.
+fn lab_available() -> bool {
+    if !is_root() {
+        eprintln!("skipping: the PXE end-to-end tests need root (network namespaces, taps)");
+        return false;
+    }
+    for tool in [
+        "ip",
+        "qemu-system-x86_64",
+        "dnsmasq",
+        "mcopy",
+        "syslinux",
+        "depmod",
+    ] {
+        require(tool);
+    }
+    for f in [
+        "/usr/lib/ipxe/undionly.kpxe",
+        "/usr/lib/ipxe/snponly.efi",
+        "/usr/lib/ipxe/qemu/efi-virtio.rom",
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+    ] {
+        assert!(
+            Path::new(f).exists(),
+            "{f} is missing; run ./scripts/setup.sh test"
+        );
+    }
+    true
+}
+
+/// One boot at a time across test processes (nextest runs each test in its
+/// own process): two TCG guests on two busy cores double every timing.
+struct BootLock {
+    _file: File,
+}
+
+impl BootLock {
+    fn take() -> BootLock {
+        let f = File::create(std::env::temp_dir().join("khoi-pxe-e2e.lock")).expect("lock file");
+        // SAFETY: flock on a descriptor we own; released when the file closes.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock");
+        BootLock { _file: f }
+    }
+}
+
+struct Disk {
+    image: PathBuf,
+    marker: String,
+}
+
+fn test_disk() -> &'static Disk {
+    static DISK: OnceLock<Disk> = OnceLock::new();
+    DISK.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/test-disk/build.sh");
+        let out = run(&mut Command::new(&script));
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = std::env::var_os("KHOI_TEST_DISK_WORK")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("khoi-test-disk"))
+            .join("out");
+        let marker = std::fs::read_to_string(dir.join("disk.marker")).expect("disk.marker");
+        Disk {
+            image: dir.join("disk.img"),
+            marker: marker.trim().to_string(),
+        }
+    })
+}
+
+fn ip(args: &[&str]) {
+    run_ok(Command::new("ip").args(args));
+}
+
+fn netns_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
+
+/// Kill what still runs in one of our namespaces, then delete it.
+fn delete_netns(ns: &str) {
+    if !netns_exists(ns) {
+        return;
+    }
+    let pids = run(Command::new("ip").args(["netns", "pids", ns]));
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            // SAFETY: plain kill(2) of a process inside our own namespace.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = run(Command::new("ip").args(["netns", "del", ns]));
+}
+
+/// Namespaces of earlier runs of this file that were killed before their
+/// cleanup ran (a nextest timeout sends SIGKILL): the pid in the name is gone.
+fn reap_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("kpxe-") else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if let Ok(pid) = pid.parse::<u32>()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            delete_netns(&name);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Firmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Khoi answers PXE only; a plain dnsmasq in another namespace hands out addresses.
+    Proxy,
+    /// Khoi is the segment's only DHCP server.
+    Authoritative,
+}
+
+/// A bridge in a fresh namespace with Khoi on it, optionally a site router
+/// namespace on a veth, and qemu guests on taps. Everything goes on drop.
+struct Lab {
+    ns: String,
+    router_ns: String,
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    taps: u32,
+    server: Option<Server>,
+    _lock: BootLock,
+}
+
+struct Vm {
+    name: String,
+    mac: String,
+    serial: PathBuf,
+    child: usize,
+    started: Instant,
+}
+
+impl Lab {
+    fn new(tag: &str, mode: Mode) -> Lab {
+        let lock = BootLock::take();
+        reap_stale_namespaces();
+        let ns = format!("kpxe-{}-{tag}", std::process::id());
+        let router_ns = format!("{ns}-r");
+        delete_netns(&ns);
+        delete_netns(&router_ns);
+        let dir = tempfile::Builder::new()
+            .prefix("khoi-pxe-e2e-")
+            .tempdir()
+            .expect("tmp dir");
+        let mut lab = Lab {
+            ns: ns.clone(),
+            router_ns: router_ns.clone(),
+            dir,
+            children: Vec::new(),
+            taps: 0,
+            server: None,
+            _lock: lock,
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "stp_state",
+            "0",
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{LAB_IP}/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "br0", "up"]);
+        match mode {
+            Mode::Proxy => lab.start_router(),
+            // iPXE waits ~13 s for IPv6 autoconfiguration on a segment without
+            // router advertisements; an RA-only dnsmasq (no DHCPv4 at all, so
+            // Khoi stays the only DHCP server) keeps boots short.
+            Mode::Authoritative => {
+                ip(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    "fd77::1/64",
+                    "dev",
+                    "br0",
+                    "nodad",
+                ]);
+                let ra = lab.spawn_in(
+                    &ns.clone(),
+                    "ra-dnsmasq",
+                    &[
+                        "dnsmasq",
+                        "-k",
+                        "--conf-file=/dev/null",
+                        "--port=0",
+                        "--interface=br0",
+                        "--bind-interfaces",
+                        "--user=root",
+                        "--group=root",
+                        "--enable-ra",
+                        "--dhcp-range=::,constructor:br0,ra-only",
+                    ],
+                );
+                let _ = ra;
+            }
+        }
+        lab
+    }
+
+    /// The site's router: plain DHCP with addresses only, no PXE options, in
+    /// its own namespace so Khoi's proxyDHCP meets a real coexisting server.
+    fn start_router(&mut self) {
+        let (ns, rns) = (self.ns.clone(), self.router_ns.clone());
+        ip(&["netns", "add", &rns]);
+        ip(&["-n", &rns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", &ns, "link", "add", "rtr0", "type", "veth", "peer", "name", "rtr0-br",
+        ]);
+        ip(&["-n", &ns, "link", "set", "rtr0", "netns", &rns]);
+        ip(&["-n", &ns, "link", "set", "rtr0-br", "master", "br0", "up"]);
+        ip(&[
+            "-n",
+            &rns,
+            "addr",
+            "add",
+            &format!("{ROUTER_IP}/24"),
+            "dev",
+            "rtr0",
+        ]);
+        ip(&[
+            "-n",
+            &rns,
+            "addr",
+            "add",
+            "fd77::fe/64",
+            "dev",
+            "rtr0",
+            "nodad",
+        ]);
+        ip(&["-n", &rns, "link", "set", "rtr0", "up"]);
+        let leases = self.dir.path().join("rtr.leases");
+        let range = "--dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,1h".to_string();
+        let router = format!("--dhcp-option=option:router,{ROUTER_IP}");
+        let leasefile = format!("--dhcp-leasefile={}", leases.display());
+        self.spawn_in(
+            &rns,
+            "rtr-dnsmasq",
+            &[
+                "dnsmasq",
+                "-k",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--interface=rtr0",
+                "--bind-interfaces",
+                "--user=root",
+                "--group=root",
+                &range,
+                &router,
+                "--dhcp-authoritative",
+                // The ping check before each offer costs 3 s per lease, serially.
+                "--no-ping",
+                &leasefile,
+                "--log-dhcp",
+                "--enable-ra",
+                "--dhcp-range=::,constructor:rtr0,ra-only",
+            ],
+        );
+        self.wait_udp(&rns, 67);
+    }
+
+    fn spawn_in(&mut self, ns: &str, name: &str, argv: &[&str]) -> usize {
+        let log = File::create(self.dir.path().join(format!("{name}.out"))).expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn wait_udp(&self, ns: &str, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let out = run(Command::new("ip").args(["netns", "exec", ns, "ss", "-Hlun"]));
+            if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("nothing listens on udp/{port} in {ns}");
+    }
+
+    /// Khoi in the lab namespace, its boot services on the bridge, with the
+    /// test disk imported as image `e2e`.
+    fn start_khoi(&mut self, mode: Mode) -> &Server {
+        let tftp = self.dir.path().join("tftp");
+        let mode_text = match mode {
+            Mode::Proxy => "proxy",
+            Mode::Authoritative => "authoritative",
+        };
+        let mut pxe = format!(
+            "pxe:\n  mode: {mode_text}\n  interface: br0\n  server_ip: {LAB_IP}\n  \
+             http_port: 8077\n  tftp_root: {}\n",
+            tftp.display()
+        );
+        if mode == Mode::Authoritative {
+            pxe.push_str(
+                "  pool: { start: 10.77.0.100, end: 10.77.0.199 }\n  \
+                 subnet_mask: 255.255.255.0\n",
+            );
+        }
+        let server = Server::start_with(Options {
+            iscsi: true,
+            iscsi_addr: Some(format!("{LAB_IP}:3260")),
+            extra_yaml: pxe,
+            netns: Some(self.ns.clone()),
+            ..Options::default()
+        });
+        let disk = test_disk();
+        server.ok(&["image", "import", "e2e", &disk.image.to_string_lossy()]);
+        self.wait_udp(&self.ns, 67);
+        self.server = Some(server);
+        self.server.as_ref().expect("server")
+    }
+
+    fn khoi(&self) -> &Server {
+        self.server.as_ref().expect("khoi started")
+    }
+
+    fn add_seat(&self, name: &str, mac: &str, policy: &str) {
+        self.khoi().ok(&[
+            "seat", "add", name, "--mac", mac, "--image", "e2e", "--policy", policy,
+        ]);
+    }
+
+    fn mac(&self, i: u32) -> String {
+        format!("52:54:00:77:01:{i:02x}")
+    }
+
+    fn start_vm(&mut self, name: &str, mac: &str, fw: Firmware) -> Vm {
+        self.taps += 1;
+        let tap = format!("tap{}", self.taps);
+        let ns = self.ns.clone();
+        ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+        ip(&["-n", &ns, "link", "set", &tap, "master", "br0", "up"]);
+        let serial = self.dir.path().join(format!("{name}.serial.log"));
+        File::create(&serial).expect("serial log");
+        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+        let serial_arg = format!("file:{}", serial.display());
+        let mut argv: Vec<String> = [
+            "qemu-system-x86_64",
+            "-name",
+            name,
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-smp",
+            "1",
+            "-nographic",
+            "-monitor",
+            "none",
+            "-serial",
+            &serial_arg,
+            "-no-reboot",
+            "-netdev",
+            &netdev,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match fw {
+            // qemu's default NIC ROM is iPXE (efi-virtio.rom); leave romfile
+            // alone: qemu patches the PCI ids only into its default ROM.
+            Firmware::Bios => argv.extend([
+                "-machine".into(),
+                "pc".into(),
+                "-boot".into(),
+                "n".into(),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={mac}"),
+            ]),
+            // romfile= (empty): no iPXE ROM, so OVMF's own PXE client boots.
+            Firmware::Uefi => {
+                let vars = self.dir.path().join(format!("{name}.vars.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF vars");
+                argv.extend([
+                    "-machine".into(),
+                    "q35".into(),
+                    "-drive".into(),
+                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+                        .into(),
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                    "-device".into(),
+                    format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"),
+                ]);
+            }
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let child = self.spawn_in(&ns, name, &argv);
+        Vm {
+            name: name.to_string(),
+            mac: mac.to_string(),
+            serial,
+            child,
+            started: Instant::now(),
+        }
+    }
+
+    fn vm_exited(&mut self, vm: &Vm) -> bool {
+        matches!(self.children[vm.child].try_wait(), Ok(Some(_)))
+    }
+
+    /// Wait until every guest printed the disk's marker and powered off;
+    /// returns each one's serial log and time to marker.
+    fn wait_booted(&mut self, vms: &[&Vm]) -> Vec<(String, Duration)> {
+        let marker = test_disk().marker.clone();
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut done: Vec<Option<(String, Duration)>> = vec![None; vms.len()];
+        while done.iter().any(Option::is_none) {
+            for (i, vm) in vms.iter().enumerate() {
+                if done[i].is_some() {
+                    continue;
+                }
+                let log = serial_text(&vm.serial);
+                if log.contains(&marker) {
+                    done[i] = Some((log, vm.started.elapsed()));
+                    continue;
+                }
+                let failure = if log.contains("DISKLESS-E2E-OK") {
+                    Some("printed a marker for another payload")
+                } else if log.contains("No bootable device") {
+                    Some("the firmware found nothing to boot")
+                } else if log.contains("Khoi: could not boot") {
+                    Some("sanboot failed")
+                } else if self.vm_exited(vm) {
+                    Some("qemu exited without the marker")
+                } else if Instant::now() > deadline {
+                    Some("timed out")
+                } else {
+                    None
+                };
+                if let Some(why) = failure {
+                    self.fail(vm, why);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Power-off follows the marker at once; reap so a second boot on the
+        // same tap does not race the first qemu.
+        for vm in vms {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !self.vm_exited(vm) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !self.vm_exited(vm) {
+                let _ = self.children[vm.child].kill();
+                let _ = self.children[vm.child].wait();
+            }
+        }
+        done.into_iter().map(|d| d.expect("booted")).collect()
+    }
+
+    fn fail(&self, vm: &Vm, why: &str) -> ! {
+        let khoi_log = self.server.as_ref().map(Server::log).unwrap_or_default();
+        panic!(
+            "{} ({}): {why} after {:.1} s\n---- serial console (last 40 lines) ----\n{}\n\
+             ---- khoi log (last 40 lines) ----\n{}\n----",
+            vm.name,
+            vm.mac,
+            vm.started.elapsed().as_secs_f64(),
+            tail(&serial_text(&vm.serial), 40),
+            tail(&khoi_log, 40)
+        );
+    }
+
+    fn tftp_root(&self) -> PathBuf {
+        self.dir.path().join("tftp")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Khoi runs in the namespace too: stop it before the bridge goes.
+        if let Some(mut s) = self.server.take() {
+            s.kill9();
+        }
+        delete_netns(&self.router_ns);
+        delete_netns(&self.ns);
+    }
+}
+
+/// The serial log without terminal escapes and carriage returns.
+fn serial_text(path: &Path) -> String {
+    let raw = std::fs::read(path).unwrap_or_default();
+    let raw = String::from_utf8_lossy(&raw);
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                while let Some(&n) = chars.peek() {
+                    chars.next();
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c == '\r' {
+            out.push('\n');
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The booted Linux reached the disk read-write (see the disk's `/init`).
+fn persist_line(vm: &Vm, log: &str) -> &'static str {
+    if log.contains("KHOI-PERSIST-FOUND") {
+        "found"
+    } else if log.contains("KHOI-PERSIST-ABSENT") {
+        "absent"
+    } else {
+        panic!(
+            "{} booted but could not use the disk read-write:\n{}",
+            vm.name,
+            tail(log, 40)
+        );
+    }
+}
+
+fn report(scenario: &str, vm: &Vm, took: Duration) {
+    eprintln!(
+        "pxe_e2e: {scenario}: {} marker after {:.1} s",
+        vm.name,
+        took.as_secs_f64()
+    );
+}
+
+#[test]
+fn bios_seat_boots_with_khoi_as_proxy_dhcp_beside_site_dhcp() {
+    if !lab_available() {
+        return;
+    }
+    test_disk();
+    let mut lab = Lab::new("proxy", Mode::Proxy);
+    lab.start_khoi(Mode::Proxy);
+    let mac = lab.mac(1);
+    lab.add_seat("pc01", &mac, "on-boot");
+    let vm = lab.start_vm("pc01", &mac, Firmware::Bios);
+    let booted = lab.wait_booted(&[&vm]);
+    let (log, took) = &booted[0];
+    report("bios proxy", &vm, *took);
+    // The site router gave the address, Khoi only the boot information.
+    assert!(
+        log.contains("gw 10.77.0.254"),
+        "address not from the site router:\n{}",
+        tail(log, 40)
+    );
+    assert_eq!(persist_line(&vm, log), "absent");
+    let script_fetches = lab.khoi().log().matches("/boot/").count();
+    assert!(script_fetches > 0 || log.contains("Khoi: seat pc01"));
+}
+
+#[test]
+fn bios_seat_boots_with_khoi_authoritative_and_unknown_mac_gets_nothing() {
+    if !lab_available() {
+        return;
+    }
+    test_disk();
+    let mut lab = Lab::new("auth", Mode::Authoritative);
+    lab.start_khoi(Mode::Authoritative);
+    let mac = lab.mac(2);
+    lab.add_seat("pc02", &mac, "on-boot");
+    let stranger_mac = lab.mac(0xee);
+    let stranger = lab.start_vm("stranger", &stranger_mac, Firmware::Bios);
+    let vm = lab.start_vm("pc02", &mac, Firmware::Bios);
+    let booted = lab.wait_booted(&[&vm]);
+    let (log, took) = &booted[0];
+    report("bios authoritative", &vm, *took);
+    assert!(
+        log.contains("net0: 10.77.0.1") && log.contains("Khoi: seat pc02"),
+        "no address/script from Khoi:\n{}",
+        tail(log, 40)
+    );
+    assert_eq!(persist_line(&vm, log), "absent");
+
+    // The stranger has been asking all along; iPXE gives DHCP up after a
+    // few rounds, so by now it has heard nothing or never will.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events = lab.khoi().json(&["events", "--limit", "200"]);
+        let seen = events.as_array().is_some_and(|a| {
+            a.iter().any(|e| {
+                e["kind"] == "pxe.unknown_mac"
+                    && e["subject"]
+                        .as_str()
+                        .is_some_and(|s| s.eq_ignore_ascii_case(&stranger_mac))
+            })
+        });
+        if seen || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let slog = serial_text(&stranger.serial);
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["kind"] == "pxe.unknown_mac"
+                && e["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(&stranger_mac)))),
+        "no pxe.unknown_mac event for {stranger_mac}: {events:#}"
+    );
+    assert!(
+        slog.contains("Configuring") || slog.contains("DHCP"),
+        "the stranger never asked:\n{}",
+        tail(&slog, 30)
+    );
+    assert!(
+        !slog.contains("net0: 10.77.0.") && !slog.contains("Khoi:"),
+        "an unregistered MAC got an address or a script:\n{}",
+        tail(&slog, 30)
+    );
+    let stats = lab.khoi().log();
+    assert!(
+        !stats.contains(&format!("OFFER {stranger_mac}")),
+        "offer to the stranger"
+    );
+}
+
+#[test]
+fn uefi_seat_boots_through_snponly_efi() {
+    if !lab_available() {
+        return;
+    }
+    test_disk();
+    let mut lab = Lab::new("uefi", Mode::Proxy);
+    lab.start_khoi(Mode::Proxy);
+    let mac = lab.mac(3);
+    lab.add_seat("pc03", &mac, "on-boot");
+    let vm = lab.start_vm("pc03", &mac, Firmware::Uefi);
+    let booted = lab.wait_booted(&[&vm]);
+    let (log, took) = &booted[0];
+    report("uefi proxy", &vm, *took);
+    assert!(
+        lab.tftp_root().join("snponly.efi").exists(),
+        "TFTP root lacks snponly.efi"
+    );
+    assert!(
+        log.contains("Khoi: seat pc03"),
+        "UEFI iPXE did not run Khoi's script:\n{}",
+        tail(log, 40)
+    );
+    assert_eq!(persist_line(&vm, log), "absent");
+}
+
+#[test]
+fn reset_policies_with_real_reboots() {
+    if !lab_available() {
+        return;
+    }
+    test_disk();
+    let mut lab = Lab::new("reset", Mode::Authoritative);
+    lab.start_khoi(Mode::Authoritative);
+    let (fresh_mac, kept_mac) = (lab.mac(4), lab.mac(5));
+    lab.add_seat("fresh", &fresh_mac, "on-boot");
+    lab.add_seat("kept", &kept_mac, "persistent");
+    let mut seen = Vec::new();
+    for round in 1..=2 {
+        let a = lab.start_vm(&format!("fresh-{round}"), &fresh_mac, Firmware::Bios);
+        let b = lab.start_vm(&format!("kept-{round}"), &kept_mac, Firmware::Bios);
+        let booted = lab.wait_booted(&[&a, &b]);
+        report(&format!("reset round {round}"), &a, booted[0].1);
+        report(&format!("reset round {round}"), &b, booted[1].1);
+        seen.push((
+            persist_line(&a, &booted[0].0),
+            persist_line(&b, &booted[1].0),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![("absent", "absent"), ("absent", "found")],
+        "(on-boot, persistent) per boot"
+    );
+}
