@@ -14,6 +14,14 @@ run_pkgs=(qemu-utils ipxe)
 # benchmark (nbdkit, qemu-nbd), iSCSI initiators (libiscsi-bin, qemu's
 # iscsi:// driver in qemu-block-extra) and tgt for the iSCSI benchmark.
 test_pkgs=(libnbd-bin python3-libnbd nbdkit fio libiscsi-bin qemu-block-extra tgt iperf3 sqlite3)
+# The PXE end-to-end tests (tests/pxe_e2e.rs, scripts/lab.sh): real firmware
+# in qemu (SeaBIOS + ipxe-qemu's NIC ROM, OVMF), a plain site DHCP server
+# (dnsmasq-base: the binary without the distribution's service, which would
+# grab port 53 on the host), namespaces (iproute2), and what
+# images/test-disk/build.sh needs to build the boot disk (mtools, syslinux,
+# dosfstools, fdisk, cpio, kmod's depmod/modprobe, python3).
+test_pkgs+=(qemu-system-x86 ipxe-qemu ovmf dnsmasq-base iproute2 mtools syslinux
+    syslinux-common dosfstools fdisk cpio kmod python3)
 
 want=("${run_pkgs[@]}")
 [ "$mode" = test ] && want+=("${test_pkgs[@]}")
@@ -30,7 +38,8 @@ qemu_mismatch=0
 if [ "$mode" = test ]; then
     u=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
     b=$(dpkg-query -W -f='${Version}' qemu-block-extra 2>/dev/null || true)
-    [ -n "$u" ] && [ "$u" != "$b" ] && qemu_mismatch=1
+    x=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+    [ -n "$u" ] && { [ "$u" != "$b" ] || [ "$u" != "$x" ]; } && qemu_mismatch=1
 fi
 
 if [ ${#missing[@]} -gt 0 ] || [ "$qemu_mismatch" = 1 ]; then
@@ -41,12 +50,14 @@ if [ ${#missing[@]} -gt 0 ] || [ "$qemu_mismatch" = 1 ]; then
     pkgs=()
     for p in "${missing[@]}"; do
         case "$p" in
-            qemu-utils|qemu-block-extra) ;;
+            qemu-utils|qemu-block-extra|qemu-system-x86) ;;
             *) pkgs+=("$p") ;;
         esac
     done
     qemu=(qemu-utils/"$codename")
-    [ "$mode" = test ] && qemu+=(qemu-block-extra/"$codename")
+    # qemu-system-x86 from another release would replace qemu-utils (and
+    # with it qemu-img/qemu-io), so it joins the pinned set.
+    [ "$mode" = test ] && qemu+=(qemu-block-extra/"$codename" qemu-system-x86/"$codename")
     as_root apt-get install -y -q --allow-downgrades "${pkgs[@]}" "${qemu[@]}"
 fi
 
