@@ -636,7 +636,11 @@ impl Service {
     pub fn remove_seat(&self, actor: &Actor, name: &str) -> Result<()> {
         let _g = self.admin.lock();
         self.state.seat(name)?;
-        self.store.remove_seat(name)?;
+        match self.store.remove_seat(name) {
+            // A seat that never booted has no overlay on disk.
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.state.remove_seat(name)?;
         self.audit(actor, "seat.remove", name, "");
         Ok(())
@@ -654,7 +658,11 @@ impl Service {
     fn reset_locked(&self, actor: &Actor, name: &str) -> Result<Seat> {
         let seat = self.state.seat(name)?;
         let target = self.target_version(&seat)?;
-        self.store.reset_seat(name)?;
+        match self.store.reset_seat(name) {
+            // A seat that never booted has no overlay to throw away.
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.state.set_active_version(name, Some(target))?;
         let detail = match seat.active_version {
             Some(old) if old != target => format!("now on version {target} (was {old})"),

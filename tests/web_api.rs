@@ -1,0 +1,930 @@
+//! The admin web page and its JSON API, in process (tower `oneshot`): every
+//! endpoint, with the 401/403/422 answers and CSRF refusals.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use khoi_admin::auth::Auth;
+use khoi_admin::schedule::{OnlinePolicy, ScheduleSettings, Scheduler, SystemClock};
+use khoi_admin::web::{WebState, router};
+use khoi_admin::{Service, ServiceConfig};
+use khoi_block::{Store, StoreOptions};
+use khoi_state::{NewEvent, State};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct H {
+    app: Router,
+    svc: Arc<Service>,
+    _dir: tempfile::TempDir,
+}
+
+fn harness() -> H {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("store"));
+    let state = Arc::new(State::open(&dir.path().join("khoi.db")).expect("state"));
+    let svc = Arc::new(Service::new(
+        store,
+        Arc::clone(&state),
+        ServiceConfig {
+            data_dir: dir.path().to_path_buf(),
+            default_seat_quota: 1 << 30,
+            target_prefix: "iqn.2025-07.vn.khoi".into(),
+            iscsi_portal: Some("127.0.0.1:3260".into()),
+            nbd_address: None,
+        },
+    ));
+    let auth = Auth::new(Arc::clone(&state), Some("admin-pass-1")).expect("auth");
+    auth.put_user("op", "operator", "operator-pass")
+        .expect("op");
+    auth.put_user("vi", "viewer", "viewer-pass")
+        .expect("viewer");
+    let scheduler = Scheduler::new(
+        Arc::clone(&svc),
+        Arc::new(SystemClock),
+        ScheduleSettings {
+            cron: "0 2 * * *".into(),
+            online: OnlinePolicy::Skip,
+        },
+    )
+    .expect("scheduler");
+    let app = router(WebState {
+        service: Arc::clone(&svc),
+        auth: Arc::new(auth),
+        scheduler: Arc::new(scheduler),
+        secure_cookies: false,
+    });
+    H {
+        app,
+        svc,
+        _dir: dir,
+    }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Resp {
+    let r = app.clone().oneshot(req).await.expect("infallible");
+    let status = r.status();
+    let headers = r.headers().clone();
+    let bytes = r.into_body().collect().await.expect("body").to_bytes();
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).expect("form")
+}
+
+struct S<'a> {
+    app: &'a Router,
+    cookie: String,
+    csrf: String,
+}
+
+async fn login<'a>(h: &'a H, user: &str, pw: &str) -> S<'a> {
+    let r = send(
+        &h.app,
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form_body(&[("name", user), ("password", pw)])))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "login {user}: {}", r.body);
+    let set = r.headers[header::SET_COOKIE]
+        .to_str()
+        .expect("cookie")
+        .to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().expect("pair").to_string();
+    let mut s = S {
+        app: &h.app,
+        cookie,
+        csrf: String::new(),
+    };
+    let page = s.get("/audit").await;
+    assert_eq!(page.status, StatusCode::OK);
+    s.csrf = page
+        .body
+        .split("name=\"_csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("csrf token in the page")
+        .to_string();
+    s
+}
+
+impl S<'_> {
+    fn req(&self, method: Method, uri: &str) -> axum::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::COOKIE, &self.cookie)
+            .header(header::HOST, "khoi.test")
+    }
+
+    async fn get(&self, uri: &str) -> Resp {
+        send(
+            self.app,
+            self.req(Method::GET, uri).body(Body::empty()).expect("req"),
+        )
+        .await
+    }
+
+    async fn json(&self, method: Method, uri: &str, body: Value) -> Resp {
+        let req = self
+            .req(method, uri)
+            .header("x-csrf-token", &self.csrf)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("req");
+        send(self.app, req).await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> Resp {
+        self.json(Method::POST, uri, body).await
+    }
+
+    async fn delete(&self, uri: &str) -> Resp {
+        let req = self
+            .req(Method::DELETE, uri)
+            .header("x-csrf-token", &self.csrf)
+            .body(Body::empty())
+            .expect("req");
+        send(self.app, req).await
+    }
+
+    async fn form(&self, uri: &str, pairs: &[(&str, &str)]) -> Resp {
+        let mut all = vec![("_csrf", self.csrf.as_str())];
+        all.extend_from_slice(pairs);
+        let req = self
+            .req(Method::POST, uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ORIGIN, "http://khoi.test")
+            .body(Body::from(form_body(&all)))
+            .expect("req");
+        send(self.app, req).await
+    }
+
+    /// The flash message shown after a form redirect.
+    async fn flash(&self, page: &str) -> String {
+        let r = self.get(page).await;
+        r.body
+            .split("class=\"flash ")
+            .nth(1)
+            .and_then(|f| f.split("</div>").next())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+fn stage(h: &H, file: &str, mib: usize, fill: u8) {
+    let staging = h.svc.staging_dir();
+    std::fs::create_dir_all(&staging).expect("staging");
+    let mut data = vec![0u8; mib << 20];
+    data[4096..8192].fill(fill);
+    std::fs::write(staging.join(file), data).expect("stage");
+}
+
+#[tokio::test]
+async fn unauthenticated_calls_get_401_and_pages_redirect() {
+    let h = harness();
+    for (m, uri) in [
+        (Method::GET, "/api/v1/seats"),
+        (Method::GET, "/api/v1/images"),
+        (Method::POST, "/api/v1/reset-all"),
+        (Method::GET, "/api/v1/users"),
+    ] {
+        let r = send(
+            &h.app,
+            Request::builder()
+                .method(m)
+                .uri(uri)
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(r.json()["error"].is_string());
+    }
+    let r = send(
+        &h.app,
+        Request::get("/seats").body(Body::empty()).expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers[header::LOCATION], "/login");
+    let r = send(
+        &h.app,
+        Request::get("/login").body(Body::empty()).expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("Đăng nhập"), "Vietnamese by default");
+    let forged = Request::get("/api/v1/seats")
+        .header(header::COOKIE, "khoi_session=forged")
+        .body(Body::empty())
+        .expect("req");
+    assert_eq!(send(&h.app, forged).await.status, StatusCode::UNAUTHORIZED);
+    let metrics = send(
+        &h.app,
+        Request::get("/metrics").body(Body::empty()).expect("req"),
+    )
+    .await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics.body.contains("khoi_admin_login_failures_total"),
+        "{}",
+        metrics.body
+    );
+}
+
+#[tokio::test]
+async fn login_is_rate_limited_and_audited() {
+    let h = harness();
+    for _ in 0..5 {
+        let r = send(
+            &h.app,
+            Request::post("/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(form_body(&[
+                    ("name", "admin"),
+                    ("password", "wrong"),
+                ])))
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = send(
+        &h.app,
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form_body(&[
+                ("name", "admin"),
+                ("password", "admin-pass-1"),
+            ])))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    let failed = h.svc.state().events(Some("admin"), 10).expect("events");
+    assert!(failed.iter().all(|e| e.kind == "login.failed"));
+    assert_eq!(failed.len(), 6);
+}
+
+#[tokio::test]
+async fn csrf_and_origin_are_enforced_on_every_change() {
+    let h = harness();
+    let s = login(&h, "admin", "admin-pass-1").await;
+    stage(&h, "a.raw", 4, 1);
+    // No token.
+    let r = send(
+        &h.app,
+        s.req(Method::POST, "/api/v1/reset-all")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Wrong token.
+    let r = send(
+        &h.app,
+        s.req(Method::POST, "/api/v1/reset-all")
+            .header("x-csrf-token", "0".repeat(64))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A form without the field.
+    let r = send(
+        &h.app,
+        s.req(Method::POST, "/seats/reset-all")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from("x=1"))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The right token from another site.
+    let r = send(
+        &h.app,
+        s.req(Method::POST, "/api/v1/reset-all")
+            .header("x-csrf-token", &s.csrf)
+            .header(header::ORIGIN, "http://evil.example")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(
+        &h.app,
+        s.req(Method::POST, "/api/v1/reset-all")
+            .header("x-csrf-token", &s.csrf)
+            .header("sec-fetch-site", "cross-site")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Logout is a change too.
+    let r = send(
+        &h.app,
+        s.req(Method::POST, "/logout")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // And with everything right it works.
+    let r = s.post("/api/v1/reset-all", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = s.form("/logout", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        s.get("/api/v1/seats").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn roles_viewer_operator_admin() {
+    let h = harness();
+    stage(&h, "a.raw", 4, 1);
+    let admin = login(&h, "admin", "admin-pass-1").await;
+    let r = admin
+        .post(
+            "/api/v1/images",
+            json!({"name": "win10", "staged": "a.raw", "note": "base"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let viewer = login(&h, "vi", "viewer-pass").await;
+    assert_eq!(viewer.get("/api/v1/seats").await.status, StatusCode::OK);
+    assert_eq!(viewer.get("/").await.status, StatusCode::OK);
+    for (uri, body) in [
+        (
+            "/api/v1/seats",
+            json!({"name": "s1", "mac": "02:00:00:00:00:01", "image": "win10"}),
+        ),
+        ("/api/v1/reset-all", json!({})),
+        ("/api/v1/images/win10/draft", json!({})),
+        ("/api/v1/schedule/run", json!({})),
+    ] {
+        assert_eq!(
+            viewer.post(uri, body).await.status,
+            StatusCode::FORBIDDEN,
+            "{uri}"
+        );
+    }
+    assert_eq!(
+        viewer.form("/seats/reset-all", &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(viewer.get("/users").await.status, StatusCode::FORBIDDEN);
+    let page = viewer.get("/seats").await.body;
+    assert!(
+        !page.contains("action=\"/seats/reset-all\""),
+        "viewers see no buttons"
+    );
+
+    let op = login(&h, "op", "operator-pass").await;
+    let r = op
+        .post(
+            "/api/v1/seats",
+            json!({"name": "s1", "mac": "02:00:00:00:00:01", "image": "win10"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        op.post("/api/v1/seats/s1/reset", json!({})).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(op.get("/api/v1/users").await.status, StatusCode::FORBIDDEN);
+    let r = op
+        .post(
+            "/api/v1/users",
+            json!({"name": "x", "role": "admin", "password": "12345678"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(op.get("/users").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(admin.get("/users").await.status, StatusCode::OK);
+    // The audit log names the web user and address.
+    let ev = h.svc.state().events(Some("s1"), 5).expect("events");
+    assert!(
+        ev.iter().any(|e| e.kind == "seat.reset" && e.actor == "op"),
+        "{ev:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_400_or_422_naming_the_field() {
+    let h = harness();
+    stage(&h, "a.raw", 4, 1);
+    let s = login(&h, "admin", "admin-pass-1").await;
+    s.post(
+        "/api/v1/images",
+        json!({"name": "win10", "staged": "a.raw"}),
+    )
+    .await;
+    let cases = [
+        (json!({"name": "s1", "mac": "zz", "image": "win10"}), "mac"),
+        (
+            json!({"name": "Bad Name", "mac": "02:00:00:00:00:01", "image": "win10"}),
+            "name",
+        ),
+        (
+            json!({"name": "s1", "mac": "02:00:00:00:00:01", "image": "win10", "version": 9}),
+            "version",
+        ),
+        (
+            json!({"mac": "02:00:00:00:00:01", "image": "win10"}),
+            "name",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = s.post("/api/v1/seats", body.clone()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.body
+        );
+        assert_eq!(r.json()["field"], field, "{body}: {}", r.body);
+    }
+    let r = s
+        .req(Method::POST, "/api/v1/seats")
+        .header("x-csrf-token", &s.csrf)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{not json"))
+        .expect("req");
+    let r = send(&h.app, r).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["error"].is_string());
+    let r = s
+        .post("/api/v1/images/win10/draft/publish", json!({"note": " "}))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT.max(r.status));
+    let r = s
+        .post(
+            "/api/v1/schedule",
+            json!({"cron": "every night", "online": "skip"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("cron"))
+    );
+    let r = s
+        .post(
+            "/api/v1/schedule",
+            json!({"cron": "0 2 * * *", "online": "maybe"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = s
+        .post(
+            "/api/v1/users",
+            json!({"name": "x", "role": "root", "password": "12345678"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("role"))
+    );
+    let r = s
+        .post(
+            "/api/v1/users",
+            json!({"name": "x", "role": "viewer", "password": "short"}),
+        )
+        .await;
+    assert_eq!(r.json()["field"], "password");
+    let r = s.get("/api/v1/seats/nope").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = s
+        .post(
+            "/api/v1/images/import-path",
+            json!({"name": "x", "path": "relative.img"}),
+        )
+        .await;
+    assert_eq!(r.json()["field"], "path");
+    let r = s.get("/api/v1/images/win10/versions/abc").await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+    // Form posts with bad input come back as a message, never a 500.
+    let r = s
+        .form(
+            "/seats",
+            &[("name", "s2"), ("mac", "bogus"), ("image", "win10")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(s.flash("/seats").await.contains("mac"));
+    let r = s.get("/audit?from=yesterday").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("from"));
+}
+
+#[tokio::test]
+async fn every_endpoint_round_trip() {
+    let h = harness();
+    stage(&h, "a.raw", 4, 1);
+    let s = login(&h, "admin", "admin-pass-1").await;
+    assert_eq!(s.get("/api/v1/info").await.status, StatusCode::OK);
+    let r = s
+        .post(
+            "/api/v1/images",
+            json!({"name": "win10", "staged": "a.raw", "note": "base"}),
+        )
+        .await;
+    assert_eq!(r.json()["number"], 1);
+    assert_eq!(s.get("/api/v1/images").await.json()[0]["name"], "win10");
+    // Server-side path import (raw; qemu-img formats go the same way).
+    let src = h._dir.path().join("disk.img");
+    std::fs::write(&src, vec![7u8; 1 << 20]).expect("src");
+    let r = s
+        .post(
+            "/api/v1/images/import-path",
+            json!({"name": "win10", "path": src, "note": "v2"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["number"].clone()),
+        (StatusCode::OK, json!(2)),
+        "{}",
+        r.body
+    );
+    // Browser upload: the raw body streamed to staging.
+    let mut disk = vec![0u8; 2 << 20];
+    disk[100] = 9;
+    let req = s
+        .req(Method::POST, "/api/v1/images/upload?name=other&note=up")
+        .header("x-csrf-token", &s.csrf)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(disk))
+        .expect("req");
+    let r = send(&h.app, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let req = s
+        .req(Method::POST, "/api/v1/images/upload?name=bad")
+        .header("x-csrf-token", &s.csrf)
+        .body(Body::from(vec![1u8; 1000]))
+        .expect("req");
+    let r = send(&h.app, req).await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("body"))
+    );
+    let staged: Vec<_> = std::fs::read_dir(h.svc.staging_dir())
+        .expect("ls")
+        .collect();
+    assert!(
+        staged.is_empty(),
+        "failed uploads leave nothing behind: {staged:?}"
+    );
+
+    let versions = s.get("/api/v1/images/win10/versions").await.json();
+    assert_eq!(versions.as_array().map(Vec::len), Some(2));
+    // Seats.
+    let r = s
+        .post(
+            "/api/v1/seats",
+            json!({"name": "s1", "mac": "02:00:00:00:00:01", "image": "win10"}),
+        )
+        .await;
+    assert_eq!(r.json()["active_version"], 2);
+    assert_eq!(
+        s.get("/api/v1/seats").await.json().as_array().map(Vec::len),
+        Some(1)
+    );
+    let d = s.get("/api/v1/seats/s1").await.json();
+    assert_eq!(d["target_iqn"], "iqn.2025-07.vn.khoi:s1");
+    let r = s
+        .json(
+            Method::PATCH,
+            "/api/v1/seats/s1",
+            json!({"pinned_version": 1, "policy": "nightly"}),
+        )
+        .await;
+    assert_eq!(
+        (
+            r.json()["pinned_version"].clone(),
+            r.json()["policy"].clone()
+        ),
+        (json!(1), json!("nightly"))
+    );
+    let r = s.post("/api/v1/seats/s1/reset", json!({})).await;
+    assert_eq!(r.json()["active_version"], 1);
+    // Maintenance opens the draft; the seat's export is the draft.
+    let r = s
+        .post("/api/v1/seats/s1/maintenance", json!({"on": true}))
+        .await;
+    assert_eq!(r.json()["maintenance"], true, "{}", r.body);
+    assert!(
+        s.get("/api/v1/images").await.json()[1]["has_draft"] == true
+            || s.get("/api/v1/images").await.json()[0]["has_draft"] == true
+    );
+    // A running maintenance seat blocks publishing unless forced.
+    h.svc.activity().connected("s1", "iscsi", "127.0.0.1:4000");
+    let r = s
+        .post(
+            "/api/v1/images/win10/draft/publish",
+            json!({"note": "office 2021"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = s
+        .post(
+            "/api/v1/images/win10/draft/publish",
+            json!({"note": "office 2021", "force": true}),
+        )
+        .await;
+    assert_eq!(r.json()["number"], 3, "{}", r.body);
+    h.svc
+        .activity()
+        .disconnected("s1", "iscsi", "127.0.0.1:4000");
+    assert_eq!(
+        s.post("/api/v1/images/win10/draft", json!({})).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.delete("/api/v1/images/win10/draft").await.status,
+        StatusCode::OK
+    );
+    let r = s
+        .post("/api/v1/images/win10/rollback", json!({"to": 2}))
+        .await;
+    assert_eq!(r.json()["current"], true);
+    // Version 1 is pinned by s1: refused; after unpinning it can go.
+    assert_eq!(
+        s.delete("/api/v1/images/win10/versions/1").await.status,
+        StatusCode::CONFLICT
+    );
+    s.json(
+        Method::PATCH,
+        "/api/v1/seats/s1",
+        json!({"pinned_version": null, "maintenance": false}),
+    )
+    .await;
+    s.post("/api/v1/seats/s1/reset", json!({})).await;
+    let r = s.delete("/api/v1/images/win10/versions/1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = s.post("/api/v1/reset-all", json!({})).await;
+    assert_eq!(r.json()["reset"], json!(["s1"]));
+    // Health, unknown MACs, events.
+    assert!(s.get("/api/v1/health").await.json()["total_bytes"].as_u64() > Some(0));
+    h.svc
+        .state()
+        .record(&NewEvent {
+            kind: "pxe.unknown_mac",
+            actor: "khoi",
+            source: "10.0.0.7",
+            subject: "02:00:00:00:00:99",
+            detail: "bios",
+        })
+        .expect("event");
+    assert_eq!(
+        s.get("/api/v1/unknown-macs").await.json()[0]["mac"],
+        "02:00:00:00:00:99"
+    );
+    let ev = s
+        .get("/api/v1/events?kind=seat.&subject=s1&limit=3")
+        .await
+        .json();
+    assert_eq!(ev.as_array().map(Vec::len), Some(3));
+    assert!(
+        ev.as_array()
+            .expect("list")
+            .iter()
+            .all(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("seat.")))
+    );
+    // Schedule.
+    let r = s
+        .post(
+            "/api/v1/schedule",
+            json!({"cron": "30 22 * * 1-5", "online": "force"}),
+        )
+        .await;
+    assert_eq!(r.json()["cron"], "30 22 * * 1-5");
+    assert!(r.json()["next_run"].is_i64());
+    assert_eq!(s.get("/api/v1/schedule").await.json()["online"], "force");
+    let r = s.post("/api/v1/schedule/run", json!({})).await;
+    assert_eq!(r.json()["reset"], json!(["s1"]), "{}", r.body);
+    // Users.
+    let r = s
+        .post(
+            "/api/v1/users",
+            json!({"name": "lan", "role": "viewer", "password": "12345678"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = s
+        .post(
+            "/api/v1/users",
+            json!({"name": "lan", "role": "viewer", "password": "12345678"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = s
+        .json(
+            Method::PATCH,
+            "/api/v1/users/lan",
+            json!({"role": "operator", "password": "abcdefgh"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let users = s.get("/api/v1/users").await.json();
+    assert!(
+        users
+            .as_array()
+            .expect("users")
+            .iter()
+            .all(|u| u.get("hash").is_none()),
+        "hashes stay on the server"
+    );
+    assert_eq!(s.delete("/api/v1/users/lan").await.status, StatusCode::OK);
+    assert_eq!(
+        s.delete("/api/v1/users/admin").await.status,
+        StatusCode::CONFLICT,
+        "last admin"
+    );
+    // Cleanup endpoints.
+    assert_eq!(s.delete("/api/v1/seats/s1").await.status, StatusCode::OK);
+    assert_eq!(
+        s.delete("/api/v1/images/other").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn pages_and_forms_work_and_escape_user_text() {
+    let h = harness();
+    stage(&h, "a.raw", 4, 1);
+    let s = login(&h, "admin", "admin-pass-1").await;
+    let evil = "<script>alert(1)</script>";
+    s.post(
+        "/api/v1/images",
+        json!({"name": "win10", "staged": "a.raw", "note": evil}),
+    )
+    .await;
+    h.svc
+        .state()
+        .record(&NewEvent {
+            kind: "pxe.unknown_mac",
+            actor: "khoi",
+            source: "10.0.0.7",
+            subject: "02:00:00:00:00:42",
+            detail: evil,
+        })
+        .expect("event");
+    for page in [
+        "/",
+        "/images",
+        "/images/win10",
+        "/seats",
+        "/schedule",
+        "/audit",
+        "/users",
+    ] {
+        let r = s.get(page).await;
+        assert_eq!(r.status, StatusCode::OK, "{page}");
+        assert!(!r.body.contains(evil), "{page} must escape user text");
+    }
+    assert!(
+        s.get("/images/win10")
+            .await
+            .body
+            .contains("&#60;script&#62;")
+            || s.get("/images/win10").await.body.contains("&lt;script&gt;")
+    );
+    // Enrol the unknown MAC in one click.
+    let r = s
+        .form(
+            "/seats/enrol",
+            &[("mac", "02:00:00:00:00:42"), ("image", "win10")],
+        )
+        .await;
+    assert_eq!(r.headers[header::LOCATION], "/seats/seat-000042");
+    assert!(h.svc.state().unknown_macs(10).expect("q").is_empty());
+    let seat = s.get("/seats/seat-000042").await;
+    assert!(seat.body.contains("iqn.2025-07.vn.khoi:seat-000042"));
+    // Edit, maintenance, reset, draft, publish, rollback via forms.
+    assert_eq!(
+        s.form(
+            "/seats/seat-000042",
+            &[
+                ("policy", "persistent"),
+                ("quota_gib", "5"),
+                ("version", "")
+            ]
+        )
+        .await
+        .status,
+        StatusCode::SEE_OTHER
+    );
+    assert!(s.flash("/seats/seat-000042").await.contains("seat-000042"));
+    s.form("/seats/seat-000042/maintenance", &[("on", "1")])
+        .await;
+    assert!(h.svc.seats().expect("seats")[0].maintenance);
+    s.form("/images/win10/draft/publish", &[("note", "cài Office")])
+        .await;
+    assert!(s.flash("/images/win10").await.contains("v2"));
+    s.form("/images/win10/rollback", &[("to", "1")]).await;
+    assert_eq!(h.svc.images()[0].current, 1);
+    s.form("/seats/seat-000042/maintenance", &[("on", "0")])
+        .await;
+    s.form("/seats/seat-000042/reset", &[]).await;
+    assert!(s.flash("/seats/seat-000042").await.contains("seat-000042"));
+    s.form("/images/win10/draft", &[]).await;
+    s.form("/images/win10/draft/discard", &[]).await;
+    s.form("/schedule", &[("cron", "0 3 * * *"), ("online", "skip")])
+        .await;
+    assert!(s.get("/schedule").await.body.contains("0 3 * * *"));
+    s.form("/schedule/run", &[]).await;
+    s.form(
+        "/users",
+        &[
+            ("name", "hoa"),
+            ("role", "operator"),
+            ("password", "mat-khau-1"),
+        ],
+    )
+    .await;
+    s.form("/users/hoa", &[("role", "viewer"), ("password", "")])
+        .await;
+    s.form("/users/hoa/delete", &[]).await;
+    s.form("/images/win10/versions/2/delete", &[]).await;
+    // English switch.
+    let r = send(
+        &h.app,
+        s.req(Method::GET, "/lang/en?back=/seats")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.headers[header::LOCATION], "/seats");
+    let lang = r.headers[header::SET_COOKIE]
+        .to_str()
+        .expect("c")
+        .split(';')
+        .next()
+        .expect("kv")
+        .to_string();
+    let en = send(
+        &h.app,
+        s.req(Method::GET, "/seats")
+            .header(header::COOKIE, format!("{}; {lang}", s.cookie))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert!(en.body.contains("Reset now"), "English page");
+    let open = send(
+        &h.app,
+        s.req(Method::GET, "/lang/en?back=//evil.example")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(open.headers[header::LOCATION], "/", "no open redirect");
+    // Audit filter and CSV export.
+    let a = s.get("/audit?kind=seat.&subject=seat-000042").await;
+    assert!(a.body.contains("seat.add"));
+    let csv = s.get("/audit.csv?kind=image.").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(
+        csv.headers[header::CONTENT_TYPE]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/csv")
+    );
+    assert!(csv.body.contains("image.import") && !csv.body.contains("seat.add"));
+    assert!(csv.body.contains("login") || csv.body.lines().count() >= 2);
+    let all = s.get("/audit.csv").await.body;
+    assert!(all.contains("\"login\""), "logins are audited");
+}
