@@ -410,7 +410,13 @@ async fn full_feature(
                         let itt = ex.itt;
                         let shape = ex.shape;
                         let job = ex.job;
-                        let result =
+                        // A read only plans (block states and the version
+                        // map are in memory; the bytes move in the writer's
+                        // sendfile), so it skips the blocking pool's
+                        // hand-offs; everything else may wait on the disk.
+                        let result = if matches!(job, scsi::Job::Read { .. }) {
+                            scsi::execute(job, &dev)
+                        } else {
                             match tokio::task::spawn_blocking(move || scsi::execute(job, &dev))
                                 .await
                             {
@@ -418,7 +424,8 @@ async fn full_feature(
                                 Err(e) => {
                                     Err(khoi_block::BlockError::Io(io::Error::other(e.to_string())))
                                 }
-                            };
+                            }
+                        };
                         match session::reply(&shape, result) {
                             Reply::Pdus(outs) => {
                                 for o in outs {
