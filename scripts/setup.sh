@@ -13,7 +13,9 @@ run_pkgs=(qemu-utils ipxe)
 # Real peers: NBD clients (libnbd-bin, fio, qemu-io), NBD peers for the
 # benchmark (nbdkit, qemu-nbd), iSCSI initiators (libiscsi-bin, qemu's
 # iscsi:// driver in qemu-block-extra) and tgt for the iSCSI benchmark.
-test_pkgs=(libnbd-bin python3-libnbd nbdkit fio libiscsi-bin qemu-block-extra tgt iperf3 sqlite3)
+# chromium drives the admin page in the browser test (tests/web_browser.rs),
+# with playwright-core from npm (installed below); nodejs runs it.
+test_pkgs=(libnbd-bin python3-libnbd nbdkit fio libiscsi-bin qemu-block-extra tgt iperf3 sqlite3 chromium)
 # The PXE end-to-end tests (tests/pxe_e2e.rs, scripts/lab.sh): real firmware
 # in qemu (SeaBIOS + ipxe-qemu's NIC ROM, OVMF), a plain site DHCP server
 # (dnsmasq-base: the binary without the distribution's service, which would
@@ -59,6 +61,20 @@ if [ ${#missing[@]} -gt 0 ] || [ "$qemu_mismatch" = 1 ]; then
     # with it qemu-img/qemu-io), so it joins the pinned set.
     [ "$mode" = test ] && qemu+=(qemu-block-extra/"$codename" qemu-system-x86/"$codename")
     as_root apt-get install -y -q --allow-downgrades "${pkgs[@]}" "${qemu[@]}"
+fi
+
+if [ "$mode" = test ]; then
+    # Node may come from Debian or from NodeSource (which bundles npm and
+    # conflicts with Debian's npm package), so install it only if missing.
+    if ! command -v npm >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        as_root apt-get update -q
+        as_root apt-get install -y -q nodejs npm
+    fi
+    browser="$(dirname "$0")/../tests/browser"
+    if [ ! -d "$browser/node_modules/playwright-core" ]; then
+        (cd "$browser" && npm ci --no-audit --no-fund)
+    fi
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -307,6 +307,6 @@ mod tests {
         );
         a.disconnected("s1", "iscsi", "10.0.0.5:5000");
         assert!(!a.is_online("s1"));
-        assert_eq!(a.live("s1").last_boot.is_some(), true);
+        assert!(a.live("s1").last_boot.is_some());
     }
 }

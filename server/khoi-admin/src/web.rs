@@ -813,11 +813,11 @@ fn seat_rows(svc: &Service) -> Result<Vec<SeatRow>, ServiceError> {
                 (None, Some(p)) => format!("pin v{p}"),
                 (None, None) => "—".into(),
             };
-            let usage_pct = if s.quota == 0 {
-                0
-            } else {
-                (s.overlay_bytes.saturating_mul(100) / s.quota).min(100)
-            };
+            let usage_pct = s
+                .overlay_bytes
+                .saturating_mul(100)
+                .checked_div(s.quota)
+                .map_or(0, |p| p.min(100));
             SeatRow {
                 state,
                 version,
@@ -854,11 +854,11 @@ async fn dashboard(State(st): State<WebState>, Extension(ctx): Extension<Ctx>) -
     .await;
     match r {
         Ok((seats, health, unknown, images)) => {
-            let free_pct = if health.total_bytes == 0 {
-                0
-            } else {
-                health.free_bytes.saturating_mul(100) / health.total_bytes
-            };
+            let free_pct = health
+                .free_bytes
+                .saturating_mul(100)
+                .checked_div(health.total_bytes)
+                .unwrap_or(0);
             render(&DashboardTpl {
                 p: Page::new(&st, &ctx, "dashboard"),
                 seats,
