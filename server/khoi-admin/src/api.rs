@@ -62,6 +62,11 @@ impl FromRequestParts<ApiState> for Who {
     }
 }
 
+/// The body of a call that takes none (the CLI sends `null`). Reading it
+/// matters: a server that answers and closes with request bytes unread makes
+/// the kernel reset the connection, and the client may lose the answer.
+pub type Unread = axum::body::Bytes;
+
 /// A JSON body whose rejection is a JSON error naming the problem (and the
 /// field, where serde says which), never a bare text body.
 #[derive(Debug)]
@@ -339,6 +344,7 @@ async fn draft_open(
     State(st): State<ApiState>,
     Who(who): Who,
     Path(name): Path<String>,
+    _body: Unread,
 ) -> ApiResult<()> {
     blocking(move || st.service.draft_open(&who, &name)).await
 }
@@ -388,11 +394,16 @@ async fn reset_seat(
     State(st): State<ApiState>,
     Who(who): Who,
     Path(name): Path<String>,
+    _body: Unread,
 ) -> ApiResult<SeatView> {
     blocking(move || st.service.reset_seat(&who, &name)).await
 }
 
-async fn reset_all(State(st): State<ApiState>, Who(who): Who) -> ApiResult<ResetReport> {
+async fn reset_all(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    _body: Unread,
+) -> ApiResult<ResetReport> {
     blocking(move || st.service.reset_all(&who)).await
 }
 
@@ -527,7 +538,11 @@ async fn schedule_update(
     .await
 }
 
-async fn schedule_run(State(st): State<ApiState>, Who(who): Who) -> ApiResult<RunReport> {
+async fn schedule_run(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    _body: Unread,
+) -> ApiResult<RunReport> {
     let s = scheduler(&st)?;
     blocking(move || s.run_now(&who, "manual")).await
 }
