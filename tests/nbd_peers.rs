@@ -91,6 +91,22 @@ fn writes_through_one_connection_read_back_through_another() {
     // original bytes where the seat wrote.
     let golden = s.nbd_uri("image/img@1");
     qemu_io_mismatch_with(&golden, &["-r", "read -P 0xab 1M 64k"]);
+    // The seat's traffic shows up in the Prometheus counters.
+    let metrics = common::admin_get(&s, "/metrics");
+    let written = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("khoi_written_bytes_total")
+                && l.contains("seat=\"a\"")
+                && l.contains("proto=\"nbd\"")
+        })
+        .unwrap_or_else(|| panic!("no NBD write counter for seat a:\n{metrics}"));
+    let n: f64 = written
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("value");
+    assert!(n >= 65536.0 + 1000.0, "{written}");
 }
 
 #[test]

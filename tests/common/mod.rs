@@ -336,3 +336,13 @@ pub fn nbdsh(script: &str) -> String {
             .args(["-c", "import errno", "-c", script]),
     )
 }
+
+/// GET a path from the server's admin listener (plain HTTP/1.0).
+pub fn admin_get(s: &Server, path: &str) -> String {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.admin_port)).expect("admin port");
+    write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("response");
+    out
+}

@@ -7,7 +7,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -52,6 +56,24 @@ pub enum IoOp {
 }
 
 impl IoOp {
+    const ALL: [IoOp; 5] = [
+        IoOp::Read,
+        IoOp::Write,
+        IoOp::Flush,
+        IoOp::Trim,
+        IoOp::Other,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            IoOp::Read => 0,
+            IoOp::Write => 1,
+            IoOp::Flush => 2,
+            IoOp::Trim => 3,
+            IoOp::Other => 4,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             IoOp::Read => "read",
@@ -150,6 +172,65 @@ impl Activity {
         live.last_boot_unix = Some(unix_now());
     }
 
+    /// A meter for one seat and protocol, made once per opened device: the
+    /// per-request path then only bumps atomics (the metric families hand
+    /// out shared counters), and the seat table's lock is taken at most once
+    /// per rate window instead of once per request.
+    pub fn meter(self: &Arc<Self>, seat: &str, proto: &str) -> IoMeter {
+        let sp = label(seat, proto);
+        let per_op = |op: IoOp| {
+            let ops = self
+                .metrics
+                .ops
+                .get_or_create(&SeatProtoOp {
+                    seat: seat.to_string(),
+                    proto: proto.to_string(),
+                    op: op.as_str().to_string(),
+                })
+                .clone();
+            let latency = self
+                .metrics
+                .latency
+                .get_or_create(&ProtoOp {
+                    proto: proto.to_string(),
+                    op: op.as_str().to_string(),
+                })
+                .clone();
+            (ops, latency)
+        };
+        IoMeter {
+            activity: Arc::clone(self),
+            seat: seat.to_string(),
+            read_bytes: self.metrics.bytes_read.get_or_create(&sp).clone(),
+            written_bytes: self.metrics.bytes_written.get_or_create(&sp).clone(),
+            per_op: IoOp::ALL.map(per_op),
+            pending_read: AtomicU64::new(0),
+            pending_written: AtomicU64::new(0),
+            born: Instant::now(),
+            last_fold_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Fold bytes a meter accumulated into the seat's throughput window.
+    fn fold(&self, seat: &str, read: u64, written: u64) {
+        let now = Instant::now();
+        let mut seats = self.seats.lock();
+        let live = seats.entry(seat.to_string()).or_default();
+        let start = *live.window_start.get_or_insert(now);
+        live.window_read += read;
+        live.window_written += written;
+        let elapsed = now.duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            let secs = elapsed.as_secs_f64();
+            live.rate_read = per_second(live.window_read, secs);
+            live.rate_written = per_second(live.window_written, secs);
+            live.rate_at = Some(now);
+            live.window_start = Some(now);
+            live.window_read = 0;
+            live.window_written = 0;
+        }
+    }
+
     /// One block request served for `seat`.
     pub fn io(&self, seat: &str, proto: &str, op: IoOp, bytes: u64, latency: Duration) {
         let sp = label(seat, proto);
@@ -177,24 +258,10 @@ impl Activity {
                 op: op.as_str().to_string(),
             })
             .observe(latency.as_secs_f64());
-        let now = Instant::now();
-        let mut seats = self.seats.lock();
-        let live = seats.entry(seat.to_string()).or_default();
-        let start = *live.window_start.get_or_insert(now);
         match op {
-            IoOp::Read => live.window_read += bytes,
-            IoOp::Write => live.window_written += bytes,
+            IoOp::Read => self.fold(seat, bytes, 0),
+            IoOp::Write => self.fold(seat, 0, bytes),
             _ => {}
-        }
-        let elapsed = now.duration_since(start);
-        if elapsed >= RATE_WINDOW {
-            let secs = elapsed.as_secs_f64();
-            live.rate_read = per_second(live.window_read, secs);
-            live.rate_written = per_second(live.window_written, secs);
-            live.rate_at = Some(now);
-            live.window_start = Some(now);
-            live.window_read = 0;
-            live.window_written = 0;
         }
     }
 
@@ -308,5 +375,69 @@ mod tests {
         a.disconnected("s1", "iscsi", "10.0.0.5:5000");
         assert!(!a.is_online("s1"));
         assert!(a.live("s1").last_boot.is_some());
+    }
+}
+
+/// Per-device I/O accounting; see [`Activity::meter`].
+#[derive(Debug)]
+pub struct IoMeter {
+    activity: Arc<Activity>,
+    seat: String,
+    read_bytes: Counter,
+    written_bytes: Counter,
+    per_op: [(Counter, Histogram); 5],
+    pending_read: AtomicU64,
+    pending_written: AtomicU64,
+    born: Instant,
+    last_fold_ms: AtomicU64,
+}
+
+/// How often a busy meter folds its bytes into the dashboard's rates.
+const FOLD_EVERY_MS: u64 = 250;
+
+impl IoMeter {
+    pub fn seat(&self) -> &str {
+        &self.seat
+    }
+
+    pub fn record(&self, op: IoOp, bytes: u64, latency: Duration) {
+        let (ops, hist) = &self.per_op[op.index()];
+        ops.inc();
+        hist.observe(latency.as_secs_f64());
+        match op {
+            IoOp::Read => {
+                self.read_bytes.inc_by(bytes);
+                self.pending_read.fetch_add(bytes, Ordering::Relaxed);
+            }
+            IoOp::Write => {
+                self.written_bytes.inc_by(bytes);
+                self.pending_written.fetch_add(bytes, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        let now_ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_fold_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= FOLD_EVERY_MS
+            && self
+                .last_fold_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.flush_rates();
+        }
+    }
+
+    fn flush_rates(&self) {
+        let read = self.pending_read.swap(0, Ordering::AcqRel);
+        let written = self.pending_written.swap(0, Ordering::AcqRel);
+        if read > 0 || written > 0 {
+            self.activity.fold(&self.seat, read, written);
+        }
+    }
+}
+
+impl Drop for IoMeter {
+    fn drop(&mut self) {
+        self.flush_rates();
     }
 }

@@ -13,6 +13,6 @@ pub mod service;
 pub mod staging;
 pub mod web;
 
-pub use activity::{Activity, IoOp, SeatState};
+pub use activity::{Activity, IoMeter, IoOp, SeatState};
 pub use metrics::Metrics;
 pub use service::{Actor, ExportName, Opened, Service, ServiceConfig, ServiceError};

@@ -105,6 +105,7 @@ impl BootDirectory for Seats {
             name: "khoi".into(),
             source: format!("boot {}", mac_text(boot.mac)),
         };
+        self.service.activity().booting(&boot.seat);
         let seat = match self.service.state().seat(&boot.seat) {
             Ok(s) => s,
             Err(e) => {

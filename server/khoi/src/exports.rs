@@ -8,6 +8,7 @@ use khoi_block::Checked;
 use khoi_iscsi::{ChapSecret, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
 use khoi_nbd::{ExportInfo, ExportResolver, OpenError};
 
+use crate::metered::Metered;
 use crate::recorder::Recorder;
 
 #[derive(Debug)]
@@ -28,6 +29,24 @@ pub fn checked(opened: Opened) -> Checked {
     }
 }
 
+/// A seat's device, metered for the admin side; other exports are not seats.
+fn metered_seat(service: &Service, seat: &str, proto: &str, opened: Opened) -> Checked {
+    let inner: Arc<dyn khoi_block::BlockDevice> = match opened {
+        Opened::Overlay(o) => o,
+        Opened::Version(v) => v,
+    };
+    let activity = service.activity();
+    let dev = Metered::new(inner, activity, seat, proto);
+    // NBD opens one handle per connection, so the handle is the session;
+    // iSCSI sessions are reported from its login/logout events instead.
+    let dev = if proto == "nbd" {
+        dev.session(activity, proto)
+    } else {
+        dev
+    };
+    Checked::new(Arc::new(dev))
+}
+
 impl ExportResolver for NbdExports {
     fn list(&self) -> Vec<ExportInfo> {
         self.service
@@ -44,7 +63,10 @@ impl ExportResolver for NbdExports {
             )));
         };
         match self.service.open_export(&export) {
-            Ok(opened) => Ok(checked(opened)),
+            Ok(opened) => Ok(match &export {
+                ExportName::Seat(seat) => metered_seat(&self.service, seat, "nbd", opened),
+                _ => checked(opened),
+            }),
             Err(ServiceError::NotFound(m)) => Err(OpenError::NotFound(m)),
             Err(e) => {
                 tracing::warn!(export = name, "cannot open export: {e}");
@@ -144,7 +166,7 @@ impl TargetResolver for IscsiTargets {
             .ok_or_else(|| format!("{target} is not a Khoi seat target"))?;
         self.service
             .open_seat(seat)
-            .map(|o| Checked::new(o))
+            .map(|o| metered_seat(&self.service, seat, "iscsi", Opened::Overlay(o)))
             .map_err(|e| e.to_string())
     }
 
@@ -178,21 +200,33 @@ impl TargetResolver for IscsiTargets {
                 initiator,
                 target,
                 tsih,
-            } => self.recorder.record(
-                "iscsi.login",
-                seat(&target),
-                format!("{initiator} from {peer}, session {tsih}"),
-            ),
+            } => {
+                let name = seat(&target);
+                if target.is_some() {
+                    self.service.activity().connected(&name, "iscsi", &peer);
+                }
+                self.recorder.record(
+                    "iscsi.login",
+                    name,
+                    format!("{initiator} from {peer}, session {tsih}"),
+                );
+            }
             IscsiEvent::SessionEnded {
                 peer,
                 initiator,
                 target,
                 tsih,
-            } => self.recorder.record(
-                "iscsi.session.end",
-                seat(&target),
-                format!("{initiator} from {peer}, session {tsih}"),
-            ),
+            } => {
+                let name = seat(&target);
+                if target.is_some() {
+                    self.service.activity().disconnected(&name, "iscsi", &peer);
+                }
+                self.recorder.record(
+                    "iscsi.session.end",
+                    name,
+                    format!("{initiator} from {peer}, session {tsih}"),
+                );
+            }
             IscsiEvent::SpaceAllocationFailed {
                 target,
                 initiator,

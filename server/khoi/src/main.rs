@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod exports;
 mod import;
+mod metered;
 mod recorder;
 mod serve;
 
