@@ -1,7 +1,7 @@
-//! Turning a disk image file into a raw file in the store's staging folder,
+//! Turning a disk image file into a raw file in the store's staging folder:
 //! for imports started from the web page (a server-side path or a browser
-//! upload). The CLI does the same in its own process (`khoi/src/import.rs`),
-//! where it can show a terminal progress bar.
+//! upload) and for the CLI, which runs it in its own process so the admin's
+//! terminal shows the progress.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -96,6 +96,18 @@ pub fn unique_name(prefix: &str, ext: &str) -> String {
 
 /// Copy (sparsely) or convert `src` into a new raw file in `staging`.
 pub fn stage(src: &Path, staging: &Path) -> Result<Staged, String> {
+    stage_with(src, staging, "web-import", &mut |_, _| {}, false)
+}
+
+/// [`stage`], reporting `(bytes done, total)` of a raw copy to `progress`;
+/// with `terminal`, qemu-img's own progress goes to the caller's terminal.
+pub fn stage_with(
+    src: &Path,
+    staging: &Path,
+    prefix: &str,
+    progress: &mut dyn FnMut(u64, u64),
+    terminal: bool,
+) -> Result<Staged, String> {
     let meta = std::fs::metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", src.display()));
@@ -103,16 +115,16 @@ pub fn stage(src: &Path, staging: &Path) -> Result<Staged, String> {
     let format = sniff(src)?;
     std::fs::create_dir_all(staging).map_err(|e| format!("staging folder: {e}"))?;
     let staged = Staged {
-        path: staging.join(unique_name("web-import", "raw")),
+        path: staging.join(unique_name(prefix, "raw")),
         keep: false,
     };
     match format {
         Format::Raw => {
             check_size(src, meta.len())?;
-            copy_sparse(src, meta.len(), &staged.path)?;
+            copy_sparse(src, meta.len(), &staged.path, progress)?;
         }
         other => {
-            convert(src, other, &staged.path)?;
+            convert(src, other, &staged.path, terminal)?;
             let size = std::fs::metadata(&staged.path)
                 .map_err(|e| format!("converted file: {e}"))?
                 .len();
@@ -141,7 +153,7 @@ pub fn stage_upload(part: &Path, staging: &Path) -> Result<Staged, String> {
         check_size(Path::new("the uploaded file"), size)?;
         std::fs::rename(part, &staged.path).map_err(|e| format!("upload: {e}"))?;
     } else {
-        convert(part, format, &staged.path)?;
+        convert(part, format, &staged.path, false)?;
         let size = std::fs::metadata(&staged.path)
             .map_err(|e| format!("converted file: {e}"))?
             .len();
@@ -181,17 +193,25 @@ fn check_size(src: &Path, size: u64) -> Result<(), String> {
 }
 
 /// Copy, leaving all-zero megabytes as holes: disk images are mostly empty.
-fn copy_sparse(src: &Path, size: u64, dst: &Path) -> Result<(), String> {
+fn copy_sparse(
+    src: &Path,
+    size: u64,
+    dst: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), String> {
     const CHUNK: usize = 1 << 20;
     let err = |e: std::io::Error| format!("copying {}: {e}", src.display());
     let mut input = File::open(src).map_err(err)?;
     let mut out = File::create(dst).map_err(err)?;
     let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
     loop {
         let n = input.read(&mut buf).map_err(err)?;
         if n == 0 {
             break;
         }
+        done += n as u64;
+        progress(done, size);
         if buf[..n].iter().all(|b| *b == 0) {
             out.seek(SeekFrom::Current(i64::try_from(n).unwrap_or(0)))
                 .map_err(err)?;
@@ -203,20 +223,21 @@ fn copy_sparse(src: &Path, size: u64, dst: &Path) -> Result<(), String> {
     out.sync_all().map_err(err)
 }
 
-fn convert(src: &Path, format: Format, dst: &Path) -> Result<(), String> {
-    let out = Command::new("qemu-img")
-        .args(["convert", "-f", format.qemu_name(), "-O", "raw"])
-        .arg(src)
-        .arg(dst)
-        .output()
-        .map_err(|e| {
-            format!(
-                "{} is a {} image and converting it needs qemu-img, which could not be run \
+fn convert(src: &Path, format: Format, dst: &Path, terminal: bool) -> Result<(), String> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-f", format.qemu_name(), "-O", "raw"]);
+    if terminal {
+        // qemu-img draws its own progress bar on the admin's terminal.
+        cmd.arg("-p").stdout(std::process::Stdio::inherit());
+    }
+    let out = cmd.arg(src).arg(dst).output().map_err(|e| {
+        format!(
+            "{} is a {} image and converting it needs qemu-img, which could not be run \
                  ({e}); install it with: apt-get install qemu-utils",
-                src.display(),
-                format.qemu_name()
-            )
-        })?;
+            src.display(),
+            format.qemu_name()
+        )
+    })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(dst);
         return Err(format!(

@@ -150,23 +150,19 @@ fn image(client: &Client, out: &Out, cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::Import { name, file, note } => {
             let info: Info = client.get("/v1/info")?;
-            let mut staged = import::stage(&file, &PathBuf::from(&info.staging_dir))?;
-            let staged_name = staged
-                .path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .context("staged file has no name")?
-                .to_string();
-            let v: VersionView = client.post(
+            let staged = import::stage(&file, &PathBuf::from(&info.staging_dir))?;
+            let staged_name = staged.file_name().context("staged file has no name")?;
+            let v: anyhow::Result<VersionView> = client.post(
                 "/v1/images",
                 &ImportRequest {
                     name: name.clone(),
                     staged: staged_name,
                     note,
                 },
-            )?;
-            // The server moved the file into the store.
-            staged.keep = true;
+            );
+            // On success the server moved the file into the store.
+            staged.finish(v.is_ok());
+            let v = v?;
             out.print(&v, |v| {
                 println!("imported {name} version {} ({})", v.number, Size(v.size));
             })
