@@ -639,8 +639,11 @@ fn bios_seat_boots_with_khoi_as_proxy_dhcp_beside_site_dhcp() {
         tail(log, 40)
     );
     assert_eq!(persist_line(&vm, log), "absent");
-    let script_fetches = lab.khoi().log().matches("/boot/").count();
-    assert!(script_fetches > 0 || log.contains("Khoi: seat pc01"));
+    assert!(
+        log.contains("Khoi: seat pc01"),
+        "Khoi's script did not run:\n{}",
+        tail(log, 40)
+    );
 }
 
 #[test]
@@ -704,11 +707,6 @@ fn bios_seat_boots_with_khoi_authoritative_and_unknown_mac_gets_nothing() {
         "an unregistered MAC got an address or a script:\n{}",
         tail(&slog, 30)
     );
-    let stats = lab.khoi().log();
-    assert!(
-        !stats.contains(&format!("OFFER {stranger_mac}")),
-        "offer to the stranger"
-    );
 }
 
 #[test]
@@ -728,6 +726,11 @@ fn uefi_seat_boots_through_snponly_efi() {
     assert!(
         lab.tftp_root().join("snponly.efi").exists(),
         "TFTP root lacks snponly.efi"
+    );
+    assert!(
+        log.contains("gw 10.77.0.254"),
+        "address not from the site router:\n{}",
+        tail(log, 40)
     );
     assert!(
         log.contains("Khoi: seat pc03"),

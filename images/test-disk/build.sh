@@ -58,7 +58,13 @@ fetch() { # fetch <pkgname> -> path of the cached .deb
   fi
   echo "$f"
 }
-KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}' || true)
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}' || true; }
+KPKG=$(kernel_pkg)
+# A fresh container often has no package lists at all.
+if [ -z "$KPKG" ] && ! ls "$DEBS"/linux-image-*-amd64_*.deb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -q >/dev/null; else sudo apt-get update -q >/dev/null; fi
+  KPKG=$(kernel_pkg)
+fi
 [ -n "$KPKG" ] || KPKG=$(ls "$DEBS"/linux-image-*-amd64_*.deb | head -1 | xargs -n1 basename | cut -d_ -f1)
 # iscsistart and the libraries it links (libc, libcrypto, libkmod and theirs).
 PKGS=("$KPKG" busybox-static systemd-boot-efi syslinux-common open-iscsi libopeniscsiusr
