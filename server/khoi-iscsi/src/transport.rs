@@ -37,6 +37,9 @@ const WRITER_QUEUE: usize = 256;
 static ZEROS: [u8; 65_536] = [0u8; 65_536];
 
 /// Serve iSCSI on an already-bound listener until `shutdown` is cancelled.
+/// Writes up to this size without FUA run on the connection's task.
+const INLINE_WRITE_MAX: usize = 64 << 10;
+
 pub async fn serve(
     listener: TcpListener,
     resolver: Arc<dyn TargetResolver>,
@@ -412,9 +415,19 @@ async fn full_feature(
                         let job = ex.job;
                         // A read only plans (block states and the version
                         // map are in memory; the bytes move in the writer's
-                        // sendfile), so it skips the blocking pool's
-                        // hand-offs; everything else may wait on the disk.
-                        let result = if matches!(job, scsi::Job::Read { .. }) {
+                        // sendfile), and a small write without FUA only
+                        // lands in the page cache, so both skip the blocking
+                        // pool's two thread hand-offs, which cost more than
+                        // the work. Flushes, FUA and large transfers may
+                        // wait on the disk and go to the pool.
+                        let inline = match &job {
+                            scsi::Job::Read { .. } => true,
+                            scsi::Job::Write { data, flags, .. } => {
+                                !flags.fua && data.len() <= INLINE_WRITE_MAX
+                            }
+                            _ => false,
+                        };
+                        let result = if inline {
                             scsi::execute(job, &dev)
                         } else {
                             match tokio::task::spawn_blocking(move || scsi::execute(job, &dev))
