@@ -390,10 +390,16 @@ async fn transmit(
         };
         // A read only plans here: block states and the version map are in
         // memory, and the file bytes move later in the writer's sendfile.
-        // Running it inline saves two thread hand-offs per request, which
-        // is most of the cost of a 4 KiB read. Devices that return bytes
-        // (`Mem`) are test doubles.
-        if matches!(op, Op::Read { .. }) {
+        // A small write without FUA only lands in the page cache. Running
+        // them inline saves two thread hand-offs per request, which cost
+        // more than the work; flushes, FUA and large writes may wait on the
+        // disk and go to the blocking pool.
+        let inline = match op {
+            Op::Read { .. } => true,
+            Op::Write { len, fua, .. } => !fua && len <= INLINE_WRITE_MAX,
+            _ => false,
+        };
+        if inline {
             job();
         } else {
             tokio::task::spawn_blocking(job);
@@ -445,6 +451,9 @@ fn writer_loop(wr: &OwnedWriteHalf, rx: mpsc::Receiver<Outgoing>) -> io::Result<
     }
     Ok(())
 }
+
+/// Writes up to this size without FUA run on the connection task.
+const INLINE_WRITE_MAX: u32 = 64 << 10;
 
 /// Read-side buffer per connection: enough for a few hundred request headers.
 const READ_BUFFER: usize = 64 << 10;
