@@ -36,8 +36,10 @@ PIDS=()
 stop_pid() {
   local p=$1 i
   kill "$p" 2>/dev/null || return 0
-  for i in $(seq 1 25); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.2; done
+  for i in $(seq 1 25); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
   kill -9 "$p" 2>/dev/null
+  # Reap here, quietly: tgtd ignores SIGTERM and bash would report the SIGKILL.
+  wait "$p" 2>/dev/null
 }
 stop_all() {
   local i
@@ -93,8 +95,6 @@ lab_up() {
   PIDS+=($!)
 }
 lab_down() {
-  # tgtd ignores SIGTERM; ask it to exit the way its tools do.
-  tgtadm -C $TGT_CTL --mode system --op delete --force >/dev/null 2>&1
   stop_all; del_ns $NSC; del_ns $NS; rm -f /var/run/tgtd/socket.$TGT_CTL /var/run/tgtd/socket.$TGT_CTL.lock; }
 mac_of() { printf '52:54:00:78:00:%02x' "$1"; }
 wait_udp() { # wait_udp PORT
