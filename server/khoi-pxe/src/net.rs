@@ -153,65 +153,72 @@ pub fn bind_tftp(cfg: &PxeConfig) -> Result<UdpSocket, NetError> {
 
 /// Runs the DHCP core over the sockets until `cancel` fires.
 ///
-/// Datagrams are processed one at a time on the blocking pool (the directory may hit
-/// SQLite); DHCP rates on a LAN are far below what that sustains.
+/// Each port gets one long-lived blocking-pool thread that receives, processes (the
+/// directory may hit SQLite) and replies in turn. Handing every datagram from an async
+/// task to the blocking pool and back cost about 45 µs per answer, more than the whole
+/// answer takes; a thread that owns its socket answers as fast as dnsmasq. Datagrams are
+/// still processed one at a time (the core is behind one lock).
 pub async fn serve_dhcp(
     sockets: DhcpSockets,
     core: DhcpCore,
     dir: Arc<dyn BootDirectory>,
     cancel: CancellationToken,
 ) -> Result<(), NetError> {
-    let s67 = tokio::net::UdpSocket::from_std(sockets.port67)?;
-    let s4011 = tokio::net::UdpSocket::from_std(sockets.port4011)?;
     let core = Arc::new(Mutex::new(core));
-    let mut b67 = vec![0u8; 4096];
-    let mut b4011 = vec![0u8; 4096];
     tracing::info!(iface = %sockets.iface, "DHCP listening on ports 67 and 4011");
-    loop {
-        let (port, received) = tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            r = s67.recv_from(&mut b67) => (SERVER_PORT, r),
-            r = s4011.recv_from(&mut b4011) => (PXE_PORT, r),
-        };
-        let (n, src) = match received {
+    let mut loops = Vec::new();
+    for (port, socket) in [(SERVER_PORT, sockets.port67), (PXE_PORT, sockets.port4011)] {
+        socket.set_nonblocking(false)?;
+        // The loop notices a shutdown at the next timeout.
+        socket.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
+        let (core, dir, cancel) = (core.clone(), dir.clone(), cancel.clone());
+        loops.push(tokio::task::spawn_blocking(move || {
+            dhcp_loop(port, &socket, &core, &*dir, &cancel);
+        }));
+    }
+    for l in loops {
+        if let Err(e) = l.await {
+            tracing::error!(error = %e, "DHCP loop failed");
+        }
+    }
+    Ok(())
+}
+
+fn dhcp_loop(
+    port: u16,
+    socket: &UdpSocket,
+    core: &Mutex<DhcpCore>,
+    dir: &dyn BootDirectory,
+    cancel: &CancellationToken,
+) {
+    let mut buf = vec![0u8; 4096];
+    while !cancel.is_cancelled() {
+        let (n, src) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 // A receive error on one datagram (ENOBUFS, a stray ICMP error) must not stop
                 // DHCP for the whole LAN; pause briefly so a persistent one cannot spin.
                 tracing::warn!(port, error = %e, "DHCP receive failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                std::thread::sleep(std::time::Duration::from_millis(100));
                 continue;
             }
         };
         let SocketAddr::V4(src) = src else { continue };
-        let payload = if port == SERVER_PORT {
-            b67[..n].to_vec()
-        } else {
-            b4011[..n].to_vec()
+        let rx = Received {
+            local_port: port,
+            src,
+            payload: &buf[..n],
         };
-        let (core2, dir2) = (core.clone(), dir.clone());
-        let processed = tokio::task::spawn_blocking(move || {
-            let rx = Received {
-                local_port: port,
-                src,
-                payload: &payload,
-            };
-            core2.lock().process(SystemTime::now(), &*dir2, rx)
-        })
-        .await;
-        let (reply, event) = match processed {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "DHCP processing task failed");
-                continue;
-            }
-        };
+        let (reply, event) = core.lock().process(SystemTime::now(), dir, rx);
         log_event(&event, src, port);
-        if let Some(tx) = reply {
-            let sock = if port == SERVER_PORT { &s67 } else { &s4011 };
-            if let Err(e) = sock.send_to(&tx.payload, SocketAddr::V4(tx.dst)).await {
-                tracing::warn!(dst = %tx.dst, error = %e, "DHCP reply not sent");
-            }
+        if let Some(tx) = reply
+            && let Err(e) = socket.send_to(&tx.payload, SocketAddr::V4(tx.dst))
+        {
+            tracing::warn!(dst = %tx.dst, error = %e, "DHCP reply not sent");
         }
     }
 }
