@@ -11,12 +11,12 @@
 #      windowsize, so it answers lock-step: that is the comparison the windowsize is for).
 # Prints a table with Khoi/peers ratios (< 1: Khoi is faster).
 #
-# Usage: sudo ./scripts/bench-boot.sh [-s "1 2 4"] [-r DHCP_ROUNDS] [-t TFTP_ROUNDS]
+# Usage: sudo ./scripts/bench-boot.sh [-s "1 2 4"] [-r DHCP_ROUNDS (1000)] [-t TFTP_ROUNDS (20)]
 # Env: KHOI_BIN (default: cargo build --release -p khoi), KHOI_TEST_DISK_WORK, CARGO_TARGET_DIR
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-SEATS_LIST="1 2 4" DHCP_ROUNDS=200 TFTP_ROUNDS=20
+SEATS_LIST="1 2 4" DHCP_ROUNDS=1000 TFTP_ROUNDS=20
 while getopts "s:r:t:h" o; do
   case $o in
     s) SEATS_LIST=$OPTARG;; r) DHCP_ROUNDS=$OPTARG;; t) TFTP_ROUNDS=$OPTARG;;
@@ -121,7 +121,7 @@ pxe:
   subnet_mask: 255.255.255.0
 EOF
   ip netns exec $NS env KHOI_LOG=warn "$KHOI_BIN" serve --config "$d/khoi.yaml" >"$d/khoi.log" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); SERVER_PIDS=($!)
   K=("$KHOI_BIN" --config "$d/khoi.yaml")
   for i in $(seq 1 100); do "${K[@]}" image list >/dev/null 2>&1 && break; sleep 0.1; done
   "${K[@]}" image import bench "$DISK" >/dev/null || exit 1
@@ -146,10 +146,10 @@ EOF
     --dhcp-authoritative --no-ping --dhcp-leasefile="$d/leases" \
     --enable-tftp --tftp-root="$d/tftp" --dhcp-match=set:ipxe,175 \
     --dhcp-boot=tag:ipxe,boot.ipxe --dhcp-boot=tag:!ipxe,undionly.kpxe >"$d/dnsmasq.log" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); SERVER_PIDS=($!)
   mkdir -p /var/run/tgtd
   ip netns exec $NS tgtd -f -C $TGT_CTL --iscsi portal=$LAB_IP:3260 >"$d/tgtd.log" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); SERVER_PIDS+=($!)
   local TA="tgtadm -C $TGT_CTL --lld iscsi"
   for i in $(seq 1 50); do $TA --mode system --op show >/dev/null 2>&1 && break; sleep 0.1; done
   for i in $(seq 1 "$1"); do
@@ -162,9 +162,21 @@ EOF
   wait_udp 67
 }
 
-# boot_seats NSEATS -> prints "max mean" seconds from qemu start to marker, or "FAIL"
+# CPU seconds (user + system, all threads) the serving processes used so far.
+server_cpu() {
+  local p t=0 f
+  for p in "${SERVER_PIDS[@]}"; do
+    f=$(cut -d' ' -f14,15 "/proc/$p/stat" 2>/dev/null) || continue
+    t=$(( t + ${f% *} + ${f#* } ))
+  done
+  printf '%.2f\n' "$(echo "scale=2; $t / $(getconf CLK_TCK)" | bc)"
+}
+
+# boot_seats NSEATS -> prints "max mean cpu" (seconds from qemu start to marker, server CPU
+# seconds during the boot), or "FAIL"
 boot_seats() {
-  local n=$1 i sers=() qs=() t0 ok
+  local n=$1 i sers=() qs=() t0 ok cpu0
+  cpu0=$(server_cpu)
   for i in $(seq 1 "$n"); do
     ip -n $NS tuntap add dev "tap$i" mode tap 2>/dev/null
     ip -n $NS link set "tap$i" master br0 up
@@ -194,8 +206,9 @@ if len(done) < len(sers):
     print("FAIL")
 else:
     v = sorted(done.values())
-    print(f"{max(v):.1f} {sum(v)/len(v):.1f}")
+    print(f"{max(v):.1f} {sum(v)/len(v):.1f}", end=" ")
 EOF
+  printf '%.2f\n' "$(echo "$(server_cpu) - $cpu0" | bc)"
   for q in "${qs[@]}"; do stop_pid "$q"; done
 }
 
@@ -333,9 +346,10 @@ echo
 echo "| measurement | Khoi | dnsmasq + tgt | Khoi / peers |"
 echo "|---|---|---|---|"
 for n in $SEATS_LIST; do
-  read -r km ka <<<"${R[boot-khoi-$n]}"; read -r pm pa <<<"${R[boot-peers-$n]}"
+  read -r km ka kc <<<"${R[boot-khoi-$n]}"; read -r pm pa pc <<<"${R[boot-peers-$n]}"
   echo "| power-on -> marker, $n BIOS seat(s), slowest (s) | $km | $pm | $(ratio "$km" "$pm") |"
   [ "$n" != 1 ] && echo "| power-on -> marker, $n BIOS seats, mean (s) | ${ka:--} | ${pa:--} | $(ratio "${ka:-FAIL}" "${pa:-FAIL}") |"
+  echo "| server CPU during the $n-seat boot (s) | ${kc:--} | ${pc:--} | $(ratio "${kc:-FAIL}" "${pc:-FAIL}") |"
 done
 read -r kd kp kl <<<"${R[dhcp-khoi]}"; read -r pd pp pl <<<"${R[dhcp-peers]}"
 echo "| DHCP DISCOVER -> OFFER, median (ms, $DHCP_ROUNDS rounds) | $kd | $pd | $(ratio "$kd" "$pd") |"
