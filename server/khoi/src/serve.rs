@@ -124,6 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         start_boot_services(
             pxe,
             exports_boot(&service, &recorder, config.listen.iscsi),
+            &service,
             &shutdown,
             &mut tasks,
         )
@@ -212,6 +213,7 @@ fn exports_boot(
 async fn start_boot_services(
     pxe: khoi_pxe::PxeConfig,
     dir: Arc<dyn khoi_pxe::BootDirectory>,
+    service: &Arc<Service>,
     shutdown: &CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> anyhow::Result<()> {
@@ -270,6 +272,39 @@ async fn start_boot_services(
             }
         });
     }
+    let dhcp_metrics = service.metrics().snapshot(
+        "dhcp_packets",
+        "DHCP packets since start, by what happened to them",
+    );
+    let (stats_state, token) = (Arc::clone(&state), shutdown.clone());
+    tasks.spawn(async move {
+        // The DHCP core counts in its own state; a scrape every few seconds
+        // sees at most this much lag, and the DHCP path takes no extra lock.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let s = stats_state.dhcp_stats();
+            for (kind, n) in [
+                ("received", s.received),
+                ("garbage", s.garbage),
+                ("ignored", s.ignored),
+                ("unknown_mac", s.unknown_mac),
+                ("no_boot_file", s.no_boot_file),
+                ("pool_exhausted", s.pool_exhausted),
+                ("offer", s.offers),
+                ("ack", s.acks),
+                ("nak", s.naks),
+                ("decline", s.declines),
+                ("release", s.releases),
+                ("inform", s.informs),
+            ] {
+                dhcp_metrics.set(kind, n);
+            }
+        }
+    });
     let router = http::router(dir, state);
     let token = shutdown.clone();
     tasks.spawn(async move {
