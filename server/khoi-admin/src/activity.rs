@@ -165,6 +165,14 @@ impl Activity {
     }
 
     /// The seat fetched its boot script: it is (re)booting now.
+    /// The last boot known from the event log, for a server that just
+    /// started: a later `booting` replaces it.
+    pub fn seed_last_boot(&self, seat: &str, unix: i64) {
+        let mut seats = self.seats.lock();
+        let live = seats.entry(seat.to_string()).or_default();
+        live.last_boot_unix.get_or_insert(unix);
+    }
+
     pub fn booting(&self, seat: &str) {
         let mut seats = self.seats.lock();
         let live = seats.entry(seat.to_string()).or_default();
@@ -351,6 +359,21 @@ pub(crate) fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_boot_survives_a_restart_through_seeding() {
+        let a = Activity::new(Arc::new(Metrics::new()));
+        a.seed_last_boot("q1", 1_700_000_000);
+        a.seed_last_boot("q1", 1_600_000_000);
+        assert_eq!(
+            a.live("q1").last_boot,
+            Some(1_700_000_000),
+            "newest seed wins"
+        );
+        a.booting("q1");
+        assert!(a.live("q1").last_boot.is_some_and(|t| t > 1_700_000_000));
+        assert_eq!(a.live("q2").last_boot, None);
+    }
 
     #[test]
     fn sessions_drive_state_and_metrics() {

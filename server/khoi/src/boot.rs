@@ -113,6 +113,17 @@ impl BootDirectory for Seats {
                 return;
             }
         };
+        // The event log is where the dashboard finds the last boot again
+        // after a server restart.
+        self.recorder.record(
+            "seat.boot",
+            boot.seat.clone(),
+            format!(
+                "boot script fetched by {} (policy {})",
+                mac_text(boot.mac),
+                seat.policy
+            ),
+        );
         match seat.policy {
             ResetPolicy::OnBoot => {
                 if let Err(e) = self.service.reset_seat(&actor, &boot.seat) {
@@ -124,13 +135,8 @@ impl BootDirectory for Seats {
                     );
                 }
             }
-            ResetPolicy::Nightly | ResetPolicy::Persistent => {
-                self.recorder.record(
-                    "seat.boot",
-                    boot.seat.clone(),
-                    format!("booting with its overlay kept ({})", seat.policy),
-                );
-            }
+            // These keep their overlay (and so their version) across boots.
+            ResetPolicy::Nightly | ResetPolicy::Persistent => {}
         }
     }
 

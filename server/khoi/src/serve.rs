@@ -85,6 +85,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
 
+    seed_last_boots(&service);
+
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -193,6 +195,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         detail: "",
     })?;
     Ok(())
+}
+
+/// Give the dashboard each seat's last boot from the event log, so a
+/// restart of the server does not blank it.
+fn seed_last_boots(service: &Service) {
+    let filter = khoi_state::EventFilter {
+        kind: Some("seat.boot".into()),
+        limit: 10_000,
+        ..Default::default()
+    };
+    match service.state().events_filtered(&filter) {
+        // Newest first: the first event seen for a seat is its last boot.
+        Ok(events) => {
+            for ev in events.iter().filter(|e| e.kind == "seat.boot") {
+                service.activity().seed_last_boot(&ev.subject, ev.ts);
+            }
+        }
+        Err(e) => tracing::warn!("cannot read past boots: {e}"),
+    }
 }
 
 fn exports_boot(
