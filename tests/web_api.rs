@@ -35,6 +35,7 @@ fn harness() -> H {
             target_prefix: "iqn.2025-07.vn.khoi".into(),
             iscsi_portal: Some("127.0.0.1:3260".into()),
             nbd_address: None,
+            import_roots: vec![dir.path().to_path_buf()],
         },
     ));
     let auth = Auth::new(Arc::clone(&state), Some("admin-pass-1")).expect("auth");
@@ -534,6 +535,21 @@ async fn bad_input_is_400_or_422_naming_the_field() {
         )
         .await;
     assert_eq!(r.json()["field"], "path");
+    // Only the configured import folders: not any file the server can read.
+    let r = s
+        .post(
+            "/api/v1/images/import-path",
+            json!({"name": "x", "path": "/etc/hostname"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json()["field"], "path");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("import folders")
+    );
     let r = s.get("/api/v1/images/win10/versions/abc").await;
     assert!(r.status.is_client_error(), "{}", r.status);
     // Form posts with bad input come back as a message, never a 500.

@@ -40,6 +40,7 @@ async fn admin_page_in_headless_chromium() {
             target_prefix: "iqn.2025-07.vn.khoi".into(),
             iscsi_portal: Some("10.10.0.1:3260".into()),
             nbd_address: None,
+            import_roots: vec![dir.path().to_path_buf()],
         },
     ));
     state

@@ -46,6 +46,7 @@ fn service(dir: &std::path::Path) -> Arc<Service> {
             target_prefix: "iqn.2025-07.vn.khoi".into(),
             iscsi_portal: None,
             nbd_address: None,
+            import_roots: Vec::new(),
         },
     ))
 }

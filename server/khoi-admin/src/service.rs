@@ -92,6 +92,10 @@ pub struct ServiceConfig {
     /// The iSCSI portal seats are told to use (`None` when iSCSI is off).
     pub iscsi_portal: Option<String>,
     pub nbd_address: Option<String>,
+    /// Folders images may be imported from by path (USB disks, shares): an
+    /// operator must not be able to turn any file the server can read into
+    /// an image.
+    pub import_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -831,8 +835,34 @@ impl Service {
                 format!("{} must be an absolute path on the server", path.display()),
             ));
         }
+        let real = path
+            .canonicalize()
+            .map_err(|e| ServiceError::invalid("path", format!("{}: {e}", path.display())))?;
+        let allowed = self
+            .config
+            .import_roots
+            .iter()
+            .filter_map(|r| r.canonicalize().ok())
+            .any(|root| real.starts_with(root));
+        if !allowed {
+            let roots: Vec<String> = self
+                .config
+                .import_roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect();
+            return Err(ServiceError::invalid(
+                "path",
+                format!(
+                    "{} is outside the import folders ({}); copy the image there or add the \
+                     folder to admin.import_roots",
+                    path.display(),
+                    roots.join(", ")
+                ),
+            ));
+        }
         khoi_state::validate_name("name", name)?;
-        let staged = crate::staging::stage(path, &self.staging_dir())
+        let staged = crate::staging::stage(&real, &self.staging_dir())
             .map_err(|e| ServiceError::invalid("path", e))?;
         let file = staged
             .file_name()

@@ -34,6 +34,8 @@ pub struct Admin {
     /// Khoi serves plain HTTP; set this when users reach it through an
     /// HTTPS reverse proxy, so session cookies are marked Secure.
     pub secure_cookies: bool,
+    /// Folders the page may import images from by server-side path.
+    pub import_roots: Vec<PathBuf>,
     pub nightly: Nightly,
 }
 
@@ -54,6 +56,7 @@ impl Default for Admin {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             initial_password: None,
             secure_cookies: false,
+            import_roots: vec![PathBuf::from("/media"), PathBuf::from("/mnt")],
             nightly: Nightly::default(),
         }
     }

@@ -82,6 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             target_prefix: config.iscsi.target_prefix.clone(),
             iscsi_portal: config.listen.iscsi.map(|a| a.to_string()),
             nbd_address: config.listen.nbd.map(|a| a.to_string()),
+            import_roots: config.admin.import_roots.clone(),
         },
     ));
 
