@@ -7,6 +7,8 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_tftp::packet;
 use async_tftp::server::handlers::{DirHandler, DirHandlerMode};
@@ -23,6 +25,15 @@ const WINDOW_SIZE_LIMIT: u16 = 64;
 pub struct ReadOnlyRoot {
     root: PathBuf,
     inner: DirHandler,
+    stats: Arc<TftpStats>,
+}
+
+/// Request counts since start, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TftpStats {
+    pub reads: AtomicU64,
+    pub reads_refused: AtomicU64,
+    pub writes_refused: AtomicU64,
 }
 
 impl std::fmt::Debug for ReadOnlyRoot {
@@ -39,7 +50,11 @@ impl ReadOnlyRoot {
             .map_err(|e| PxeError::Tftp(format!("root {}: {e}", root.display())))?;
         let inner = DirHandler::new(&root, DirHandlerMode::ReadOnly)
             .map_err(|e| PxeError::Tftp(format!("root {}: {e}", root.display())))?;
-        Ok(ReadOnlyRoot { root, inner })
+        Ok(ReadOnlyRoot {
+            root,
+            inner,
+            stats: Arc::default(),
+        })
     }
 
     /// The path relative to the root, if it names a regular file inside the root.
@@ -85,10 +100,12 @@ impl Handler for ReadOnlyRoot {
         let rel = match self.resolve(path) {
             Ok(rel) => rel,
             Err(e) => {
+                self.stats.reads_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%client, path = %path.display(), error = ?e, "TFTP read refused");
                 return Err(e);
             }
         };
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%client, path = %rel.display(), "TFTP read");
         self.inner.read_req_open(client, &rel).await
     }
@@ -99,6 +116,7 @@ impl Handler for ReadOnlyRoot {
         path: &Path,
         _size: Option<u64>,
     ) -> Result<Self::Writer, packet::Error> {
+        self.stats.writes_refused.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%client, path = %path.display(), "TFTP write refused");
         Err(packet::Error::PermissionDenied)
     }
@@ -110,7 +128,18 @@ pub async fn serve(
     root: &Path,
     cancel: CancellationToken,
 ) -> Result<(), PxeError> {
-    let handler = ReadOnlyRoot::new(root)?;
+    serve_with_stats(socket, root, Arc::default(), cancel).await
+}
+
+/// [`serve`], counting requests into `stats`.
+pub async fn serve_with_stats(
+    socket: UdpSocket,
+    root: &Path,
+    stats: Arc<TftpStats>,
+    cancel: CancellationToken,
+) -> Result<(), PxeError> {
+    let mut handler = ReadOnlyRoot::new(root)?;
+    handler.stats = stats;
     let server = TftpServerBuilder::with_handler(handler)
         .std_socket(socket)
         .map_err(|e| PxeError::Tftp(e.to_string()))?

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Server {
     _rt: tokio::runtime::Runtime,
+    stats: std::sync::Arc<khoi_pxe::tftp::TftpStats>,
     cancel: CancellationToken,
     addr: SocketAddrV4,
     root: PathBuf,
@@ -47,9 +48,16 @@ fn start() -> Server {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
     let (c, r) = (cancel.clone(), root.clone());
-    rt.spawn(async move { khoi_pxe::tftp::serve(sock, &r, c).await.unwrap() });
+    let stats = std::sync::Arc::new(khoi_pxe::tftp::TftpStats::default());
+    let st = stats.clone();
+    rt.spawn(async move {
+        khoi_pxe::tftp::serve_with_stats(sock, &r, st, c)
+            .await
+            .unwrap()
+    });
     Server {
         _rt: rt,
+        stats,
         cancel,
         addr,
         root,
@@ -189,6 +197,11 @@ fn writes_escapes_and_missing_files_refused() {
     let (p, tid) = recv(&c);
     assert_eq!(&p[..], &[0, 3, 0, 1, b'e', b'f', b'i']);
     ack(&c, tid, 1);
+    // Every refusal and the one read are counted for /metrics.
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(n(&srv.stats.writes_refused), 2);
+    assert_eq!(n(&srv.stats.reads_refused), 7);
+    assert_eq!(n(&srv.stats.reads), 1);
 }
 
 fn have(tool: &str) -> bool {

@@ -286,10 +286,15 @@ async fn start_boot_services(
             }
         });
     }
+    let tftp_stats = Arc::new(tftp::TftpStats::default());
     if let Some(socket) = tftp_socket {
-        let (root, token) = (pxe.tftp_root.clone(), shutdown.clone());
+        let (root, token, stats) = (
+            pxe.tftp_root.clone(),
+            shutdown.clone(),
+            Arc::clone(&tftp_stats),
+        );
         tasks.spawn(async move {
-            if let Err(e) = tftp::serve(socket, &root, token).await {
+            if let Err(e) = tftp::serve_with_stats(socket, &root, stats, token).await {
                 tracing::error!("TFTP stopped: {e}");
             }
         });
@@ -298,6 +303,9 @@ async fn start_boot_services(
         "dhcp_packets",
         "DHCP packets since start, by what happened to them",
     );
+    let tftp_metrics = service
+        .metrics()
+        .snapshot("tftp_requests", "TFTP requests since start, by outcome");
     let (stats_state, token) = (Arc::clone(&state), shutdown.clone());
     tasks.spawn(async move {
         // The DHCP core counts in its own state; a scrape every few seconds
@@ -325,6 +333,11 @@ async fn start_boot_services(
             ] {
                 dhcp_metrics.set(kind, n);
             }
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            tftp_metrics.set("read", load(&tftp_stats.reads));
+            tftp_metrics.set("read_refused", load(&tftp_stats.reads_refused));
+            tftp_metrics.set("write_refused", load(&tftp_stats.writes_refused));
         }
     });
     let router = http::router(dir, state);
