@@ -404,6 +404,29 @@ fn parse_seq(b: &Bhs<&[u8]>) -> SeqNums {
     }
 }
 
+/// The T, C, CSG and NSG bits of a login request or response (byte 1).
+struct StageFlags {
+    transit: bool,
+    cont: bool,
+    csg: Stage,
+    nsg: Stage,
+}
+
+impl StageFlags {
+    fn parse(f: u8) -> Result<Self> {
+        let transit = f & 0x80 != 0;
+        let csg = Stage::from_bits(f >> 2)?;
+        // NSG is only meaningful with T set; a reserved value there is harmless.
+        let nsg = if transit { Stage::from_bits(f)? } else { csg };
+        Ok(StageFlags {
+            transit,
+            cont: f & 0x40 != 0,
+            csg,
+            nsg,
+        })
+    }
+}
+
 fn expect(b: &Bhs<&[u8]>, op: Opcode) -> Result<()> {
     if b.opcode() == op { Ok(()) } else { Err(Error) }
 }
@@ -455,14 +478,15 @@ pub struct LoginRequest {
 impl LoginRequest {
     pub fn parse(b: &Bhs<&[u8]>) -> Result<Self> {
         expect(b, Opcode::LoginRequest)?;
-        let f = b.flags();
-        let transit = f & 0x80 != 0;
-        let csg = Stage::from_bits(f >> 2)?;
-        // NSG is only meaningful with T set; a reserved value there is harmless.
-        let nsg = if transit { Stage::from_bits(f)? } else { csg };
+        let StageFlags {
+            transit,
+            cont,
+            csg,
+            nsg,
+        } = StageFlags::parse(b.flags())?;
         Ok(LoginRequest {
             transit,
-            cont: f & 0x40 != 0,
+            cont,
             csg,
             nsg,
             version_max: b.byte2(),
@@ -522,13 +546,15 @@ pub struct LoginResponse {
 impl LoginResponse {
     pub fn parse(b: &Bhs<&[u8]>) -> Result<Self> {
         expect(b, Opcode::LoginResponse)?;
-        let f = b.flags();
-        let transit = f & 0x80 != 0;
-        let csg = Stage::from_bits(f >> 2)?;
-        let nsg = if transit { Stage::from_bits(f)? } else { csg };
+        let StageFlags {
+            transit,
+            cont,
+            csg,
+            nsg,
+        } = StageFlags::parse(b.flags())?;
         Ok(LoginResponse {
             transit,
-            cont: f & 0x40 != 0,
+            cont,
             csg,
             nsg,
             version_max: b.byte2(),
