@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use khoi_block::{Checked, ReadSegment};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -114,7 +114,24 @@ enum ConnError {
     Protocol(String),
 }
 
-async fn read_pdu<R: AsyncRead + Unpin>(
+/// The socket under a reader, for per-read socket options.
+trait PeerSocket {
+    fn sock(&self) -> socket2::SockRef<'_>;
+}
+
+impl PeerSocket for TcpStream {
+    fn sock(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(self)
+    }
+}
+
+impl PeerSocket for OwnedReadHalf {
+    fn sock(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(self.as_ref())
+    }
+}
+
+async fn read_pdu<R: AsyncRead + PeerSocket + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     digests: Digests,
@@ -123,6 +140,13 @@ async fn read_pdu<R: AsyncRead + Unpin>(
     loop {
         if let Some(p) = frame::decode(buf, digests, max_data)? {
             return Ok(Some(p));
+        }
+        if !buf.is_empty() {
+            // Half a PDU is here and the peer may be waiting for our ACK
+            // before it sends the rest: iPXE keeps one unacknowledged segment
+            // and sends a PDU's header and data as two, so every login step
+            // and every Data-Out would otherwise wait out a delayed ACK (40 ms).
+            let _ = rd.sock().set_tcp_quickack(true);
         }
         buf.reserve(64 * 1024);
         if rd.read_buf(buf).await? == 0 {

@@ -69,6 +69,8 @@ pub mod opt {
     pub const CLIENT_NDI: u8 = 94;
     pub const CLIENT_UUID: u8 = 97;
     pub const IPXE_ENCAP: u8 = 175;
+    /// Inside 175: skip waiting for ProxyDHCP offers.
+    pub const IPXE_NO_PXEDHCP: u8 = 176;
     pub const END: u8 = 255;
 }
 

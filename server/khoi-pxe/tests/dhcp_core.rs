@@ -502,6 +502,13 @@ fn authoritative_dora_with_lan_options_and_lease_saved() {
     let (tx, _) = r.send(67, src, SNP_DISCOVER);
     let m = parse(&tx.unwrap());
     assert_eq!((m.yiaddr, m.file.as_slice()), (POOL0, URL.as_bytes()));
+    // Only iPXE is told to skip the ProxyDHCP wait (175.176 = 1); the firmware's
+    // offer above carries no iPXE options.
+    assert_eq!(
+        m.options.get(opt::IPXE_ENCAP),
+        Some([opt::IPXE_NO_PXEDHCP, 1, 1].as_slice())
+    );
+    assert!(!offer.options.contains(opt::IPXE_ENCAP));
 }
 
 #[test]
