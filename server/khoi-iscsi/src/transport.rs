@@ -180,7 +180,7 @@ fn encode_pdu(pdu: &Pdu, digests: Digests, out: &mut Vec<Bytes>) {
     out.push(frame::encode_header(pdu, digests).freeze());
     if !pdu.data.is_empty() {
         out.push(pdu.data.clone());
-        if digests.data || pdu.data.len() % 4 != 0 {
+        if digests.data || !pdu.data.len().is_multiple_of(4) {
             out.push(frame::encode_trailer(&pdu.data, digests).freeze());
         }
     }
