@@ -451,8 +451,8 @@ fn writer_loop(wr: &OwnedWriteHalf, rx: mpsc::Receiver<Outgoing>) -> io::Result<
                     Piece::Data(ReadSegment::Zero { len }) => {
                         let mut left = *len;
                         while left > 0 {
-                            let n = usize::try_from(left)
-                                .map_or(ZEROES.len(), |l| l.min(ZEROES.len()));
+                            let n =
+                                usize::try_from(left).map_or(ZEROES.len(), |l| l.min(ZEROES.len()));
                             iov.push(io::IoSlice::new(&ZEROES[..n]));
                             left -= n as u64;
                             if iov.len() >= IOV_FLUSH {
