@@ -9,7 +9,10 @@
 //! - [`VersionDevice`]: a read-only version; [`Overlay`]: a seat's or a
 //!   draft's copy-on-write view (durability rules in the `overlay` docs).
 //! - [`MemDevice`]: an in-memory device for tests.
+//! - [`cache`]: page-cache residency, so async frontends keep cold reads off
+//!   their reactor threads.
 
+pub mod cache;
 pub mod device;
 mod error;
 mod event;

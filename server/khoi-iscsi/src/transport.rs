@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use khoi_block::{Checked, ReadSegment};
+use khoi_block::{Checked, ReadSegment, cache};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -576,7 +576,7 @@ async fn writer_task(
                         encode_pdu(&o.pdu, digests, &mut bufs);
                     }
                     WriterMsg::Read(rr) if read_len(&rr) <= COPY_READ_MAX => {
-                        encode_read_copied(rr, &mut stamper, &exp, digests, &mut bufs)?;
+                        encode_read_copied(rr, &mut stamper, &exp, digests, &mut bufs).await?;
                     }
                     WriterMsg::Read(rr) => {
                         write_all_slices(&mut wr, &bufs).await?;
@@ -605,10 +605,8 @@ fn read_len(rr: &ReadReply) -> usize {
 }
 
 /// Encode a small read's Data-In PDUs (and its response) with the payload
-/// copied in, so they can join a batch. The pread runs on this worker: the
-/// blocks were just planned from the page cache's own files, and a 16 KiB
-/// read of a cold page costs about what a hand-off to the blocking pool does.
-fn encode_read_copied(
+/// copied in, so they can join a batch.
+async fn encode_read_copied(
     rr: ReadReply,
     stamper: &mut Stamper,
     exp: &AtomicU32,
@@ -621,20 +619,15 @@ fn encode_read_copied(
         response,
     } = rr;
     let total: usize = pdus.iter().map(|(_, _, len)| *len).sum();
-    let mut data = BytesMut::with_capacity(total);
-    for s in segments {
-        match s {
-            ReadSegment::File { file, offset, len } => {
-                use std::os::unix::fs::FileExt;
-                let at = data.len();
-                data.resize(at + us(len), 0);
-                file.read_exact_at(&mut data[at..], offset)?;
-            }
-            ReadSegment::Zero { len } => data.resize(data.len() + us(len), 0),
-            ReadSegment::Mem(v) => data.extend_from_slice(&v),
-        }
-    }
-    let data = data.freeze();
+    let data = match copy_segments(&segments, total, false)? {
+        Some(d) => d,
+        // Not all in the page cache: the disk read goes to a blocking thread
+        // so this worker keeps serving the other connections.
+        None => tokio::task::spawn_blocking(move || copy_segments(&segments, total, true))
+            .await
+            .map_err(io::Error::other)??
+            .ok_or_else(|| io::Error::other("blocking read came back empty"))?,
+    };
     for (mut out, start, len) in pdus {
         stamper.apply(&mut out.pdu.bhs, out.stamp, exp.load(Ordering::Acquire));
         out.pdu.data = data.slice(us(start)..us(start) + len);
@@ -646,6 +639,33 @@ fn encode_read_copied(
         encode_pdu(&o.pdu, digests, bufs);
     }
     Ok(())
+}
+
+/// The read's bytes in one buffer. Without `may_block`, file ranges are read
+/// only from the page cache and `None` means some page was not there.
+fn copy_segments(
+    segments: &[ReadSegment],
+    total: usize,
+    may_block: bool,
+) -> io::Result<Option<Bytes>> {
+    use std::os::unix::fs::FileExt;
+    let mut data = BytesMut::with_capacity(total);
+    for s in segments {
+        match s {
+            ReadSegment::File { file, offset, len } => {
+                let at = data.len();
+                data.resize(at + us(*len), 0);
+                if may_block {
+                    file.read_exact_at(&mut data[at..], *offset)?;
+                } else if cache::read_nowait(file, &mut data[at..], *offset)? < us(*len) {
+                    return Ok(None);
+                }
+            }
+            ReadSegment::Zero { len } => data.resize(data.len() + us(*len), 0),
+            ReadSegment::Mem(v) => data.extend_from_slice(v),
+        }
+    }
+    Ok(Some(data.freeze()))
 }
 
 /// A read segment with in-memory data moved into `Bytes` so PDUs can share
@@ -737,6 +757,18 @@ async fn write_read(
         segments,
         response,
     } = rr;
+    // sendfile would wait for the disk right here, on a reactor thread:
+    // bring cold ranges into the page cache on a blocking thread first.
+    for s in &segments {
+        if let ReadSegment::File { file, offset, len } = s
+            && !cache::resident(file, *offset, *len)
+        {
+            let (file, offset, len) = (file.clone(), *offset, *len);
+            tokio::task::spawn_blocking(move || cache::warm(&file, offset, len))
+                .await
+                .map_err(io::Error::other)??;
+        }
+    }
     let segs: Vec<Seg> = segments
         .into_iter()
         .map(|s| match s {
