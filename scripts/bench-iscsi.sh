@@ -4,13 +4,14 @@
 # the same run. Not a test: it prints a table with Khoi/tgt ratios and the
 # server CPU seconds spent per GiB served.
 #
-#   ./scripts/bench-iscsi.sh               # 1 GiB image, 10 s per row
-#   SIZE_MIB=2048 RUNTIME=20 ./scripts/bench-iscsi.sh
+#   ./scripts/bench-iscsi.sh               # 1 GiB image, median of 3 runs of 10 s per row
+#   SIZE_MIB=2048 RUNTIME=20 REPS=5 ./scripts/bench-iscsi.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNTIME=${RUNTIME:-10}
+REPS=${REPS:-3}
 TGT_CTL=${TGT_CTL:-191}
 
 ./scripts/setup.sh test >/dev/null
@@ -115,17 +116,33 @@ wbench() {
 
 rows=("1 8 1" "32 8 1" "1 128 0" "32 128 0" "8 2048 0")
 labels=("4K random QD1" "4K random QD32" "64K seq QD1 (iPXE-like)" "64K seq QD32" "1M seq QD8")
+# The median (by IOPS) of "iops MiB/s cpu" lines on stdin.
+median() { sort -n | awk '{l[NR] = $0} END {print l[int((NR + 1) / 2)]}'; }
+
+# Each row runs REPS times, alternating the two servers, and reports each
+# one's median: on a shared machine the load of other work comes and goes
+# within minutes, and alternating puts it on both sides alike.
 declare -A res
 for i in "${!rows[@]}"; do
     read -r qd blocks rnd <<<"${rows[$i]}"
     echo "running: ${labels[$i]}" >&2
-    res[k$i]=$(perf "$khoi_url" "$qd" "$blocks" "$rnd" "$kpid")
-    res[t$i]=$(perf "$tgt_url" "$qd" "$blocks" "$rnd" "$tpid")
+    kr="" tr=""
+    for _ in $(seq "$REPS"); do
+        kr+=$(perf "$khoi_url" "$qd" "$blocks" "$rnd" "$kpid")$'\n'
+        tr+=$(perf "$tgt_url" "$qd" "$blocks" "$rnd" "$tpid")$'\n'
+    done
+    res[k$i]=$(printf '%s' "$kr" | median)
+    res[t$i]=$(printf '%s' "$tr" | median)
 done
 echo "running: 4K write QD32" >&2
 labels+=("4K write QD32 (qemu-img)")
-res[k5]=$(wbench "$khoi_url" "$kpid")
-res[t5]=$(wbench "$tgt_url" "$tpid")
+kr="" tr=""
+for _ in $(seq "$REPS"); do
+    kr+=$(wbench "$khoi_url" "$kpid")$'\n'
+    tr+=$(wbench "$tgt_url" "$tpid")$'\n'
+done
+res[k5]=$(printf '%s' "$kr" | median)
+res[t5]=$(printf '%s' "$tr" | median)
 rows+=("w")
 
 echo "running: iperf3 loopback ceiling" >&2
@@ -137,8 +154,8 @@ sleep 1
 gbit=$(iperf3 -c 127.0.0.1 -p "$iport" -l 1M -t "$RUNTIME" -J 2>/dev/null |
     python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))' || echo 0)
 
-printf '\nKhoi iSCSI benchmark: %s MiB image, %s s per row, iscsi-perf (reads), loopback, %s\n' \
-    "$SIZE_MIB" "$RUNTIME" "$(date -u +%F)"
+printf '\nKhoi iSCSI benchmark: %s MiB image, median of %s alternating %s s runs per row, iscsi-perf (reads), loopback, %s\n' \
+    "$SIZE_MIB" "$REPS" "$RUNTIME" "$(date -u +%F)"
 printf '%-26s | %19s | %19s | %8s | %17s\n' "row (IOPS, MiB/s)" "khoi" "tgt" "khoi/tgt" "CPU s/GiB khoi|tgt"
 printf '%s\n' "---------------------------+---------------------+---------------------+----------+-------------------"
 for i in "${!rows[@]}"; do

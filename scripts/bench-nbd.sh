@@ -3,13 +3,14 @@
 # (qcow2 overlay over the raw base), same image, same fio jobs, one run.
 # Not a test: it prints a table and Khoi/peer ratios.
 #
-#   ./scripts/bench-nbd.sh            # 1 GiB image, 10 s per row
-#   SIZE_MIB=4096 RUNTIME=20 ./scripts/bench-nbd.sh
+#   ./scripts/bench-nbd.sh            # 1 GiB image, median of 3 runs of 10 s per row
+#   SIZE_MIB=4096 RUNTIME=20 REPS=5 ./scripts/bench-nbd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNTIME=${RUNTIME:-10}
+REPS=${REPS:-3}
 SEATS=${SEATS:-40}
 
 ./scripts/setup.sh test >/dev/null
@@ -95,12 +96,23 @@ fio_row() {
 declare -A res
 rows=("randread 4k 32" "read 1M 8" "randwrite 4k 32")
 labels=("4K random read QD32" "1M sequential read QD8" "4K random write QD32")
+# The median (by IOPS) of "iops MiB/s cpu" lines on stdin.
+median() { sort -n | awk '{l[NR] = $0} END {print l[int((NR + 1) / 2)]}'; }
+# Each row runs REPS times, rotating through the servers, and reports each
+# one's median: on a shared machine the load of other work comes and goes
+# within minutes, and rotating puts it on every side alike.
 for i in "${!rows[@]}"; do
     read -r rw bs qd <<<"${rows[$i]}"
     echo "running: ${labels[$i]}" >&2
-    res[k$i]=$(fio_row "nbd://127.0.0.1:$kport/seat/s0" "$rw" "$bs" "$qd" "$kpid")
-    res[n$i]=$(fio_row "nbd://127.0.0.1:$nport/" "$rw" "$bs" "$qd" "$npid")
-    res[q$i]=$(fio_row "nbd://127.0.0.1:$qport/" "$rw" "$bs" "$qd" "$qpid")
+    kr="" nr="" qr=""
+    for _ in $(seq "$REPS"); do
+        kr+=$(fio_row "nbd://127.0.0.1:$kport/seat/s0" "$rw" "$bs" "$qd" "$kpid")$'\n'
+        nr+=$(fio_row "nbd://127.0.0.1:$nport/" "$rw" "$bs" "$qd" "$npid")$'\n'
+        qr+=$(fio_row "nbd://127.0.0.1:$qport/" "$rw" "$bs" "$qd" "$qpid")$'\n'
+    done
+    res[k$i]=$(printf '%s' "$kr" | median)
+    res[n$i]=$(printf '%s' "$nr" | median)
+    res[q$i]=$(printf '%s' "$qr" | median)
 done
 
 # RSS with every seat attached and reading.
@@ -117,8 +129,8 @@ sleep 4
 rss_busy=$(awk '/VmRSS/ {print $2}' "/proc/$kpid/status")
 wait "$fiopid" || true
 
-printf '\nKhoi NBD benchmark: %s MiB image, %s s per row, fio nbd engine, loopback, %s\n' \
-    "$SIZE_MIB" "$RUNTIME" "$(date -u +%F)"
+printf '\nKhoi NBD benchmark: %s MiB image, median of %s rotating %s s runs per row, fio nbd engine, loopback, %s\n' \
+    "$SIZE_MIB" "$REPS" "$RUNTIME" "$(date -u +%F)"
 printf '%-24s | %18s | %18s | %18s | %9s | %9s\n' "row (IOPS, MiB/s)" "khoi" "nbdkit+cow" "qemu-nbd+qcow2" "k/nbdkit" "k/qemu"
 printf '%s\n' "-------------------------+--------------------+--------------------+--------------------+-----------+----------"
 for i in "${!rows[@]}"; do

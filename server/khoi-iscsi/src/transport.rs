@@ -377,8 +377,9 @@ async fn full_feature(
     ));
     let max_data = (params.target_mrdsl as usize).max(8192);
     let mut jobs: JoinSet<u32> = JoinSet::new();
-    let target = outcome.target().unwrap_or_default().to_owned();
-    let initiator = outcome.initiator.clone();
+    // Shared by every command's completion: a refcount, not two strings.
+    let target: Arc<str> = outcome.target().unwrap_or_default().into();
+    let initiator: Arc<str> = outcome.initiator.as_str().into();
 
     let result: Result<(), ConnError> = 'conn: loop {
         let pdu = tokio::select! {
@@ -515,8 +516,8 @@ struct Completion {
     tx: mpsc::Sender<WriterMsg>,
     resolver: Arc<dyn TargetResolver>,
     cancel: CancellationToken,
-    target: String,
-    initiator: String,
+    target: Arc<str>,
+    initiator: Arc<str>,
 }
 
 impl Completion {
@@ -533,8 +534,8 @@ impl Completion {
             }
             Reply::NoSpace(outs, detail) => {
                 self.resolver.event(IscsiEvent::SpaceAllocationFailed {
-                    target: self.target.clone(),
-                    initiator: self.initiator.clone(),
+                    target: self.target.to_string(),
+                    initiator: self.initiator.to_string(),
                     detail,
                 });
                 for o in outs {
