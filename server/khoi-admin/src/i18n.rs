@@ -340,6 +340,118 @@ pub const TABLE: &[(&str, &str, &str)] = &[
         "Run the reset now?",
     ),
     ("schedule.history", "Các lần chạy gần đây", "Recent runs"),
+    // Event kinds, shown beside their codes in the audit log.
+    ("ev.draft.discard", "Huỷ bản nháp", "Draft discarded"),
+    ("ev.draft.open", "Mở bản nháp", "Draft opened"),
+    (
+        "ev.draft.publish",
+        "Phát hành phiên bản mới",
+        "New version published",
+    ),
+    ("ev.image.delete", "Xoá ảnh đĩa", "Image deleted"),
+    ("ev.image.import", "Nhập ảnh đĩa", "Image imported"),
+    (
+        "ev.image.rollback",
+        "Quay lui phiên bản",
+        "Version rolled back",
+    ),
+    (
+        "ev.image.version.delete",
+        "Xoá phiên bản",
+        "Version deleted",
+    ),
+    (
+        "ev.iscsi.login",
+        "Máy trạm kết nối ổ đĩa (iSCSI)",
+        "iSCSI login",
+    ),
+    (
+        "ev.iscsi.login.failed",
+        "Kết nối ổ đĩa bị từ chối (iSCSI)",
+        "iSCSI login refused",
+    ),
+    (
+        "ev.iscsi.session.end",
+        "Ngắt kết nối ổ đĩa (iSCSI)",
+        "iSCSI session ended",
+    ),
+    (
+        "ev.login.failed",
+        "Đăng nhập quản trị sai",
+        "Admin login failed",
+    ),
+    (
+        "ev.login.invalid",
+        "Yêu cầu đăng nhập không hợp lệ",
+        "Invalid login request",
+    ),
+    (
+        "ev.login.limited",
+        "Tạm chặn đăng nhập vì thử sai nhiều lần",
+        "Logins paused after repeated failures",
+    ),
+    ("ev.nightly.run", "Khôi phục hằng đêm", "Nightly reset"),
+    (
+        "ev.nightly.seat.failed",
+        "Khôi phục hằng đêm lỗi ở một máy",
+        "Nightly reset failed for a seat",
+    ),
+    (
+        "ev.nightly.seat.skipped",
+        "Khôi phục hằng đêm bỏ qua một máy",
+        "Nightly reset skipped a seat",
+    ),
+    (
+        "ev.overlay.discarded",
+        "Bỏ dữ liệu thay đổi không khớp phiên bản",
+        "Overlay discarded (other version)",
+    ),
+    (
+        "ev.overlay.full",
+        "Hết chỗ ghi: lệnh ghi bị từ chối",
+        "Overlay full: write refused",
+    ),
+    (
+        "ev.overlay.quota",
+        "Máy trạm dùng hết hạn mức ghi",
+        "Seat reached its overlay quota",
+    ),
+    (
+        "ev.pxe.unknown_mac",
+        "Máy chưa đăng ký xin khởi động",
+        "Unregistered machine tried to boot",
+    ),
+    (
+        "ev.schedule.update",
+        "Đổi lịch khôi phục",
+        "Schedule changed",
+    ),
+    ("ev.seat.add", "Thêm máy trạm", "Seat added"),
+    ("ev.seat.boot", "Máy trạm khởi động", "Seat booted"),
+    (
+        "ev.seat.boot.reset_failed",
+        "Không khôi phục được khi khởi động",
+        "Reset at boot failed",
+    ),
+    ("ev.seat.remove", "Xoá máy trạm", "Seat removed"),
+    ("ev.seat.reset", "Khôi phục máy trạm", "Seat reset"),
+    ("ev.seat.update", "Sửa máy trạm", "Seat changed"),
+    ("ev.server.start", "Máy chủ khởi động", "Server started"),
+    ("ev.server.stop", "Máy chủ dừng", "Server stopped"),
+    ("ev.storage.low", "Ổ lưu trữ sắp đầy", "Storage almost full"),
+    (
+        "ev.storage.orphan",
+        "Dọn tệp không còn dùng",
+        "Unused file removed",
+    ),
+    ("ev.user.add", "Thêm người dùng", "User added"),
+    ("ev.user.password", "Đổi mật khẩu", "Password changed"),
+    ("ev.user.remove", "Xoá người dùng", "User removed"),
+    (
+        "ev.user.role",
+        "Đổi vai trò người dùng",
+        "User role changed",
+    ),
     ("audit.time", "Thời gian", "Time"),
     ("audit.kind", "Loại", "Kind"),
     ("audit.actor", "Người thực hiện", "Who"),
@@ -370,6 +482,19 @@ pub const TABLE: &[(&str, &str, &str)] = &[
         "Admin: everything. Operator: resets, publishing, seats and images, but not users. Viewer: cannot change anything.",
     ),
 ];
+
+/// A readable name for an event kind, or `None` for kinds this build does
+/// not know (the code itself is then shown alone).
+pub fn event_kind(lang: Lang, kind: &str) -> Option<&'static str> {
+    let key = format!("ev.{kind}");
+    TABLE
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, vi, en)| match lang {
+            Lang::Vi => *vi,
+            Lang::En => *en,
+        })
+}
 
 pub fn t(lang: Lang, key: &str) -> &'static str {
     match TABLE.iter().find(|(k, _, _)| *k == key) {
@@ -440,6 +565,63 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "untranslated keys: {missing:?}");
+    }
+
+    /// Every event kind the server records has a name in both languages:
+    /// the kinds are the string literals at the recording call sites.
+    #[test]
+    fn every_recorded_event_kind_is_named() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let mut sources = Vec::new();
+        for krate in ["khoi", "khoi-admin", "khoi-state"] {
+            let dir = format!("{root}/{krate}/src");
+            for e in std::fs::read_dir(&dir).expect("src dir") {
+                let path = e.expect("entry").path();
+                if path.extension().is_some_and(|x| x == "rs") {
+                    sources.push(std::fs::read_to_string(path).expect("read"));
+                }
+            }
+        }
+        let mut kinds = HashSet::new();
+        for src in &sources {
+            for marker in ["audit(", "record(", "kind: \""] {
+                for part in src.split(marker).skip(1) {
+                    // The kind is the first dotted literal within the call.
+                    let head: String = part.chars().take(120).collect();
+                    let Some(lit) = head
+                        .split('"')
+                        .nth(if marker.ends_with('"') { 0 } else { 1 })
+                    else {
+                        continue;
+                    };
+                    let dotted = lit.contains('.')
+                        && lit
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_');
+                    if dotted {
+                        kinds.insert(lit.to_string());
+                    }
+                }
+            }
+        }
+        for k in [
+            "seat.add",
+            "iscsi.login.failed",
+            "pxe.unknown_mac",
+            "server.start",
+        ] {
+            assert!(kinds.contains(k), "scan missed {k}: {kinds:?}");
+        }
+        let missing: Vec<_> = kinds
+            .iter()
+            .filter(|k| event_kind(Lang::Vi, k).is_none())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "event kinds without a name: {missing:?}"
+        );
+        assert_eq!(event_kind(Lang::En, "seat.reset"), Some("Seat reset"));
+        assert_eq!(event_kind(Lang::Vi, "no.such.kind"), None);
     }
 
     #[test]

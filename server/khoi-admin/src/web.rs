@@ -388,6 +388,11 @@ impl Page {
         self.lang.code()
     }
 
+    /// The event kind in the page's language ("" when unknown).
+    pub fn event_kind(&self, kind: &str) -> &'static str {
+        crate::i18n::event_kind(self.lang, kind).unwrap_or("")
+    }
+
     // Askama passes some arguments by value and some by reference, so these
     // take either.
     pub fn time(&self, unix: impl Borrow<i64>) -> String {
