@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNTIME=${RUNTIME:-10}
 REPS=${REPS:-3}
+STORM=${STORM:-40}
 TGT_CTL=${TGT_CTL:-191}
 
 ./scripts/setup.sh test >/dev/null
@@ -25,7 +26,9 @@ cleanup() {
     if [ "$tgt_up" = 1 ]; then
         # tgtd ignores SIGTERM; take it down through its own control socket.
         tgtadm -C "$TGT_CTL" --op update --mode sys --name State -v offline >/dev/null 2>&1 || true
-        tgtadm -C "$TGT_CTL" --op delete --force --mode target --tid 1 >/dev/null 2>&1 || true
+        for tid in $(seq 1 $((STORM + 1))); do
+            tgtadm -C "$TGT_CTL" --op delete --force --mode target --tid "$tid" >/dev/null 2>&1 || true
+        done
         tgtadm -C "$TGT_CTL" --op delete --mode system >/dev/null 2>&1 || true
     fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -144,6 +147,58 @@ done
 res[k5]=$(printf '%s' "$kr" | median)
 res[t5]=$(printf '%s' "$tr" | median)
 rows+=("w")
+
+# Boot storm: STORM seats at once, each its own session reading 64 KiB blocks
+# at random, one at a time (what a booting Windows seat looks like). Khoi
+# serves each from its own seat target; tgt gets as many targets on the
+# same file. The clients take most of the CPU here, so the telling columns
+# are the total and the server's CPU per GiB.
+echo "running: boot storm, $STORM sessions" >&2
+storm_urls_k=() storm_urls_t=()
+for n in $(seq "$STORM"); do
+    "$KHOI" --config "$work/khoi.yaml" seat add "storm$n" \
+        --mac "$(printf '02:00:00:00:%02x:%02x' $((n / 256 + 1)) $((n % 256)))" --image bench >/dev/null
+    storm_urls_k+=("$("$KHOI" --config "$work/khoi.yaml" --json seat show "storm$n" | python3 -c '
+import json, sys; s = json.load(sys.stdin)
+print("iscsi://%s%%%s@%s/%s/0" % (s["chap_user"], s["chap_secret"], s["portal"], s["target_iqn"]))')")
+    $TA --mode target --op new --tid $((n + 1)) --targetname "iqn.2025-07.vn.khoi.bench:storm$n"
+    $TA --mode logicalunit --op new --tid $((n + 1)) --lun 1 --backing-store "$img"
+    $TA --mode target --op bind --tid $((n + 1)) --initiator-address ALL
+    storm_urls_t+=("iscsi://127.0.0.1:$tport/iqn.2025-07.vn.khoi.bench:storm$n/1")
+done
+# storm PID URL... -> "iops MiB/s cpu_s_per_GiB", IOPS summed over the sessions
+storm() {
+    local pid=$1; shift
+    local t0; t0=$(cpu_ticks "$pid")
+    local outs=() cps=() u p
+    for u in "$@"; do
+        outs+=("$work/storm.${#outs[@]}")
+        timeout $((RUNTIME + 30)) iscsi-perf -m 1 -b 128 -t "$RUNTIME" -r "$u" >"${outs[-1]}" 2>&1 &
+        cps+=($!)
+    done
+    for p in "${cps[@]}"; do wait "$p" 2>/dev/null || true; done
+    local t1; t1=$(cpu_ticks "$pid")
+    # iscsi-perf prints a running average; each session's last one counts.
+    local iops=0 o v
+    for o in "${outs[@]}"; do
+        v=$(tr '\r' '\n' <"$o" | awk '/iops average/ {for (i = 1; i <= NF; i++) if ($i == "average") v = $(i + 1)} END {print v + 0}')
+        iops=$((iops + ${v%.*}))
+    done
+    rm -f "${outs[@]}"
+    awk -v iops="$iops" -v t=$((t1 - t0)) -v hz="$hz" -v run="$RUNTIME" 'BEGIN {
+        mib = iops * 65536 / 1048576; gib = mib * run / 1024; if (gib <= 0) gib = 1e-9
+        printf "%d %.1f %.2f\n", iops, mib, (t / hz) / gib
+    }'
+}
+kr="" tr=""
+for _ in $(seq "$REPS"); do
+    kr+=$(storm "$kpid" "${storm_urls_k[@]}")$'\n'
+    tr+=$(storm "$tpid" "${storm_urls_t[@]}")$'\n'
+done
+labels+=("boot storm: $STORM x 64K QD1")
+res[k6]=$(printf '%s' "$kr" | median)
+res[t6]=$(printf '%s' "$tr" | median)
+rows+=("s")
 
 echo "running: iperf3 loopback ceiling" >&2
 iport=$(port)
