@@ -537,10 +537,18 @@ fn crc32c_digests_end_to_end() {
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
     let (st, _, _) = c.command(&[0x2a, 0, 0, 0, 0, 16, 0, 0, 8, 0], 4096, Some(&data));
     assert_eq!(st, 0);
-    // Read back through the file (pread + data digest instead of sendfile).
+    // Read back through the file: a small read is copied into the writer's
+    // batch, and its data digest computed over the copy.
     let (st, _, back) = c.command(&[0x28, 0, 0, 0, 0, 16, 0, 0, 8, 0], 4096, None);
     assert_eq!(st, 0);
     assert_eq!(back, data);
+    // A large read takes the other path (Data-In segments read from the
+    // device's file, then digested); 128 KiB from LBA 0 covers the block
+    // written above.
+    let (st, _, big) = c.command(&[0x28, 0, 0, 0, 0, 0, 0, 1, 0, 0], 128 << 10, None);
+    assert_eq!(st, 0);
+    assert_eq!(big.len(), 128 << 10);
+    assert_eq!(&big[16 * 512..16 * 512 + 4096], &data[..]);
     assert!(c.nop());
 }
 
