@@ -6,6 +6,7 @@
 #
 #   ./scripts/bench-iscsi.sh               # 1 GiB image, median of 3 runs of 10 s per row
 #   SIZE_MIB=2048 RUNTIME=20 REPS=5 ./scripts/bench-iscsi.sh
+#   KHOI_BIN=path/to/khoi ./scripts/bench-iscsi.sh   # a binary built elsewhere
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +17,12 @@ STORM=${STORM:-40}
 TGT_CTL=${TGT_CTL:-191}
 
 ./scripts/setup.sh test >/dev/null
-cargo build --release --bin khoi >&2
-KHOI=${CARGO_TARGET_DIR:-$PWD/target}/release/khoi
+if [ -n "${KHOI_BIN:-}" ]; then
+    KHOI=$KHOI_BIN
+else
+    cargo build --release --bin khoi >&2
+    KHOI=${CARGO_TARGET_DIR:-$PWD/target}/release/khoi
+fi
 
 work=$(mktemp -d /tmp/khoi-bench-iscsi.XXXXXX)
 pids=()

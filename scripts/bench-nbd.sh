@@ -5,6 +5,7 @@
 #
 #   ./scripts/bench-nbd.sh            # 1 GiB image, median of 3 runs of 10 s per row
 #   SIZE_MIB=4096 RUNTIME=20 REPS=5 ./scripts/bench-nbd.sh
+#   KHOI_BIN=path/to/khoi ./scripts/bench-nbd.sh   # a binary built elsewhere
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +15,12 @@ REPS=${REPS:-3}
 SEATS=${SEATS:-40}
 
 ./scripts/setup.sh test >/dev/null
-cargo build --release --bin khoi >&2
-KHOI=${CARGO_TARGET_DIR:-$PWD/target}/release/khoi
+if [ -n "${KHOI_BIN:-}" ]; then
+    KHOI=$KHOI_BIN
+else
+    cargo build --release --bin khoi >&2
+    KHOI=${CARGO_TARGET_DIR:-$PWD/target}/release/khoi
+fi
 
 work=$(mktemp -d /tmp/khoi-bench-nbd.XXXXXX)
 pids=()
