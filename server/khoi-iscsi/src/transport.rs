@@ -577,7 +577,8 @@ async fn writer_task(
                         encode_pdu(&o.pdu, digests, &mut bufs);
                     }
                     WriterMsg::Read(rr) if read_len(&rr) <= COPY_READ_MAX => {
-                        encode_read_copied(rr, &mut stamper, &exp, digests, &mut bufs).await?;
+                        encode_read_copied(&mut wr, rr, &mut stamper, &exp, digests, &mut bufs)
+                            .await?;
                     }
                     WriterMsg::Read(rr) => {
                         write_all_slices(&mut wr, &bufs).await?;
@@ -608,6 +609,7 @@ fn read_len(rr: &ReadReply) -> usize {
 /// Encode a small read's Data-In PDUs (and its response) with the payload
 /// copied in, so they can join a batch.
 async fn encode_read_copied(
+    wr: &mut OwnedWriteHalf,
     rr: ReadReply,
     stamper: &mut Stamper,
     exp: &AtomicU32,
@@ -622,12 +624,17 @@ async fn encode_read_copied(
     let total: usize = pdus.iter().map(|(_, _, len)| *len).sum();
     let data = match copy_segments(&segments, total, false)? {
         Some(d) => d,
-        // Not all in the page cache: the disk read goes to a blocking thread
-        // so this worker keeps serving the other connections.
-        None => tokio::task::spawn_blocking(move || copy_segments(&segments, total, true))
-            .await
-            .map_err(io::Error::other)??
-            .ok_or_else(|| io::Error::other("blocking read came back empty"))?,
+        None => {
+            // Not all in the page cache: the disk read goes to a blocking
+            // thread so this worker keeps serving the other connections, and
+            // the replies batched so far go out rather than wait for it.
+            write_all_slices(wr, bufs).await?;
+            bufs.clear();
+            tokio::task::spawn_blocking(move || copy_segments(&segments, total, true))
+                .await
+                .map_err(io::Error::other)??
+                .ok_or_else(|| io::Error::other("blocking read came back empty"))?
+        }
     };
     for (mut out, start, len) in pdus {
         stamper.apply(&mut out.pdu.bhs, out.stamp, exp.load(Ordering::Acquire));
