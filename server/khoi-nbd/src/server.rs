@@ -519,7 +519,7 @@ struct Sock {
     fd: RawFd,
 }
 
-fn unsafe_zeroed_msghdr() -> libc::msghdr {
+fn empty_msghdr() -> libc::msghdr {
     // SAFETY: msghdr is plain old data (pointers and integers) for which all
     // zero bytes is the valid "no name, no iov, no control" value.
     unsafe { std::mem::zeroed() }
@@ -590,7 +590,7 @@ impl Sock {
         let mut rest: &mut [io::IoSlice<'_>] = &mut iov[..];
         let mut since = Instant::now();
         while !rest.is_empty() {
-            let mut msg: libc::msghdr = unsafe_zeroed_msghdr();
+            let mut msg: libc::msghdr = empty_msghdr();
             msg.msg_iov = rest.as_mut_ptr().cast();
             // At most IOV_FLUSH plus one piece's zero slices: far below IOV_MAX.
             msg.msg_iovlen = rest.len().min(1024) as _;
