@@ -90,9 +90,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let events: Vec<khoi_state::Event> = client.get(&path)?;
             out.print(&events, |events| {
                 for e in events.iter().rev() {
+                    // Local (Vietnam) time as on the admin page; --json keeps Unix seconds.
                     println!(
                         "{}  {:<22} {:<14} {:<16} {}",
-                        e.ts, e.kind, e.actor, e.subject, e.detail
+                        khoi_admin::web::fmt_time(e.ts),
+                        e.kind,
+                        e.actor,
+                        e.subject,
+                        e.detail
                     );
                 }
             })
