@@ -442,6 +442,12 @@ async fn roles_viewer_operator_admin() {
         ev.iter().any(|e| e.kind == "seat.reset" && e.actor == "op"),
         "{ev:?}"
     );
+    // The Vietnamese page names the kind and words the detail from the
+    // event's values; the English detail stays in the record (API, CSV).
+    let page = admin.get("/audit?subject=s1").await.body;
+    assert!(page.contains("Khôi phục máy trạm"), "{page}");
+    assert!(page.contains("Về phiên bản 1"), "{page}");
+    assert!(!page.contains("on version 1"), "{page}");
 }
 
 #[tokio::test]
@@ -722,6 +728,7 @@ async fn every_endpoint_round_trip() {
             source: "10.0.0.7",
             subject: "02:00:00:00:00:99",
             detail: "bios",
+            args: &[],
         })
         .expect("event");
     assert_eq!(
@@ -816,6 +823,7 @@ async fn pages_and_forms_work_and_escape_user_text() {
             source: "10.0.0.7",
             subject: "02:00:00:00:00:42",
             detail: evil,
+            args: &[],
         })
         .expect("event");
     for page in [

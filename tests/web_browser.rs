@@ -50,6 +50,7 @@ async fn admin_page_in_headless_chromium() {
             source: "10.10.0.57",
             subject: UNKNOWN_MAC,
             detail: "BIOS PXE from 10.10.0.57",
+            args: &[],
         })
         .expect("event");
     let image = dir.path().join("win10.img");

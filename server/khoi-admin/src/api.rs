@@ -567,7 +567,14 @@ async fn user_add(
             )));
         }
         a.put_user(&req.name, &req.role, &req.password)?;
-        svc.audit(&who, "user.add", &req.name, &format!("role {}", req.role));
+        let role = req.role.to_string();
+        svc.audit_args(
+            &who,
+            "user.add",
+            &req.name,
+            &format!("role {role}"),
+            &[("role", &role)],
+        );
         Ok(())
     })
     .await
@@ -584,7 +591,14 @@ async fn user_update(
     blocking(move || {
         if let Some(role) = &req.role {
             a.set_role(&name, role)?;
-            svc.audit(&who, "user.role", &name, &format!("role {role}"));
+            let role = role.to_string();
+            svc.audit_args(
+                &who,
+                "user.role",
+                &name,
+                &format!("role {role}"),
+                &[("role", &role)],
+            );
         }
         if let Some(pw) = &req.password {
             a.set_password(&name, pw)?;

@@ -3,6 +3,8 @@
 //! shows the key itself rather than failing the page (the unit tests make
 //! sure none is missing).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -454,6 +456,101 @@ pub const TABLE: &[(&str, &str, &str)] = &[
         "Đổi vai trò người dùng",
         "User role changed",
     ),
+    // Event details by kind, filled from the values the event recorded.
+    (
+        "evd.seat.boot",
+        "Máy {mac} tải kịch bản khởi động (chính sách {policy})",
+        "Boot script fetched by {mac} (policy {policy})",
+    ),
+    (
+        "evd.seat.add",
+        "MAC {mac}, ảnh {image}, phiên bản {version}, chính sách {policy}",
+        "MAC {mac}, image {image}, version {version}, policy {policy}",
+    ),
+    (
+        "evd.seat.reset",
+        "Chuyển sang phiên bản {version} (trước là {was})",
+        "Now on version {version} (was {was})",
+    ),
+    (
+        "evd.seat.reset/2",
+        "Về phiên bản {version}",
+        "On version {version}",
+    ),
+    (
+        "evd.pxe.unknown_mac",
+        "Máy chưa đăng ký xin khởi động ({arch})",
+        "Unregistered machine asked to boot ({arch})",
+    ),
+    (
+        "evd.iscsi.login",
+        "{initiator} kết nối từ {peer}, phiên {session}",
+        "{initiator} from {peer}, session {session}",
+    ),
+    (
+        "evd.iscsi.session.end",
+        "{initiator} từ {peer} đã ngắt, phiên {session}",
+        "{initiator} from {peer} left, session {session}",
+    ),
+    (
+        "evd.overlay.quota",
+        "Dữ liệu thay đổi đã đầy hạn mức {quota} byte; lệnh ghi mới bị từ chối đến khi khôi phục",
+        "Overlay reached its quota of {quota} bytes; new writes fail until reset",
+    ),
+    (
+        "evd.storage.low",
+        "Ổ dữ liệu chỉ còn {free} byte, dưới ngưỡng {floor}; lệnh ghi mới bị từ chối",
+        "Data filesystem has {free} bytes free, below the floor of {floor}; new writes fail",
+    ),
+    (
+        "evd.storage.orphan",
+        "Đã xoá một tệp không phiên bản hay máy nào dùng",
+        "Removed a file no version or overlay uses",
+    ),
+    ("evd.server.start", "Dữ liệu tại {data}", "Data in {data}"),
+    (
+        "evd.image.import",
+        "Phiên bản {version} ({bytes} byte): {note}",
+        "Version {version} ({bytes} bytes): {note}",
+    ),
+    (
+        "evd.image.rollback",
+        "Phiên bản hiện hành {from} → {to}",
+        "Current version {from} → {to}",
+    ),
+    (
+        "evd.image.version.delete",
+        "Phiên bản {version}",
+        "Version {version}",
+    ),
+    (
+        "evd.draft.open",
+        "Dựa trên phiên bản {version}",
+        "Over version {version}",
+    ),
+    (
+        "evd.draft.publish",
+        "Phiên bản {version}: {note}",
+        "Version {version}: {note}",
+    ),
+    ("evd.user.add", "Vai trò {role}", "Role {role}"),
+    ("evd.user.role", "Vai trò {role}", "Role {role}"),
+    ("evd.user.password", "Đã đổi mật khẩu", "Password changed"),
+    (
+        "evd.schedule.update",
+        "Lịch {cron}, máy còn chạy: {online}",
+        "Schedule {cron}, seats still running: {online}",
+    ),
+    (
+        "evd.nightly.seat.skipped",
+        "Máy còn đang chạy nên không khôi phục",
+        "Still online; not reset",
+    ),
+    (
+        "evd.nightly.run",
+        "{trigger}: khôi phục {reset_n}: {reset}; buộc khôi phục {forced_n}: {forced}; bỏ qua {skipped_n}: {skipped}; lỗi {failed_n}: {failed}",
+        "{trigger}: reset {reset_n}: {reset}; forced {forced_n}: {forced}; skipped {skipped_n}: {skipped}; failed {failed_n}: {failed}",
+    ),
     ("audit.time", "Thời gian", "Time"),
     ("audit.kind", "Loại", "Kind"),
     ("audit.actor", "Người thực hiện", "Who"),
@@ -496,6 +593,46 @@ pub fn event_kind(lang: Lang, kind: &str) -> Option<&'static str> {
             Lang::Vi => *vi,
             Lang::En => *en,
         })
+}
+
+/// An event's detail worded in `lang` from the values it recorded, or `None`
+/// when this build has no wording for the kind or the event lacks a value
+/// every wording needs (events recorded before values were kept): the page
+/// then shows the English detail as recorded. A kind may have several
+/// wordings (`evd.<kind>`, `evd.<kind>/2`, ...); the first whose values are
+/// all there is used.
+pub fn event_detail(lang: Lang, kind: &str, args: &BTreeMap<String, String>) -> Option<String> {
+    let key = format!("evd.{kind}");
+    TABLE
+        .iter()
+        .filter(|(k, _, _)| {
+            k.strip_prefix(key.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .find_map(|(_, vi, en)| {
+            fill(
+                match lang {
+                    Lang::Vi => vi,
+                    Lang::En => en,
+                },
+                args,
+            )
+        })
+}
+
+/// `{name}` in `text` replaced by its value; `None` if a value is missing.
+fn fill(text: &str, args: &BTreeMap<String, String>) -> Option<String> {
+    let mut rest = text;
+    let mut out = String::new();
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after.find('}')?;
+        out.push_str(args.get(&after[..close])?);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 pub fn t(lang: Lang, key: &str) -> &'static str {
@@ -586,7 +723,13 @@ mod tests {
         }
         let mut kinds = HashSet::new();
         for src in &sources {
-            for marker in ["audit(", "record(", "kind: \""] {
+            for marker in [
+                "audit(",
+                "audit_args(",
+                "record(",
+                "record_args(",
+                "kind: \"",
+            ] {
                 for part in src.split(marker).skip(1) {
                     // The kind is the first dotted literal within the call.
                     let head: String = part.chars().take(120).collect();
@@ -602,7 +745,7 @@ mod tests {
                         && lit
                             .chars()
                             .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
-                        && (lit.contains('.') || marker == "audit(");
+                        && (lit.contains('.') || marker.starts_with("audit"));
                     if shaped {
                         kinds.insert(lit.to_string());
                     }
@@ -629,6 +772,50 @@ mod tests {
         );
         assert_eq!(event_kind(Lang::En, "seat.reset"), Some("Seat reset"));
         assert_eq!(event_kind(Lang::Vi, "no.such.kind"), None);
+    }
+
+    #[test]
+    fn event_details_are_worded_from_their_values() {
+        let args: BTreeMap<String, String> = [("version", "3"), ("was", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            event_detail(Lang::Vi, "seat.reset", &args).as_deref(),
+            Some("Chuyển sang phiên bản 3 (trước là 2)")
+        );
+        assert_eq!(
+            event_detail(Lang::En, "seat.reset", &args).as_deref(),
+            Some("Now on version 3 (was 2)")
+        );
+        // Without the earlier version, the kind's second wording fits.
+        let mut only = args.clone();
+        only.remove("was");
+        assert_eq!(
+            event_detail(Lang::Vi, "seat.reset", &only).as_deref(),
+            Some("Về phiên bản 3")
+        );
+        // No wording fits (an event from before values were kept): no
+        // sentence, so the page falls back to the recorded detail.
+        assert_eq!(event_detail(Lang::Vi, "seat.reset", &BTreeMap::new()), None);
+        // Wordings without values need none; unknown kinds have none.
+        assert_eq!(
+            event_detail(Lang::Vi, "user.password", &BTreeMap::new()).as_deref(),
+            Some("Đã đổi mật khẩu")
+        );
+        assert_eq!(event_detail(Lang::Vi, "overlay.full", &args), None);
+        // Every wording belongs to a named kind and has balanced braces.
+        for (k, vi, en) in TABLE {
+            if let Some(kind) = k
+                .strip_prefix("evd.")
+                .map(|w| w.split('/').next().unwrap_or(w))
+            {
+                assert!(event_kind(Lang::Vi, kind).is_some(), "{k} has no kind name");
+                for text in [vi, en] {
+                    assert_eq!(text.matches('{').count(), text.matches('}').count(), "{k}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl Scheduler {
         let st = self.service.state();
         st.set_setting(KEY_CRON, new.cron.trim())?;
         st.set_setting(KEY_ONLINE, new.online.as_str())?;
-        self.service.audit(
+        self.service.audit_args(
             actor,
             "schedule.update",
             "nightly",
@@ -166,6 +166,7 @@ impl Scheduler {
                 new.cron.trim(),
                 new.online.as_str()
             ),
+            &[("cron", new.cron.trim()), ("online", new.online.as_str())],
         );
         Ok(())
     }
@@ -258,21 +259,33 @@ impl Scheduler {
                 v.join(" ")
             }
         };
-        self.service.audit(
+        let (reset, forced) = (list(&report.reset), list(&report.forced));
+        let (skipped, failed) = (list(&report.skipped), list(&report.failed));
+        let counts = [
+            report.reset.len().to_string(),
+            report.forced.len().to_string(),
+            report.skipped.len().to_string(),
+            report.failed.len().to_string(),
+        ];
+        self.service.audit_args(
             actor,
             "nightly.run",
             "nightly",
             &format!(
-                "{trigger}: reset {}: {}; forced {}: {}; skipped {}: {}; failed {}: {}",
-                report.reset.len(),
-                list(&report.reset),
-                report.forced.len(),
-                list(&report.forced),
-                report.skipped.len(),
-                list(&report.skipped),
-                report.failed.len(),
-                list(&report.failed)
+                "{trigger}: reset {}: {reset}; forced {}: {forced}; skipped {}: {skipped}; failed {}: {failed}",
+                counts[0], counts[1], counts[2], counts[3]
             ),
+            &[
+                ("trigger", trigger),
+                ("reset_n", &counts[0]),
+                ("reset", &reset),
+                ("forced_n", &counts[1]),
+                ("forced", &forced),
+                ("skipped_n", &counts[2]),
+                ("skipped", &skipped),
+                ("failed_n", &counts[3]),
+                ("failed", &failed),
+            ],
         );
         Ok(report)
     }

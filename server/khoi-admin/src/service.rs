@@ -280,12 +280,25 @@ impl Service {
 
     /// Record an event on behalf of an actor (logins, schedule runs).
     pub fn audit(&self, actor: &Actor, kind: &str, subject: &str, detail: &str) {
+        self.audit_args(actor, kind, subject, detail, &[]);
+    }
+
+    /// `audit` with the detail's values by name, for pages in other languages.
+    pub fn audit_args(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        subject: &str,
+        detail: &str,
+        args: &[(&str, &str)],
+    ) {
         let ev = NewEvent {
             kind,
             actor: &actor.name,
             source: &actor.source,
             subject,
             detail,
+            args,
         };
         if let Err(e) = self.state.record(&ev) {
             // The change itself succeeded; losing its audit line must be
@@ -341,11 +354,16 @@ impl Service {
         }
         let _g = self.admin.lock();
         let v = self.store.import_image(name, &path, note, &actor.name)?;
-        self.audit(
+        self.audit_args(
             actor,
             "image.import",
             name,
             &format!("version {} ({} bytes): {note}", v.number, v.size),
+            &[
+                ("version", &v.number.to_string()),
+                ("bytes", &v.size.to_string()),
+                ("note", note),
+            ],
         );
         drop(_g);
         self.version(name, v.number)
@@ -391,11 +409,12 @@ impl Service {
         let _g = self.admin.lock();
         let before = self.store.current_version(image)?;
         self.store.set_current(image, n)?;
-        self.audit(
+        self.audit_args(
             actor,
             "image.rollback",
             image,
             &format!("current version {before} -> {n}"),
+            &[("from", &before.to_string()), ("to", &n.to_string())],
         );
         drop(_g);
         self.version(image, n)
@@ -417,11 +436,12 @@ impl Service {
             )));
         }
         self.store.delete_version(image, n)?;
-        self.audit(
+        self.audit_args(
             actor,
             "image.version.delete",
             image,
             &format!("version {n}"),
+            &[("version", &n.to_string())],
         );
         Ok(())
     }
@@ -449,7 +469,13 @@ impl Service {
         self.store.open_draft(image)?;
         if !existed {
             let base = self.store.current_version(image)?;
-            self.audit(actor, "draft.open", image, &format!("over version {base}"));
+            self.audit_args(
+                actor,
+                "draft.open",
+                image,
+                &format!("over version {base}"),
+                &[("version", &base.to_string())],
+            );
         }
         Ok(())
     }
@@ -497,11 +523,12 @@ impl Service {
         }
         let _g = self.admin.lock();
         let v = self.store.publish_draft(image, note, &actor.name)?;
-        self.audit(
+        self.audit_args(
             actor,
             "draft.publish",
             image,
             &format!("version {}: {note}", v.number),
+            &[("version", &v.number.to_string()), ("note", note)],
         );
         drop(_g);
         self.version(image, v.number)
@@ -577,18 +604,24 @@ impl Service {
         let target = self.target_version(&seat)?;
         self.state.set_active_version(&seat.name, Some(target))?;
         let seat = self.state.seat(&seat.name)?;
-        self.audit(
+        let version = seat
+            .pinned_version
+            .map_or_else(|| "latest".to_string(), |n| n.to_string());
+        let policy = seat.policy.to_string();
+        self.audit_args(
             actor,
             "seat.add",
             &seat.name,
             &format!(
-                "mac {} image {} version {} policy {}",
-                seat.mac,
-                seat.image,
-                seat.pinned_version
-                    .map_or_else(|| "latest".to_string(), |n| n.to_string()),
-                seat.policy
+                "mac {} image {} version {version} policy {policy}",
+                seat.mac, seat.image
             ),
+            &[
+                ("mac", &seat.mac),
+                ("image", &seat.image),
+                ("version", &version),
+                ("policy", &policy),
+            ],
         );
         Ok(self.view(seat))
     }
@@ -668,11 +701,27 @@ impl Service {
             Err(e) => return Err(e.into()),
         }
         self.state.set_active_version(name, Some(target))?;
-        let detail = match seat.active_version {
-            Some(old) if old != target => format!("now on version {target} (was {old})"),
-            _ => format!("on version {target}"),
-        };
-        self.audit(actor, "seat.reset", name, &detail);
+        let to = target.to_string();
+        let was = seat
+            .active_version
+            .filter(|&old| old != target)
+            .map(|v| v.to_string());
+        match &was {
+            Some(old) => self.audit_args(
+                actor,
+                "seat.reset",
+                name,
+                &format!("now on version {target} (was {old})"),
+                &[("version", &to), ("was", old)],
+            ),
+            None => self.audit_args(
+                actor,
+                "seat.reset",
+                name,
+                &format!("on version {target}"),
+                &[("version", &to)],
+            ),
+        }
         self.metrics()
             .resets
             .get_or_create(&TriggerLabel {

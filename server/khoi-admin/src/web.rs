@@ -388,6 +388,18 @@ impl Page {
         self.lang.code()
     }
 
+    /// The event's detail in the page's language when this build can word
+    /// it from the event's values; else the recorded (English) detail.
+    pub fn event_detail(&self, e: &khoi_state::Event) -> String {
+        crate::i18n::event_detail(self.lang, &e.kind, &e.args).unwrap_or_else(|| e.detail.clone())
+    }
+
+    /// An unregistered machine's last request, worded like `event_detail`.
+    pub fn unknown_detail(&self, u: &khoi_state::UnknownMac) -> String {
+        crate::i18n::event_detail(self.lang, "pxe.unknown_mac", &u.args)
+            .unwrap_or_else(|| u.detail.clone())
+    }
+
     /// The event kind in the page's language ("" when unknown).
     pub fn event_kind(&self, kind: &str) -> &'static str {
         crate::i18n::event_kind(self.lang, kind).unwrap_or("")
@@ -762,8 +774,13 @@ async fn setup(
                 name: name.clone(),
                 source: peer_addr,
             };
-            st.service
-                .audit(&actor, "user.add", &name, "role admin (first start)");
+            st.service.audit_args(
+                &actor,
+                "user.add",
+                &name,
+                "role admin (first start)",
+                &[("role", "admin")],
+            );
             Redirect::to("/login").into_response()
         }
         Err(e) => {
@@ -1700,7 +1717,14 @@ async fn user_add(
         }
         let role = field(&f, "role").to_string();
         auth.put_user(&n, &role, f.get("password").map_or("", String::as_str))?;
-        svc.audit(&who, "user.add", &n, &format!("role {role}"));
+        let role = role.to_string();
+        svc.audit_args(
+            &who,
+            "user.add",
+            &n,
+            &format!("role {role}"),
+            &[("role", &role)],
+        );
         Ok(())
     })
     .await;
@@ -1726,7 +1750,14 @@ async fn user_edit(
         let role = field(&f, "role");
         if !role.is_empty() {
             auth.set_role(&n, role)?;
-            svc.audit(&who, "user.role", &n, &format!("role {role}"));
+            let role = role.to_string();
+            svc.audit_args(
+                &who,
+                "user.role",
+                &n,
+                &format!("role {role}"),
+                &[("role", &role)],
+            );
         }
         let pw = f.get("password").map_or("", String::as_str);
         if !pw.is_empty() {

@@ -8,6 +8,7 @@
 //! One connection behind a mutex: every statement here is a small indexed
 //! lookup or insert, far off the block path, so there is no pool to tune.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -222,6 +223,9 @@ pub struct UnknownMac {
     pub count: i64,
     /// The detail of the latest request (address, architecture).
     pub detail: String,
+    /// The values of that detail, by name (see `Event::args`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +242,9 @@ pub struct Event {
     /// What it is about: a seat, image or MAC.
     pub subject: String,
     pub detail: String,
+    /// The values in `detail`, by name (empty for kinds that carry none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
 }
 
 /// An event to record; the id and time are assigned on insert.
@@ -248,6 +255,7 @@ pub struct NewEvent<'a> {
     pub source: &'a str,
     pub subject: &'a str,
     pub detail: &'a str,
+    pub args: &'a [(&'a str, &'a str)],
 }
 
 /// Migrations in order; `PRAGMA user_version` records how many ran.
@@ -294,6 +302,11 @@ CREATE TABLE users (
     created INTEGER NOT NULL
 );
 CREATE INDEX events_kind ON events (kind);
+"#,
+    // The values in an event's detail, by name, so pages can word it in the
+    // reader's language; `detail` keeps the English sentence for logs and CSV.
+    r#"
+ALTER TABLE events ADD COLUMN args TEXT NOT NULL DEFAULT '';
 "#,
 ];
 
@@ -363,6 +376,14 @@ fn seat_from_row(row: &Row<'_>) -> rusqlite::Result<Seat> {
     })
 }
 
+fn encode_args(args: &[(&str, &str)]) -> String {
+    if args.is_empty() {
+        return String::new();
+    }
+    let map: BTreeMap<&str, &str> = args.iter().copied().collect();
+    serde_json::to_string(&map).unwrap_or_default()
+}
+
 fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     Ok(Event {
         id: row.get("id")?,
@@ -372,6 +393,8 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
         source: row.get("source")?,
         subject: row.get("subject")?,
         detail: row.get("detail")?,
+        // Rows from before the column, or unreadable ones, just have none.
+        args: serde_json::from_str(&row.get::<_, String>("args")?).unwrap_or_default(),
     })
 }
 
@@ -730,7 +753,9 @@ impl State {
             "SELECT lower(e.subject) AS mac, MIN(e.ts) AS first_seen, MAX(e.ts) AS last_seen,
                     COUNT(*) AS n,
                     (SELECT detail FROM events d WHERE d.kind = 'pxe.unknown_mac'
-                       AND lower(d.subject) = lower(e.subject) ORDER BY d.id DESC LIMIT 1) AS detail
+                       AND lower(d.subject) = lower(e.subject) ORDER BY d.id DESC LIMIT 1) AS detail,
+                    (SELECT args FROM events d WHERE d.kind = 'pxe.unknown_mac'
+                       AND lower(d.subject) = lower(e.subject) ORDER BY d.id DESC LIMIT 1) AS args
              FROM events e
              WHERE e.kind = 'pxe.unknown_mac'
                AND lower(e.subject) NOT IN (SELECT mac FROM seats)
@@ -744,6 +769,10 @@ impl State {
                 last_seen: r.get("last_seen")?,
                 count: r.get("n")?,
                 detail: r.get::<_, Option<String>>("detail")?.unwrap_or_default(),
+                args: r
+                    .get::<_, Option<String>>("args")?
+                    .and_then(|a| serde_json::from_str(&a).ok())
+                    .unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -752,9 +781,17 @@ impl State {
     pub fn record(&self, ev: &NewEvent<'_>) -> Result<i64> {
         let conn = self.conn.lock();
         conn.execute(
-            "INSERT INTO events (ts, kind, actor, source, subject, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![now(), ev.kind, ev.actor, ev.source, ev.subject, ev.detail],
+            "INSERT INTO events (ts, kind, actor, source, subject, detail, args)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                now(),
+                ev.kind,
+                ev.actor,
+                ev.source,
+                ev.subject,
+                ev.detail,
+                encode_args(ev.args)
+            ],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -846,6 +883,37 @@ mod tests {
     }
 
     #[test]
+    fn event_values_round_trip_and_old_rows_have_none() {
+        let st = State::open_in_memory().expect("db");
+        st.record(&NewEvent {
+            kind: "seat.reset",
+            actor: "khoi",
+            source: "-",
+            subject: "pc01",
+            detail: "now on version 3 (was 2)",
+            args: &[("version", "3"), ("was", "2")],
+        })
+        .expect("record");
+        // A row as written before the column existed.
+        st.conn
+            .lock()
+            .execute(
+                "INSERT INTO events (ts, kind, actor, source, subject, detail)
+                 VALUES (1, 'seat.reset', 'khoi', '-', 'pc02', 'on version 1')",
+                [],
+            )
+            .expect("insert");
+        let ev = st.events(None, 10).expect("events");
+        assert!(ev[0].args.is_empty());
+        assert_eq!(ev[0].detail, "on version 1");
+        assert_eq!(ev[1].args.get("version").map(String::as_str), Some("3"));
+        assert_eq!(ev[1].args.get("was").map(String::as_str), Some("2"));
+        // The API keeps its shape for events without values.
+        let json = serde_json::to_value(&ev[0]).expect("json");
+        assert!(json.get("args").is_none(), "{json}");
+    }
+
+    #[test]
     fn events_newest_first_and_filtered() {
         let st = State::open_in_memory().expect("db");
         for (kind, subject) in [("a", "s1"), ("b", "s2"), ("c", "s1")] {
@@ -855,6 +923,7 @@ mod tests {
                 source: "-",
                 subject,
                 detail: "",
+                args: &[],
             })
             .expect("record");
         }
@@ -924,6 +993,7 @@ mod tests {
                 source: "10.0.0.9",
                 subject: mac,
                 detail: "bios",
+                args: &[],
             })
             .expect("record");
         }

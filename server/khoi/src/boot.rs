@@ -115,14 +115,12 @@ impl BootDirectory for Seats {
         };
         // The event log is where the dashboard finds the last boot again
         // after a server restart.
-        self.recorder.record(
+        let (mac, policy) = (mac_text(boot.mac), seat.policy.to_string());
+        self.recorder.record_args(
             "seat.boot",
             boot.seat.clone(),
-            format!(
-                "boot script fetched by {} (policy {})",
-                mac_text(boot.mac),
-                seat.policy
-            ),
+            format!("boot script fetched by {mac} (policy {policy})"),
+            vec![("mac", mac), ("policy", policy)],
         );
         match seat.policy {
             ResetPolicy::OnBoot => {
@@ -149,10 +147,11 @@ impl BootDirectory for Seats {
             None => "unknown architecture".to_string(),
         };
         let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        self.recorder.record(
+        self.recorder.record_args(
             "pxe.unknown_mac",
             mac_text(mac),
             format!("unregistered machine asked to boot ({arch}) at {secs}"),
+            vec![("arch", arch)],
         );
     }
 

@@ -205,10 +205,15 @@ impl TargetResolver for IscsiTargets {
                 if target.is_some() {
                     self.service.activity().connected(&name, "iscsi", &peer);
                 }
-                self.recorder.record(
+                self.recorder.record_args(
                     "iscsi.login",
                     name,
                     format!("{initiator} from {peer}, session {tsih}"),
+                    vec![
+                        ("initiator", initiator),
+                        ("peer", peer.to_string()),
+                        ("session", tsih.to_string()),
+                    ],
                 );
             }
             IscsiEvent::SessionEnded {
@@ -221,10 +226,15 @@ impl TargetResolver for IscsiTargets {
                 if target.is_some() {
                     self.service.activity().disconnected(&name, "iscsi", &peer);
                 }
-                self.recorder.record(
+                self.recorder.record_args(
                     "iscsi.session.end",
                     name,
                     format!("{initiator} from {peer}, session {tsih}"),
+                    vec![
+                        ("initiator", initiator),
+                        ("peer", peer.to_string()),
+                        ("session", tsih.to_string()),
+                    ],
                 );
             }
             IscsiEvent::SpaceAllocationFailed {

@@ -13,6 +13,7 @@ pub struct Owned {
     pub kind: &'static str,
     pub subject: String,
     pub detail: String,
+    pub args: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,10 +41,22 @@ impl Recorder {
         subject: impl Into<String>,
         detail: impl Into<String>,
     ) {
+        self.record_args(kind, subject, detail, Vec::new());
+    }
+
+    /// `record` with the detail's values by name, for pages in other languages.
+    pub fn record_args(
+        &self,
+        kind: &'static str,
+        subject: impl Into<String>,
+        detail: impl Into<String>,
+        args: Vec<(&'static str, String)>,
+    ) {
         let ev = Owned {
             kind,
             subject: subject.into(),
             detail: detail.into(),
+            args,
         };
         tracing::info!(kind, subject = %ev.subject, "{}", ev.detail);
         match self.tx.try_send(ev) {
@@ -58,12 +71,14 @@ impl Recorder {
 
 fn drain(state: &State, rx: &Receiver<Owned>) {
     while let Ok(ev) = rx.recv() {
+        let args: Vec<(&str, &str)> = ev.args.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let res = state.record(&NewEvent {
             kind: ev.kind,
             actor: "khoi",
             source: "-",
             subject: &ev.subject,
             detail: &ev.detail,
+            args: &args,
         });
         if let Err(e) = res {
             tracing::error!(kind = ev.kind, "cannot record event: {e}");

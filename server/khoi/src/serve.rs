@@ -28,21 +28,23 @@ fn record_block_event(recorder: &Recorder, ev: BlockEvent) {
         OverlayOwner::Draft(i) => format!("draft/{i}"),
     };
     match ev {
-        BlockEvent::QuotaExceeded { owner: o, quota } => recorder.record(
+        BlockEvent::QuotaExceeded { owner: o, quota } => recorder.record_args(
             "overlay.quota",
             owner(&o),
             format!("overlay reached its quota of {quota} bytes; new writes fail until reset"),
+            vec![("quota", quota.to_string())],
         ),
         BlockEvent::FreeSpaceLow {
             free,
             floor,
             owner: o,
-        } => recorder.record(
+        } => recorder.record_args(
             "storage.low",
             owner(&o),
             format!(
                 "data filesystem has {free} bytes free, below the floor of {floor}; new writes fail"
             ),
+            vec![("free", free.to_string()), ("floor", floor.to_string())],
         ),
         BlockEvent::OverlayDiscarded { owner: o, reason } => {
             recorder.record("overlay.discarded", owner(&o), reason);
@@ -170,12 +172,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)
     .context("starting the admin page and the nightly reset")?;
 
+    let data = dir.display().to_string();
     state.record(&NewEvent {
         kind: "server.start",
         actor: "khoi",
         source: "-",
         subject: "khoi",
-        detail: &format!("data {}", dir.display()),
+        detail: &format!("data {data}"),
+        args: &[("data", &data)],
     })?;
     println!(
         "khoi: serving; data in {}, control socket {}",
@@ -194,6 +198,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         source: "-",
         subject: "khoi",
         detail: "",
+        args: &[],
     })?;
     Ok(())
 }
