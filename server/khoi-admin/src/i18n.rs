@@ -504,6 +504,11 @@ pub const TABLE: &[(&str, &str, &str)] = &[
         "Version {version} ({bytes} bytes): {note}",
     ),
     (
+        "evd.image.import/2",
+        "Phiên bản {version} ({bytes} byte)",
+        "Version {version} ({bytes} bytes)",
+    ),
+    (
         "evd.image.rollback",
         "Phiên bản hiện hành {from} → {to}",
         "Current version {from} → {to}",
@@ -522,6 +527,11 @@ pub const TABLE: &[(&str, &str, &str)] = &[
         "evd.draft.publish",
         "Phiên bản {version}: {note}",
         "Version {version}: {note}",
+    ),
+    (
+        "evd.draft.publish/2",
+        "Phiên bản {version}",
+        "Version {version}",
     ),
     ("evd.user.add", "Vai trò {role}", "Role {role}"),
     ("evd.user.role", "Vai trò {role}", "Role {role}"),
@@ -791,6 +801,15 @@ mod tests {
         assert_eq!(
             event_detail(Lang::Vi, "seat.reset", &only).as_deref(),
             Some("Về phiên bản 3")
+        );
+        // An import without a note does not end on an empty colon.
+        let import: BTreeMap<String, String> = [("version", "1"), ("bytes", "512")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            event_detail(Lang::En, "image.import", &import).as_deref(),
+            Some("Version 1 (512 bytes)")
         );
         // No wording fits (an event from before values were kept): no
         // sentence, so the page falls back to the recorded detail.

@@ -359,11 +359,13 @@ impl Service {
             "image.import",
             name,
             &format!("version {} ({} bytes): {note}", v.number, v.size),
-            &[
-                ("version", &v.number.to_string()),
-                ("bytes", &v.size.to_string()),
-                ("note", note),
-            ],
+            &with_note(
+                &[
+                    ("version", &v.number.to_string()),
+                    ("bytes", &v.size.to_string()),
+                ],
+                note,
+            ),
         );
         drop(_g);
         self.version(name, v.number)
@@ -528,7 +530,7 @@ impl Service {
             "draft.publish",
             image,
             &format!("version {}: {note}", v.number),
-            &[("version", &v.number.to_string()), ("note", note)],
+            &with_note(&[("version", &v.number.to_string())], note),
         );
         drop(_g);
         self.version(image, v.number)
@@ -953,6 +955,16 @@ impl Service {
             }
         }
     }
+}
+
+/// Event values plus the admin's note, when there is one: pages word an
+/// event without a note differently instead of ending on an empty colon.
+fn with_note<'a>(args: &[(&'a str, &'a str)], note: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut v = args.to_vec();
+    if !note.trim().is_empty() {
+        v.push(("note", note));
+    }
+    v
 }
 
 /// Event kinds that mean something went wrong and the officer should look.
