@@ -49,8 +49,8 @@ async fn admin_page_in_headless_chromium() {
             actor: "khoi",
             source: "10.10.0.57",
             subject: UNKNOWN_MAC,
-            detail: "BIOS PXE from 10.10.0.57",
-            args: &[],
+            detail: "unregistered machine asked to boot (BIOS) at 1795000000",
+            args: &[("arch", "BIOS")],
         })
         .expect("event");
     let image = dir.path().join("win10.img");

@@ -60,6 +60,8 @@ try {
   await page.goto(`${url}/seats`);
   const row = page.locator(`tr[data-mac="${process.env.KHOI_UNKNOWN_MAC}"]`);
   await row.locator("select[name=image]").selectOption("win10");
+  // Worded in Vietnamese from the event's values, not its English sentence.
+  assert.match(await row.textContent(), /Máy chưa đăng ký xin khởi động \(BIOS\)/);
   await shot("unknown-mac");
   await Promise.all([page.waitForURL(/\/seats\/seat-/), row.locator("button.enrol").click()]);
   const seatUrl = page.url();
