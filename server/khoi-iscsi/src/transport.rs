@@ -377,9 +377,15 @@ async fn full_feature(
     ));
     let max_data = (params.target_mrdsl as usize).max(8192);
     let mut jobs: JoinSet<u32> = JoinSet::new();
-    // Shared by every command's completion: a refcount, not two strings.
-    let target: Arc<str> = outcome.target().unwrap_or_default().into();
-    let initiator: Arc<str> = outcome.initiator.as_str().into();
+    // One per connection: commands finished here borrow it, jobs sent to
+    // the pool take a clone (refcounts, not strings).
+    let done = Completion {
+        tx: tx.clone(),
+        resolver: resolver.clone(),
+        cancel: cancel.clone(),
+        target: outcome.target().unwrap_or_default().into(),
+        initiator: outcome.initiator.as_str().into(),
+    };
 
     let result: Result<(), ConnError> = 'conn: loop {
         let pdu = tokio::select! {
@@ -429,15 +435,8 @@ async fn full_feature(
                     }
                 }
                 Action::Exec(ex) => {
-                    let Some(dev) = dev.clone() else {
+                    let Some(dev) = dev.as_ref() else {
                         break 'conn Err(ConnError::Protocol("I/O without a LU".into()));
-                    };
-                    let done = Completion {
-                        tx: tx.clone(),
-                        resolver: resolver.clone(),
-                        cancel: cancel.clone(),
-                        target: target.clone(),
-                        initiator: initiator.clone(),
                     };
                     let itt = ex.itt;
                     // A read only plans (block states and the version map are
@@ -455,10 +454,11 @@ async fn full_feature(
                         _ => false,
                     };
                     if inline {
-                        let result = scsi::execute(ex.job, &dev);
+                        let result = scsi::execute(ex.job, dev);
                         done.deliver(&ex.shape, result).await;
                         session.exec_done(itt);
                     } else {
+                        let (dev, done) = (dev.clone(), done.clone());
                         jobs.spawn(async move {
                             let (job, shape) = (ex.job, ex.shape);
                             let result =
@@ -484,7 +484,8 @@ async fn full_feature(
                 }
                 Action::Close(why) => {
                     if why != "logout" {
-                        info!(%target, %initiator, %why, "closing iscsi connection");
+                        info!(target = %done.target, initiator = %done.initiator, %why,
+                            "closing iscsi connection");
                     }
                     break 'conn Ok(());
                 }
@@ -493,7 +494,8 @@ async fn full_feature(
     };
     // Let queued replies (a logout response, a reject) reach the wire.
     while jobs.join_next().await.is_some() {}
-    drop(tx);
+    // The writer ends once every sender is gone.
+    drop((tx, done));
     match tokio::time::timeout(Duration::from_secs(5), writer).await {
         Ok(Ok(Err(e))) => debug!(error = %e, "iscsi writer"),
         Ok(_) => {}
@@ -512,6 +514,7 @@ const COPY_READ_MAX: usize = 16 << 10;
 const BATCH_BUFS: usize = 512;
 
 /// Where a finished job's reply goes.
+#[derive(Clone)]
 struct Completion {
     tx: mpsc::Sender<WriterMsg>,
     resolver: Arc<dyn TargetResolver>,
@@ -616,12 +619,12 @@ async fn encode_read_copied(
     digests: Digests,
     bufs: &mut Vec<Bytes>,
 ) -> io::Result<()> {
+    let total = read_len(&rr);
     let ReadReply {
         pdus,
         segments,
         response,
     } = rr;
-    let total: usize = pdus.iter().map(|(_, _, len)| *len).sum();
     let data = match copy_segments(&segments, total, false)? {
         Some(d) => d,
         None => {
