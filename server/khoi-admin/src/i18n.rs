@@ -728,6 +728,7 @@ mod tests {
                 "audit_args(",
                 "record(",
                 "record_args(",
+                "session_event(",
                 "kind: \"",
             ] {
                 for part in src.split(marker).skip(1) {

@@ -93,6 +93,27 @@ impl IscsiTargets {
             server_id,
         }
     }
+
+    /// A session starting or ending on a seat, with its values for the pages.
+    fn session_event(
+        &self,
+        kind: &'static str,
+        seat: String,
+        initiator: String,
+        peer: &str,
+        tsih: u16,
+    ) {
+        self.recorder.record_args(
+            kind,
+            seat,
+            format!("{initiator} from {peer}, session {tsih}"),
+            vec![
+                ("initiator", initiator),
+                ("peer", peer.to_string()),
+                ("session", tsih.to_string()),
+            ],
+        );
+    }
 }
 
 /// 128-bit FNV-1a: a stable, well-spread digest for device identifiers (not
@@ -205,16 +226,7 @@ impl TargetResolver for IscsiTargets {
                 if target.is_some() {
                     self.service.activity().connected(&name, "iscsi", &peer);
                 }
-                self.recorder.record_args(
-                    "iscsi.login",
-                    name,
-                    format!("{initiator} from {peer}, session {tsih}"),
-                    vec![
-                        ("initiator", initiator),
-                        ("peer", peer.to_string()),
-                        ("session", tsih.to_string()),
-                    ],
-                );
+                self.session_event("iscsi.login", name, initiator, &peer, tsih);
             }
             IscsiEvent::SessionEnded {
                 peer,
@@ -226,16 +238,7 @@ impl TargetResolver for IscsiTargets {
                 if target.is_some() {
                     self.service.activity().disconnected(&name, "iscsi", &peer);
                 }
-                self.recorder.record_args(
-                    "iscsi.session.end",
-                    name,
-                    format!("{initiator} from {peer}, session {tsih}"),
-                    vec![
-                        ("initiator", initiator),
-                        ("peer", peer.to_string()),
-                        ("session", tsih.to_string()),
-                    ],
-                );
+                self.session_event("iscsi.session.end", name, initiator, &peer, tsih);
             }
             IscsiEvent::SpaceAllocationFailed {
                 target,
