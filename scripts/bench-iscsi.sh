@@ -16,13 +16,10 @@ REPS=${REPS:-3}
 STORM=${STORM:-40}
 TGT_CTL=${TGT_CTL:-191}
 
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 ./scripts/setup.sh test >/dev/null
-if [ -n "${KHOI_BIN:-}" ]; then
-    KHOI=$KHOI_BIN
-else
-    cargo build --release --bin khoi >&2
-    KHOI=${CARGO_TARGET_DIR:-$PWD/target}/release/khoi
-fi
+KHOI=$(khoi_binary)
 
 work=$(mktemp -d /tmp/khoi-bench-iscsi.XXXXXX)
 pids=()
@@ -41,17 +38,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 200); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "port $1 never opened" >&2; return 1
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
 
 img=$work/base.img
 echo "creating a ${SIZE_MIB} MiB image with random data" >&2
@@ -124,8 +110,6 @@ wbench() {
 
 rows=("1 8 1" "32 8 1" "1 128 0" "32 128 0" "8 2048 0")
 labels=("4K random QD1" "4K random QD32" "64K seq QD1 (iPXE-like)" "64K seq QD32" "1M seq QD8")
-# The median (by IOPS) of "iops MiB/s cpu" lines on stdin.
-median() { sort -n | awk '{l[NR] = $0} END {print l[int((NR + 1) / 2)]}'; }
 
 # Each row runs REPS times, alternating the two servers, and reports each
 # one's median: on a shared machine the load of other work comes and goes

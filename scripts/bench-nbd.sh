@@ -14,13 +14,10 @@ RUNTIME=${RUNTIME:-10}
 REPS=${REPS:-3}
 SEATS=${SEATS:-40}
 
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 ./scripts/setup.sh test >/dev/null
-if [ -n "${KHOI_BIN:-}" ]; then
-    KHOI=$KHOI_BIN
-else
-    cargo build --release --bin khoi >&2
-    KHOI=${CARGO_TARGET_DIR:-$PWD/target}/release/khoi
-fi
+KHOI=$(khoi_binary)
 
 work=$(mktemp -d /tmp/khoi-bench-nbd.XXXXXX)
 pids=()
@@ -30,15 +27,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 200); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "port $1 never opened" >&2; return 1
-}
 
 img=$work/base.img
 echo "creating a ${SIZE_MIB} MiB image with random data" >&2
@@ -79,8 +67,6 @@ wait_port "$kport"; wait_port "$nport"; wait_port "$qport"
 # server, not the disk.
 cat "$img" >/dev/null
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
 
 # fio_row URI RW BS QD SERVER_PID -> "iops MiB/s cpu_s_per_GiB"
 fio_row() {
@@ -101,8 +87,6 @@ fio_row() {
 declare -A res
 rows=("randread 4k 32" "read 1M 8" "randwrite 4k 32")
 labels=("4K random read QD32" "1M sequential read QD8" "4K random write QD32")
-# The median (by IOPS) of "iops MiB/s cpu" lines on stdin.
-median() { sort -n | awk '{l[NR] = $0} END {print l[int((NR + 1) / 2)]}'; }
 # Each row runs REPS times, rotating through the servers, and reports each
 # one's median: on a shared machine the load of other work comes and goes
 # within minutes, and rotating puts it on every side alike.
