@@ -11,9 +11,8 @@
 //! [`MAX_OPTION_LEN`] is answered with `ERR_TOO_BIG` and the connection is
 //! closed instead of buffering attacker-chosen amounts of data.
 
-use khoi_block::Checked;
-
-use crate::transmission::{MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK, transmission_flags};
+pub use crate::negotiated::Negotiated;
+use crate::negotiated::{MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK, transmission_flags};
 use crate::wire::{
     EXPORT_NAME_PADDING, GreetingRepr, InfoRepr, InfoRequest, InfoType, MAX_STRING_LEN,
     MetaRequest, OptionCode, OptionHeader, OptionHeaderRepr, OptionReplyRepr, OptionRepr,
@@ -37,18 +36,6 @@ pub fn greeting() -> [u8; GreetingRepr::LEN] {
     }
     .emit(&mut b);
     b
-}
-
-/// Result of a successful negotiation.
-#[derive(Debug, Clone)]
-pub struct Negotiated {
-    pub name: String,
-    pub device: Checked,
-    /// Transmission flags as sent to the client.
-    pub flags: u16,
-    pub structured: bool,
-    /// Context id of `base:allocation`, if the client selected it.
-    pub base_allocation: Option<u32>,
 }
 
 /// Why negotiation ended without entering transmission.

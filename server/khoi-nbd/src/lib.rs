@@ -4,6 +4,8 @@
 //!
 //! Layers, bottom up:
 //! - [`wire`]: zero-copy views and `Repr`s of every message (no I/O).
+//! - [`negotiated`]: what negotiation settles and transmission honours
+//!   (transmission flags, block size limits, the [`Negotiated`] result).
 //! - [`handshake`]: sans-I/O option negotiation returning actions.
 //! - [`transmission`]: request validation, execution against the device and
 //!   reply construction, with the one `BlockError` → errno mapping.
@@ -15,10 +17,12 @@ use khoi_block::Checked;
 
 pub mod doubles;
 pub mod handshake;
+pub mod negotiated;
 pub mod server;
 pub mod transmission;
 pub mod wire;
 
+pub use negotiated::Negotiated;
 pub use server::{serve, serve_connection, serve_with_stats};
 
 /// One entry of `NBD_OPT_LIST`.

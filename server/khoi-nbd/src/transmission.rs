@@ -9,54 +9,16 @@
 
 use std::borrow::Cow;
 
-use khoi_block::{BlockError, Caps, Checked, ExtentKind, ReadSegment, WriteFlags};
+use khoi_block::{BlockError, Checked, ExtentKind, ReadSegment, WriteFlags};
 
-use crate::handshake::Negotiated;
+use crate::negotiated::{MAX_PAYLOAD, Negotiated};
 use crate::wire::{
     BlockDescriptor, ChunkPayload, ChunkRepr, Command, Descriptors, Errno, SimpleReplyRepr,
     command_flags as cf, state_flags, transmission_flags as tf,
 };
 
-/// Block size constraints we advertise: the protocol defaults, so clients
-/// that never ask (the Linux kernel, `NBD_OPT_EXPORT_NAME`) see no difference.
-pub const MIN_BLOCK: u32 = 1;
-pub const PREFERRED_BLOCK: u32 = 4096;
-/// Largest READ/WRITE payload; the spec says 32 MiB must not be treated as
-/// a denial of service, and it bounds the per-request buffer.
-pub const MAX_PAYLOAD: u32 = 32 << 20;
-
 /// Chunk size for emulating `WRITE_ZEROES` with `NO_HOLE` through writes.
 const ZERO_CHUNK: usize = 1 << 20;
-
-/// Transmission flags for an export with `caps`.
-///
-/// FLUSH and FUA are advertised on every writable export: [`Checked::flush`]
-/// is a no-op for devices without a volatile cache, and FUA is emulated by a
-/// flush where the device lacks it natively, so both are always honest.
-/// `SEND_DF` is only meaningful (and only allowed) with structured replies.
-pub fn transmission_flags(caps: Caps, structured: bool) -> u16 {
-    let mut f = tf::HAS_FLAGS | tf::SEND_CACHE;
-    if caps.read_only {
-        f |= tf::READ_ONLY;
-    } else {
-        f |= tf::SEND_FLUSH | tf::SEND_FUA;
-        if caps.trim {
-            f |= tf::SEND_TRIM;
-        }
-        if caps.zero {
-            // Our zeroing is a metadata update, never a slow write loop, so
-            // FAST_ZERO can always be honoured.
-            f |= tf::SEND_WRITE_ZEROES | tf::SEND_FAST_ZERO;
-        }
-    }
-    if caps.multi_conn {
-        f |= tf::CAN_MULTI_CONN;
-    }
-    if structured {
-        f |= tf::SEND_DF;
-    }
-    f
-}
 
 /// The one mapping from block errors to NBD errors.
 ///
@@ -304,6 +266,9 @@ impl Session {
     }
 
     /// FUA on a device without native FUA: the write, then a flush.
+    // MOVING (issue 9): FUA and zero emulation belong in khoi_block::Checked
+    // (the `block` helper's pass); this and the NO_HOLE write loop in
+    // `execute` are deleted once Checked emulates them. Left unchanged here.
     fn emulate_fua(&self, fua: bool) -> Result<(), BlockError> {
         if fua && !self.device.caps().fua {
             self.device.flush()?;
@@ -347,6 +312,7 @@ impl Session {
                 no_hole,
             } => {
                 if no_hole {
+                    // MOVING (issue 9): zero emulation goes to khoi_block::Checked.
                     // The client wants the range allocated, so write real
                     // zeroes rather than marking it zero in the overlay.
                     let zeroes =
@@ -591,8 +557,11 @@ pub fn read_reply(
 mod tests {
     use std::sync::Arc;
 
+    use khoi_block::Caps;
+
     use super::*;
     use crate::doubles::MemDisk;
+    use crate::negotiated::transmission_flags;
     use crate::wire::{Chunk, ChunkType};
 
     fn session(structured: bool, read_only: bool) -> Session {
