@@ -2,14 +2,20 @@
 //!
 //! The transport sends [`greeting`], then repeatedly reads exactly
 //! [`Handshake::wants`] bytes and hands them to [`Handshake::receive`], which
-//! answers with [`Action`]s: bytes to send, enter transmission, or close. No
-//! socket, clock or log is touched here; export lookups go through the
-//! [`ExportResolver`] passed in, so tests drive the machine with a fake.
+//! answers with [`Action`]s: bytes to send, an export to open or the export
+//! list to fetch, enter transmission, or close. No socket, clock, log or
+//! export registry is touched here: when an option needs an export the
+//! machine returns [`Action::Open`] and waits for [`Handshake::opened`]
+//! (likewise [`Action::List`] and [`Handshake::listed`]), so the transport
+//! decides where the possibly blocking lookup runs and tests answer it by
+//! hand.
 //!
 //! Every option we do not implement gets `NBD_REP_ERR_UNSUP` and negotiation
 //! continues, as the baseline requires. An option longer than
 //! [`MAX_OPTION_LEN`] is answered with `ERR_TOO_BIG` and the connection is
 //! closed instead of buffering attacker-chosen amounts of data.
+
+use khoi_block::Checked;
 
 pub use crate::negotiated::Negotiated;
 use crate::negotiated::{MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK, transmission_flags};
@@ -18,7 +24,7 @@ use crate::wire::{
     MetaRequest, OptionCode, OptionHeader, OptionHeaderRepr, OptionReplyRepr, OptionRepr,
     ReplyBody, ReplyType, client_flags, handshake_flags,
 };
-use crate::{ExportResolver, OpenError};
+use crate::{ExportInfo, OpenError};
 
 /// Longest option payload we accept. The largest legitimate one is a meta
 /// context request: a name plus a few queries, each at most 4 KiB.
@@ -58,6 +64,12 @@ pub enum CloseReason {
 #[derive(Debug)]
 pub enum Action {
     Send(Vec<u8>),
+    /// Open this export and pass the result to [`Handshake::opened`] before
+    /// reading more. Always the last action of its batch.
+    Open(String),
+    /// Fetch the export list and pass it to [`Handshake::listed`] before
+    /// reading more. Always the last action of its batch.
+    List,
     Enter(Box<Negotiated>),
     Close(CloseReason),
 }
@@ -70,9 +82,37 @@ enum Phase {
     Done,
 }
 
+/// An INFO or GO waiting for its export.
+#[derive(Debug)]
+struct InfoWait {
+    code: OptionCode,
+    name: String,
+    want_name: bool,
+    want_description: bool,
+}
+
+/// The option an [`Action::Open`] or [`Action::List`] was issued for.
+#[derive(Debug)]
+enum Pending {
+    ExportName(String),
+    Info(InfoWait),
+    /// INFO/GO whose export opened; the list is fetched for its description.
+    Describe(InfoWait, Checked),
+    /// A meta context request only checks that its export exists.
+    Meta {
+        code: OptionCode,
+        export: String,
+        set: bool,
+        selected: bool,
+    },
+    List(OptionCode),
+}
+
 #[derive(Debug)]
 pub struct Handshake {
     phase: Phase,
+    /// Set while an `Open` or `List` is unanswered.
+    pending: Option<Pending>,
     no_zeroes: bool,
     structured: bool,
     /// Export name `base:allocation` was selected for, if any.
@@ -99,14 +139,19 @@ impl Handshake {
     pub fn new() -> Self {
         Handshake {
             phase: Phase::ClientFlags,
+            pending: None,
             no_zeroes: false,
             structured: false,
             meta_export: None,
         }
     }
 
-    /// Exact number of bytes the next `receive` call expects (0 once done).
+    /// Exact number of bytes the next `receive` call expects: 0 once done
+    /// and while an `Open` or `List` is unanswered.
     pub fn wants(&self) -> usize {
+        if self.pending.is_some() {
+            return 0;
+        }
         match self.phase {
             Phase::ClientFlags => 4,
             Phase::OptionHeader => OptionHeader::<&[u8]>::LEN,
@@ -120,18 +165,94 @@ impl Handshake {
         self.phase == Phase::Done
     }
 
-    /// Feeds exactly `wants()` bytes. Blocking only as far as `exports` is.
-    pub fn receive(&mut self, data: &[u8], exports: &dyn ExportResolver) -> Vec<Action> {
+    /// Feeds exactly `wants()` bytes.
+    pub fn receive(&mut self, data: &[u8]) -> Vec<Action> {
         debug_assert_eq!(data.len(), self.wants());
+        if self.pending.is_some() {
+            return Vec::new();
+        }
         let actions = match self.phase {
             Phase::ClientFlags => self.client_flags(data),
-            Phase::OptionHeader => self.option_header(data, exports),
+            Phase::OptionHeader => self.option_header(data),
             Phase::OptionData { option, .. } => {
                 self.phase = Phase::OptionHeader;
-                self.option(option, data, exports)
+                self.option(option, data)
             }
             Phase::Done => Vec::new(),
         };
+        self.settle(actions)
+    }
+
+    /// The answer to the last [`Action::Open`].
+    pub fn opened(&mut self, result: Result<Checked, OpenError>) -> Vec<Action> {
+        let actions = match self.pending.take() {
+            Some(Pending::ExportName(name)) => self.export_name_opened(name, result),
+            Some(Pending::Info(wait)) => match result {
+                Err(e) => vec![Action::Send(open_error(wait.code, &e))],
+                Ok(device) if wait.want_description => {
+                    self.pending = Some(Pending::Describe(wait, device));
+                    vec![Action::List]
+                }
+                Ok(device) => self.info_reply(&wait, device, ""),
+            },
+            Some(Pending::Meta {
+                code,
+                export,
+                set,
+                selected,
+            }) => match result {
+                Err(e) => vec![Action::Send(open_error(code, &e))],
+                Ok(_) => vec![Action::Send(self.meta_reply(code, export, set, selected))],
+            },
+            other => {
+                debug_assert!(false, "opened() without a pending Open: {other:?}");
+                self.pending = other;
+                Vec::new()
+            }
+        };
+        self.settle(actions)
+    }
+
+    /// The answer to the last [`Action::List`].
+    pub fn listed(&mut self, exports: Vec<ExportInfo>) -> Vec<Action> {
+        let actions = match self.pending.take() {
+            Some(Pending::List(code)) => {
+                let mut out = Vec::new();
+                for e in exports {
+                    if e.name.len() > MAX_STRING_LEN {
+                        continue;
+                    }
+                    reply(
+                        code,
+                        ReplyBody::Server {
+                            name: &e.name,
+                            description: clip(&e.description),
+                        },
+                        &mut out,
+                    );
+                }
+                reply(code, ReplyBody::Ack, &mut out);
+                vec![Action::Send(out)]
+            }
+            Some(Pending::Describe(wait, device)) => {
+                let description = exports
+                    .into_iter()
+                    .find(|e| e.name == wait.name)
+                    .map(|e| e.description)
+                    .unwrap_or_default();
+                self.info_reply(&wait, device, &description)
+            }
+            other => {
+                debug_assert!(false, "listed() without a pending List: {other:?}");
+                self.pending = other;
+                Vec::new()
+            }
+        };
+        self.settle(actions)
+    }
+
+    /// Ends negotiation once an action enters transmission or closes.
+    fn settle(&mut self, actions: Vec<Action>) -> Vec<Action> {
         if actions
             .iter()
             .any(|a| matches!(a, Action::Enter(_) | Action::Close(_)))
@@ -139,6 +260,12 @@ impl Handshake {
             self.phase = Phase::Done;
         }
         actions
+    }
+
+    /// Records what the answer resumes and asks the transport for it.
+    fn wait(&mut self, pending: Pending, ask: Action) -> Vec<Action> {
+        self.pending = Some(pending);
+        vec![ask]
     }
 
     fn client_flags(&mut self, data: &[u8]) -> Vec<Action> {
@@ -156,7 +283,7 @@ impl Handshake {
         Vec::new()
     }
 
-    fn option_header(&mut self, data: &[u8], exports: &dyn ExportResolver) -> Vec<Action> {
+    fn option_header(&mut self, data: &[u8]) -> Vec<Action> {
         let Ok(h) = OptionHeader::new_checked(data).and_then(|h| OptionHeaderRepr::parse(&h))
         else {
             return vec![Action::Close(CloseReason::BadOptionMagic)];
@@ -171,7 +298,7 @@ impl Handshake {
             ];
         }
         if h.length == 0 {
-            return self.option(h.option, &[], exports);
+            return self.option(h.option, &[]);
         }
         self.phase = Phase::OptionData {
             option: h.option,
@@ -180,12 +307,7 @@ impl Handshake {
         Vec::new()
     }
 
-    fn option(
-        &mut self,
-        code: OptionCode,
-        data: &[u8],
-        exports: &dyn ExportResolver,
-    ) -> Vec<Action> {
+    fn option(&mut self, code: OptionCode, data: &[u8]) -> Vec<Action> {
         let Ok(opt) = OptionRepr::parse(code, data) else {
             return vec![Action::Send(error(
                 code,
@@ -195,38 +317,22 @@ impl Handshake {
         };
         let mut out = Vec::new();
         match opt {
-            OptionRepr::ExportName(name) => return self.export_name(name, exports),
+            OptionRepr::ExportName(name) => return self.export_name(name),
             OptionRepr::Abort => {
                 reply(code, ReplyBody::Ack, &mut out);
                 return vec![Action::Send(out), Action::Close(CloseReason::Aborted)];
             }
-            OptionRepr::List => {
-                for e in exports.list() {
-                    if e.name.len() > MAX_STRING_LEN {
-                        continue;
-                    }
-                    reply(
-                        code,
-                        ReplyBody::Server {
-                            name: &e.name,
-                            description: clip(&e.description),
-                        },
-                        &mut out,
-                    );
-                }
-                reply(code, ReplyBody::Ack, &mut out);
-            }
+            OptionRepr::List => return self.wait(Pending::List(code), Action::List),
             OptionRepr::StartTls => {
                 out = error(code, ReplyType::ErrUnsup, "TLS is not supported");
             }
-            OptionRepr::Info(req) => return self.info_or_go(code, req, exports),
-            OptionRepr::Go(req) => return self.info_or_go(code, req, exports),
+            OptionRepr::Info(req) | OptionRepr::Go(req) => return self.info_or_go(code, req),
             OptionRepr::StructuredReply => {
                 self.structured = true;
                 reply(code, ReplyBody::Ack, &mut out);
             }
-            OptionRepr::ListMetaContext(req) => out = self.meta_context(code, req, false, exports),
-            OptionRepr::SetMetaContext(req) => out = self.meta_context(code, req, true, exports),
+            OptionRepr::ListMetaContext(req) => return self.meta_context(code, req, false),
+            OptionRepr::SetMetaContext(req) => return self.meta_context(code, req, true),
             OptionRepr::ExtendedHeaders => {
                 out = error(
                     code,
@@ -241,14 +347,21 @@ impl Handshake {
         vec![Action::Send(out)]
     }
 
-    fn export_name(&mut self, name: &[u8], exports: &dyn ExportResolver) -> Vec<Action> {
+    fn export_name(&mut self, name: &[u8]) -> Vec<Action> {
         let name = String::from_utf8_lossy(name).into_owned();
-        let device = if name.len() > MAX_STRING_LEN {
-            Err(OpenError::NotFound("export name too long".into()))
-        } else {
-            exports.open(&name)
-        };
-        let device = match device {
+        if name.len() > MAX_STRING_LEN {
+            let error = OpenError::NotFound("export name too long".into());
+            return vec![Action::Close(CloseReason::ExportNameFailed { name, error })];
+        }
+        self.wait(Pending::ExportName(name.clone()), Action::Open(name))
+    }
+
+    fn export_name_opened(
+        &mut self,
+        name: String,
+        result: Result<Checked, OpenError>,
+    ) -> Vec<Action> {
+        let device = match result {
             Ok(d) => d,
             Err(error) => {
                 return vec![Action::Close(CloseReason::ExportNameFailed { name, error })];
@@ -280,12 +393,7 @@ impl Handshake {
         (self.structured && self.meta_export.as_deref() == Some(name)).then_some(BASE_ALLOCATION_ID)
     }
 
-    fn info_or_go(
-        &mut self,
-        code: OptionCode,
-        req: InfoRequest<'_>,
-        exports: &dyn ExportResolver,
-    ) -> Vec<Action> {
+    fn info_or_go(&mut self, code: OptionCode, req: InfoRequest<'_>) -> Vec<Action> {
         if req.name.len() > MAX_STRING_LEN {
             return vec![Action::Send(error(
                 code,
@@ -293,10 +401,24 @@ impl Handshake {
                 "export name too long",
             ))];
         }
-        let device = match exports.open(req.name) {
-            Ok(d) => d,
-            Err(e) => return vec![Action::Send(open_error(code, &e))],
+        let mut wait = InfoWait {
+            code,
+            name: req.name.to_owned(),
+            want_name: false,
+            want_description: false,
         };
+        for r in req.requests() {
+            match r {
+                InfoType::Name => wait.want_name = true,
+                InfoType::Description => wait.want_description = true,
+                _ => {}
+            }
+        }
+        self.wait(Pending::Info(wait), Action::Open(req.name.to_owned()))
+    }
+
+    fn info_reply(&mut self, wait: &InfoWait, device: Checked, description: &str) -> Vec<Action> {
+        let code = wait.code;
         let flags = transmission_flags(device.caps(), self.structured);
         let mut out = Vec::new();
         reply(
@@ -307,32 +429,15 @@ impl Handshake {
             }),
             &mut out,
         );
-        let mut want_name = false;
-        let mut want_description = false;
-        for r in req.requests() {
-            match r {
-                InfoType::Name => want_name = true,
-                InfoType::Description => want_description = true,
-                _ => {}
-            }
+        if wait.want_name {
+            reply(code, ReplyBody::Info(InfoRepr::Name(&wait.name)), &mut out);
         }
-        if want_name {
-            reply(code, ReplyBody::Info(InfoRepr::Name(req.name)), &mut out);
-        }
-        if want_description {
-            let description = exports
-                .list()
-                .into_iter()
-                .find(|e| e.name == req.name)
-                .map(|e| e.description)
-                .unwrap_or_default();
-            if !description.is_empty() {
-                reply(
-                    code,
-                    ReplyBody::Info(InfoRepr::Description(clip(&description))),
-                    &mut out,
-                );
-            }
+        if wait.want_description && !description.is_empty() {
+            reply(
+                code,
+                ReplyBody::Info(InfoRepr::Description(clip(description))),
+                &mut out,
+            );
         }
         // Sent whether or not it was asked for (the spec allows that): the
         // values are the protocol defaults, so no client is constrained, and
@@ -350,8 +455,8 @@ impl Handshake {
         let mut actions = vec![Action::Send(out)];
         if code == OptionCode::Go {
             actions.push(Action::Enter(Box::new(Negotiated {
-                base_allocation: self.base_allocation_for(req.name),
-                name: req.name.to_owned(),
+                base_allocation: self.base_allocation_for(&wait.name),
+                name: wait.name.clone(),
                 device,
                 flags,
                 structured: self.structured,
@@ -360,22 +465,13 @@ impl Handshake {
         actions
     }
 
-    fn meta_context(
-        &mut self,
-        code: OptionCode,
-        req: MetaRequest<'_>,
-        set: bool,
-        exports: &dyn ExportResolver,
-    ) -> Vec<u8> {
+    fn meta_context(&mut self, code: OptionCode, req: MetaRequest<'_>, set: bool) -> Vec<Action> {
         if !self.structured {
-            return error(
+            return vec![Action::Send(error(
                 code,
                 ReplyType::ErrInvalid,
                 "structured replies must be negotiated first",
-            );
-        }
-        if let Err(e) = exports.open(req.export) {
-            return open_error(code, &e);
+            ))];
         }
         let selected = if set {
             req.queries().any(|q| q == BASE_ALLOCATION)
@@ -384,6 +480,25 @@ impl Handshake {
             // lists all of it.
             req.query_count() == 0 || req.queries().any(|q| q == "base:" || q == BASE_ALLOCATION)
         };
+        let export = req.export.to_owned();
+        self.wait(
+            Pending::Meta {
+                code,
+                export: export.clone(),
+                set,
+                selected,
+            },
+            Action::Open(export),
+        )
+    }
+
+    fn meta_reply(
+        &mut self,
+        code: OptionCode,
+        export: String,
+        set: bool,
+        selected: bool,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         if selected {
             reply(
@@ -397,7 +512,7 @@ impl Handshake {
             );
         }
         if set {
-            self.meta_export = selected.then(|| req.export.to_owned());
+            self.meta_export = selected.then_some(export);
         }
         reply(code, ReplyBody::Ack, &mut out);
         out
@@ -428,6 +543,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::ExportResolver;
     use crate::doubles::{MemDisk, StaticExports};
     use crate::wire::{OptionReply, transmission_flags as tf};
 
@@ -464,10 +580,14 @@ mod tests {
     }
 
     /// Drives the machine with raw option bytes, splitting them the way the
-    /// transport would (header, then data), and collects the actions.
+    /// transport would (header, then data), answers its `Open` and `List`
+    /// actions from the fake resolver, and collects the other actions. The
+    /// names it was asked to open are kept in `opens`.
     struct Driver {
         hs: Handshake,
         ex: StaticExports,
+        opens: Vec<String>,
+        lists: usize,
     }
 
     impl Driver {
@@ -475,9 +595,12 @@ mod tests {
             let mut d = Driver {
                 hs: Handshake::new(),
                 ex: exports(),
+                opens: Vec::new(),
+                lists: 0,
             };
             assert_eq!(d.hs.wants(), 4);
-            let a = d.hs.receive(&flags.to_be_bytes(), &d.ex);
+            let a = d.hs.receive(&flags.to_be_bytes());
+            let a = d.answer(a);
             (d, a)
         }
 
@@ -487,12 +610,37 @@ mod tests {
             d
         }
 
+        /// Resolves `Open` and `List` the way the transport does.
+        fn answer(&mut self, actions: Vec<Action>) -> Vec<Action> {
+            let mut queue = std::collections::VecDeque::from(actions);
+            let mut out = Vec::new();
+            while let Some(a) = queue.pop_front() {
+                match a {
+                    Action::Open(name) => {
+                        assert!(queue.is_empty(), "Open must end its batch");
+                        assert_eq!(self.hs.wants(), 0, "no bytes while opening");
+                        let r = self.ex.open(&name);
+                        self.opens.push(name);
+                        queue.extend(self.hs.opened(r));
+                    }
+                    Action::List => {
+                        assert!(queue.is_empty(), "List must end its batch");
+                        self.lists += 1;
+                        queue.extend(self.hs.listed(self.ex.list()));
+                    }
+                    other => out.push(other),
+                }
+            }
+            out
+        }
+
         fn send(&mut self, bytes: &[u8]) -> Vec<Action> {
             let mut pos = 0;
             let mut actions = Vec::new();
             while pos < bytes.len() && !self.hs.is_done() {
                 let n = self.hs.wants();
-                actions.extend(self.hs.receive(&bytes[pos..pos + n], &self.ex));
+                let a = self.hs.receive(&bytes[pos..pos + n]);
+                actions.extend(self.answer(a));
                 pos += n;
             }
             actions
@@ -828,6 +976,128 @@ mod tests {
     }
 
     #[test]
+    fn each_export_option_opens_its_export_once() {
+        let mut d = Driver::fixed();
+        let info = info_data("seat/a", &[2]);
+        let a = d.opt(OptionRepr::Info(InfoRequest::parse(&info).expect("valid")));
+        assert_eq!(
+            replies(&a)[1].body,
+            ReplyBody::Info(InfoRepr::Description("Seat A"))
+        );
+        assert_eq!(d.opens, ["seat/a"]);
+        // The description comes from the list, fetched only when asked for.
+        assert_eq!(d.lists, 1);
+        d.opt(OptionRepr::StructuredReply);
+        let m = meta_data("seat/a", &[BASE_ALLOCATION]);
+        d.opt(OptionRepr::SetMetaContext(
+            MetaRequest::parse(&m).expect("valid"),
+        ));
+        assert_eq!(d.opens, ["seat/a", "seat/a"]);
+        let go = info_data("image/w@1", &[1]);
+        let a = d.opt(OptionRepr::Go(InfoRequest::parse(&go).expect("valid")));
+        assert_eq!(entered(&a).expect("entered").name, "image/w@1");
+        assert_eq!(d.opens, ["seat/a", "seat/a", "image/w@1"]);
+        assert_eq!(d.lists, 1);
+
+        let mut d = Driver::fixed();
+        let a = d.opt(OptionRepr::List);
+        assert_eq!(replies(&a).len(), 3);
+        assert!(d.opens.is_empty());
+        let a = d.opt(OptionRepr::ExportName(b"seat/a"));
+        assert!(entered(&a).is_some());
+        assert_eq!(d.opens, ["seat/a"]);
+    }
+
+    /// Feeds one option's bytes as the transport would, without answering
+    /// anything, and returns what the machine asked for.
+    fn feed(hs: &mut Handshake, bytes: &[u8]) -> Vec<Action> {
+        let mut pos = 0;
+        let mut actions = Vec::new();
+        while pos < bytes.len() && hs.wants() > 0 {
+            let n = hs.wants();
+            actions.extend(hs.receive(&bytes[pos..pos + n]));
+            pos += n;
+        }
+        assert_eq!(pos, bytes.len(), "machine stopped early");
+        actions
+    }
+
+    #[test]
+    fn open_is_requested_and_failures_are_answered() {
+        let mut hs = Handshake::new();
+        assert!(
+            hs.receive(&client_flags::FIXED_NEWSTYLE.to_be_bytes())
+                .is_empty()
+        );
+
+        // GO for a missing export: one Open, nothing read meanwhile, then
+        // ERR_UNKNOWN carrying the resolver's message, and haggling goes on.
+        let go = info_data("seat/x", &[]);
+        let a = feed(
+            &mut hs,
+            &option(OptionRepr::Go(InfoRequest::parse(&go).expect("valid"))),
+        );
+        assert!(
+            matches!(&a[..], [Action::Open(n)] if n == "seat/x"),
+            "{a:?}"
+        );
+        assert_eq!(hs.wants(), 0);
+        let a = hs.opened(Err(OpenError::NotFound("no export seat/x".into())));
+        let r = replies(&a);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r[0],
+            OptionReplyRepr {
+                option: OptionCode::Go,
+                body: ReplyBody::Error {
+                    kind: ReplyType::ErrUnknown,
+                    message: "no export seat/x"
+                }
+            }
+        );
+        assert!(!hs.is_done());
+        assert_eq!(hs.wants(), OptionHeader::<&[u8]>::LEN);
+
+        // INFO for a refused export: ERR_POLICY.
+        let info = info_data("seat/y", &[1, 2]);
+        let a = feed(
+            &mut hs,
+            &option(OptionRepr::Info(InfoRequest::parse(&info).expect("valid"))),
+        );
+        assert!(
+            matches!(&a[..], [Action::Open(n)] if n == "seat/y"),
+            "{a:?}"
+        );
+        let a = hs.opened(Err(OpenError::Other("seat is disabled".into())));
+        let r = replies(&a);
+        assert_eq!(
+            r.iter().map(|r| r.body).collect::<Vec<_>>(),
+            vec![ReplyBody::Error {
+                kind: ReplyType::ErrPolicy,
+                message: "seat is disabled"
+            }]
+        );
+        assert!(!hs.is_done());
+
+        // EXPORT_NAME cannot carry an error: the machine closes.
+        let a = feed(&mut hs, &option(OptionRepr::ExportName(b"seat/z")));
+        assert!(
+            matches!(&a[..], [Action::Open(n)] if n == "seat/z"),
+            "{a:?}"
+        );
+        let a = hs.opened(Err(OpenError::Other("refused".into())));
+        assert!(
+            matches!(
+                &a[..],
+                [Action::Close(CloseReason::ExportNameFailed { name, error })]
+                    if name == "seat/z" && *error == OpenError::Other("refused".into())
+            ),
+            "{a:?}"
+        );
+        assert!(hs.is_done());
+    }
+
+    #[test]
     fn malformed_go_is_invalid() {
         let mut d = Driver::fixed();
         let a = d.opt(OptionRepr::Other {
@@ -852,7 +1122,19 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::ExportResolver;
     use crate::doubles::{MemDisk, StaticExports};
+
+    /// Answers the machine's `Open`/`List` (always last in a batch).
+    fn answer(hs: &mut Handshake, mut actions: Vec<Action>, ex: &StaticExports) {
+        loop {
+            actions = match actions.pop() {
+                Some(Action::Open(name)) => hs.opened(ex.open(&name)),
+                Some(Action::List) => hs.listed(ex.list()),
+                _ => return,
+            };
+        }
+    }
 
     proptest! {
         /// Arbitrary option streams never panic the machine, and it never
@@ -863,7 +1145,7 @@ mod fuzz {
         ) {
             let ex = StaticExports::new().with("", "", Arc::new(MemDisk::new(4096)));
             let mut hs = Handshake::new();
-            hs.receive(&client_flags::FIXED_NEWSTYLE.to_be_bytes(), &ex);
+            hs.receive(&client_flags::FIXED_NEWSTYLE.to_be_bytes());
             for (code, data) in opts {
                 if hs.is_done() {
                     break;
@@ -871,12 +1153,16 @@ mod fuzz {
                 let mut hdr = [0u8; 16];
                 OptionHeaderRepr { option: OptionCode::from(code), length: u32::try_from(data.len()).unwrap_or(0) }
                     .emit(&mut OptionHeader::new_unchecked(&mut hdr[..]));
-                hs.receive(&hdr, &ex);
+                let a = hs.receive(&hdr);
+                answer(&mut hs, a, &ex);
                 if !data.is_empty() && !hs.is_done() {
                     prop_assert_eq!(hs.wants(), data.len());
-                    hs.receive(&data, &ex);
+                    let a = hs.receive(&data);
+                    answer(&mut hs, a, &ex);
                 }
                 prop_assert!(hs.wants() <= MAX_OPTION_LEN as usize);
+                // Every Open/List was answered, so the machine wants bytes again.
+                prop_assert!(hs.is_done() || hs.wants() > 0);
             }
         }
     }

@@ -6,7 +6,8 @@
 //! - [`wire`]: zero-copy views and `Repr`s of every message (no I/O).
 //! - [`negotiated`]: what negotiation settles and transmission honours
 //!   (transmission flags, block size limits, the [`Negotiated`] result).
-//! - [`handshake`]: sans-I/O option negotiation returning actions.
+//! - [`handshake`]: sans-I/O option negotiation returning actions; it asks
+//!   the transport to open exports instead of calling the resolver.
 //! - [`transmission`]: request validation, execution against the device and
 //!   reply construction, with the one `BlockError` → errno mapping.
 //! - [`server`]: the thin tokio transport (accept loop, reader, writer).
@@ -46,7 +47,8 @@ pub enum OpenError {
 pub trait ExportResolver: Send + Sync + 'static {
     fn list(&self) -> Vec<ExportInfo>;
     /// Open an export by name for one connection (all connections to a seat
-    /// get the same underlying device). Called on a blocking thread.
+    /// get the same underlying device). Called on a blocking thread, as is
+    /// `list`.
     fn open(&self, name: &str) -> Result<Checked, OpenError>;
 }
 

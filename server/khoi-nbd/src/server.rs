@@ -15,6 +15,7 @@
 //! Because the socket is non-blocking (tokio owns it), the writer waits with
 //! `poll`.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -197,22 +198,26 @@ async fn negotiate(
     stream.write_all(&greeting()).await?;
     let mut hs = Handshake::new();
     loop {
-        // wants() is at most MAX_OPTION_LEN, checked by the machine.
+        // wants() is at most MAX_OPTION_LEN, checked by the machine, and
+        // never 0 here: every Open/List is answered before reading again.
         let mut buf = vec![0u8; hs.wants()];
         stream.read_exact(&mut buf).await?;
-        let ex = exports.clone();
-        // The resolver may touch disk (opening overlays), so it runs off the
-        // reactor; the machine travels to the blocking thread and back.
-        let (back, actions) = tokio::task::spawn_blocking(move || {
-            let actions = hs.receive(&buf, &*ex);
-            (hs, actions)
-        })
-        .await
-        .map_err(|e| io::Error::other(format!("handshake task failed: {e}")))?;
-        hs = back;
-        for action in actions {
+        let mut actions = VecDeque::from(hs.receive(&buf));
+        while let Some(action) = actions.pop_front() {
             match action {
                 Action::Send(bytes) => stream.write_all(&bytes).await?,
+                // The resolver may touch disk (opening overlays), so lookups
+                // run off the reactor; the machine stays here.
+                Action::Open(name) => {
+                    let ex = exports.clone();
+                    let opened = off_reactor(move || ex.open(&name)).await?;
+                    actions.extend(hs.opened(opened));
+                }
+                Action::List => {
+                    let ex = exports.clone();
+                    let list = off_reactor(move || ex.list()).await?;
+                    actions.extend(hs.listed(list));
+                }
                 Action::Enter(n) => {
                     stream.flush().await?;
                     return Ok(Some(*n));
@@ -228,6 +233,13 @@ async fn negotiate(
             }
         }
     }
+}
+
+/// Runs `f` on the blocking pool.
+async fn off_reactor<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("export lookup failed: {e}")))
 }
 
 /// A reply on its way to the writer, holding the in-flight permits until
