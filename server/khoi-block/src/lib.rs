@@ -9,6 +9,8 @@
 //! - [`VersionDevice`]: a read-only version; [`Overlay`]: a seat's or a
 //!   draft's copy-on-write view (durability rules in the `overlay` docs).
 //! - [`MemDevice`]: an in-memory device for tests.
+//! - [`workset`]: each version's boot working set, learned from seats'
+//!   boots and read into the page cache ahead of the morning.
 //! - [`cache`]: page-cache residency, so async frontends keep cold reads off
 //!   their reactor threads.
 
@@ -23,6 +25,7 @@ mod mem;
 mod overlay;
 mod store;
 mod version;
+pub mod workset;
 
 #[cfg(test)]
 mod tests;
