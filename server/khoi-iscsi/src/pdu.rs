@@ -8,6 +8,9 @@
 //! digests belong to the framer in [`crate::frame`].
 
 use bytes::Bytes;
+use khoi_wire::{
+    be16, be24, be32, be64, enum_with_unknown, put_be16, put_be24, put_be32, put_be64,
+};
 
 /// Length of the Basic Header Segment.
 pub const BHS_LEN: usize = 48;
@@ -55,20 +58,6 @@ mod field {
     pub const STATUS_DETAIL: usize = 37;
     pub const TIME2WAIT: Range<usize> = 40..42;
     pub const TIME2RETAIN: Range<usize> = 42..44;
-}
-
-macro_rules! enum_with_unknown {
-    ($(#[$m:meta])* pub enum $name:ident($ty:ty) { $($(#[$vm:meta])* $v:ident = $val:expr),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vm])* $v,)+ Unknown($ty) }
-        impl From<$ty> for $name {
-            fn from(v: $ty) -> Self { match v { $($val => $name::$v,)+ other => $name::Unknown(other) } }
-        }
-        impl From<$name> for $ty {
-            fn from(v: $name) -> $ty { match v { $($name::$v => $val,)+ $name::Unknown(other) => other } }
-        }
-    };
 }
 
 enum_with_unknown! {
@@ -176,14 +165,12 @@ impl<T: AsRef<[u8]>> Bhs<T> {
     }
 
     fn u16_at(&self, r: std::ops::Range<usize>) -> u16 {
-        let d = &self.buffer.as_ref()[r];
-        u16::from_be_bytes([d[0], d[1]])
+        be16(&self.buffer.as_ref()[r])
     }
 
     /// A 32-bit big-endian word at `off`.
     pub fn word(&self, off: usize) -> u32 {
-        let d = &self.buffer.as_ref()[off..off + 4];
-        u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+        be32(&self.buffer.as_ref()[off..off + 4])
     }
 
     pub fn opcode(&self) -> Opcode {
@@ -218,15 +205,11 @@ impl<T: AsRef<[u8]>> Bhs<T> {
     }
 
     pub fn data_segment_len(&self) -> usize {
-        let d = &self.buffer.as_ref()[field::DATA_SEG_LEN];
-        (usize::from(d[0]) << 16) | (usize::from(d[1]) << 8) | usize::from(d[2])
+        be24(&self.buffer.as_ref()[field::DATA_SEG_LEN]) as usize
     }
 
     pub fn lun(&self) -> u64 {
-        let d = &self.buffer.as_ref()[field::LUN];
-        let mut a = [0u8; 8];
-        a.copy_from_slice(d);
-        u64::from_be_bytes(a)
+        be64(&self.buffer.as_ref()[field::LUN])
     }
 
     pub fn isid(&self) -> [u8; 6] {
@@ -276,11 +259,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Bhs<T> {
     }
 
     fn set_u16(&mut self, r: std::ops::Range<usize>, v: u16) {
-        self.buffer.as_mut()[r].copy_from_slice(&v.to_be_bytes());
+        put_be16(&mut self.buffer.as_mut()[r], v);
     }
 
     pub fn set_word(&mut self, off: usize, v: u32) {
-        self.buffer.as_mut()[off..off + 4].copy_from_slice(&v.to_be_bytes());
+        put_be32(&mut self.buffer.as_mut()[off..off + 4], v);
     }
 
     pub fn set_opcode(&mut self, op: Opcode, immediate: bool) {
@@ -311,12 +294,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Bhs<T> {
     /// field, so the framer never passes one (lengths are bounded by the
     /// negotiated MaxRecvDataSegmentLength, at most 2^24-1).
     pub fn set_data_segment_len(&mut self, len: usize) {
-        let v = u32::try_from(len & 0x00ff_ffff).unwrap_or(0).to_be_bytes();
-        self.buffer.as_mut()[field::DATA_SEG_LEN].copy_from_slice(&v[1..]);
+        let v = u32::try_from(len & 0x00ff_ffff).unwrap_or(0);
+        put_be24(&mut self.buffer.as_mut()[field::DATA_SEG_LEN], v);
     }
 
     pub fn set_lun(&mut self, lun: u64) {
-        self.buffer.as_mut()[field::LUN].copy_from_slice(&lun.to_be_bytes());
+        put_be64(&mut self.buffer.as_mut()[field::LUN], lun);
     }
 
     pub fn set_isid(&mut self, isid: [u8; 6]) {
@@ -1210,12 +1193,11 @@ pub struct AsyncMessage {
 impl AsyncMessage {
     pub fn parse(b: &Bhs<&[u8]>) -> Result<Self> {
         expect(b, Opcode::AsyncMessage)?;
-        let p3 = &b.buffer[40..42];
         Ok(AsyncMessage {
             lun: b.lun(),
             seq: parse_seq(b),
             event: b.buffer[36],
-            parameter3: u16::from_be_bytes([p3[0], p3[1]]),
+            parameter3: be16(&b.buffer[40..42]),
         })
     }
 
@@ -1227,7 +1209,7 @@ impl AsyncMessage {
         b.set_itt(RESERVED_TAG);
         emit_seq(&mut b, &self.seq);
         h[36] = self.event;
-        h[40..42].copy_from_slice(&self.parameter3.to_be_bytes());
+        put_be16(&mut h[40..42], self.parameter3);
         h
     }
 }
