@@ -105,9 +105,19 @@ pub fn decode(
 /// header digest. The digest is CRC32C stored little-endian, as every
 /// initiator (and RFC 7143's examples) expect.
 pub fn encode_header(pdu: &Pdu, digests: Digests) -> BytesMut {
-    let mut out = BytesMut::with_capacity(BHS_LEN + pdu.ahs.len() + 4);
-    out.put_slice(&pdu.bhs);
-    out.put_slice(&pdu.ahs);
+    encode_bhs_ahs(&pdu.bhs, &pdu.ahs, digests)
+}
+
+/// [`encode_header`] for a PDU without AHS whose data segment the caller
+/// sends itself (Data-In cut from a read's segments).
+pub fn encode_bhs(bhs: &[u8; BHS_LEN], digests: Digests) -> BytesMut {
+    encode_bhs_ahs(bhs, &[], digests)
+}
+
+fn encode_bhs_ahs(bhs: &[u8; BHS_LEN], ahs: &[u8], digests: Digests) -> BytesMut {
+    let mut out = BytesMut::with_capacity(BHS_LEN + ahs.len() + 4);
+    out.put_slice(bhs);
+    out.put_slice(ahs);
     if digests.header {
         let crc = crc32c::crc32c(&out);
         out.put_u32_le(crc);

@@ -15,8 +15,8 @@ use khoi_block::{BlockError, ReadSegment};
 
 use crate::login::{LoginOutcome, SessionKind};
 use crate::pdu::{
-    Bhs, DataIn, DataOut, InitiatorRepr, LogoutRequest, LogoutResponse, NopIn, Opcode, Pdu, R2t,
-    RESERVED_TAG, Reject, RejectReason, Residual, ScsiCommand, ScsiResponse, SeqNums,
+    BHS_LEN, Bhs, DataIn, DataOut, InitiatorRepr, LogoutRequest, LogoutResponse, NopIn, Opcode,
+    Pdu, R2t, RESERVED_TAG, Reject, RejectReason, Residual, ScsiCommand, ScsiResponse, SeqNums,
     TaskMgmtRequest, TaskMgmtResponseRepr, TextRequest, TextResponse, TmfFunction, TmfResponse,
 };
 use crate::resolver::TargetResolver;
@@ -99,12 +99,41 @@ pub enum Action {
     Close(String),
 }
 
-/// Data-In headers plus the data they carry, for a read served from
-/// [`ReadSegment`]s (possibly straight from a file).
+/// One Data-In PDU of a reply: its header, complete (DataSegmentLength
+/// included) but for the sequence numbers the writer stamps into every PDU,
+/// and the range of the command's data it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataInPdu {
+    pub bhs: [u8; BHS_LEN],
+    pub stamp: Stamp,
+    /// Where the payload starts in the command's data (the BufferOffset).
+    pub offset: u64,
+    pub len: usize,
+}
+
+impl DataInPdu {
+    /// The PDU with its payload in memory; `data` is the `len` bytes at
+    /// `offset`.
+    pub fn with_data(self, data: Bytes) -> Out {
+        debug_assert_eq!(data.len(), self.len);
+        Out {
+            pdu: Pdu {
+                bhs: self.bhs,
+                ahs: Bytes::new(),
+                data,
+            },
+            stamp: self.stamp,
+        }
+    }
+}
+
+/// Data-In PDUs plus where their data is, for a read served from
+/// [`ReadSegment`]s (possibly straight from a file): the segments travel
+/// as the device planned them, and the writer cuts each PDU's payload out
+/// of them.
 #[derive(Debug)]
 pub struct ReadReply {
-    /// Each Data-In header with the range of the read it carries.
-    pub pdus: Vec<(Out, u64, usize)>,
+    pub pdus: Vec<DataInPdu>,
     pub segments: Vec<ReadSegment>,
     pub response: Option<Out>,
 }
@@ -857,12 +886,13 @@ impl Session {
 
 /// Split `total` bytes of Data-In into PDUs of at most `max_pdu` bytes,
 /// with the F bit at every MaxBurstLength boundary and at the end, and the
-/// status folded into the last PDU when `status` is given.
-pub fn datain_headers(
+/// status folded into the last PDU when `status` is given. The one place a
+/// Data-In header is built.
+pub fn datain_pdus(
     shape: &ReplyShape,
     total: usize,
     status: Option<(u8, Residual)>,
-) -> Vec<(Out, u64, usize)> {
+) -> Vec<DataInPdu> {
     let mut out = Vec::new();
     let mut off = 0usize;
     let mut data_sn = 0u32;
@@ -874,7 +904,7 @@ pub fn datain_headers(
         let last = off + len == total;
         let fin = last || off + len == burst_end;
         let st = if last { status } else { None };
-        let h = DataIn {
+        let mut bhs = DataIn {
             fin,
             status: st.map(|(s, _)| s),
             residual: st.map(|(_, r)| r).unwrap_or_default(),
@@ -886,19 +916,20 @@ pub fn datain_headers(
             buffer_offset: u32::try_from(off).unwrap_or(u32::MAX),
         }
         .emit();
+        // The payload travels apart from the header (copied into a batch or
+        // sent from a file), so the header states its length here.
+        Bhs::new_unchecked(&mut bhs[..]).set_data_segment_len(len);
         let stamp = if st.is_some() {
             Stamp::Status
         } else {
             Stamp::Window
         };
-        out.push((
-            Out {
-                pdu: Pdu::new(h, Bytes::new()),
-                stamp,
-            },
-            off as u64,
+        out.push(DataInPdu {
+            bhs,
+            stamp,
+            offset: off as u64,
             len,
-        ));
+        });
         data_sn = data_sn.wrapping_add(1);
         off += len;
     }
@@ -947,12 +978,12 @@ pub fn done_pdus(shape: &ReplyShape, d: Done, residual: Option<Residual>) -> Vec
         return vec![scsi_response(shape, d.status, None, res)];
     }
     let collapse = res == Residual::None;
-    let mut out: Vec<Out> = datain_headers(shape, send, collapse.then_some((scsi::GOOD, res)))
+    let mut out: Vec<Out> = datain_pdus(shape, send, collapse.then_some((scsi::GOOD, res)))
         .into_iter()
-        .map(|(mut o, off, len)| {
-            let off = usize::try_from(off).unwrap_or(0);
-            o.pdu = Pdu::new(o.pdu.bhs, d.data.slice(off..off + len));
-            o
+        .map(|p| {
+            let off = usize::try_from(p.offset).unwrap_or(0);
+            let data = d.data.slice(off..off + p.len);
+            p.with_data(data)
         })
         .collect();
     if !collapse {
@@ -967,7 +998,7 @@ pub fn reply(shape: &ReplyShape, result: Result<JobOutput, BlockError>) -> Reply
         Ok(JobOutput::Read(segments)) => {
             let total: u64 = segments.iter().map(ReadSegment::len).sum();
             let collapse = shape.residual == Residual::None;
-            let pdus = datain_headers(
+            let pdus = datain_pdus(
                 shape,
                 usize::try_from(total).unwrap_or(0),
                 collapse.then_some((scsi::GOOD, Residual::None)),
@@ -1143,19 +1174,28 @@ mod tests {
             max_pdu: 8192,
             max_burst: 16384,
         };
-        let h = datain_headers(&shape, 20000, Some((0, Residual::None)));
-        let lens: Vec<usize> = h.iter().map(|(_, _, l)| *l).collect();
+        let h = datain_pdus(&shape, 20000, Some((0, Residual::None)));
+        let lens: Vec<usize> = h.iter().map(|p| p.len).collect();
         assert_eq!(lens, vec![8192, 8192, 3616]);
-        let fins: Vec<bool> = h
+        let parsed: Vec<DataIn> = h
             .iter()
-            .map(|(o, _, _)| DataIn::parse(&o.pdu.view()).unwrap().fin)
+            .map(|p| DataIn::parse(&Bhs::new_unchecked(&p.bhs[..])).unwrap())
             .collect();
+        let fins: Vec<bool> = parsed.iter().map(|d| d.fin).collect();
         assert_eq!(fins, vec![false, true, true]);
-        let sns: Vec<u32> = h
-            .iter()
-            .map(|(o, _, _)| DataIn::parse(&o.pdu.view()).unwrap().data_sn)
-            .collect();
+        let sns: Vec<u32> = parsed.iter().map(|d| d.data_sn).collect();
         assert_eq!(sns, vec![0, 1, 2]);
+        // Each header is whole before the writer sees it: it states its
+        // own length and offset, and only the last carries status.
+        for (p, d) in h.iter().zip(&parsed) {
+            let v = Bhs::new_unchecked(&p.bhs[..]);
+            assert_eq!(v.data_segment_len(), p.len);
+            assert_eq!(v.total_ahs_len(), 0);
+            assert_eq!(u64::from(d.buffer_offset), p.offset);
+        }
+        let stamps: Vec<Stamp> = h.iter().map(|p| p.stamp).collect();
+        assert_eq!(stamps, vec![Stamp::Window, Stamp::Window, Stamp::Status]);
+        assert_eq!(parsed[2].status, Some(0));
     }
 
     fn data_out(itt: u32, ttt: u32, sn: u32, off: u32, fin: bool, data: &'static [u8]) -> Pdu {

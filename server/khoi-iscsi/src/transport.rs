@@ -27,7 +27,7 @@ use crate::pdu::{InitiatorRepr, Pdu, RejectReason};
 use crate::registry::Registry;
 use crate::resolver::{IscsiConfig, IscsiEvent, TargetResolver};
 use crate::scsi::{self, LuInfo};
-use crate::session::{self, Action, Out, ReadReply, Reply, Session, Stamp, Stamper};
+use crate::session::{self, Action, DataInPdu, Out, ReadReply, Reply, Session, Stamp, Stamper};
 
 /// Largest data segment accepted during login (text only).
 const LOGIN_MAX_DATA: usize = 65_536;
@@ -606,7 +606,7 @@ async fn writer_task(
 }
 
 fn read_len(rr: &ReadReply) -> usize {
-    rr.pdus.iter().map(|(_, _, len)| *len).sum()
+    rr.pdus.iter().map(|p| p.len).sum()
 }
 
 /// Encode a small read's Data-In PDUs (and its response) with the payload
@@ -639,10 +639,11 @@ async fn encode_read_copied(
                 .ok_or_else(|| io::Error::other("blocking read came back empty"))?
         }
     };
-    for (mut out, start, len) in pdus {
+    for p in pdus {
+        let start = us(p.offset);
+        let payload = data.slice(start..start + p.len);
+        let mut out = p.with_data(payload);
         stamper.apply(&mut out.pdu.bhs, out.stamp, exp.load(Ordering::Acquire));
-        out.pdu.data = data.slice(us(start)..us(start) + len);
-        set_data_len(&mut out.pdu.bhs, len);
         encode_pdu(&out.pdu, digests, bufs);
     }
     if let Some(mut o) = response {
@@ -679,73 +680,33 @@ fn copy_segments(
     Ok(Some(data.freeze()))
 }
 
-/// A read segment with in-memory data moved into `Bytes` so PDUs can share
-/// it without copying.
-enum Seg {
-    File {
-        file: Arc<std::fs::File>,
-        offset: u64,
-        len: u64,
-    },
-    Zero(u64),
-    Mem(Bytes),
-}
-
-impl Seg {
-    fn len(&self) -> u64 {
-        match self {
-            Seg::File { len, .. } | Seg::Zero(len) => *len,
-            Seg::Mem(b) => b.len() as u64,
-        }
-    }
-}
-
 /// Offsets within one read, which fits in memory, so never truncated.
 fn us(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
 
-/// A piece of Data-In payload.
-enum Piece {
-    Mem(Bytes),
-    File {
-        file: Arc<std::fs::File>,
-        offset: u64,
-        len: u64,
-    },
-}
-
-/// Cut `[start, start+len)` of the read out of its segments.
-fn pieces(segs: &[Seg], start: u64, len: u64) -> Vec<Piece> {
-    let mut out = Vec::new();
-    let mut pos = 0u64;
+/// The parts of a read's segments that make up `[start, start+len)` of its
+/// data: each segment with the offset and length of the part inside it.
+fn parts(
+    segments: &[ReadSegment],
+    start: u64,
+    len: u64,
+) -> impl Iterator<Item = (&ReadSegment, u64, u64)> {
     let end = start + len;
-    for s in segs {
-        let (s_start, s_end) = (pos, pos + s.len());
-        pos = s_end;
-        if s_end <= start || s_start >= end {
-            continue;
-        }
-        let a = start.max(s_start) - s_start;
-        let b = end.min(s_end) - s_start;
-        match s {
-            Seg::File { file, offset, .. } => out.push(Piece::File {
-                file: file.clone(),
-                offset: offset + a,
-                len: b - a,
-            }),
-            Seg::Zero(_) => {
-                let mut n = b - a;
-                while n > 0 {
-                    let k = n.min(ZEROS.len() as u64);
-                    out.push(Piece::Mem(Bytes::from_static(&ZEROS[..us(k)])));
-                    n -= k;
-                }
-            }
-            Seg::Mem(m) => out.push(Piece::Mem(m.slice(us(a)..us(b)))),
-        }
-    }
-    out
+    segments
+        .iter()
+        .scan(0u64, |pos, s| {
+            let s_start = *pos;
+            *pos += s.len();
+            Some((s, s_start, *pos))
+        })
+        .skip_while(move |&(_, _, s_end)| s_end <= start)
+        .take_while(move |&(_, s_start, _)| s_start < end)
+        .map(move |(s, s_start, s_end)| {
+            let a = start.max(s_start) - s_start;
+            let b = end.min(s_end) - s_start;
+            (s, a, b - a)
+        })
 }
 
 fn pread_exact(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
@@ -780,21 +741,16 @@ async fn write_read(
                 .map_err(io::Error::other)??;
         }
     }
-    let segs: Vec<Seg> = segments
-        .into_iter()
-        .map(|s| match s {
-            ReadSegment::File { file, offset, len } => Seg::File { file, offset, len },
-            ReadSegment::Zero { len } => Seg::Zero(len),
-            ReadSegment::Mem(v) => Seg::Mem(Bytes::from(v)),
-        })
-        .collect();
     // Headers and sendfile payloads are separate syscalls; corking lets the
     // kernel pack them into full segments instead of a 48-byte one each.
-    let cork = !digests.data && segs.iter().any(|s| matches!(s, Seg::File { .. }));
+    let cork = !digests.data
+        && segments
+            .iter()
+            .any(|s| matches!(s, ReadSegment::File { .. }));
     if cork {
         let _ = socket2::SockRef::from(wr.as_ref()).set_tcp_cork(true);
     }
-    let r = write_read_pdus(wr, pdus, &segs, response, stamper, exp, digests).await;
+    let r = write_read_pdus(wr, pdus, &segments, response, stamper, exp, digests).await;
     if cork {
         let _ = socket2::SockRef::from(wr.as_ref()).set_tcp_cork(false);
     }
@@ -803,45 +759,59 @@ async fn write_read(
 
 async fn write_read_pdus(
     wr: &mut OwnedWriteHalf,
-    pdus: Vec<(Out, u64, usize)>,
-    segs: &[Seg],
+    pdus: Vec<DataInPdu>,
+    segments: &[ReadSegment],
     response: Option<Out>,
     stamper: &mut Stamper,
     exp: &AtomicU32,
     digests: Digests,
 ) -> io::Result<()> {
     let mut bufs: Vec<Bytes> = Vec::new();
-    for (mut out, start, len) in pdus {
-        stamper.apply(&mut out.pdu.bhs, out.stamp, exp.load(Ordering::Acquire));
-        set_data_len(&mut out.pdu.bhs, len);
-        bufs.push(frame::encode_header(&out.pdu, digests).freeze());
-        let ps = pieces(segs, start, len as u64);
+    for p in pdus {
+        let (start, len) = (p.offset, p.len);
+        let mut bhs = p.bhs;
+        stamper.apply(&mut bhs, p.stamp, exp.load(Ordering::Acquire));
+        bufs.push(frame::encode_bhs(&bhs, digests).freeze());
         if digests.data {
             // The digest needs the bytes in hand: read file ranges.
             let mut data = BytesMut::with_capacity(len);
-            for p in ps {
-                match p {
-                    Piece::Mem(b) => data.extend_from_slice(&b),
-                    Piece::File { file, offset, len } => {
-                        let b =
-                            tokio::task::spawn_blocking(move || pread_exact(&file, offset, len))
-                                .await
-                                .map_err(io::Error::other)??;
+            for (s, at, n) in parts(segments, start, len as u64) {
+                match s {
+                    ReadSegment::File { file, offset, .. } => {
+                        let (file, offset) = (file.clone(), offset + at);
+                        let b = tokio::task::spawn_blocking(move || pread_exact(&file, offset, n))
+                            .await
+                            .map_err(io::Error::other)??;
                         data.extend_from_slice(&b);
                     }
+                    ReadSegment::Zero { .. } => data.resize(data.len() + us(n), 0),
+                    ReadSegment::Mem(v) => data.extend_from_slice(&v[us(at)..us(at + n)]),
                 }
             }
             let trailer = frame::encode_trailer(&data, digests).freeze();
             bufs.push(data.freeze());
             bufs.push(trailer);
         } else {
-            for p in ps {
-                match p {
-                    Piece::Mem(b) => bufs.push(b),
-                    Piece::File { file, offset, len } => {
+            for (s, at, n) in parts(segments, start, len as u64) {
+                match s {
+                    ReadSegment::File { file, offset, .. } => {
                         write_all_slices(wr, &bufs).await?;
                         bufs.clear();
-                        send_file(wr, &file, offset, len).await?;
+                        send_file(wr, file, offset + at, n).await?;
+                    }
+                    ReadSegment::Zero { .. } => {
+                        let mut n = n;
+                        while n > 0 {
+                            let k = n.min(ZEROS.len() as u64);
+                            bufs.push(Bytes::from_static(&ZEROS[..us(k)]));
+                            n -= k;
+                        }
+                    }
+                    // Only in-memory test devices plan Mem segments; copying
+                    // their bytes here is what keeps one segment type from
+                    // the device to the socket.
+                    ReadSegment::Mem(v) => {
+                        bufs.push(Bytes::copy_from_slice(&v[us(at)..us(at + n)]));
                     }
                 }
             }
@@ -860,10 +830,6 @@ async fn write_read_pdus(
         encode_pdu(&o.pdu, digests, &mut bufs);
     }
     write_all_slices(wr, &bufs).await
-}
-
-fn set_data_len(bhs: &mut [u8; 48], len: usize) {
-    crate::pdu::Bhs::new_unchecked(&mut bhs[..]).set_data_segment_len(len);
 }
 
 /// sendfile(2) a file range to the socket, waiting for writability.
@@ -927,4 +893,61 @@ async fn write_all_ref(sock: &mut &TcpStream, mut data: &[u8]) -> io::Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// What `parts` selects, with segments named by index.
+    fn cut(segments: &[ReadSegment], start: u64, len: u64) -> Vec<(usize, u64, u64)> {
+        parts(segments, start, len)
+            .map(|(s, at, n)| {
+                let i = segments.iter().position(|x| std::ptr::eq(x, s)).unwrap();
+                (i, at, n)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_cut_pdu_ranges_out_of_segments() {
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let segments = vec![
+            ReadSegment::File {
+                file,
+                offset: 1000,
+                len: 100,
+            },
+            ReadSegment::Zero { len: 50 },
+            ReadSegment::Mem(vec![7; 30]),
+        ];
+        // Whole read.
+        assert_eq!(
+            cut(&segments, 0, 180),
+            vec![(0, 0, 100), (1, 0, 50), (2, 0, 30)]
+        );
+        // Inside one segment.
+        assert_eq!(cut(&segments, 10, 20), vec![(0, 10, 20)]);
+        // Across a boundary, starting and ending mid-segment.
+        assert_eq!(
+            cut(&segments, 90, 70),
+            vec![(0, 90, 10), (1, 0, 50), (2, 0, 10)]
+        );
+        // Starting exactly on a boundary, ending on the next.
+        assert_eq!(cut(&segments, 100, 50), vec![(1, 0, 50)]);
+        // The tail.
+        assert_eq!(cut(&segments, 175, 5), vec![(2, 25, 5)]);
+        // Consecutive PDU ranges cover every byte exactly once.
+        for pdu in [1u64, 7, 50, 64, 180] {
+            let mut covered = 0;
+            let mut start = 0;
+            while start < 180 {
+                let len = pdu.min(180 - start);
+                covered += cut(&segments, start, len).iter().map(|p| p.2).sum::<u64>();
+                start += len;
+            }
+            assert_eq!(covered, 180, "PDUs of {pdu} bytes");
+        }
+    }
 }
