@@ -2,7 +2,7 @@
 //! checklist), sans-I/O, one file per concern:
 //!
 //! - [`cdb`]: the CDB bytes as a [`ScsiOp`] and a field view;
-//! - [`plan`]: what a command needs — a finished answer, a read range, or
+//! - [`mod@plan`]: what a command needs — a finished answer, a read range, or
 //!   Data-Out — and, once the data is in, the [`Job`] it becomes;
 //! - [`exec`]: running a [`Job`] against the block device (blocking);
 //! - [`pages`]: INQUIRY and VPD pages, READ CAPACITY, REPORT LUNS, REPORT
