@@ -19,9 +19,11 @@
 
 pub mod engine;
 pub mod listen;
+pub mod sink;
 mod sock;
 pub mod writer;
 
 pub use engine::{Dispatched, Work};
 pub use listen::{Limits, serve};
+pub use sink::{Sink, Stream};
 pub use writer::{Framer, Piece, ReplySender, Writer, WriterOptions};

@@ -11,13 +11,36 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::Interest;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+
+/// A tokio socket whose descriptor can be driven directly: TCP and unix
+/// stream sockets both have these methods, but no trait that names them.
+pub(crate) trait RawSock: AsRawFd + Sync {
+    fn ready(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    fn attempt<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+}
+
+macro_rules! raw_sock {
+    ($t:ty) => {
+        impl RawSock for $t {
+            fn ready(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+                self.writable()
+            }
+            fn attempt<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+                self.try_io(Interest::WRITABLE, f)
+            }
+        }
+    };
+}
+
+raw_sock!(TcpStream);
+raw_sock!(UnixStream);
 
 /// IOV_MAX on Linux; a send never passes more slices than this.
 const IOV_MAX: usize = 1024;
 
-async fn writable(sock: &TcpStream, stall: Duration) -> io::Result<()> {
-    match tokio::time::timeout(stall, sock.writable()).await {
+async fn writable<S: RawSock>(sock: &S, stall: Duration) -> io::Result<()> {
+    match tokio::time::timeout(stall, sock.ready()).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -34,8 +57,8 @@ fn empty_msghdr() -> libc::msghdr {
 
 /// Sends every buffer in `bufs`, in order, and empties it. With `more`, the
 /// kernel may hold a partial segment for what follows (`MSG_MORE`).
-pub(crate) async fn send_vectored(
-    sock: &TcpStream,
+pub(crate) async fn send_vectored<S: RawSock>(
+    sock: &S,
     bufs: &mut Vec<Bytes>,
     more: bool,
     stall: Duration,
@@ -49,7 +72,7 @@ pub(crate) async fn send_vectored(
     let mut rest: &mut [IoSlice<'_>] = &mut slices[..];
     while !rest.is_empty() {
         writable(sock, stall).await?;
-        let r = sock.try_io(Interest::WRITABLE, || {
+        let r = sock.attempt(|| {
             let mut msg = empty_msghdr();
             msg.msg_iov = rest.as_mut_ptr().cast();
             // At most IOV_MAX: fits every msg_iovlen type.
@@ -78,8 +101,8 @@ pub(crate) async fn send_vectored(
 
 /// `sendfile(2)` of `len` bytes at `offset` of `file`; falls back to copying
 /// where the filesystem cannot splice.
-pub(crate) async fn send_file(
-    sock: &TcpStream,
+pub(crate) async fn send_file<S: RawSock>(
+    sock: &S,
     file: &File,
     mut offset: u64,
     mut len: u64,
@@ -87,7 +110,7 @@ pub(crate) async fn send_file(
 ) -> io::Result<()> {
     while len > 0 {
         writable(sock, stall).await?;
-        let r = sock.try_io(Interest::WRITABLE, || {
+        let r = sock.attempt(|| {
             let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
             let count = usize::try_from(len.min(1 << 30)).unwrap_or(1 << 30);
             // SAFETY: both descriptors are open for the call (the socket is

@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use khoi_block::{ReadSegment, cache};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::sink::Sink;
 use crate::sock;
 
 /// One piece of a reply on the wire.
@@ -169,12 +169,13 @@ static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
 pub struct Writer;
 
 impl Writer {
-    /// Starts the writer on `wr`. It runs until every [`ReplySender`] is
-    /// dropped and the queue is empty, then shuts the write half down (FIN
-    /// after the last reply). If sending fails it cancels `on_error`, so the
-    /// connection stops reading, and returns the error.
-    pub fn spawn<F: Framer>(
-        wr: OwnedWriteHalf,
+    /// Starts the writer on `sink` (a socket's write half, or a TLS stream
+    /// in a [`crate::sink::Stream`]). It runs until every [`ReplySender`] is
+    /// dropped and the queue is empty, then ends the stream (FIN after the
+    /// last reply). If sending fails it cancels `on_error`, so the connection
+    /// stops reading, and returns the error.
+    pub fn spawn<F: Framer, S: Sink>(
+        sink: S,
         framer: F,
         options: WriterOptions,
         on_error: CancellationToken,
@@ -182,7 +183,7 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut w = Run {
-                wr,
+                sink,
                 framer,
                 options,
             };
@@ -190,21 +191,20 @@ impl Writer {
             if r.is_err() {
                 on_error.cancel();
             }
-            // Best effort: the peer may be gone already.
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut w.wr).await;
+            w.sink.finish().await;
             r
         });
         (ReplySender { tx }, task)
     }
 }
 
-struct Run<F: Framer> {
-    wr: OwnedWriteHalf,
+struct Run<F: Framer, S: Sink> {
+    sink: S,
     framer: F,
     options: WriterOptions,
 }
 
-impl<F: Framer> Run<F> {
+impl<F: Framer, S: Sink> Run<F, S> {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<F::Msg>) -> io::Result<()> {
         let mut batch: Vec<F::Msg> = Vec::new();
         let mut pieces: Vec<Piece> = Vec::new();
@@ -228,11 +228,17 @@ impl<F: Framer> Run<F> {
 
     /// Sends `pieces` in order and empties the list.
     async fn send(&mut self, pieces: &mut Vec<Piece>) -> io::Result<()> {
-        let sock = self.wr.as_ref();
         let stall = self.options.stall_timeout;
+        // A sink that must see every byte (TLS) gets file ranges copied in,
+        // whatever their size.
+        let copy_max = if self.sink.zero_copy() {
+            self.options.copy_max
+        } else {
+            u64::MAX
+        };
         let large = pieces
             .iter()
-            .filter(|p| matches!(p, Piece::File { len, .. } if *len > self.options.copy_max))
+            .filter(|p| matches!(p, Piece::File { len, .. } if *len > copy_max))
             .count();
         // Several sendfiles in one batch (iSCSI splits a large read into
         // PDUs): cork so headers and file bytes fill whole segments instead of
@@ -249,19 +255,19 @@ impl<F: Framer> Run<F> {
                         pending.push(Bytes::from_static(&ZEROES[..us(k)]));
                         n -= k;
                         if pending.len() >= IOV_FLUSH {
-                            sock::send_vectored(sock, &mut pending, true, stall).await?;
+                            self.sink.send(&mut pending, true, stall).await?;
                         }
                     }
                 }
-                Piece::File { file, offset, len } if len <= self.options.copy_max => {
+                Piece::File { file, offset, len } if len <= copy_max => {
                     let mut buf = BytesMut::zeroed(us(len));
                     if cache::read_nowait(&file, &mut buf, offset)? == us(len) {
                         pending.push(buf.freeze());
                     } else {
                         // Not all in the page cache: what is ready goes out
                         // now, then the disk read runs off the reactor.
-                        uncork(sock, &mut corked);
-                        sock::send_vectored(sock, &mut pending, false, stall).await?;
+                        self.uncork(&mut corked);
+                        self.sink.send(&mut pending, false, stall).await?;
                         let b =
                             tokio::task::spawn_blocking(move || sock::pread(&file, offset, len))
                                 .await
@@ -271,35 +277,35 @@ impl<F: Framer> Run<F> {
                 }
                 Piece::File { file, offset, len } => {
                     if !cache::resident(&file, offset, len) {
-                        uncork(sock, &mut corked);
-                        sock::send_vectored(sock, &mut pending, false, stall).await?;
+                        self.uncork(&mut corked);
+                        self.sink.send(&mut pending, false, stall).await?;
                         let f = file.clone();
                         tokio::task::spawn_blocking(move || cache::warm(&f, offset, len))
                             .await
                             .map_err(io::Error::other)??;
                     }
                     if large > 1 && !corked {
-                        corked = socket2::SockRef::from(sock).set_tcp_cork(true).is_ok();
+                        corked = self.sink.cork(true);
                     }
-                    sock::send_vectored(sock, &mut pending, true, stall).await?;
-                    sock::send_file(sock, &file, offset, len, stall).await?;
+                    self.sink.send(&mut pending, true, stall).await?;
+                    self.sink.send_file(&file, offset, len, stall).await?;
                 }
             }
             if pending.len() >= IOV_FLUSH {
-                sock::send_vectored(sock, &mut pending, true, stall).await?;
+                self.sink.send(&mut pending, true, stall).await?;
             }
         }
-        sock::send_vectored(sock, &mut pending, false, stall).await?;
-        uncork(sock, &mut corked);
+        self.sink.send(&mut pending, false, stall).await?;
+        self.uncork(&mut corked);
         Ok(())
     }
-}
 
-/// Uncorking pushes whatever the kernel held back.
-fn uncork(sock: &tokio::net::TcpStream, corked: &mut bool) {
-    if *corked {
-        let _ = socket2::SockRef::from(sock).set_tcp_cork(false);
-        *corked = false;
+    /// Uncorking pushes whatever the kernel held back.
+    fn uncork(&mut self, corked: &mut bool) {
+        if *corked {
+            self.sink.cork(false);
+            *corked = false;
+        }
     }
 }
 
@@ -308,6 +314,7 @@ mod tests {
     use super::*;
     use std::io::Write;
     use tokio::io::AsyncReadExt;
+    use tokio::net::tcp::OwnedWriteHalf;
     use tokio::net::{TcpListener, TcpStream};
 
     /// Messages are already pieces (NBD's headers are final when queued).
@@ -424,6 +431,79 @@ mod tests {
         let mut rest = Vec::new();
         c.read_to_end(&mut rest).await.expect("eof");
         assert!(rest.is_empty());
+    }
+
+    /// One reply of every shape, and the bytes a client must receive.
+    fn mixed_replies(file: &Arc<File>, data: &[u8]) -> (Vec<Vec<Piece>>, Vec<u8>) {
+        let msgs = vec![
+            vec![
+                Piece::Bytes(Bytes::from_static(b"H")),
+                Piece::File {
+                    file: file.clone(),
+                    offset: 10,
+                    len: 1000,
+                },
+            ],
+            vec![Piece::Zero(70_000)],
+            vec![Piece::File {
+                file: file.clone(),
+                offset: 100_000,
+                len: 300_000,
+            }],
+        ];
+        let mut expect = b"H".to_vec();
+        expect.extend_from_slice(&data[10..1010]);
+        expect.extend_from_slice(&[0u8; 70_000]);
+        expect.extend_from_slice(&data[100_000..400_000]);
+        (msgs, expect)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_unix_socket_gets_the_same_bytes() {
+        let data = pattern(1 << 20, 9);
+        let file = file_with(&data);
+        let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
+        let (_rd, wr) = a.into_split();
+        let (tx, task) = Writer::spawn(
+            wr,
+            Plain,
+            WriterOptions::default(),
+            CancellationToken::new(),
+        );
+        let (msgs, expect) = mixed_replies(&file, &data);
+        for m in msgs {
+            tx.send(m).expect("queued");
+        }
+        drop(tx);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.expect("read");
+        assert!(got == expect, "bytes differ");
+        task.await.expect("join").expect("writer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_byte_stream_sink_gets_file_ranges_copied_in() {
+        let data = pattern(1 << 20, 11);
+        let file = file_with(&data);
+        // A duplex pipe stands for a TLS session: it has no descriptor to
+        // sendfile into, so every range must be copied through write().
+        let (a, mut b) = tokio::io::duplex(64 << 10);
+        let sink = crate::sink::Stream(a);
+        let (tx, task) = Writer::spawn(
+            sink,
+            Plain,
+            WriterOptions::default(),
+            CancellationToken::new(),
+        );
+        let (msgs, expect) = mixed_replies(&file, &data);
+        for m in msgs {
+            tx.send(m).expect("queued");
+        }
+        drop(tx);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.expect("read");
+        assert!(got == expect, "bytes differ");
+        task.await.expect("join").expect("writer");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
