@@ -34,7 +34,7 @@ pub use device::{
     BLOCK, BlockDevice, BlockError, Caps, Checked, Extent, ExtentKind, ReadSegment, SECTOR,
     WriteFlags,
 };
-pub use error::{StoreError, validate_name};
+pub use error::{NAME_RULE, StoreError, is_valid_new_name, validate_name};
 pub use event::{BlockEvent, EventSink, OverlayOwner};
 pub use mem::MemDevice;
 pub use overlay::{Overlay, OverlayUsage};

@@ -5,23 +5,17 @@ use std::str::FromStr;
 
 use crate::{Result, StateError};
 
-/// Seat names become iSCSI IQN suffixes, NBD export names and file names, so
-/// they are kept to characters that are safe in all three.
+/// Checks a new seat or image name against the one naming rule, which lives
+/// in khoi-block beside the store that turns names into directories (see
+/// [`khoi_block::is_valid_new_name`] for why it allows what it does). Only new
+/// names are checked: rows written under an older rule still load.
 pub fn validate_name(field: &'static str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.']);
-    if ok {
+    if khoi_block::is_valid_new_name(name) {
         Ok(())
     } else {
         Err(StateError::Invalid {
             field,
-            reason: format!(
-                "{name:?}: use 1-64 characters a-z, 0-9, '-' and '.', not starting with '-' or '.'"
-            ),
+            reason: format!("{name:?}: use {}", khoi_block::NAME_RULE),
         })
     }
 }
@@ -62,6 +56,57 @@ impl fmt::Display for Mac {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Seat and image names: what the rule accepts and rejects, the same for
+    /// khoi-state (seats, admin imports) and the store's creation check, and
+    /// every accepted name is one the store can also load.
+    #[test]
+    fn one_name_rule() {
+        let longest = "x".repeat(64);
+        let too_long = "x".repeat(65);
+        let good = [
+            "pc01",
+            "quay-01",
+            "a",
+            "9",
+            "win10.22h2",
+            "a..b",
+            "lab.b-07",
+            longest.as_str(),
+        ];
+        let bad = [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-rf",
+            "PC01",
+            "Win11",
+            "pc_01",
+            "a/b",
+            "../x",
+            "a b",
+            "a:b",
+            "é",
+            "a\0",
+            too_long.as_str(),
+        ];
+        for name in good {
+            assert!(validate_name("name", name).is_ok(), "{name:?}");
+            assert!(khoi_block::is_valid_new_name(name), "{name:?}");
+            assert!(khoi_block::validate_name("seat", name).is_ok(), "{name:?}");
+        }
+        for name in bad {
+            assert!(
+                matches!(
+                    validate_name("name", name),
+                    Err(StateError::Invalid { field: "name", .. })
+                ),
+                "{name:?}"
+            );
+            assert!(!khoi_block::is_valid_new_name(name), "{name:?}");
+        }
+    }
 
     #[test]
     fn mac_forms() {

@@ -399,4 +399,35 @@ mod tests {
             Err(StateError::MacInUse { .. })
         ));
     }
+
+    /// Names are checked when a seat is created, never when one is read: a
+    /// row written before the rule (or by hand) still lists, loads and updates.
+    #[test]
+    fn rows_outside_the_name_rule_still_load() {
+        let st = State::open_in_memory().expect("db");
+        st.conn
+            .lock()
+            .execute(
+                "INSERT INTO seats (name, mac, image, policy, chap_user, chap_secret, created)
+                 VALUES ('PC_01', '02:00:00:00:00:07', 'Win_11', 'nightly', 'PC_01', 's', 1)",
+                [],
+            )
+            .expect("insert");
+        assert!(validate_name("name", "PC_01").is_err());
+        let s = st.seat("PC_01").expect("load");
+        assert_eq!(s.image, "Win_11");
+        assert_eq!(st.seats().expect("list").len(), 1);
+        assert_eq!(st.seats_on_image("Win_11").expect("on image").len(), 1);
+        let by_mac = st
+            .seat_by_mac("02:00:00:00:00:07".parse().expect("mac"))
+            .expect("by mac");
+        assert_eq!(by_mac.map(|s| s.name), Some("PC_01".into()));
+        let up = SeatUpdate {
+            quota: Some(1 << 30),
+            ..SeatUpdate::default()
+        };
+        assert_eq!(st.update_seat("PC_01", &up).expect("update").quota, 1 << 30);
+        st.set_active_version("PC_01", Some(2)).expect("active");
+        st.remove_seat("PC_01").expect("remove");
+    }
 }
