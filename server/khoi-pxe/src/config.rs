@@ -225,7 +225,7 @@ impl PxeConfig {
 
     /// The boot-script URL an iPXE client gets for `mac`.
     pub fn script_url(&self, mac: [u8; 6]) -> String {
-        crate::dhcp::script_url(self.server_ip, self.http_port, mac)
+        crate::http::script_url(self.server_ip, self.http_port, mac)
     }
 }
 

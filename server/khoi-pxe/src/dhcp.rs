@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{BootFiles, DhcpMode, Pool, PxeConfig};
+// Kept at this path for callers that learnt it here; the URL is defined beside its route.
+pub use crate::http::script_url;
 use crate::wire::{self, Message, MessageType, Options, opt, pxe};
 use crate::{BootDirectory, BootState, Lease, SeatBoot, unix_secs};
 
@@ -795,12 +797,4 @@ impl DhcpCore {
             Event::Inform { seat: seat.seat },
         )
     }
-}
-
-/// `http://<server>:<port>/boot/<mac>.ipxe`.
-pub fn script_url(server_ip: Ipv4Addr, http_port: u16, mac: [u8; 6]) -> String {
-    format!(
-        "http://{server_ip}:{http_port}/boot/{}.ipxe",
-        crate::mac_hyphen(mac)
-    )
 }

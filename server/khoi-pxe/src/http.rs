@@ -38,6 +38,16 @@ pub fn router(dir: Arc<dyn BootDirectory>, state: Arc<BootState>) -> Router {
         .with_state(Ctx { dir, state })
 }
 
+/// `http://<server>:<port>/boot/<mac>.ipxe`, the URL [`router`] answers. It lives beside
+/// the route so the two cannot drift, and so DHCP and the config both depend on this module
+/// instead of on each other.
+pub fn script_url(server_ip: Ipv4Addr, http_port: u16, mac: [u8; 6]) -> String {
+    format!(
+        "http://{server_ip}:{http_port}/boot/{}.ipxe",
+        crate::mac_hyphen(mac)
+    )
+}
+
 /// Serves `router` on an already-bound listener until `cancel` fires.
 pub async fn serve(
     listener: TcpListener,
