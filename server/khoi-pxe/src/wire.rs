@@ -13,6 +13,8 @@
 
 use std::net::Ipv4Addr;
 
+use khoi_wire::{be16, be32, put_be16, put_be32};
+
 /// A malformed datagram. Unit type: a bad packet is simply counted and dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Error;
@@ -83,49 +85,17 @@ pub mod pxe {
     pub const BOOT_ITEM: u8 = 71;
 }
 
-/// DHCP message types (option 53). `Unknown` keeps any other value instead of failing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageType {
-    Discover,
-    Offer,
-    Request,
-    Decline,
-    Ack,
-    Nak,
-    Release,
-    Inform,
-    Unknown(u8),
-}
-
-impl From<u8> for MessageType {
-    fn from(v: u8) -> Self {
-        match v {
-            1 => Self::Discover,
-            2 => Self::Offer,
-            3 => Self::Request,
-            4 => Self::Decline,
-            5 => Self::Ack,
-            6 => Self::Nak,
-            7 => Self::Release,
-            8 => Self::Inform,
-            other => Self::Unknown(other),
-        }
-    }
-}
-
-impl From<MessageType> for u8 {
-    fn from(v: MessageType) -> Self {
-        match v {
-            MessageType::Discover => 1,
-            MessageType::Offer => 2,
-            MessageType::Request => 3,
-            MessageType::Decline => 4,
-            MessageType::Ack => 5,
-            MessageType::Nak => 6,
-            MessageType::Release => 7,
-            MessageType::Inform => 8,
-            MessageType::Unknown(other) => other,
-        }
+khoi_wire::enum_with_unknown! {
+    /// DHCP message types (option 53). `Unknown` keeps any other value instead of failing.
+    pub enum MessageType(u8) {
+        Discover = 1,
+        Offer = 2,
+        Request = 3,
+        Decline = 4,
+        Ack = 5,
+        Nak = 6,
+        Release = 7,
+        Inform = 8,
     }
 }
 
@@ -178,16 +148,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::HOPS]
     }
     pub fn xid(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::XID];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        be32(&self.buffer.as_ref()[field::XID])
     }
     pub fn secs(&self) -> u16 {
-        let b = &self.buffer.as_ref()[field::SECS];
-        u16::from_be_bytes([b[0], b[1]])
+        be16(&self.buffer.as_ref()[field::SECS])
     }
     pub fn flags(&self) -> u16 {
-        let b = &self.buffer.as_ref()[field::FLAGS];
-        u16::from_be_bytes([b[0], b[1]])
+        be16(&self.buffer.as_ref()[field::FLAGS])
     }
     pub fn ciaddr(&self) -> Ipv4Addr {
         ip_at(self.buffer.as_ref(), field::CIADDR)
@@ -238,13 +205,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.buffer.as_mut()[field::HOPS] = v;
     }
     pub fn set_xid(&mut self, v: u32) {
-        self.buffer.as_mut()[field::XID].copy_from_slice(&v.to_be_bytes());
+        put_be32(&mut self.buffer.as_mut()[field::XID], v);
     }
     pub fn set_secs(&mut self, v: u16) {
-        self.buffer.as_mut()[field::SECS].copy_from_slice(&v.to_be_bytes());
+        put_be16(&mut self.buffer.as_mut()[field::SECS], v);
     }
     pub fn set_flags(&mut self, v: u16) {
-        self.buffer.as_mut()[field::FLAGS].copy_from_slice(&v.to_be_bytes());
+        put_be16(&mut self.buffer.as_mut()[field::FLAGS], v);
     }
     pub fn set_ciaddr(&mut self, v: Ipv4Addr) {
         self.buffer.as_mut()[field::CIADDR].copy_from_slice(&v.octets());
@@ -452,11 +419,7 @@ impl Options {
     /// Option 93, RFC 4578: a list of u16; the first is what the client runs now.
     pub fn client_arches(&self) -> Vec<u16> {
         self.get(opt::CLIENT_ARCH)
-            .map(|v| {
-                v.chunks_exact(2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                    .collect()
-            })
+            .map(|v| v.chunks_exact(2).map(be16).collect())
             .unwrap_or_default()
     }
 
