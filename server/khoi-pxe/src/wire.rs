@@ -712,6 +712,18 @@ mod tests {
     }
 
     #[test]
+    fn message_type_codes_round_trip() {
+        assert_eq!(MessageType::from(1), MessageType::Discover);
+        assert_eq!(MessageType::from(8), MessageType::Inform);
+        assert_eq!(MessageType::from(0), MessageType::Unknown(0));
+        assert_eq!(MessageType::from(9), MessageType::Unknown(9));
+        assert_eq!(u8::from(MessageType::Ack), 5);
+        for v in 0..=u8::MAX {
+            assert_eq!(u8::from(MessageType::from(v)), v);
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert_eq!(Message::parse_bytes(&[]), Err(Error));
         assert_eq!(Message::parse_bytes(&IPXE_DISCOVER[..239]), Err(Error));
