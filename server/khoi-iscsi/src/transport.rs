@@ -1,24 +1,23 @@
-//! The tokio transport: accept loop, per-connection login and full-feature
-//! tasks, block I/O on the blocking pool, and a writer task that stamps
-//! sequence numbers and sends Data-In straight from files with sendfile(2)
-//! when digests are off.
+//! The tokio transport: per-connection login and full-feature tasks over
+//! the shared serving seam ([`khoi_serve`]): its accept loop, its choice of
+//! where a command runs, and its reply writer. What stays here is iSCSI's:
+//! framing PDUs, and stamping StatSN/ExpCmdSN/MaxCmdSN in the order replies
+//! reach the wire ([`IscsiFramer`]).
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use khoi_block::{Checked, ReadSegment, cache};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use khoi_block::{Checked, ReadSegment};
+use khoi_serve::{Dispatched, Framer, Limits, Piece, ReplySender, Work, Writer, WriterOptions};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::frame::{self, Digests, FrameError};
@@ -27,19 +26,14 @@ use crate::pdu::{InitiatorRepr, Pdu, RejectReason};
 use crate::registry::Registry;
 use crate::resolver::{IscsiConfig, IscsiEvent, TargetResolver};
 use crate::scsi::{self, LuInfo};
-use crate::session::{self, Action, DataInPdu, Out, ReadReply, Reply, Session, Stamp, Stamper};
+use crate::session::{self, Action, Out, ReadReply, Reply, Session, Stamp, Stamper};
 
 /// Largest data segment accepted during login (text only).
 const LOGIN_MAX_DATA: usize = 65_536;
-/// Replies queued for the writer before I/O tasks wait.
-const WRITER_QUEUE: usize = 256;
 
-static ZEROS: [u8; 65_536] = [0u8; 65_536];
+static ZEROS: [u8; 4] = [0u8; 4];
 
 /// Serve iSCSI on an already-bound listener until `shutdown` is cancelled.
-/// Writes up to this size without FUA run on the connection's task.
-const INLINE_WRITE_MAX: usize = 64 << 10;
-
 pub async fn serve(
     listener: TcpListener,
     resolver: Arc<dyn TargetResolver>,
@@ -48,45 +42,29 @@ pub async fn serve(
 ) {
     let config = Arc::new(config);
     let registry = Arc::new(Registry::new());
-    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let tracker = TaskTracker::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "iscsi accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+    let limits = Limits {
+        max_connections: config.max_connections.max(1),
+        ..Limits::default()
+    };
+    khoi_serve::serve(
+        listener,
+        limits,
+        "iscsi",
+        shutdown,
+        move |stream, peer, token| {
+            let (resolver, config, registry) = (resolver.clone(), config.clone(), registry.clone());
+            async move {
+                if let Err(e) = tune_socket(&stream) {
+                    debug!(%peer, error = %e, "socket options");
                 }
-            },
-        };
-        let resolver = resolver.clone();
-        let config = config.clone();
-        let registry = registry.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = tune_socket(&stream) {
-                debug!(%peer, error = %e, "socket options");
+                match connection(stream, peer, resolver, config, registry, token).await {
+                    Ok(()) => debug!(%peer, "iscsi connection closed"),
+                    Err(e) => info!(%peer, error = %e, "iscsi connection ended"),
+                }
             }
-            match connection(stream, peer, resolver, config, registry, shutdown).await {
-                Ok(()) => debug!(%peer, "iscsi connection closed"),
-                Err(e) => info!(%peer, error = %e, "iscsi connection ended"),
-            }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+        },
+    )
+    .await;
 }
 
 fn tune_socket(s: &TcpStream) -> io::Result<()> {
@@ -361,26 +339,23 @@ async fn full_feature(
     );
     let (mut rd, wr) = stream.into_split();
     let exp = Arc::new(AtomicU32::new(session.exp_cmd_sn));
-    let (tx, rx) = mpsc::channel::<WriterMsg>(WRITER_QUEUE);
-    let stamper = Stamper {
-        stat_sn: outcome.stat_sn,
-        window: config.cmd_window.max(1),
-    };
-    let writer_cancel = cancel.clone();
-    let writer = tokio::spawn(writer_task(
-        wr,
-        rx,
-        stamper,
-        exp.clone(),
+    let framer = IscsiFramer {
+        stamper: Stamper {
+            stat_sn: outcome.stat_sn,
+            window: config.cmd_window.max(1),
+        },
+        exp: exp.clone(),
         digests,
-        writer_cancel,
-    ));
+    };
+    // Unbounded queue: what is in flight is bounded by the command window.
+    let (tx, writer) = Writer::spawn(wr, framer, WriterOptions::default(), cancel.clone());
     let max_data = (params.target_mrdsl as usize).max(8192);
     let mut jobs: JoinSet<u32> = JoinSet::new();
     // One per connection: commands finished here borrow it, jobs sent to
     // the pool take a clone (refcounts, not strings).
     let done = Completion {
         tx: tx.clone(),
+        materialize: digests.data,
         resolver: resolver.clone(),
         cancel: cancel.clone(),
         target: outcome.target().unwrap_or_default().into(),
@@ -415,7 +390,7 @@ async fn full_feature(
                     pdu: Pdu::new(r.emit(), Bytes::copy_from_slice(&bhs)),
                     stamp: Stamp::Status,
                 };
-                if tx.send(WriterMsg::Out(out)).await.is_err() {
+                if tx.send(WriterMsg::Out(out)).is_err() {
                     break Ok(());
                 }
                 continue;
@@ -430,7 +405,7 @@ async fn full_feature(
         for a in actions {
             match a {
                 Action::Send(o) => {
-                    if tx.send(WriterMsg::Out(o)).await.is_err() {
+                    if tx.send(WriterMsg::Out(o)).is_err() {
                         break 'conn Ok(());
                     }
                 }
@@ -439,40 +414,31 @@ async fn full_feature(
                         break 'conn Err(ConnError::Protocol("I/O without a LU".into()));
                     };
                     let itt = ex.itt;
-                    // A read only plans (block states and the version map are
-                    // in memory; the bytes move in the writer), and a small
-                    // write without FUA only lands in the page cache, so both
-                    // run right here: a task or the blocking pool's two thread
-                    // hand-offs would cost more than the work. Flushes, FUA
-                    // and large transfers may wait on the disk and go to the
-                    // pool, so the connection keeps reading meanwhile.
-                    let inline = match &ex.job {
-                        scsi::Job::Read { .. } => true,
-                        scsi::Job::Write { data, flags, .. } => {
-                            !flags.fua && data.len() <= INLINE_WRITE_MAX
-                        }
-                        _ => false,
+                    let work = match &ex.job {
+                        scsi::Job::Read { .. } => Work::ReadPlan,
+                        scsi::Job::Write { data, flags, .. } => Work::Write {
+                            len: data.len() as u64,
+                            fua: flags.fua,
+                        },
+                        _ => Work::Other,
                     };
-                    if inline {
-                        let result = scsi::execute(ex.job, dev);
-                        done.deliver(&ex.shape, result).await;
-                        session.exec_done(itt);
-                    } else {
-                        let (dev, done) = (dev.clone(), done.clone());
-                        jobs.spawn(async move {
-                            let (job, shape) = (ex.job, ex.shape);
-                            let result =
-                                match tokio::task::spawn_blocking(move || scsi::execute(job, &dev))
-                                    .await
-                                {
-                                    Ok(r) => r,
-                                    Err(e) => Err(khoi_block::BlockError::Io(io::Error::other(
-                                        e.to_string(),
-                                    ))),
-                                };
+                    let (job, shape) = (ex.job, ex.shape);
+                    let d = dev.clone();
+                    match khoi_serve::engine::dispatch(work, move || scsi::execute(job, &d)) {
+                        Dispatched::Executed(result) => {
                             done.deliver(&shape, result).await;
-                            itt
-                        });
+                            session.exec_done(itt);
+                        }
+                        Dispatched::Submitted(handle) => {
+                            let done = done.clone();
+                            jobs.spawn(async move {
+                                let result = handle.await.unwrap_or_else(|e| {
+                                    Err(khoi_block::BlockError::Io(io::Error::other(e.to_string())))
+                                });
+                                done.deliver(&shape, result).await;
+                                itt
+                            });
+                        }
                     }
                 }
                 Action::Drain => {
@@ -496,27 +462,25 @@ async fn full_feature(
     while jobs.join_next().await.is_some() {}
     // The writer ends once every sender is gone.
     drop((tx, done));
+    let abort = writer.abort_handle();
     match tokio::time::timeout(Duration::from_secs(5), writer).await {
         Ok(Ok(Err(e))) => debug!(error = %e, "iscsi writer"),
         Ok(_) => {}
-        Err(_) => cancel.cancel(),
+        Err(_) => {
+            // A peer that stopped reading: its replies are dropped.
+            abort.abort();
+            cancel.cancel();
+        }
     }
     result
 }
 
-/// Reads up to this size are copied into the batch and sent with one
-/// vectored write together with the other queued replies; larger ones go to
-/// the socket with sendfile. For 4 KiB reads the copy (one pread from the page
-/// cache) costs less than the cork, header write, sendfile and uncork it
-/// replaces, and it lets 32 queued replies share one syscall.
-const COPY_READ_MAX: usize = 16 << 10;
-/// A batch stops growing at this many buffers (IOV_MAX is 1024).
-const BATCH_BUFS: usize = 512;
-
 /// Where a finished job's reply goes.
 #[derive(Clone)]
 struct Completion {
-    tx: mpsc::Sender<WriterMsg>,
+    tx: ReplySender<WriterMsg>,
+    /// Data digests are on: the writer needs read data in memory to sum it.
+    materialize: bool,
     resolver: Arc<dyn TargetResolver>,
     cancel: CancellationToken,
     target: Arc<str>,
@@ -532,7 +496,7 @@ impl Completion {
         match session::reply(shape, result) {
             Reply::Pdus(outs) => {
                 for o in outs {
-                    let _ = self.tx.send(WriterMsg::Out(o)).await;
+                    let _ = self.tx.send(WriterMsg::Out(o));
                 }
             }
             Reply::NoSpace(outs, detail) => {
@@ -542,11 +506,29 @@ impl Completion {
                     detail,
                 });
                 for o in outs {
-                    let _ = self.tx.send(WriterMsg::Out(o)).await;
+                    let _ = self.tx.send(WriterMsg::Out(o));
                 }
             }
-            Reply::Read(rr) => {
-                let _ = self.tx.send(WriterMsg::Read(rr)).await;
+            Reply::Read(mut rr) => {
+                if self.materialize {
+                    // The file bytes are read on a blocking thread, never on
+                    // the reactor, even when the command ran inline.
+                    let segs = std::mem::take(&mut rr.segments);
+                    match tokio::task::spawn_blocking(move || materialize(segs)).await {
+                        Ok(Ok(segs)) => rr.segments = segs,
+                        Ok(Err(e)) => {
+                            warn!(target = %self.target, error = %e, "iscsi read for digest failed");
+                            self.cancel.cancel();
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(target = %self.target, error = %e, "iscsi read task failed");
+                            self.cancel.cancel();
+                            return;
+                        }
+                    }
+                }
+                let _ = self.tx.send(WriterMsg::Read(rr));
             }
             Reply::Close(why) => {
                 warn!(target = %self.target, initiator = %self.initiator, %why, "closing iscsi connection");
@@ -556,398 +538,94 @@ impl Completion {
     }
 }
 
-async fn writer_task(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<WriterMsg>,
-    mut stamper: Stamper,
+/// File segments read into memory (blocking).
+fn materialize(segments: Vec<ReadSegment>) -> io::Result<Vec<ReadSegment>> {
+    use std::os::unix::fs::FileExt;
+    segments
+        .into_iter()
+        .map(|s| match s {
+            ReadSegment::File { file, offset, len } => {
+                let mut buf = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+                file.read_exact_at(&mut buf, offset)?;
+                Ok(ReadSegment::Mem(buf))
+            }
+            other => Ok(other),
+        })
+        .collect()
+}
+
+/// Frames replies for the writer, in wire order: StatSN is assigned here so
+/// it follows the order PDUs reach the initiator, whichever command
+/// finished first; ExpCmdSN/MaxCmdSN are the freshest the reader knows.
+struct IscsiFramer {
+    stamper: Stamper,
     exp: Arc<AtomicU32>,
     digests: Digests,
-    cancel: CancellationToken,
-) -> io::Result<()> {
-    let mut bufs: Vec<Bytes> = Vec::new();
-    let r: io::Result<()> = async {
-        loop {
-            let msg = tokio::select! {
-                m = rx.recv() => match m { Some(m) => m, None => break },
-                _ = cancel.cancelled() => break,
-            };
-            let mut msg = Some(msg);
-            // Everything already queued goes out in as few writes as possible.
-            while let Some(m) = msg.take() {
-                match m {
-                    WriterMsg::Out(mut o) => {
-                        stamper.apply(&mut o.pdu.bhs, o.stamp, exp.load(Ordering::Acquire));
-                        encode_pdu(&o.pdu, digests, &mut bufs);
-                    }
-                    WriterMsg::Read(rr) if read_len(&rr) <= COPY_READ_MAX => {
-                        encode_read_copied(&mut wr, rr, &mut stamper, &exp, digests, &mut bufs)
-                            .await?;
-                    }
-                    WriterMsg::Read(rr) => {
-                        write_all_slices(&mut wr, &bufs).await?;
-                        bufs.clear();
-                        write_read(&mut wr, rr, &mut stamper, &exp, digests).await?;
-                    }
-                }
-                if bufs.len() < BATCH_BUFS {
-                    msg = rx.try_recv().ok();
-                }
-            }
-            if !bufs.is_empty() {
-                write_all_slices(&mut wr, &bufs).await?;
-                bufs.clear();
-            }
-        }
-        Ok(())
-    }
-    .await;
-    let _ = wr.shutdown().await;
-    r
 }
 
-fn read_len(rr: &ReadReply) -> usize {
-    rr.pdus.iter().map(|p| p.len).sum()
-}
+impl Framer for IscsiFramer {
+    type Msg = WriterMsg;
 
-/// Encode a small read's Data-In PDUs (and its response) with the payload
-/// copied in, so they can join a batch.
-async fn encode_read_copied(
-    wr: &mut OwnedWriteHalf,
-    rr: ReadReply,
-    stamper: &mut Stamper,
-    exp: &AtomicU32,
-    digests: Digests,
-    bufs: &mut Vec<Bytes>,
-) -> io::Result<()> {
-    let total = read_len(&rr);
-    let ReadReply {
-        pdus,
-        segments,
-        response,
-    } = rr;
-    let data = match copy_segments(&segments, total, false)? {
-        Some(d) => d,
-        None => {
-            // Not all in the page cache: the disk read goes to a blocking
-            // thread so this worker keeps serving the other connections, and
-            // the replies batched so far go out rather than wait for it.
-            write_all_slices(wr, bufs).await?;
-            bufs.clear();
-            tokio::task::spawn_blocking(move || copy_segments(&segments, total, true))
-                .await
-                .map_err(io::Error::other)??
-                .ok_or_else(|| io::Error::other("blocking read came back empty"))?
-        }
-    };
-    for p in pdus {
-        let start = us(p.offset);
-        let payload = data.slice(start..start + p.len);
-        let mut out = p.with_data(payload);
-        stamper.apply(&mut out.pdu.bhs, out.stamp, exp.load(Ordering::Acquire));
-        encode_pdu(&out.pdu, digests, bufs);
-    }
-    if let Some(mut o) = response {
-        stamper.apply(&mut o.pdu.bhs, o.stamp, exp.load(Ordering::Acquire));
-        encode_pdu(&o.pdu, digests, bufs);
-    }
-    Ok(())
-}
-
-/// The read's bytes in one buffer. Without `may_block`, file ranges are read
-/// only from the page cache and `None` means some page was not there.
-fn copy_segments(
-    segments: &[ReadSegment],
-    total: usize,
-    may_block: bool,
-) -> io::Result<Option<Bytes>> {
-    use std::os::unix::fs::FileExt;
-    let mut data = BytesMut::with_capacity(total);
-    for s in segments {
-        match s {
-            ReadSegment::File { file, offset, len } => {
-                let at = data.len();
-                data.resize(at + us(*len), 0);
-                if may_block {
-                    file.read_exact_at(&mut data[at..], *offset)?;
-                } else if cache::read_nowait(file, &mut data[at..], *offset)? < us(*len) {
-                    return Ok(None);
+    fn frame(&mut self, msg: &mut WriterMsg, out: &mut Vec<Piece>) {
+        let exp = self.exp.load(Ordering::Acquire);
+        match msg {
+            WriterMsg::Out(o) => {
+                self.stamper.apply(&mut o.pdu.bhs, o.stamp, exp);
+                push_pdu(&o.pdu, self.digests, out);
+            }
+            WriterMsg::Read(rr) => {
+                for p in &rr.pdus {
+                    let mut bhs = p.bhs;
+                    self.stamper.apply(&mut bhs, p.stamp, exp);
+                    out.push(Piece::Bytes(frame::encode_bhs(&bhs, self.digests).freeze()));
+                    let at = out.len();
+                    Piece::slice(&rr.segments, p.offset, p.len as u64, out);
+                    if self.digests.data {
+                        // Materialized by the completion: every piece is in
+                        // memory (or zeroes), so the digest can be summed.
+                        let mut data = BytesMut::with_capacity(p.len);
+                        for piece in out.drain(at..) {
+                            match piece {
+                                Piece::Bytes(b) => data.extend_from_slice(&b),
+                                Piece::Zero(n) => data.resize(data.len() + us(n), 0),
+                                Piece::File { .. } => {
+                                    unreachable!("reads are materialized when data digests are on")
+                                }
+                            }
+                        }
+                        let trailer = frame::encode_trailer(&data, self.digests).freeze();
+                        out.push(Piece::Bytes(data.freeze()));
+                        out.push(Piece::Bytes(trailer));
+                    } else {
+                        let pad = frame::padded(p.len) - p.len;
+                        if pad > 0 {
+                            out.push(Piece::Bytes(Bytes::from_static(&ZEROS[..pad])));
+                        }
+                    }
+                }
+                if let Some(o) = &mut rr.response {
+                    self.stamper.apply(&mut o.pdu.bhs, o.stamp, exp);
+                    push_pdu(&o.pdu, self.digests, out);
                 }
             }
-            ReadSegment::Zero { len } => data.resize(data.len() + us(*len), 0),
-            ReadSegment::Mem(v) => data.extend_from_slice(v),
         }
     }
-    Ok(Some(data.freeze()))
+}
+
+/// A whole PDU (header, data, padding and digests) as pieces.
+fn push_pdu(pdu: &Pdu, digests: Digests, out: &mut Vec<Piece>) {
+    out.push(Piece::Bytes(frame::encode_header(pdu, digests).freeze()));
+    if !pdu.data.is_empty() {
+        out.push(Piece::Bytes(pdu.data.clone()));
+        if digests.data || !pdu.data.len().is_multiple_of(4) {
+            out.push(Piece::Bytes(
+                frame::encode_trailer(&pdu.data, digests).freeze(),
+            ));
+        }
+    }
 }
 
 /// Offsets within one read, which fits in memory, so never truncated.
 fn us(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
-}
-
-/// The parts of a read's segments that make up `[start, start+len)` of its
-/// data: each segment with the offset and length of the part inside it.
-fn parts(
-    segments: &[ReadSegment],
-    start: u64,
-    len: u64,
-) -> impl Iterator<Item = (&ReadSegment, u64, u64)> {
-    let end = start + len;
-    segments
-        .iter()
-        .scan(0u64, |pos, s| {
-            let s_start = *pos;
-            *pos += s.len();
-            Some((s, s_start, *pos))
-        })
-        .skip_while(move |&(_, _, s_end)| s_end <= start)
-        .take_while(move |&(_, s_start, _)| s_start < end)
-        .map(move |(s, s_start, s_end)| {
-            let a = start.max(s_start) - s_start;
-            let b = end.min(s_end) - s_start;
-            (s, a, b - a)
-        })
-}
-
-fn pread_exact(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    let n = usize::try_from(len).map_err(io::Error::other)?;
-    let mut buf = vec![0u8; n];
-    file.read_exact_at(&mut buf, offset)?;
-    Ok(Bytes::from(buf))
-}
-
-async fn write_read(
-    wr: &mut OwnedWriteHalf,
-    rr: ReadReply,
-    stamper: &mut Stamper,
-    exp: &AtomicU32,
-    digests: Digests,
-) -> io::Result<()> {
-    let ReadReply {
-        pdus,
-        segments,
-        response,
-    } = rr;
-    // sendfile would wait for the disk right here, on a reactor thread:
-    // bring cold ranges into the page cache on a blocking thread first.
-    for s in &segments {
-        if let ReadSegment::File { file, offset, len } = s
-            && !cache::resident(file, *offset, *len)
-        {
-            let (file, offset, len) = (file.clone(), *offset, *len);
-            tokio::task::spawn_blocking(move || cache::warm(&file, offset, len))
-                .await
-                .map_err(io::Error::other)??;
-        }
-    }
-    // Headers and sendfile payloads are separate syscalls; corking lets the
-    // kernel pack them into full segments instead of a 48-byte one each.
-    let cork = !digests.data
-        && segments
-            .iter()
-            .any(|s| matches!(s, ReadSegment::File { .. }));
-    if cork {
-        let _ = socket2::SockRef::from(wr.as_ref()).set_tcp_cork(true);
-    }
-    let r = write_read_pdus(wr, pdus, &segments, response, stamper, exp, digests).await;
-    if cork {
-        let _ = socket2::SockRef::from(wr.as_ref()).set_tcp_cork(false);
-    }
-    r
-}
-
-async fn write_read_pdus(
-    wr: &mut OwnedWriteHalf,
-    pdus: Vec<DataInPdu>,
-    segments: &[ReadSegment],
-    response: Option<Out>,
-    stamper: &mut Stamper,
-    exp: &AtomicU32,
-    digests: Digests,
-) -> io::Result<()> {
-    let mut bufs: Vec<Bytes> = Vec::new();
-    for p in pdus {
-        let (start, len) = (p.offset, p.len);
-        let mut bhs = p.bhs;
-        stamper.apply(&mut bhs, p.stamp, exp.load(Ordering::Acquire));
-        bufs.push(frame::encode_bhs(&bhs, digests).freeze());
-        if digests.data {
-            // The digest needs the bytes in hand: read file ranges.
-            let mut data = BytesMut::with_capacity(len);
-            for (s, at, n) in parts(segments, start, len as u64) {
-                match s {
-                    ReadSegment::File { file, offset, .. } => {
-                        let (file, offset) = (file.clone(), offset + at);
-                        let b = tokio::task::spawn_blocking(move || pread_exact(&file, offset, n))
-                            .await
-                            .map_err(io::Error::other)??;
-                        data.extend_from_slice(&b);
-                    }
-                    ReadSegment::Zero { .. } => data.resize(data.len() + us(n), 0),
-                    ReadSegment::Mem(v) => data.extend_from_slice(&v[us(at)..us(at + n)]),
-                }
-            }
-            let trailer = frame::encode_trailer(&data, digests).freeze();
-            bufs.push(data.freeze());
-            bufs.push(trailer);
-        } else {
-            for (s, at, n) in parts(segments, start, len as u64) {
-                match s {
-                    ReadSegment::File { file, offset, .. } => {
-                        write_all_slices(wr, &bufs).await?;
-                        bufs.clear();
-                        send_file(wr, file, offset + at, n).await?;
-                    }
-                    ReadSegment::Zero { .. } => {
-                        let mut n = n;
-                        while n > 0 {
-                            let k = n.min(ZEROS.len() as u64);
-                            bufs.push(Bytes::from_static(&ZEROS[..us(k)]));
-                            n -= k;
-                        }
-                    }
-                    // Only in-memory test devices plan Mem segments; copying
-                    // their bytes here is what keeps one segment type from
-                    // the device to the socket.
-                    ReadSegment::Mem(v) => {
-                        bufs.push(Bytes::copy_from_slice(&v[us(at)..us(at + n)]));
-                    }
-                }
-            }
-            let pad = frame::padded(len) - len;
-            if pad > 0 {
-                bufs.push(Bytes::from_static(&ZEROS[..pad]));
-            }
-        }
-        if bufs.len() > 48 {
-            write_all_slices(wr, &bufs).await?;
-            bufs.clear();
-        }
-    }
-    if let Some(mut o) = response {
-        stamper.apply(&mut o.pdu.bhs, o.stamp, exp.load(Ordering::Acquire));
-        encode_pdu(&o.pdu, digests, &mut bufs);
-    }
-    write_all_slices(wr, &bufs).await
-}
-
-/// sendfile(2) a file range to the socket, waiting for writability.
-async fn send_file(
-    wr: &OwnedWriteHalf,
-    file: &std::fs::File,
-    mut offset: u64,
-    mut len: u64,
-) -> io::Result<()> {
-    let sock: &TcpStream = wr.as_ref();
-    while len > 0 {
-        sock.writable().await?;
-        let res = sock.try_io(Interest::WRITABLE, || {
-            let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
-            let count = usize::try_from(len.min(1 << 30)).unwrap_or(1 << 30);
-            // SAFETY: both descriptors are open for the duration of the call
-            // (the socket half and the Arc'd file are borrowed), `off` is a
-            // valid, exclusively borrowed off_t, and sendfile writes nothing
-            // into our memory besides it.
-            let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(u64::try_from(n).unwrap_or(0))
-            }
-        });
-        match res {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shorter than its read plan",
-                ));
-            }
-            Ok(n) => {
-                offset += n;
-                len -= n;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
-                // Filesystems without sendfile support: copy instead.
-                let file = file.try_clone()?;
-                let data = tokio::task::spawn_blocking(move || pread_exact(&file, offset, len))
-                    .await
-                    .map_err(io::Error::other)??;
-                let mut w: &TcpStream = sock;
-                return write_all_ref(&mut w, &data).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-async fn write_all_ref(sock: &mut &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        sock.writable().await?;
-        match sock.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    /// What `parts` selects, with segments named by index.
-    fn cut(segments: &[ReadSegment], start: u64, len: u64) -> Vec<(usize, u64, u64)> {
-        parts(segments, start, len)
-            .map(|(s, at, n)| {
-                let i = segments.iter().position(|x| std::ptr::eq(x, s)).unwrap();
-                (i, at, n)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn parts_cut_pdu_ranges_out_of_segments() {
-        let file = Arc::new(tempfile::tempfile().unwrap());
-        let segments = vec![
-            ReadSegment::File {
-                file,
-                offset: 1000,
-                len: 100,
-            },
-            ReadSegment::Zero { len: 50 },
-            ReadSegment::Mem(vec![7; 30]),
-        ];
-        // Whole read.
-        assert_eq!(
-            cut(&segments, 0, 180),
-            vec![(0, 0, 100), (1, 0, 50), (2, 0, 30)]
-        );
-        // Inside one segment.
-        assert_eq!(cut(&segments, 10, 20), vec![(0, 10, 20)]);
-        // Across a boundary, starting and ending mid-segment.
-        assert_eq!(
-            cut(&segments, 90, 70),
-            vec![(0, 90, 10), (1, 0, 50), (2, 0, 10)]
-        );
-        // Starting exactly on a boundary, ending on the next.
-        assert_eq!(cut(&segments, 100, 50), vec![(1, 0, 50)]);
-        // The tail.
-        assert_eq!(cut(&segments, 175, 5), vec![(2, 25, 5)]);
-        // Consecutive PDU ranges cover every byte exactly once.
-        for pdu in [1u64, 7, 50, 64, 180] {
-            let mut covered = 0;
-            let mut start = 0;
-            while start < 180 {
-                let len = pdu.min(180 - start);
-                covered += cut(&segments, start, len).iter().map(|p| p.2).sum::<u64>();
-                start += len;
-            }
-            assert_eq!(covered, 180, "PDUs of {pdu} bytes");
-        }
-    }
 }
