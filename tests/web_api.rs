@@ -7,12 +7,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use khoi_admin::auth::Auth;
 use khoi_admin::schedule::{OnlinePolicy, ScheduleSettings, Scheduler, SystemClock};
-use khoi_admin::web::{WebState, router};
-use khoi_admin::{Service, ServiceConfig};
+use khoi_admin::{Actor, Service, ServiceConfig};
 use khoi_block::{Store, StoreOptions};
 use khoi_state::{NewEvent, State};
+use khoi_web::auth::Auth;
+use khoi_web::{WebState, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -38,10 +38,10 @@ fn harness() -> H {
             import_roots: vec![dir.path().to_path_buf()],
         },
     ));
-    let auth = Auth::new(Arc::clone(&state), Some("admin-pass-1")).expect("auth");
-    auth.put_user("op", "operator", "operator-pass")
+    let auth = Auth::new(Arc::clone(&svc), Some("admin-pass-1")).expect("auth");
+    auth.add_user(&Actor::server(), "op", "operator", "operator-pass")
         .expect("op");
-    auth.put_user("vi", "viewer", "viewer-pass")
+    auth.add_user(&Actor::server(), "vi", "viewer", "viewer-pass")
         .expect("viewer");
     let scheduler = Scheduler::new(
         Arc::clone(&svc),

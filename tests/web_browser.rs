@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use khoi_admin::auth::Auth;
 use khoi_admin::schedule::{OnlinePolicy, ScheduleSettings, Scheduler, SystemClock};
-use khoi_admin::web::{WebState, router};
 use khoi_admin::{Service, ServiceConfig};
 use khoi_block::{Store, StoreOptions};
 use khoi_state::{NewEvent, State};
+use khoi_web::auth::Auth;
+use khoi_web::{WebState, router};
 
 const PASSWORD: &str = "mat-khau-thu-nghiem";
 const UNKNOWN_MAC: &str = "52:54:00:ab:cd:ef";
@@ -59,7 +59,7 @@ async fn admin_page_in_headless_chromium() {
     disk[511] = 0xaa;
     std::fs::write(&image, disk).expect("image");
 
-    let auth = Auth::new(Arc::clone(&state), Some(PASSWORD)).expect("auth");
+    let auth = Auth::new(Arc::clone(&svc), Some(PASSWORD)).expect("auth");
     let scheduler = Scheduler::new(
         Arc::clone(&svc),
         Arc::new(SystemClock),

@@ -1,17 +1,15 @@
-//! Administration of Khoi: the audited operations ([`service`]), the JSON
-//! API over them ([`api`]) used by the CLI on the control socket and by the
-//! web page, the web page itself ([`web`]), the nightly reset
-//! ([`schedule`]), seat activity and Prometheus metrics.
+//! What an admin can do with Khoi, each operation audited: images, versions,
+//! drafts and seats ([`service`]), accounts ([`users`]), the nightly reset
+//! ([`schedule`]), staging images for import ([`staging`]), seat activity
+//! ([`activity`]) and the metrics registry it feeds ([`metrics`]). The HTTP
+//! front ends (web page, JSON API, control socket) are in `khoi-web`.
 
 pub mod activity;
-pub mod api;
-pub mod auth;
-pub mod i18n;
 pub mod metrics;
 pub mod schedule;
 pub mod service;
 pub mod staging;
-pub mod web;
+pub mod users;
 
 pub use activity::{Activity, IoMeter, IoOp, SeatState};
 pub use metrics::Metrics;

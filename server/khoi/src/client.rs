@@ -87,7 +87,7 @@ impl Client {
             .context("reading the server's answer")?;
         let (status, body) = parse_response(&raw)?;
         if !(200..300).contains(&status) {
-            let message = serde_json::from_slice::<khoi_admin::api::ErrorBody>(&body)
+            let message = serde_json::from_slice::<khoi_web::api::ErrorBody>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
             return Err(ApiFailure { message }.into());

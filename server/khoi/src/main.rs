@@ -15,8 +15,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use khoi_admin::api::{ImportRequest, Info, PublishRequest, RollbackRequest};
 use khoi_admin::service::{AddSeat, ImageView, ResetReport, SeatDetails, SeatView, VersionView};
+use khoi_web::api::{ImportRequest, Info, PublishRequest, RollbackRequest};
 use serde::Serialize;
 
 use crate::cli::{Cli, Command, ConfigCmd, DraftCmd, ImageCmd, SeatCmd};
@@ -93,7 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     // Local (Vietnam) time as on the admin page; --json keeps Unix seconds.
                     println!(
                         "{}  {:<22} {:<14} {:<16} {}",
-                        khoi_admin::web::fmt_time(e.ts),
+                        khoi_web::pages::fmt_time(e.ts),
                         e.kind,
                         e.actor,
                         e.subject,

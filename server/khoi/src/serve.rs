@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use khoi_admin::api::{ApiState, router};
 use khoi_admin::{Service, ServiceConfig};
 use khoi_block::{BlockEvent, OverlayOwner, Store, StoreOptions};
 use khoi_state::{NewEvent, State};
+use khoi_web::api::{ApiState, socket_router};
 
 use crate::recorder::Recorder;
 use tokio::net::{TcpListener, UnixListener};
@@ -144,7 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Whoever can open the socket administers Khoi: keep it to the owner.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!("control socket at {}", sock.display());
-    let app = router(ApiState::new(Arc::clone(&service), "control-socket"));
+    let app = socket_router(ApiState::new(Arc::clone(&service), "control-socket"));
     let token = shutdown.clone();
     tasks.spawn(async move {
         let served = axum::serve(control, app)
@@ -156,9 +156,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let admin = &config.admin;
-    khoi_admin::web::start(
+    khoi_web::start(
         Arc::clone(&service),
-        khoi_admin::web::AdminOptions {
+        khoi_web::AdminOptions {
             listen: admin.listen,
             initial_password: admin.initial_password.clone(),
             secure_cookies: admin.secure_cookies,

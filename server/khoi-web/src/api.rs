@@ -1,25 +1,29 @@
-//! The JSON API over [`Service`]. Today it is served on the local control
-//! socket (file permissions are the authentication); the web page will mount
-//! the same routes behind its login.
+//! The JSON API over [`Service`]: served on the local control socket (file
+//! permissions are the authentication) and under `/api` of the web page,
+//! behind its login ([`crate::guard`]).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Auth;
-use crate::schedule::{RunReport, ScheduleSettings, ScheduleView, Scheduler};
-use crate::service::{
+use khoi_admin::schedule::{RunReport, ScheduleSettings, ScheduleView, Scheduler};
+use khoi_admin::service::{
     Actor, AddSeat, Health, ImageView, PublishRequest as PublishWith, ResetReport, SeatDetails,
     SeatView, Service, ServiceError, VersionView,
 };
+use khoi_admin::staging;
 use khoi_state::{EventFilter, SeatUpdate, UnknownMac, User};
+
+use crate::auth::Auth;
+pub use crate::error::ErrorBody;
+use crate::error::{Replies, WebError};
+use crate::i18n::Lang;
 
 /// The header a local client uses to say which person is running it, for the
 /// audit log (the socket's peer uid is recorded alongside).
@@ -77,7 +81,7 @@ where
     T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = Response;
+    type Rejection = WebError;
     async fn from_request(req: axum::extract::Request, st: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, st).await {
             Ok(Json(v)) => Ok(Body422(v)),
@@ -88,50 +92,13 @@ where
                     .nth(1)
                     .filter(|_| text.contains("field `"))
                     .map(str::to_string);
-                Err((e.status(), Json(ErrorBody { error: text, field })).into_response())
+                Err(WebError::bad_body(e.status(), text, field))
             }
         }
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub field: Option<String>,
-}
-
-#[derive(Debug)]
-pub struct ApiError(ServiceError);
-
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> Self {
-        ApiError(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, field) = match &self.0 {
-            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, None),
-            ServiceError::Conflict(_) => (StatusCode::CONFLICT, None),
-            ServiceError::Invalid { field, .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, Some(field.clone()))
-            }
-            ServiceError::Internal(msg) => {
-                tracing::error!("internal error in admin API: {msg}");
-                (StatusCode::INTERNAL_SERVER_ERROR, None)
-            }
-        };
-        let body = ErrorBody {
-            error: self.0.to_string(),
-            field,
-        };
-        (status, Json(body)).into_response()
-    }
-}
-
-type ApiResult<T> = Result<Json<T>, ApiError>;
+type ApiResult<T> = Result<Json<T>, WebError>;
 
 fn actor(st: &ApiState, headers: &HeaderMap) -> Actor {
     let user = headers
@@ -151,10 +118,8 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> ApiResult<T> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map(Json).map_err(ApiError),
-        Err(e) => Err(ApiError(ServiceError::Internal(format!(
-            "admin task failed: {e}"
-        )))),
+        Ok(r) => r.map(Json).map_err(WebError::from),
+        Err(e) => Err(WebError::internal(format_args!("admin task failed: {e}"))),
     }
 }
 
@@ -248,6 +213,19 @@ pub struct UserUpdate {
     pub password: Option<String>,
 }
 
+/// The API alone, as the control socket serves it: errors in English,
+/// since its reader is the CLI on a terminal.
+pub fn socket_router(state: ApiState) -> Router {
+    router(state).layer(axum::middleware::from_fn_with_state(
+        Replies {
+            json_only: true,
+            default_lang: Lang::En,
+        },
+        crate::error::reply,
+    ))
+}
+
+/// The API's routes (under `/v1`); the caller adds the error wording.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/info", get(info))
@@ -437,17 +415,18 @@ async fn upload(
 ) -> ApiResult<VersionView> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
-    khoi_state::validate_name("name", &q.name).map_err(|e| ApiError(e.into()))?;
+    khoi_state::validate_name("name", &q.name)
+        .map_err(|e| WebError::from(ServiceError::from(e)))?;
     let staging = st.service.staging_dir();
-    let part = staging.join(crate::staging::unique_name("upload", "part"));
-    let guard = crate::staging::Staged::new(part.clone());
-    let io = |e: std::io::Error| ApiError(ServiceError::Internal(format!("upload: {e}")));
+    let part = staging.join(staging::unique_name("upload", "part"));
+    let guard = staging::Staged::new(part.clone());
+    let io = |e: std::io::Error| WebError::internal(format_args!("upload: {e}"));
     tokio::fs::create_dir_all(&staging).await.map_err(io)?;
     let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError(ServiceError::Invalid {
+            WebError::from(ServiceError::Invalid {
                 field: "body".into(),
                 reason: format!("upload interrupted: {e}"),
             })
@@ -457,12 +436,11 @@ async fn upload(
     file.sync_all().await.map_err(io)?;
     drop(file);
     blocking(move || {
-        let staged = crate::staging::stage_upload(&part, &staging).map_err(|reason| {
-            ServiceError::Invalid {
+        let staged =
+            staging::stage_upload(&part, &staging).map_err(|reason| ServiceError::Invalid {
                 field: "body".into(),
                 reason,
-            }
-        })?;
+            })?;
         drop(guard);
         let file = staged
             .file_name()
@@ -504,17 +482,17 @@ async fn unknown_macs(State(st): State<ApiState>) -> ApiResult<Vec<UnknownMac>> 
     blocking(move || st.service.state().unknown_macs(100).map_err(Into::into)).await
 }
 
-fn scheduler(st: &ApiState) -> Result<Arc<Scheduler>, ApiError> {
+fn scheduler(st: &ApiState) -> Result<Arc<Scheduler>, WebError> {
     st.scheduler.clone().ok_or_else(|| {
-        ApiError(ServiceError::NotFound(
+        WebError::from(ServiceError::NotFound(
             "this server runs no scheduler".into(),
         ))
     })
 }
 
-fn auth(st: &ApiState) -> Result<Arc<Auth>, ApiError> {
+fn auth(st: &ApiState) -> Result<Arc<Auth>, WebError> {
     st.auth.clone().ok_or_else(|| {
-        ApiError(ServiceError::NotFound(
+        WebError::from(ServiceError::NotFound(
             "users exist only where the web page runs".into(),
         ))
     })
@@ -548,8 +526,8 @@ async fn schedule_run(
 }
 
 async fn users(State(st): State<ApiState>) -> ApiResult<Vec<User>> {
-    let a = auth(&st)?;
-    blocking(move || a.users()).await
+    let _ = auth(&st)?;
+    blocking(move || st.service.users()).await
 }
 
 async fn user_add(
@@ -558,26 +536,7 @@ async fn user_add(
     Body422(req): Body422<UserRequest>,
 ) -> ApiResult<()> {
     let a = auth(&st)?;
-    let svc = Arc::clone(&st.service);
-    blocking(move || {
-        if a.users()?.iter().any(|u| u.name == req.name) {
-            return Err(ServiceError::Conflict(format!(
-                "user {:?} already exists",
-                req.name
-            )));
-        }
-        a.put_user(&req.name, &req.role, &req.password)?;
-        let role = req.role.to_string();
-        svc.audit_args(
-            &who,
-            "user.add",
-            &req.name,
-            &format!("role {role}"),
-            &[("role", &role)],
-        );
-        Ok(())
-    })
-    .await
+    blocking(move || a.add_user(&who, &req.name, &req.role, &req.password)).await
 }
 
 async fn user_update(
@@ -587,22 +546,12 @@ async fn user_update(
     Body422(req): Body422<UserUpdate>,
 ) -> ApiResult<()> {
     let a = auth(&st)?;
-    let svc = Arc::clone(&st.service);
     blocking(move || {
         if let Some(role) = &req.role {
-            a.set_role(&name, role)?;
-            let role = role.to_string();
-            svc.audit_args(
-                &who,
-                "user.role",
-                &name,
-                &format!("role {role}"),
-                &[("role", &role)],
-            );
+            a.set_role(&who, &name, role)?;
         }
         if let Some(pw) = &req.password {
-            a.set_password(&name, pw)?;
-            svc.audit(&who, "user.password", &name, "password changed");
+            a.set_password(&who, &name, pw)?;
         }
         Ok(())
     })
@@ -615,11 +564,5 @@ async fn user_remove(
     Path(name): Path<String>,
 ) -> ApiResult<()> {
     let a = auth(&st)?;
-    let svc = Arc::clone(&st.service);
-    blocking(move || {
-        a.remove_user(&name)?;
-        svc.audit(&who, "user.remove", &name, "");
-        Ok(())
-    })
-    .await
+    blocking(move || a.remove_user(&who, &name)).await
 }

@@ -1,0 +1,147 @@
+//! Khoi's admin over HTTP, on top of the audited operations of
+//! `khoi-admin`: the web page ([`pages`], one module per page family), the
+//! JSON API ([`api`], also served on the CLI's control socket), logins and
+//! sessions ([`auth`]), the request [`guard`] (session, CSRF, roles), form
+//! reading ([`form`]), the one error type ([`error`]), the page's strings
+//! ([`i18n`], files in `web/i18n`) and `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware;
+use axum::routing::get;
+use khoi_admin::schedule::{OnlinePolicy, ScheduleSettings, Scheduler, SystemClock};
+use khoi_admin::{Service, ServiceError};
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod form;
+pub mod guard;
+pub mod i18n;
+pub mod metrics;
+pub mod pages;
+
+use crate::api::ApiState;
+use crate::auth::Auth;
+use crate::error::Replies;
+use crate::i18n::Lang;
+
+#[derive(Debug, Clone)]
+pub struct WebState {
+    pub service: Arc<Service>,
+    pub auth: Arc<Auth>,
+    pub scheduler: Arc<Scheduler>,
+    /// Set the Secure flag on cookies: only when users reach the page over
+    /// HTTPS (a TLS-terminating proxy), or logins over plain HTTP break.
+    pub secure_cookies: bool,
+}
+
+impl WebState {
+    fn api(&self) -> ApiState {
+        ApiState {
+            service: Arc::clone(&self.service),
+            source: "web".into(),
+            scheduler: Some(Arc::clone(&self.scheduler)),
+            auth: Some(Arc::clone(&self.auth)),
+        }
+    }
+}
+
+/// The web page with its API under `/api`: every request passes the guard,
+/// and every error is worded by [`error::reply`] in the page's language.
+pub fn router(st: WebState) -> Router {
+    let api = api::router(st.api());
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::metrics))
+        .merge(pages::router())
+        .with_state(st.clone())
+        .nest("/api", api)
+        .layer(middleware::from_fn_with_state(st, guard::guard))
+        .layer(middleware::from_fn_with_state(
+            Replies {
+                json_only: false,
+                default_lang: Lang::Vi,
+            },
+            error::reply,
+        ))
+}
+
+/// What the binary passes from its config.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// `None`: no web page, but the nightly reset still runs.
+    pub listen: Option<SocketAddr>,
+    pub initial_password: Option<String>,
+    pub secure_cookies: bool,
+    pub cron: String,
+    /// `skip` or `force`.
+    pub online: String,
+}
+
+/// Start the nightly reset and the web page (if it has an address); both
+/// stop when `shutdown` is cancelled. Returns the page's bound address.
+pub async fn start(
+    service: Arc<Service>,
+    opts: AdminOptions,
+    shutdown: tokio_util::sync::CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<Option<SocketAddr>, String> {
+    let online: OnlinePolicy = opts
+        .online
+        .parse()
+        .map_err(|e: ServiceError| e.to_string())?;
+    let scheduler = Arc::new(
+        Scheduler::new(
+            Arc::clone(&service),
+            Arc::new(SystemClock),
+            ScheduleSettings {
+                cron: opts.cron.clone(),
+                online,
+            },
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    tasks.spawn(Arc::clone(&scheduler).run(shutdown.clone()));
+    let Some(addr) = opts.listen else {
+        return Ok(None);
+    };
+    let svc = Arc::clone(&service);
+    let pw = opts.initial_password.clone();
+    let auth = tokio::task::spawn_blocking(move || Auth::new(svc, pw.as_deref()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for the admin page on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(token) = auth.setup_token() {
+        // The one way to the first admin account: whoever can read the
+        // server's log (root, the service account) can create it.
+        let url = format!("http://{bound}/setup?token={token}");
+        tracing::warn!("no admin account yet; create one at {url}");
+        println!("khoi: no admin account yet; open {url} to create it (the link works once)");
+    }
+    tracing::info!("admin page on http://{bound}");
+    let app = router(WebState {
+        service,
+        auth: Arc::new(auth),
+        scheduler,
+        secure_cookies: opts.secure_cookies,
+    });
+    tasks.spawn(async move {
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+        if let Err(e) = served {
+            tracing::error!("admin page failed: {e}");
+        }
+    });
+    Ok(Some(bound))
+}
