@@ -260,6 +260,56 @@ async fn unauthenticated_calls_get_401_and_pages_redirect() {
     );
 }
 
+/// `/metrics` declares each family once, with the type its values have
+/// (totals are counters, levels gauges, latencies histograms).
+#[tokio::test]
+async fn metrics_scrape_declares_each_family_once_with_its_type() {
+    let h = harness();
+    // A seat session and some I/O, so the labelled families have samples.
+    h.svc.activity().connected("seat-1", "nbd", "10.0.0.9:5000");
+    h.svc.activity().meter("seat-1", "nbd").record(
+        khoi_admin::IoOp::Read,
+        4096,
+        std::time::Duration::from_micros(80),
+    );
+    let r = send(
+        &h.app,
+        Request::get("/metrics").body(Body::empty()).expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.headers[header::CONTENT_TYPE]
+            .to_str()
+            .expect("type")
+            .starts_with("application/openmetrics-text"),
+    );
+    let types =
+        khoi_admin::metrics::declared_types(&r.body).unwrap_or_else(|e| panic!("{e}\n{}", r.body));
+    for (name, kind) in [
+        ("khoi_sessions", "gauge"),
+        ("khoi_read_bytes", "counter"),
+        ("khoi_written_bytes", "counter"),
+        ("khoi_ops", "counter"),
+        ("khoi_request_latency_seconds", "histogram"),
+        ("khoi_admin_login_failures", "counter"),
+    ] {
+        assert_eq!(
+            types.get(name).map(String::as_str),
+            Some(kind),
+            "{name}\n{}",
+            r.body
+        );
+    }
+    assert!(
+        r.body
+            .contains("khoi_read_bytes_total{seat=\"seat-1\",proto=\"nbd\"} 4096"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.trim_end().ends_with("# EOF"), "{}", r.body);
+}
+
 #[tokio::test]
 async fn login_is_rate_limited_and_audited() {
     let h = harness();

@@ -1,8 +1,11 @@
 //! Prometheus metrics (OpenMetrics text at `/metrics`). The registry is
-//! shared: the binary registers the DHCP/TFTP counters of other crates into
-//! it with [`Metrics::register`], so one scrape shows the whole server.
+//! shared: the binary registers the totals other crates keep (DHCP, TFTP,
+//! NBD) into it with [`Metrics::counters_by`] and friends, read at each
+//! scrape, so one scrape shows the whole server.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -35,25 +38,56 @@ pub struct SeatLabel {
     pub seat: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: String,
+/// Reads the current totals at each scrape: `(label value, total)` pairs.
+type ReadTotals = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
+/// A metric whose values another part of the server keeps itself (the DHCP
+/// core in its state, the TFTP and NBD servers in their atomics): read when
+/// `/metrics` is scraped, so it is never stale and never copied.
+struct ReadAtScrape {
+    name: String,
+    help: String,
+    kind: MetricType,
+    /// The label naming each value; `None` for a single unlabelled value.
+    label: Option<&'static str>,
+    read: ReadTotals,
 }
 
-/// Totals another part of the server keeps itself (DHCP counts packets in
-/// its sans-I/O core), copied in by kind whenever the owner publishes them.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    family: Family<KindLabel, Gauge>,
+impl std::fmt::Debug for ReadAtScrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadAtScrape")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
 }
 
-impl Snapshot {
-    pub fn set(&self, kind: &str, value: u64) {
-        self.family
-            .get_or_create(&KindLabel {
-                kind: kind.to_string(),
-            })
-            .set(i64::try_from(value).unwrap_or(i64::MAX));
+impl ReadAtScrape {
+    fn value(&self, m: &mut MetricEncoder, total: u64) -> Result<(), std::fmt::Error> {
+        match self.kind {
+            MetricType::Gauge => m.encode_gauge(&total),
+            _ => m.encode_counter::<NoLabelSet, _, u64>(&total, None),
+        }
+    }
+}
+
+impl Collector for ReadAtScrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(&self.name, &self.help, None, self.kind)?;
+        let totals = (self.read)();
+        match self.label {
+            None => {
+                let total = totals.first().map_or(0, |(_, v)| *v);
+                self.value(&mut metric, total)?;
+            }
+            Some(label) => {
+                for (value, total) in totals {
+                    let labels = [(label, value)];
+                    self.value(&mut metric.encode_family(&labels)?, total)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -139,11 +173,53 @@ impl Metrics {
         self.registry.lock().register(name, help, metric);
     }
 
-    /// A [`Snapshot`] registered as `khoi_<name>{kind="…"}`.
-    pub fn snapshot(&self, name: &str, help: &str) -> Snapshot {
-        let snap = Snapshot::default();
-        self.register(name, help, snap.family.clone());
-        snap
+    /// Counters kept elsewhere, read at each scrape:
+    /// `khoi_<name>_total{<label>="…"}`, one per pair `read` returns.
+    pub fn counters_by(
+        &self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        read: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+    ) {
+        self.read_at_scrape(name, help, MetricType::Counter, Some(label), Box::new(read));
+    }
+
+    /// One counter kept elsewhere, read at each scrape: `khoi_<name>_total`.
+    pub fn counter_fn(
+        &self,
+        name: &str,
+        help: &str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        let read: ReadTotals = Box::new(move || vec![("", read())]);
+        self.read_at_scrape(name, help, MetricType::Counter, None, read);
+    }
+
+    /// One gauge kept elsewhere, read at each scrape: `khoi_<name>`.
+    pub fn gauge_fn(&self, name: &str, help: &str, read: impl Fn() -> u64 + Send + Sync + 'static) {
+        let read: ReadTotals = Box::new(move || vec![("", read())]);
+        self.read_at_scrape(name, help, MetricType::Gauge, None, read);
+    }
+
+    fn read_at_scrape(
+        &self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        label: Option<&'static str>,
+        read: ReadTotals,
+    ) {
+        // The registry's prefix applies to collectors as to metrics.
+        self.registry
+            .lock()
+            .register_collector(Box::new(ReadAtScrape {
+                name: name.to_string(),
+                help: help.to_string(),
+                kind,
+                label,
+                read,
+            }));
     }
 
     pub fn encode(&self) -> String {
@@ -155,25 +231,65 @@ impl Metrics {
     }
 }
 
+/// `# TYPE` of every metric family in an OpenMetrics text, by name; a
+/// family declared twice is an error (each total must reach a scrape once).
+pub fn declared_types(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut types = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest
+            .split_once(' ')
+            .ok_or_else(|| format!("bad line {line:?}"))?;
+        if types.insert(name.to_string(), kind.to_string()).is_some() {
+            return Err(format!("{name} is declared twice"));
+        }
+    }
+    Ok(types)
+}
+
 #[cfg(test)]
-mod snapshot_tests {
+mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]
-    fn snapshots_are_scraped_by_kind() {
+    fn totals_kept_elsewhere_are_counters_read_at_scrape() {
         let m = Metrics::new();
-        let dhcp = m.snapshot("dhcp_packets", "DHCP packets");
-        dhcp.set("offer", 3);
-        dhcp.set("offer", 5);
-        dhcp.set("garbage", 1);
+        let offers = Arc::new(AtomicU64::new(3));
+        let o = Arc::clone(&offers);
+        m.counters_by("dhcp_packets", "DHCP packets", "kind", move || {
+            vec![("offer", o.load(Ordering::Relaxed)), ("garbage", 1)]
+        });
+        let active = Arc::new(AtomicU64::new(2));
+        let a = Arc::clone(&active);
+        m.gauge_fn(
+            "nbd_connections_active",
+            "Open NBD connections",
+            move || a.load(Ordering::Relaxed),
+        );
+        m.counter_fn("nbd_requests", "NBD requests", || 7);
+        offers.store(5, Ordering::Relaxed);
+        active.store(1, Ordering::Relaxed);
         let text = m.encode();
+        // The value of the scrape, not of registration.
         assert!(
-            text.contains("khoi_dhcp_packets{kind=\"offer\"} 5"),
+            text.contains("khoi_dhcp_packets_total{kind=\"offer\"} 5"),
             "{text}"
         );
         assert!(
-            text.contains("khoi_dhcp_packets{kind=\"garbage\"} 1"),
+            text.contains("khoi_dhcp_packets_total{kind=\"garbage\"} 1"),
             "{text}"
         );
+        assert!(text.contains("khoi_nbd_connections_active 1\n"), "{text}");
+        assert!(text.contains("khoi_nbd_requests_total 7\n"), "{text}");
+        let types = declared_types(&text).expect("each family once");
+        assert_eq!(types["khoi_dhcp_packets"], "counter");
+        assert_eq!(types["khoi_nbd_requests"], "counter");
+        assert_eq!(types["khoi_nbd_connections_active"], "gauge");
+        assert_eq!(types["khoi_admin_login_failures"], "counter");
+        assert!(declared_types("# TYPE a counter\n# TYPE a gauge\n").is_err());
     }
 }

@@ -4,9 +4,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use khoi_admin::{Service, ServiceConfig};
+use khoi_admin::{Metrics, Service, ServiceConfig};
 use khoi_block::{BlockEvent, OverlayOwner, Store, StoreOptions};
 use khoi_state::{NewEvent, State};
 use khoi_web::api::{ApiState, socket_router};
@@ -99,9 +100,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen for NBD on {addr}"))?;
         tracing::info!("NBD exports on {}", listener.local_addr()?);
         let resolver = Arc::new(exports::NbdExports::new(Arc::clone(&service)));
+        let stats = Arc::new(khoi_nbd::NbdStats::default());
+        register_nbd_metrics(service.metrics(), Arc::clone(&stats));
         let token = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = khoi_nbd::serve(listener, resolver, token).await {
+            if let Err(e) = khoi_nbd::serve_with_stats(listener, resolver, stats, token).await {
                 tracing::error!("NBD server stopped: {e}");
             }
         });
@@ -304,25 +307,75 @@ async fn start_boot_services(
             }
         });
     }
-    let dhcp_metrics = service.metrics().snapshot(
+    let dhcp_state = Arc::clone(&state);
+    register_boot_metrics(
+        service.metrics(),
+        move || dhcp_state.dhcp_stats(),
+        tftp_stats,
+    );
+    let router = http::router(dir, state);
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = http::serve(http_listener, router, token).await {
+            tracing::error!("boot-script HTTP server stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// The NBD server's own totals (every export, drafts included), read at
+/// each scrape. Per-seat bytes and latencies are the `IoMeter`'s.
+fn register_nbd_metrics(metrics: &Metrics, stats: Arc<khoi_nbd::NbdStats>) {
+    let read = move |f: fn(&khoi_nbd::StatsSnapshot) -> u64| {
+        let stats = Arc::clone(&stats);
+        move || f(&stats.snapshot())
+    };
+    metrics.counter_fn(
+        "nbd_connections",
+        "NBD connections accepted since start",
+        read(|s| s.connections_total),
+    );
+    metrics.gauge_fn(
+        "nbd_connections_active",
+        "NBD connections open now",
+        read(|s| s.connections_active),
+    );
+    metrics.counter_fn(
+        "nbd_requests",
+        "NBD requests since start",
+        read(|s| s.requests),
+    );
+    metrics.counter_fn(
+        "nbd_errors",
+        "NBD requests answered with an error since start",
+        read(|s| s.errors),
+    );
+    metrics.counter_fn(
+        "nbd_read_bytes",
+        "Bytes NBD clients read since start",
+        read(|s| s.bytes_read),
+    );
+    metrics.counter_fn(
+        "nbd_written_bytes",
+        "Bytes NBD clients wrote since start",
+        read(|s| s.bytes_written),
+    );
+}
+
+/// DHCP and TFTP totals as counters, read at each scrape from where their
+/// servers keep them (the DHCP core publishes its totals per packet).
+fn register_boot_metrics(
+    metrics: &Metrics,
+    dhcp: impl Fn() -> khoi_pxe::DhcpStats + Send + Sync + 'static,
+    tftp: Arc<khoi_pxe::tftp::TftpStats>,
+) {
+    metrics.counters_by(
         "dhcp_packets",
         "DHCP packets since start, by what happened to them",
-    );
-    let tftp_metrics = service
-        .metrics()
-        .snapshot("tftp_requests", "TFTP requests since start, by outcome");
-    let (stats_state, token) = (Arc::clone(&state), shutdown.clone());
-    tasks.spawn(async move {
-        // The DHCP core counts in its own state; a scrape every few seconds
-        // sees at most this much lag, and the DHCP path takes no extra lock.
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                () = token.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let s = stats_state.dhcp_stats();
-            for (kind, n) in [
+        "kind",
+        move || {
+            let s = dhcp();
+            vec![
                 ("received", s.received),
                 ("garbage", s.garbage),
                 ("ignored", s.ignored),
@@ -335,24 +388,22 @@ async fn start_boot_services(
                 ("decline", s.declines),
                 ("release", s.releases),
                 ("inform", s.informs),
-            ] {
-                dhcp_metrics.set(kind, n);
-            }
-            let load =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            tftp_metrics.set("read", load(&tftp_stats.reads));
-            tftp_metrics.set("read_refused", load(&tftp_stats.reads_refused));
-            tftp_metrics.set("write_refused", load(&tftp_stats.writes_refused));
-        }
-    });
-    let router = http::router(dir, state);
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = http::serve(http_listener, router, token).await {
-            tracing::error!("boot-script HTTP server stopped: {e}");
-        }
-    });
-    Ok(())
+            ]
+        },
+    );
+    metrics.counters_by(
+        "tftp_requests",
+        "TFTP requests since start, by outcome",
+        "kind",
+        move || {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            vec![
+                ("read", load(&tftp.reads)),
+                ("read_refused", load(&tftp.reads_refused)),
+                ("write_refused", load(&tftp.writes_refused)),
+            ]
+        },
+    );
 }
 
 async fn wait_for_signal() {
@@ -368,5 +419,56 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use khoi_admin::metrics::declared_types;
+
+    /// Every total of the NBD, DHCP and TFTP servers reaches a scrape
+    /// once, as a counter (open connections: a gauge), with today's value.
+    #[test]
+    fn protocol_totals_reach_metrics_once_with_their_type() {
+        let metrics = Metrics::new();
+        let nbd = Arc::new(khoi_nbd::NbdStats::default());
+        register_nbd_metrics(&metrics, Arc::clone(&nbd));
+        let tftp = Arc::new(khoi_pxe::tftp::TftpStats::default());
+        register_boot_metrics(
+            &metrics,
+            || khoi_pxe::DhcpStats {
+                offers: 4,
+                ..Default::default()
+            },
+            Arc::clone(&tftp),
+        );
+        tftp.reads.fetch_add(2, Ordering::Relaxed);
+        nbd.requests.fetch_add(9, Ordering::Relaxed);
+        let text = metrics.encode();
+        let types = declared_types(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        for (name, kind) in [
+            ("khoi_nbd_connections", "counter"),
+            ("khoi_nbd_connections_active", "gauge"),
+            ("khoi_nbd_requests", "counter"),
+            ("khoi_nbd_errors", "counter"),
+            ("khoi_nbd_read_bytes", "counter"),
+            ("khoi_nbd_written_bytes", "counter"),
+            ("khoi_dhcp_packets", "counter"),
+            ("khoi_tftp_requests", "counter"),
+        ] {
+            assert_eq!(
+                types.get(name).map(String::as_str),
+                Some(kind),
+                "{name}\n{text}"
+            );
+        }
+        for sample in [
+            "khoi_nbd_requests_total 9\n",
+            "khoi_dhcp_packets_total{kind=\"offer\"} 4\n",
+            "khoi_tftp_requests_total{kind=\"read\"} 2\n",
+        ] {
+            assert!(text.contains(sample), "{sample}\n{text}");
+        }
     }
 }
