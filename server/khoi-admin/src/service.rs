@@ -54,6 +54,25 @@ impl ServiceError {
     }
 }
 
+impl ServiceError {
+    /// A staging failure as the officer should read it: what is wrong with
+    /// the file names `field`; tool output and server-side failures only
+    /// reach the log.
+    pub fn from_stage(field: &str, e: crate::staging::StageError) -> Self {
+        match e {
+            crate::staging::StageError::Unfit { shown, detail } => {
+                if let Some(d) = detail {
+                    tracing::warn!("staging refused a file: {d}");
+                }
+                ServiceError::invalid(field, shown)
+            }
+            crate::staging::StageError::Failed(d) => {
+                ServiceError::Internal(format!("staging: {d}"))
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -914,7 +933,7 @@ impl Service {
         }
         khoi_state::validate_name("name", name)?;
         let staged = crate::staging::stage(&real, &self.staging_dir())
-            .map_err(|e| ServiceError::invalid("path", e))?;
+            .map_err(|e| ServiceError::from_stage("path", e))?;
         let file = staged
             .file_name()
             .ok_or_else(|| ServiceError::Internal("staged file has no name".into()))?;

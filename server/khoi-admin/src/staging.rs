@@ -94,8 +94,53 @@ pub fn unique_name(prefix: &str, ext: &str) -> String {
     format!("{prefix}-{hex}.{ext}")
 }
 
+/// Why a file could not be staged.
+#[derive(Debug)]
+pub enum StageError {
+    /// The file is not something Khoi can import. `shown` is written for
+    /// the officer (no server paths, no tool output); `detail` (qemu-img's
+    /// stderr, the OS error) is for the log and the CLI's terminal.
+    Unfit {
+        shown: String,
+        detail: Option<String>,
+    },
+    /// The server could not do its part (I/O on the staging folder).
+    Failed(String),
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageError::Unfit {
+                shown,
+                detail: None,
+            } => f.write_str(shown),
+            StageError::Unfit {
+                shown,
+                detail: Some(d),
+            } => write!(f, "{shown}: {d}"),
+            StageError::Failed(d) => f.write_str(d),
+        }
+    }
+}
+
+impl std::error::Error for StageError {}
+
+impl From<String> for StageError {
+    fn from(detail: String) -> Self {
+        StageError::Failed(detail)
+    }
+}
+
+fn unfit(shown: String) -> StageError {
+    StageError::Unfit {
+        shown,
+        detail: None,
+    }
+}
+
 /// Copy (sparsely) or convert `src` into a new raw file in `staging`.
-pub fn stage(src: &Path, staging: &Path) -> Result<Staged, String> {
+pub fn stage(src: &Path, staging: &Path) -> Result<Staged, StageError> {
     stage_with(src, staging, "web-import", &mut |_, _| {}, false)
 }
 
@@ -107,10 +152,11 @@ pub fn stage_with(
     prefix: &str,
     progress: &mut dyn FnMut(u64, u64),
     terminal: bool,
-) -> Result<Staged, String> {
-    let meta = std::fs::metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+) -> Result<Staged, StageError> {
+    let meta =
+        std::fs::metadata(src).map_err(|e| unfit(format!("cannot read {}: {e}", src.display())))?;
     if !meta.is_file() {
-        return Err(format!("{} is not a regular file", src.display()));
+        return Err(unfit(format!("{} is not a regular file", src.display())));
     }
     let format = sniff(src)?;
     std::fs::create_dir_all(staging).map_err(|e| format!("staging folder: {e}"))?;
@@ -136,7 +182,7 @@ pub fn stage_with(
 
 /// Prepare an upload that is already in the staging folder: a raw upload is
 /// renamed in place (no second copy of a 40 GiB disk), others are converted.
-pub fn stage_upload(part: &Path, staging: &Path) -> Result<Staged, String> {
+pub fn stage_upload(part: &Path, staging: &Path) -> Result<Staged, StageError> {
     let upload = Staged {
         path: part.to_path_buf(),
         keep: false,
@@ -178,16 +224,16 @@ fn sniff(src: &Path) -> Result<Format, String> {
     Ok(detect(&head))
 }
 
-fn check_size(src: &Path, size: u64) -> Result<(), String> {
+fn check_size(src: &Path, size: u64) -> Result<(), StageError> {
     if size == 0 {
-        return Err(format!("{} is empty", src.display()));
+        return Err(unfit(format!("{} is empty", src.display())));
     }
     if !size.is_multiple_of(SECTOR) {
-        return Err(format!(
+        return Err(unfit(format!(
             "{} is {size} bytes, not a multiple of 512: it is not a whole disk image \
              (was the copy cut short?)",
             src.display()
-        ));
+        )));
     }
     Ok(())
 }
@@ -223,29 +269,38 @@ fn copy_sparse(
     out.sync_all().map_err(err)
 }
 
-fn convert(src: &Path, format: Format, dst: &Path, terminal: bool) -> Result<(), String> {
+fn convert(src: &Path, format: Format, dst: &Path, terminal: bool) -> Result<(), StageError> {
     let mut cmd = Command::new("qemu-img");
     cmd.args(["convert", "-f", format.qemu_name(), "-O", "raw"]);
     if terminal {
         // qemu-img draws its own progress bar on the admin's terminal.
         cmd.arg("-p").stdout(std::process::Stdio::inherit());
     }
-    let out = cmd.arg(src).arg(dst).output().map_err(|e| {
-        format!(
-            "{} is a {} image and converting it needs qemu-img, which could not be run \
-                 ({e}); install it with: apt-get install qemu-utils",
-            src.display(),
-            format.qemu_name()
-        )
-    })?;
+    let out = cmd
+        .arg(src)
+        .arg(dst)
+        .output()
+        .map_err(|e| StageError::Unfit {
+            shown: format!(
+                "the file is a {} image and converting it needs qemu-img, which could not be \
+                 run; install it with: apt-get install qemu-utils",
+                format.qemu_name()
+            ),
+            detail: Some(e.to_string()),
+        })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(dst);
-        return Err(format!(
-            "qemu-img could not convert {} from {}: {}",
-            src.display(),
-            format.qemu_name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(StageError::Unfit {
+            shown: format!(
+                "qemu-img could not convert the file from {}",
+                format.qemu_name()
+            ),
+            detail: Some(format!(
+                "{}: {}",
+                src.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        });
     }
     Ok(())
 }
@@ -301,9 +356,33 @@ mod tests {
         assert!(
             stage(&odd, &staging)
                 .expect_err("odd")
+                .to_string()
                 .contains("multiple of 512")
         );
         let (free, total) = fs_space(dir.path());
         assert!(free > 0 && total >= free);
+    }
+
+    /// A qcow2 file qemu-img cannot convert (or cannot be run for): the
+    /// sentence for the officer names neither the server's paths nor the
+    /// tool's output; both stay in the detail for the log and the CLI.
+    #[test]
+    fn conversion_failures_keep_paths_and_tool_output_out_of_the_shown_text() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let src = dir.path().join("broken.qcow2");
+        let mut data = b"QFI\xfb\0\0\0\x03".to_vec();
+        data.resize(4096, 0xee);
+        std::fs::write(&src, &data).expect("write");
+        let e = stage_upload(&src, &dir.path().join("staging")).expect_err("broken");
+        let StageError::Unfit { shown, detail } = e else {
+            panic!("expected Unfit, got {e}");
+        };
+        let here = dir.path().display().to_string();
+        assert!(!shown.contains(&here), "{shown}");
+        assert!(
+            shown.contains("qcow2") || shown.contains("qemu-img"),
+            "{shown}"
+        );
+        assert!(detail.is_some());
     }
 }

@@ -436,11 +436,8 @@ async fn upload(
     file.sync_all().await.map_err(io)?;
     drop(file);
     blocking(move || {
-        let staged =
-            staging::stage_upload(&part, &staging).map_err(|reason| ServiceError::Invalid {
-                field: "body".into(),
-                reason,
-            })?;
+        let staged = staging::stage_upload(&part, &staging)
+            .map_err(|e| ServiceError::from_stage("body", e))?;
         drop(guard);
         let file = staged
             .file_name()
