@@ -113,12 +113,6 @@ impl From<ServiceError> for WebError {
     }
 }
 
-impl std::fmt::Display for WebError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text(Lang::En))
-    }
-}
-
 /// Handlers answer the error with no body; [`reply`] words it.
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
