@@ -18,12 +18,15 @@ pub mod cache;
 pub mod device;
 mod error;
 mod event;
+pub mod filters;
 mod fsio;
 pub mod map;
 mod mapfile;
 mod mem;
 mod overlay;
 mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod version;
 pub mod workset;
 
@@ -31,8 +34,8 @@ pub mod workset;
 mod tests;
 
 pub use device::{
-    BLOCK, BlockDevice, BlockError, Caps, Checked, Extent, ExtentKind, ReadSegment, SECTOR,
-    WriteFlags,
+    BLOCK, BlockDevice, BlockError, Caps, Checked, DeviceCaps, Extent, ExtentKind, Level,
+    ReadSegment, SECTOR, WriteFlags,
 };
 pub use error::{NAME_RULE, StoreError, is_valid_new_name, validate_name};
 pub use event::{BlockEvent, EventSink, OverlayOwner};

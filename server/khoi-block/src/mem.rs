@@ -4,7 +4,9 @@
 
 use parking_lot::RwLock;
 
-use crate::device::{BlockDevice, Caps, Extent, ExtentKind, ReadSegment, Result, WriteFlags};
+use crate::device::{
+    BlockDevice, DeviceCaps, Extent, ExtentKind, Level, ReadSegment, Result, WriteFlags,
+};
 
 #[derive(Debug)]
 pub struct MemDevice {
@@ -51,15 +53,21 @@ impl BlockDevice for MemDevice {
         self.data.read().len() as u64
     }
 
-    fn caps(&self) -> Caps {
-        Caps {
+    fn device_caps(&self) -> DeviceCaps {
+        let native = if self.read_only {
+            Level::None
+        } else {
+            Level::Native
+        };
+        DeviceCaps {
             read_only: self.read_only,
             flush: !self.read_only,
-            fua: !self.read_only,
+            fua: native,
             trim: !self.read_only,
-            zero: !self.read_only,
+            zero: native,
             extents: true,
             multi_conn: true,
+            write_granularity: 1,
         }
     }
 

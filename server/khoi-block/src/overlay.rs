@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use crate::device::{
-    BLOCK, BlockDevice, BlockError, Caps, Extent, ExtentKind, ReadSegment, Result, WriteFlags,
+    BLOCK, BlockDevice, BlockError, DeviceCaps, Extent, ExtentKind, Level, ReadSegment, Result,
+    WriteFlags,
 };
 use crate::error::StoreError;
 use crate::event::{BlockEvent, EventSink, OverlayOwner};
@@ -605,15 +606,18 @@ impl BlockDevice for Overlay {
         self.size
     }
 
-    fn caps(&self) -> Caps {
-        Caps {
+    fn device_caps(&self) -> DeviceCaps {
+        DeviceCaps {
             read_only: false,
             flush: true,
-            fua: true,
+            fua: Level::Native,
             trim: true,
-            zero: true,
+            zero: Level::Native,
             extents: true,
             multi_conn: true,
+            // Partial 4 KiB blocks are completed from the lower device here,
+            // under the block's stripe lock.
+            write_granularity: 1,
         }
     }
 

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::device::{
-    BLOCK, BlockDevice, BlockError, Caps, Extent, ExtentKind, ReadSegment, Result, WriteFlags,
+    BLOCK, BlockDevice, BlockError, DeviceCaps, Extent, ExtentKind, Level, ReadSegment, Result,
+    WriteFlags,
 };
 use crate::error::StoreError;
 use crate::map::{BlockState, RunMap, Source, blocks_for};
@@ -195,15 +196,16 @@ impl BlockDevice for VersionDevice {
         self.size
     }
 
-    fn caps(&self) -> Caps {
-        Caps {
+    fn device_caps(&self) -> DeviceCaps {
+        DeviceCaps {
             read_only: true,
             flush: false,
-            fua: false,
+            fua: Level::None,
             trim: false,
-            zero: false,
+            zero: Level::None,
             extents: true,
             multi_conn: true,
+            write_granularity: 1,
         }
     }
 
