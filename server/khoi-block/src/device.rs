@@ -5,6 +5,11 @@
 //! positional; frontends run them on a blocking pool so the async reactor never
 //! waits on disk. Ranges are validated once, by [`Checked`], so implementations
 //! below it trust their input.
+//!
+//! Capabilities have two sides, as in nbdkit: a device reports what it does
+//! natively ([`DeviceCaps`], with FUA and zeroing as a [`Level`]); `Checked`
+//! raises what it can emulate and tells frontends what to advertise
+//! ([`Caps`]). Frontends therefore never emulate anything themselves.
 
 use std::fmt;
 use std::fs::File;

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use khoi_admin::{ExportName, Opened, Service, ServiceError};
 use khoi_block::Checked;
+use khoi_block::filters::Metered;
 use khoi_iscsi::{ChapSecret, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
 use khoi_nbd::{ExportInfo, ExportResolver, OpenError};
 
-use crate::metered::Metered;
+use crate::metered::SeatMeter;
 use crate::recorder::Recorder;
 
 #[derive(Debug)]
@@ -36,15 +37,15 @@ fn metered_seat(service: &Service, seat: &str, proto: &str, opened: Opened) -> C
         Opened::Version(v) => v,
     };
     let activity = service.activity();
-    let dev = Metered::new(inner, activity, seat, proto);
+    let sink = SeatMeter::new(activity, seat, proto);
     // NBD opens one handle per connection, so the handle is the session;
     // iSCSI sessions are reported from its login/logout events instead.
-    let dev = if proto == "nbd" {
-        dev.session(activity, proto)
+    let sink = if proto == "nbd" {
+        sink.session(activity, proto)
     } else {
-        dev
+        sink
     };
-    Checked::new(Arc::new(dev))
+    Checked::new(Arc::new(Metered::new(inner, sink)))
 }
 
 impl ExportResolver for NbdExports {
