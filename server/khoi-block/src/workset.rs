@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::device::{BLOCK, BlockDevice, Caps, Extent, ReadSegment, Result, WriteFlags};
+use crate::device::{BLOCK, BlockDevice, DeviceCaps, Extent, ReadSegment, Result, WriteFlags};
 use crate::error::StoreError;
 use crate::{cache, fsio};
 
@@ -264,8 +264,8 @@ impl BlockDevice for Recording {
         self.inner.size()
     }
 
-    fn caps(&self) -> Caps {
-        self.inner.caps()
+    fn device_caps(&self) -> DeviceCaps {
+        self.inner.device_caps()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -385,6 +385,25 @@ mod tests {
         let past = Recording::new(dev, set.clone(), Instant::now());
         past.read_at(&mut buf, BLOCK * 30).unwrap();
         assert!(!set.contains(30), "nothing is marked after the window");
+    }
+
+    #[test]
+    fn recording_passes_the_devices_levels_through() {
+        use crate::device::{DeviceCaps, Level};
+        use crate::testing::Spy;
+        let caps = DeviceCaps {
+            read_only: false,
+            flush: true,
+            fua: Level::Emulate,
+            trim: true,
+            zero: Level::None,
+            extents: true,
+            multi_conn: true,
+            write_granularity: 512,
+        };
+        let dev = Arc::new(Spy::new(Arc::new(MemDevice::new(1 << 20))).with_caps(caps));
+        let rec = Recording::new(dev, Arc::new(WorkingSet::new(1 << 20)), Instant::now());
+        assert_eq!(rec.device_caps(), caps);
     }
 
     #[test]

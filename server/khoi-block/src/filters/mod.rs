@@ -1,5 +1,6 @@
-//! Layers that wrap a [`BlockDevice`] and are one themselves, like nbdkit's
-//! filters: each changes one thing and passes the rest through to `inner`.
+//! Layers that wrap a [`BlockDevice`](crate::BlockDevice) and are one
+//! themselves, like nbdkit's filters: each changes one thing and passes the
+//! rest through to `inner`.
 //! They sit below [`crate::Checked`], so they see what reaches the device,
 //! emulation included (an emulated FUA write is a write, then a flush).
 //!
