@@ -7,12 +7,14 @@
 //!   extents and `Zero` read segments, so hole chunks and block status get
 //!   exercised.
 //! - [`FileDisk`] serves a file the way a golden layer is served: `File`
-//!   read segments, so reads take the `sendfile` path.
+//!   read segments, so reads take the `sendfile` path; read-only, or a
+//!   writable scratch file without native FUA or zeroing.
 //! - [`Spy`] wraps a device, logs every call it receives and can present
 //!   other capabilities, to check what a layer above sends to the device.
 //!
 //! Failing and slow devices are the [`crate::filters::Fault`] and
-//! [`crate::filters::Delay`] layers over any of these.
+//! [`crate::filters::Delay`] layers over any of these (a full overlay is
+//! `Fault` with `FaultError::NoSpace` on [`crate::filters::OpKind::WRITES`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -183,11 +185,14 @@ impl BlockDevice for MemDisk {
     }
 }
 
-/// A read-only file served like a golden layer (reads become `File` segments).
+/// A file served like a golden layer (reads become `File` segments): read-only
+/// from [`FileDisk::open`], or a writable scratch disk from
+/// [`FileDisk::create`] whose FUA and zeroing [`crate::Checked`] emulates.
 #[derive(Debug)]
 pub struct FileDisk {
     file: Arc<File>,
     size: u64,
+    writable: bool,
 }
 
 impl FileDisk {
@@ -198,7 +203,45 @@ impl FileDisk {
         Ok(FileDisk {
             file: Arc::new(file),
             size,
+            writable: false,
         })
+    }
+
+    /// A new zero-filled file of `size` bytes (replacing any file at `path`).
+    pub fn create(path: &std::path::Path, size: u64) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(size)?;
+        Ok(FileDisk {
+            file: Arc::new(file),
+            size,
+            writable: true,
+        })
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(BlockError::ReadOnly)
+        }
+    }
+
+    /// A scratch file has no cheaper way to zero than writing zeroes.
+    fn fill_zero(&self, offset: u64, len: u64) -> Result<()> {
+        self.writable()?;
+        let zeroes = vec![0u8; usize::try_from(len).map_or(1 << 20, |l| l.min(1 << 20))];
+        let mut done = 0;
+        while done < len {
+            let n = usize::try_from(len - done).map_or(zeroes.len(), |r| r.min(zeroes.len()));
+            self.file.write_all_at(&zeroes[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
     }
 }
 
@@ -209,10 +252,10 @@ impl BlockDevice for FileDisk {
 
     fn device_caps(&self) -> DeviceCaps {
         DeviceCaps {
-            read_only: true,
-            flush: false,
+            read_only: !self.writable,
+            flush: self.writable,
             fua: Level::None,
-            trim: false,
+            trim: self.writable,
             zero: Level::None,
             extents: true,
             multi_conn: true,
@@ -232,28 +275,36 @@ impl BlockDevice for FileDisk {
         }])
     }
 
-    fn write_at(&self, _buf: &[u8], _offset: u64, _flags: WriteFlags) -> Result<()> {
-        Err(BlockError::ReadOnly)
+    fn write_at(&self, buf: &[u8], offset: u64, _flags: WriteFlags) -> Result<()> {
+        self.writable()?;
+        Ok(self.file.write_all_at(buf, offset)?)
     }
 
     fn flush(&self) -> Result<()> {
+        if self.writable {
+            self.file.sync_data()?;
+        }
         Ok(())
     }
 
-    fn trim(&self, _offset: u64, _len: u64, _flags: WriteFlags) -> Result<()> {
-        Err(BlockError::ReadOnly)
+    fn trim(&self, offset: u64, len: u64, _flags: WriteFlags) -> Result<()> {
+        // Trimmed ranges must read back as zeroes.
+        self.fill_zero(offset, len)
     }
 
-    fn write_zeroes(&self, _offset: u64, _len: u64, _flags: WriteFlags) -> Result<()> {
-        Err(BlockError::ReadOnly)
+    fn write_zeroes(&self, offset: u64, len: u64, _flags: WriteFlags) -> Result<()> {
+        // Zero is `Level::None`, so under Checked this is not called; a
+        // caller without Checked still gets the right bytes.
+        self.fill_zero(offset, len)
     }
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        Ok(vec![Extent {
-            offset,
-            len,
-            kind: ExtentKind::Golden,
-        }])
+        let kind = if self.writable {
+            ExtentKind::Overlay
+        } else {
+            ExtentKind::Golden
+        };
+        Ok(vec![Extent { offset, len, kind }])
     }
 }
 

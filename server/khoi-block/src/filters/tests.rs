@@ -197,3 +197,45 @@ fn metered_skips_failed_requests() {
     m.write_at(&[1], 0, WriteFlags::NONE).unwrap();
     assert_eq!(log.0.lock().len(), 1);
 }
+
+#[test]
+fn a_scratch_file_disk_serves_through_checked_with_emulation() {
+    use crate::testing::FileDisk;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    let disk = Arc::new(FileDisk::create(&path, 1 << 20).unwrap());
+    let spy = Arc::new(Spy::new(disk));
+    let dev = Checked::new(spy.clone());
+    let caps = dev.caps();
+    assert!(!caps.read_only && caps.fua && !caps.zero && caps.flush);
+    dev.write_at(&[3; 4096], 8192, WriteFlags::FUA).unwrap();
+    dev.write_zeroes(8192, 100, WriteFlags::NONE).unwrap();
+    let mut buf = [9u8; 4096];
+    dev.read_at(&mut buf, 8192).unwrap();
+    assert!(buf[..100].iter().all(|&b| b == 0));
+    assert!(buf[100..].iter().all(|&b| b == 3));
+    assert_eq!(
+        spy.take()[..3],
+        [
+            Call::Write {
+                offset: 8192,
+                len: 4096,
+                fua: false
+            },
+            Call::Flush,
+            Call::Write {
+                offset: 8192,
+                len: 100,
+                fua: false
+            },
+        ]
+    );
+    let ro = Checked::new(Arc::new(FileDisk::open(&path).unwrap()));
+    assert!(ro.caps().read_only);
+    assert!(matches!(
+        ro.write_at(&[1], 0, WriteFlags::NONE),
+        Err(BlockError::ReadOnly)
+    ));
+    ro.read_at(&mut buf, 8192).unwrap();
+    assert_eq!(buf[100], 3);
+}
