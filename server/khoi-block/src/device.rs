@@ -283,6 +283,10 @@ pub struct Checked {
     inner: Arc<dyn BlockDevice>,
     size: u64,
     levels: DeviceCaps,
+    /// Serializes read-modify-writes through this handle and its clones.
+    /// Each `Checked::new` has its own, so a device with a write granularity
+    /// above one that several connections open separately must serialize
+    /// partial blocks itself (no device in the tree needs this today).
     rmw: Arc<Mutex<()>>,
 }
 
