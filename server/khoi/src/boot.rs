@@ -12,6 +12,7 @@ use khoi_pxe::{BootDirectory, Lease, SeatBoot};
 use khoi_state::{Mac, ResetPolicy};
 use parking_lot::Mutex;
 
+use crate::prewarm::Prewarm;
 use crate::recorder::Recorder;
 
 /// Leases live in the state database as one JSON document: a room has tens
@@ -25,6 +26,7 @@ pub struct Seats {
     recorder: Recorder,
     portal: Option<SocketAddrV4>,
     leases: Mutex<BTreeMap<String, (String, u64)>>,
+    prewarm: Arc<Prewarm>,
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
@@ -32,7 +34,12 @@ fn mac_text(mac: [u8; 6]) -> String {
 }
 
 impl Seats {
-    pub fn new(service: Arc<Service>, recorder: Recorder, portal: Option<SocketAddr>) -> Seats {
+    pub fn new(
+        service: Arc<Service>,
+        recorder: Recorder,
+        portal: Option<SocketAddr>,
+        prewarm: Arc<Prewarm>,
+    ) -> Seats {
         let portal = match portal {
             Some(SocketAddr::V4(a)) => Some(a),
             _ => None,
@@ -49,6 +56,7 @@ impl Seats {
             recorder,
             portal,
             leases: Mutex::new(leases),
+            prewarm,
         }
     }
 
@@ -106,6 +114,8 @@ impl BootDirectory for Seats {
             source: format!("boot {}", mac_text(boot.mac)),
         };
         self.service.activity().booting(&boot.seat);
+        // What this boot reads is the version's boot working set.
+        self.prewarm.boot_started(&boot.seat);
         let seat = match self.service.state().seat(&boot.seat) {
             Ok(s) => s,
             Err(e) => {

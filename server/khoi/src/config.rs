@@ -20,6 +20,30 @@ pub struct Config {
     /// services, so a fresh install never answers DHCP on a LAN by surprise.
     pub pxe: Option<khoi_pxe::PxeConfig>,
     pub admin: Admin,
+    pub prewarm: Prewarm,
+}
+
+/// Reading each version's boot working set into the page cache before
+/// seats boot (see `prewarm.rs`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prewarm {
+    /// When to prewarm every image's current version (cron, Vietnam time),
+    /// besides at start and after a publish or rollback; `null`: only then.
+    pub cron: Option<String>,
+    /// Minutes after a seat's boot starts during which its reads are
+    /// learned as the boot working set.
+    pub learn_minutes: u64,
+}
+
+impl Default for Prewarm {
+    fn default() -> Self {
+        Prewarm {
+            // Before opening hours on working days (Saturday mornings too).
+            cron: Some("30 6 * * 1-6".into()),
+            learn_minutes: 5,
+        }
+    }
 }
 
 /// The admin web page, its JSON API and `/metrics`.
@@ -107,6 +131,7 @@ impl Default for Config {
             iscsi: Iscsi::default(),
             pxe: None,
             admin: Admin::default(),
+            prewarm: Prewarm::default(),
         }
     }
 }
@@ -274,6 +299,17 @@ impl Config {
         if let Err(e) = khoi_admin::schedule::parse_cron(&n.cron) {
             return Err(fail("cron", e.to_string()));
         }
+        if let Some(c) = &self.prewarm.cron
+            && let Err(e) = khoi_admin::schedule::parse_cron(c)
+        {
+            return Err(fail("prewarm.cron", e.to_string()));
+        }
+        if !(1..=120).contains(&self.prewarm.learn_minutes) {
+            return Err(fail(
+                "prewarm.learn_minutes",
+                format!("{}: expected 1 to 120 minutes", self.prewarm.learn_minutes),
+            ));
+        }
         if !matches!(
             n.zone.as_str(),
             "Asia/Ho_Chi_Minh" | "Asia/Saigon" | "UTC+7" | "+07:00"
@@ -328,10 +364,23 @@ fn key_at(text: &str, line: u64) -> Option<String> {
     (!key.is_empty()).then(|| key.to_string())
 }
 
+/// The line of `key`; `section.key` finds `key` below `section:`, so two
+/// sections with a key of the same name point at the right one.
 fn find_key_line(text: &str, key: &str) -> u64 {
+    let (from, key) = match key.split_once('.') {
+        Some((section, k)) => match text
+            .lines()
+            .position(|l| l.trim_start().starts_with(&format!("{section}:")))
+        {
+            Some(i) => (i + 1, k),
+            None => return 0,
+        },
+        None => (0, key),
+    };
     text.lines()
+        .skip(from)
         .position(|l| l.trim_start().starts_with(&format!("{key}:")))
-        .map_or(0, |i| u64::try_from(i + 1).unwrap_or(0))
+        .map_or(0, |i| u64::try_from(from + i + 1).unwrap_or(0))
 }
 
 fn first_line(s: &str) -> String {
@@ -411,6 +460,15 @@ mod tests {
         let c = parse("# nothing\n").expect("defaults");
         assert!(c.admin.listen.expect("admin on").ip().is_loopback());
         assert_eq!(c.admin.nightly.cron, "0 2 * * *");
+        assert_eq!(c.prewarm.learn_minutes, 5);
+        let e = parse("admin:\n  nightly:\n    cron: 0 2 * * *\nprewarm:\n  cron: at dawn\n")
+            .expect_err("bad prewarm cron");
+        assert_eq!((e.key.as_deref(), e.line), (Some("prewarm.cron"), 5));
+        let e = parse("prewarm:\n  learn_minutes: 0\n").expect_err("no window");
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("prewarm.learn_minutes"), 2)
+        );
         let e = parse("admin:\n  nightly:\n    cron: every night\n").expect_err("bad cron");
         assert_eq!((e.line, e.key.as_deref()), (3, Some("cron")));
         let e = parse("admin:\n  nightly:\n    online: maybe\n").expect_err("bad policy");

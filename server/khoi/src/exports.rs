@@ -10,16 +10,18 @@ use khoi_iscsi::{ChapSecret, IscsiEvent, LunIdentity, TargetAuth, TargetResolver
 use khoi_nbd::{ExportInfo, ExportResolver, OpenError};
 
 use crate::metered::SeatMeter;
+use crate::prewarm::Prewarm;
 use crate::recorder::Recorder;
 
 #[derive(Debug)]
 pub struct NbdExports {
     service: Arc<Service>,
+    prewarm: Arc<Prewarm>,
 }
 
 impl NbdExports {
-    pub fn new(service: Arc<Service>) -> Self {
-        NbdExports { service }
+    pub fn new(service: Arc<Service>, prewarm: Arc<Prewarm>) -> Self {
+        NbdExports { service, prewarm }
     }
 }
 
@@ -30,10 +32,17 @@ pub fn checked(opened: Opened) -> Checked {
     }
 }
 
-/// A seat's device, metered for the admin side; other exports are not seats.
-fn metered_seat(service: &Service, seat: &str, proto: &str, opened: Opened) -> Checked {
+/// A seat's device, metered for the admin side and learning its version's
+/// boot working set while the seat boots; other exports are not seats.
+fn metered_seat(
+    service: &Service,
+    prewarm: &Prewarm,
+    seat: &str,
+    proto: &str,
+    opened: Opened,
+) -> Checked {
     let inner: Arc<dyn khoi_block::BlockDevice> = match opened {
-        Opened::Overlay(o) => o,
+        Opened::Overlay(o) => prewarm.wrap(seat, o),
         Opened::Version(v) => v,
     };
     let activity = service.activity();
@@ -65,7 +74,9 @@ impl ExportResolver for NbdExports {
         };
         match self.service.open_export(&export) {
             Ok(opened) => Ok(match &export {
-                ExportName::Seat(seat) => metered_seat(&self.service, seat, "nbd", opened),
+                ExportName::Seat(seat) => {
+                    metered_seat(&self.service, &self.prewarm, seat, "nbd", opened)
+                }
                 _ => checked(opened),
             }),
             Err(ServiceError::NotFound(m)) => Err(OpenError::NotFound(m)),
@@ -84,14 +95,21 @@ pub struct IscsiTargets {
     service: Arc<Service>,
     recorder: Recorder,
     server_id: String,
+    prewarm: Arc<Prewarm>,
 }
 
 impl IscsiTargets {
-    pub fn new(service: Arc<Service>, recorder: Recorder, server_id: String) -> Self {
+    pub fn new(
+        service: Arc<Service>,
+        recorder: Recorder,
+        server_id: String,
+        prewarm: Arc<Prewarm>,
+    ) -> Self {
         IscsiTargets {
             service,
             recorder,
             server_id,
+            prewarm,
         }
     }
 
@@ -188,7 +206,15 @@ impl TargetResolver for IscsiTargets {
             .ok_or_else(|| format!("{target} is not a Khoi seat target"))?;
         self.service
             .open_seat(seat)
-            .map(|o| metered_seat(&self.service, seat, "iscsi", Opened::Overlay(o)))
+            .map(|o| {
+                metered_seat(
+                    &self.service,
+                    &self.prewarm,
+                    seat,
+                    "iscsi",
+                    Opened::Overlay(o),
+                )
+            })
             .map_err(|e| e.to_string())
     }
 

@@ -7,6 +7,7 @@ mod config;
 mod exports;
 mod import;
 mod metered;
+mod prewarm;
 mod recorder;
 mod serve;
 

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::prewarm::Prewarm;
 use crate::{boot, exports};
 
 pub fn control_socket(data_dir: &Path) -> PathBuf {
@@ -91,6 +92,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     seed_last_boots(&service);
 
+    let prewarm = Arc::new(
+        Prewarm::new(
+            Arc::clone(service.store()),
+            dir.clone(),
+            std::time::Duration::from_secs(config.prewarm.learn_minutes * 60),
+        )
+        .context("creating the boot working set folder")?,
+    );
+
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -99,7 +109,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen for NBD on {addr}"))?;
         tracing::info!("NBD exports on {}", listener.local_addr()?);
-        let resolver = Arc::new(exports::NbdExports::new(Arc::clone(&service)));
+        let resolver = Arc::new(exports::NbdExports::new(
+            Arc::clone(&service),
+            Arc::clone(&prewarm),
+        ));
         let stats = Arc::new(khoi_nbd::NbdStats::default());
         register_nbd_metrics(service.metrics(), Arc::clone(&stats));
         let token = shutdown.clone();
@@ -120,6 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Arc::clone(&service),
             recorder.clone(),
             state.server_id()?,
+            Arc::clone(&prewarm),
         ));
         let token = shutdown.clone();
         let cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
@@ -131,12 +145,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(pxe) = config.pxe.clone() {
         start_boot_services(
             pxe,
-            exports_boot(&service, &recorder, config.listen.iscsi),
+            exports_boot(&service, &recorder, config.listen.iscsi, &prewarm),
             &service,
             &shutdown,
             &mut tasks,
         )
         .await?;
+    }
+
+    {
+        let cron = config
+            .prewarm
+            .cron
+            .as_deref()
+            .and_then(|c| khoi_admin::schedule::parse_cron(c).ok());
+        let (p, token) = (Arc::clone(&prewarm), shutdown.clone());
+        tasks.spawn(crate::prewarm::run(p, cron, token));
     }
 
     let sock = control_socket(&dir);
@@ -229,11 +253,13 @@ fn exports_boot(
     service: &Arc<Service>,
     recorder: &Recorder,
     portal: Option<std::net::SocketAddr>,
+    prewarm: &Arc<Prewarm>,
 ) -> Arc<dyn khoi_pxe::BootDirectory> {
     Arc::new(boot::Seats::new(
         Arc::clone(service),
         recorder.clone(),
         portal,
+        Arc::clone(prewarm),
     ))
 }
 
