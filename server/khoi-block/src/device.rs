@@ -464,6 +464,22 @@ impl Checked {
             self.inner.write_zeroes(offset, len, dev_flags)?;
             return self.after(flush);
         }
+        self.zero_by_writes(offset, len, flags)
+    }
+
+    /// Zeroes that must be allocated, not recorded as a zero state (NBD's
+    /// `NO_HOLE`): always written as zero buffers, whatever the device can do
+    /// natively.
+    pub fn write_zeroes_allocated(&self, offset: u64, len: u64, flags: WriteFlags) -> Result<()> {
+        self.writable()?;
+        self.range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.zero_by_writes(offset, len, flags)
+    }
+
+    fn zero_by_writes(&self, offset: u64, len: u64, flags: WriteFlags) -> Result<()> {
         let zeroes = vec![0u8; usize::try_from(len).map_or(ZERO_CHUNK, |l| l.min(ZERO_CHUNK))];
         let end = offset + len;
         let mut pos = offset;

@@ -17,9 +17,6 @@ use crate::wire::{
     command_flags as cf, state_flags, transmission_flags as tf,
 };
 
-/// Chunk size for emulating `WRITE_ZEROES` with `NO_HOLE` through writes.
-const ZERO_CHUNK: usize = 1 << 20;
-
 /// The one mapping from block errors to NBD errors.
 ///
 /// Out-of-range writes are `ENOSPC` and other out-of-range requests `EINVAL`,
@@ -259,21 +256,10 @@ impl Session {
         }
     }
 
-    fn write_flags(&self, fua: bool) -> WriteFlags {
-        WriteFlags {
-            fua: fua && self.device.caps().fua,
-        }
-    }
-
-    /// FUA on a device without native FUA: the write, then a flush.
-    // MOVING (issue 9): FUA and zero emulation belong in khoi_block::Checked
-    // (the `block` helper's pass); this and the NO_HOLE write loop in
-    // `execute` are deleted once Checked emulates them. Left unchanged here.
-    fn emulate_fua(&self, fua: bool) -> Result<(), BlockError> {
-        if fua && !self.device.caps().fua {
-            self.device.flush()?;
-        }
-        Ok(())
+    /// `Checked` honours FUA on every writable device (natively or by a
+    /// flush after the write), so the flag goes down as the client sent it.
+    fn write_flags(fua: bool) -> WriteFlags {
+        WriteFlags { fua }
     }
 
     /// Runs a validated request. Blocking: call it on a blocking thread.
@@ -292,8 +278,7 @@ impl Session {
                 Ok(Outcome::Read(segments))
             }
             Op::Write { offset, fua, .. } => {
-                dev.write_at(payload, offset, self.write_flags(fua))?;
-                self.emulate_fua(fua)?;
+                dev.write_at(payload, offset, Self::write_flags(fua))?;
                 Ok(Outcome::Done)
             }
             Op::Flush => {
@@ -301,8 +286,7 @@ impl Session {
                 Ok(Outcome::Done)
             }
             Op::Trim { offset, len, fua } => {
-                dev.trim(offset, u64::from(len), self.write_flags(fua))?;
-                self.emulate_fua(fua)?;
+                dev.trim(offset, u64::from(len), Self::write_flags(fua))?;
                 Ok(Outcome::Done)
             }
             Op::WriteZeroes {
@@ -311,26 +295,12 @@ impl Session {
                 fua,
                 no_hole,
             } => {
+                // The client wants the range allocated (NO_HOLE): real
+                // zeroes, not a zero state in the overlay.
                 if no_hole {
-                    // MOVING (issue 9): zero emulation goes to khoi_block::Checked.
-                    // The client wants the range allocated, so write real
-                    // zeroes rather than marking it zero in the overlay.
-                    let zeroes =
-                        vec![0u8; usize::try_from(len).map_or(ZERO_CHUNK, |l| l.min(ZERO_CHUNK))];
-                    let end = offset + u64::from(len);
-                    let mut pos = offset;
-                    while pos < end {
-                        let n = usize::try_from(end - pos)
-                            .map_or(zeroes.len(), |r| r.min(zeroes.len()));
-                        dev.write_at(&zeroes[..n], pos, WriteFlags::NONE)?;
-                        pos += n as u64;
-                    }
-                    if fua {
-                        dev.flush()?;
-                    }
+                    dev.write_zeroes_allocated(offset, u64::from(len), Self::write_flags(fua))?;
                 } else {
-                    dev.write_zeroes(offset, u64::from(len), self.write_flags(fua))?;
-                    self.emulate_fua(fua)?;
+                    dev.write_zeroes(offset, u64::from(len), Self::write_flags(fua))?;
                 }
                 Ok(Outcome::Done)
             }

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use khoi_block::{BlockError, Checked, ReadSegment, WriteFlags};
 
+use super::BLOCK_LEN;
 use super::sense::{Done, Sense};
-use super::{BLOCK_LEN, BLOCK_USIZE};
 
 /// Block I/O to run on a blocking thread.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ pub fn execute(job: Job, dev: &Checked) -> Result<JobOutput, BlockError> {
             data,
             flags,
         } => {
-            write_emulated(dev, &data, offset, flags)?;
+            dev.write_at(&data, offset, flags)?;
             Ok(JobOutput::Done(Done::good()))
         }
         Job::Compare {
@@ -142,36 +142,4 @@ pub fn execute(job: Job, dev: &Checked) -> Result<JobOutput, BlockError> {
             Ok(JobOutput::Done(Done::good()))
         }
     }
-}
-
-/// A write with what the SCSI layer still emulates itself, until khoi-block's
-/// `Checked` emulates it once for every protocol (then this becomes a plain
-/// `dev.write_at`):
-/// - a write truncated by a short iSCSI EDTL ends mid-block: the last block
-///   is read-modify-written so devices only ever see whole sectors;
-/// - FUA on a device without native FUA becomes a flush after the write, so
-///   DPOFUA=1 is always truthful.
-fn write_emulated(
-    dev: &Checked,
-    data: &[u8],
-    offset: u64,
-    flags: WriteFlags,
-) -> Result<(), BlockError> {
-    let tail = data.len() % BLOCK_USIZE;
-    if tail != 0 {
-        let mut buf = data.to_vec();
-        let head = buf.len() - tail;
-        let mut block = vec![0u8; BLOCK_USIZE];
-        dev.read_at(&mut block, offset + head as u64)?;
-        block[..tail].copy_from_slice(&buf[head..]);
-        buf.truncate(head);
-        buf.extend_from_slice(&block);
-        dev.write_at(&buf, offset, flags)?;
-    } else {
-        dev.write_at(data, offset, flags)?;
-    }
-    if flags.fua && !dev.caps().fua {
-        dev.flush()?;
-    }
-    Ok(())
 }

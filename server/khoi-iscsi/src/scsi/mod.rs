@@ -28,7 +28,6 @@ use crate::resolver::LunIdentity;
 
 /// Logical block size advertised (512e).
 pub const BLOCK_LEN: u64 = 512;
-const BLOCK_USIZE: usize = 512;
 const BLOCK_U32: u32 = 512;
 
 /// What the LU looks like to the command set; derived once per session from
