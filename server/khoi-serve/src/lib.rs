@@ -1,9 +1,9 @@
 //! The serving seam both block protocols (iSCSI and NBD) stand on, so the
 //! machinery between a socket and a [`khoi_block`] device exists once:
 //!
-//! - [`listen`]: the accept loop, with a global and a per-address connection
-//!   cap, back-off when the process is out of descriptors, and a graceful
-//!   shutdown that has a hard deadline.
+//! - [`listen`]: the accept loops (TCP and unix socket), with a global and a
+//!   per-source connection cap, back-off when the process is out of
+//!   descriptors, and a graceful shutdown that has a hard deadline.
 //! - [`engine`]: where a request runs. Work that only touches memory or the
 //!   page cache runs inline on the connection task; work that may wait for
 //!   the disk goes to the blocking pool. The answer says which happened
@@ -24,6 +24,6 @@ mod sock;
 pub mod writer;
 
 pub use engine::{Dispatched, Work};
-pub use listen::{Limits, serve};
+pub use listen::{Limits, UnixPeer, bind_owner_only, serve, serve_unix};
 pub use sink::{Sink, Stream};
 pub use writer::{Framer, Piece, ReplySender, Writer, WriterOptions};
