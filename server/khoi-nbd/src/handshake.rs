@@ -10,6 +10,14 @@
 //! decides where the possibly blocking lookup runs and tests answer it by
 //! hand.
 //!
+//! TLS follows the spec's "TLS required" mode when the server has TLS
+//! ([`Handshake::tls_required`]): until `NBD_OPT_STARTTLS` every option but
+//! `ABORT` is refused with `NBD_REP_ERR_TLS_REQD` without being parsed, and
+//! `NBD_OPT_EXPORT_NAME` (which cannot carry an error) closes. STARTTLS is
+//! answered with an ack and [`Action::StartTls`]: the transport runs the TLS
+//! handshake and calls [`Handshake::tls_started`], and negotiation continues
+//! inside TLS from a clean state. Without TLS, STARTTLS gets `ERR_UNSUP`.
+//!
 //! Every option we do not implement gets `NBD_REP_ERR_UNSUP` and negotiation
 //! continues, as the baseline requires. An option longer than
 //! [`MAX_OPTION_LEN`] is answered with `ERR_TOO_BIG` and the connection is
@@ -54,6 +62,8 @@ pub enum CloseReason {
         len: u32,
     },
     Aborted,
+    /// `NBD_OPT_EXPORT_NAME` before STARTTLS on a server that requires TLS.
+    TlsRequired,
     /// `NBD_OPT_EXPORT_NAME` cannot report errors; the spec says close.
     ExportNameFailed {
         name: String,
@@ -70,8 +80,24 @@ pub enum Action {
     /// Fetch the export list and pass it to [`Handshake::listed`] before
     /// reading more. Always the last action of its batch.
     List,
+    /// STARTTLS was acked (in an earlier `Send` of this batch): run the
+    /// server side of the TLS handshake on the stream, then call
+    /// [`Handshake::tls_started`] before reading more. Always the last
+    /// action of its batch.
+    StartTls,
     Enter(Box<Negotiated>),
     Close(CloseReason),
+}
+
+/// Where TLS stands on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsState {
+    /// The server has no TLS: STARTTLS is unsupported.
+    Off,
+    /// The server requires TLS and the client has not started it yet.
+    Required,
+    /// The handshake ran; everything from here on is inside TLS.
+    Active,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +132,8 @@ enum Pending {
         selected: bool,
     },
     List(OptionCode),
+    /// STARTTLS acked; the TLS handshake is the transport's to run.
+    Tls,
 }
 
 #[derive(Debug)]
@@ -117,6 +145,7 @@ pub struct Handshake {
     structured: bool,
     /// Export name `base:allocation` was selected for, if any.
     meta_export: Option<String>,
+    tls: TlsState,
 }
 
 impl Default for Handshake {
@@ -143,6 +172,38 @@ impl Handshake {
             no_zeroes: false,
             structured: false,
             meta_export: None,
+            tls: TlsState::Off,
+        }
+    }
+
+    /// A handshake for a server that requires TLS: nothing but STARTTLS
+    /// and ABORT is served until the transport reports
+    /// [`Handshake::tls_started`].
+    pub fn tls_required() -> Self {
+        Handshake {
+            tls: TlsState::Required,
+            ..Self::new()
+        }
+    }
+
+    pub fn tls(&self) -> TlsState {
+        self.tls
+    }
+
+    /// The TLS handshake after [`Action::StartTls`] succeeded. The spec has
+    /// both sides forget what was negotiated in the clear; nothing but
+    /// STARTTLS was, but the state is reset all the same.
+    pub fn tls_started(&mut self) {
+        match self.pending.take() {
+            Some(Pending::Tls) => {
+                self.tls = TlsState::Active;
+                self.structured = false;
+                self.meta_export = None;
+            }
+            other => {
+                debug_assert!(false, "tls_started() without a pending StartTls: {other:?}");
+                self.pending = other;
+            }
         }
     }
 
@@ -268,6 +329,12 @@ impl Handshake {
         vec![ask]
     }
 
+    /// [`Handshake::wait`], with bytes to send first.
+    fn wait_after(&mut self, pending: Pending, send: Vec<u8>, ask: Action) -> Vec<Action> {
+        self.pending = Some(pending);
+        vec![Action::Send(send), ask]
+    }
+
     fn client_flags(&mut self, data: &[u8]) -> Vec<Action> {
         let mut b = [0u8; 4];
         b.copy_from_slice(&data[..4]);
@@ -308,6 +375,33 @@ impl Handshake {
     }
 
     fn option(&mut self, code: OptionCode, data: &[u8]) -> Vec<Action> {
+        if self.tls == TlsState::Required {
+            // Nothing from before TLS is parsed beyond its code: the clear
+            // text is the attacker's, and serves no export.
+            match code {
+                OptionCode::StartTls if data.is_empty() => {
+                    let mut out = Vec::new();
+                    reply(code, ReplyBody::Ack, &mut out);
+                    return self.wait_after(Pending::Tls, out, Action::StartTls);
+                }
+                OptionCode::StartTls => {
+                    return vec![Action::Send(error(
+                        code,
+                        ReplyType::ErrInvalid,
+                        "STARTTLS takes no data",
+                    ))];
+                }
+                OptionCode::Abort => {}
+                OptionCode::ExportName => return vec![Action::Close(CloseReason::TlsRequired)],
+                _ => {
+                    return vec![Action::Send(error(
+                        code,
+                        ReplyType::ErrTlsReqd,
+                        "TLS is required: send NBD_OPT_STARTTLS first",
+                    ))];
+                }
+            }
+        }
         let Ok(opt) = OptionRepr::parse(code, data) else {
             return vec![Action::Send(error(
                 code,
@@ -323,6 +417,9 @@ impl Handshake {
                 return vec![Action::Send(out), Action::Close(CloseReason::Aborted)];
             }
             OptionRepr::List => return self.wait(Pending::List(code), Action::List),
+            OptionRepr::StartTls if self.tls == TlsState::Active => {
+                out = error(code, ReplyType::ErrInvalid, "TLS is already active");
+            }
             OptionRepr::StartTls => {
                 out = error(code, ReplyType::ErrUnsup, "TLS is not supported");
             }
@@ -628,6 +725,13 @@ mod tests {
                         self.lists += 1;
                         queue.extend(self.hs.listed(self.ex.list()));
                     }
+                    Action::StartTls => {
+                        assert!(queue.is_empty(), "StartTls must end its batch");
+                        assert_eq!(self.hs.wants(), 0, "no clear text after STARTTLS");
+                        // Stands for a TLS handshake that succeeded.
+                        self.hs.tls_started();
+                        out.push(Action::StartTls);
+                    }
                     other => out.push(other),
                 }
             }
@@ -730,6 +834,88 @@ mod tests {
         let a = d.opt(OptionRepr::List);
         assert_eq!(replies(&a).len(), 3);
         assert!(!d.hs.is_done());
+    }
+
+    fn tls_driver() -> Driver {
+        let mut d = Driver {
+            hs: Handshake::tls_required(),
+            ex: exports(),
+            opens: Vec::new(),
+            lists: 0,
+        };
+        let a = d.hs.receive(&client_flags::FIXED_NEWSTYLE.to_be_bytes());
+        assert!(d.answer(a).is_empty());
+        d
+    }
+
+    fn kind(a: &[Action]) -> ReplyType {
+        match replies(a)[0].body {
+            ReplyBody::Error { kind, .. } => kind,
+            other => panic!("error expected, got {other:?}"),
+        }
+    }
+
+    /// Attack: a client that skips STARTTLS on a TLS server must neither
+    /// list nor open anything, whichever option it tries.
+    #[test]
+    fn tls_required_refuses_every_option_before_starttls() {
+        let mut d = tls_driver();
+        let go = info_data("seat/a", &[]);
+        let meta = meta_data("seat/a", &[BASE_ALLOCATION]);
+        for opt in [
+            OptionRepr::List,
+            OptionRepr::Go(InfoRequest::parse(&go).expect("valid")),
+            OptionRepr::Info(InfoRequest::parse(&go).expect("valid")),
+            OptionRepr::StructuredReply,
+            OptionRepr::Other {
+                code: OptionCode::SetMetaContext,
+                data: &meta,
+            },
+            OptionRepr::Other {
+                code: OptionCode::Unknown(0x99),
+                data: b"junk",
+            },
+        ] {
+            let a = d.opt(opt);
+            assert_eq!(kind(&a), ReplyType::ErrTlsReqd);
+            assert!(entered(&a).is_none());
+        }
+        assert!(d.opens.is_empty() && d.lists == 0, "nothing looked up");
+        assert!(!d.hs.is_done());
+        // EXPORT_NAME cannot carry an error, so it closes, unopened.
+        let a = d.opt(OptionRepr::ExportName(b"seat/a"));
+        assert!(matches!(a[..], [Action::Close(CloseReason::TlsRequired)]));
+        assert!(d.opens.is_empty());
+    }
+
+    #[test]
+    fn starttls_acks_then_negotiation_continues_inside_tls() {
+        let mut d = tls_driver();
+        // STARTTLS with data is invalid and changes nothing.
+        let a = d.opt(OptionRepr::Other {
+            code: OptionCode::StartTls,
+            data: b"x",
+        });
+        assert_eq!(kind(&a), ReplyType::ErrInvalid);
+        assert_eq!(d.hs.tls(), TlsState::Required);
+        let a = d.opt(OptionRepr::StartTls);
+        assert_eq!(replies(&a)[0].body, ReplyBody::Ack);
+        assert!(matches!(a[..], [Action::Send(_), Action::StartTls]));
+        assert_eq!(d.hs.tls(), TlsState::Active);
+        assert_eq!(replies(&d.opt(OptionRepr::List)).len(), 3);
+        // A second STARTTLS inside TLS is invalid, not a downgrade.
+        assert_eq!(kind(&d.opt(OptionRepr::StartTls)), ReplyType::ErrInvalid);
+        let go = info_data("seat/a", &[]);
+        let a = d.opt(OptionRepr::Go(InfoRequest::parse(&go).expect("valid")));
+        assert_eq!(entered(&a).expect("entered").name, "seat/a");
+    }
+
+    #[test]
+    fn abort_before_starttls_is_still_acked() {
+        let mut d = tls_driver();
+        let a = d.opt(OptionRepr::Abort);
+        assert_eq!(replies(&a)[0].body, ReplyBody::Ack);
+        assert!(matches!(a[1], Action::Close(CloseReason::Aborted)));
     }
 
     #[test]

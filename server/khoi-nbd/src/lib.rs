@@ -10,7 +10,9 @@
 //!   the transport to open exports instead of calling the resolver.
 //! - [`transmission`]: request validation, execution against the device and
 //!   reply construction, with the one `BlockError` → errno mapping.
-//! - [`server`]: the thin tokio transport (accept loop, reader, writer).
+//! - [`tls`]: TLS with a pre-shared key for STARTTLS (OpenSSL; why there).
+//! - [`server`]: the thin tokio transport over TCP, unix sockets and TLS
+//!   (accept loop, reader, writer).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,11 +22,13 @@ pub mod doubles;
 pub mod handshake;
 pub mod negotiated;
 pub mod server;
+pub mod tls;
 pub mod transmission;
 pub mod wire;
 
 pub use negotiated::Negotiated;
-pub use server::{serve, serve_connection, serve_with_stats};
+pub use server::{Transport, serve, serve_connection, serve_tcp, serve_unix, serve_with_stats};
+pub use tls::Tls;
 
 /// One entry of `NBD_OPT_LIST`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,20 +9,22 @@
 //! has sent replies and released their permits.
 
 use std::collections::VecDeque;
+use std::fmt::Display;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use khoi_block::BlockError;
-use khoi_serve::{Framer, Limits, Work, Writer, WriterOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use khoi_serve::{Framer, Limits, Sink, Stream, Work, Writer, WriterOptions};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_openssl::SslStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::handshake::{Action, CloseReason, Handshake, Negotiated, greeting};
+use crate::tls::Tls;
 use crate::transmission::{Op, Piece, Session, client_message, errno_for};
 use crate::wire::{Request, RequestRepr};
 use crate::{ExportResolver, NbdStats};
@@ -50,12 +52,15 @@ pub enum ConnError {
     Negotiation(CloseReason),
     #[error("bad request magic {0:#010x}")]
     BadMagic(u32),
+    #[error("{0}")]
+    Tls(io::Error),
     #[error("reply writer failed: {0}")]
     Writer(io::Error),
 }
 
 /// Serves NBD on `listener` until `shutdown` is cancelled, then waits for
-/// open connections to finish their in-flight requests.
+/// open connections to finish their in-flight requests. No TLS: for
+/// loopback and tests; [`serve_tcp`] takes TLS.
 pub async fn serve(
     listener: TcpListener,
     exports: Arc<dyn ExportResolver>,
@@ -71,30 +76,122 @@ pub async fn serve_with_stats(
     stats: Arc<NbdStats>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let limits = Limits {
+    serve_tcp(listener, exports, stats, None, shutdown).await
+}
+
+fn limits() -> Limits {
+    Limits {
         max_connections: MAX_CONNECTIONS,
         ..Limits::default()
-    };
+    }
+}
+
+/// Serves NBD over TCP. With `tls`, the server is in the spec's "TLS
+/// required" mode: nothing is listed or opened before STARTTLS and a
+/// successful PSK handshake.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    exports: Arc<dyn ExportResolver>,
+    stats: Arc<NbdStats>,
+    tls: Option<Arc<Tls>>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     khoi_serve::serve(
         listener,
-        limits,
+        limits(),
         "nbd",
         shutdown,
         move |stream, peer, token| {
-            let (exports, stats) = (exports.clone(), stats.clone());
+            let (exports, stats, tls) = (exports.clone(), stats.clone(), tls.clone());
             async move {
-                match serve_connection(stream, exports, stats, token).await {
-                    Ok(()) => {}
-                    Err(ConnError::Negotiation(reason)) => {
-                        info!(%peer, ?reason, "nbd negotiation ended");
-                    }
-                    Err(e) => warn!(%peer, error = %e, "nbd connection closed with error"),
+                // Replies are small and latency-bound; batching is done with
+                // MSG_MORE.
+                if let Err(e) = stream.set_nodelay(true) {
+                    debug!(%peer, error = %e, "nbd: TCP_NODELAY not set");
                 }
+                let r = serve_connection(stream, &peer, exports, stats, tls, token).await;
+                log_end(&peer, r);
             }
         },
     )
     .await;
     Ok(())
+}
+
+/// Serves NBD on a unix socket. Who may connect is the socket file's
+/// permissions (see [`khoi_serve::bind_owner_only`]); the peer's uid is
+/// logged with each connection.
+pub async fn serve_unix(
+    listener: UnixListener,
+    exports: Arc<dyn ExportResolver>,
+    stats: Arc<NbdStats>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    khoi_serve::serve_unix(
+        listener,
+        limits(),
+        "nbd",
+        shutdown,
+        move |stream, peer, token| {
+            let (exports, stats) = (exports.clone(), stats.clone());
+            async move {
+                let r = serve_connection(stream, &peer, exports, stats, None, token).await;
+                log_end(&peer, r);
+            }
+        },
+    )
+    .await;
+    Ok(())
+}
+
+fn log_end(peer: &Peer, r: Result<(), ConnError>) {
+    match r {
+        Ok(()) => {}
+        Err(ConnError::Negotiation(reason)) => {
+            info!(%peer, ?reason, "nbd negotiation ended");
+        }
+        // A failed PSK handshake is someone without the key: worth a warning
+        // with the address, as a failed login is.
+        Err(e) => warn!(%peer, error = %e, "nbd connection closed with error"),
+    }
+}
+
+/// How a connection's other end is named in the log: an address, or a
+/// unix peer's uid and pid.
+pub type Peer = dyn Display + Sync;
+
+/// A connected byte stream NBD runs over: TCP, a unix socket, or TLS on
+/// either. Raw sockets split into halves the writer can `sendfile(2)` to;
+/// TLS splits into a [`khoi_serve::Stream`] that sees every byte.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: Sink;
+    fn into_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl Transport for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Transport for UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl<S: Transport> Transport for SslStream<S> {
+    type Read = ReadHalf<SslStream<S>>;
+    type Write = Stream<WriteHalf<SslStream<S>>>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        let (r, w) = tokio::io::split(self);
+        (r, Stream(w))
+    }
 }
 
 /// Counters of one connection, plus the server-wide ones they roll into.
@@ -121,24 +218,32 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Serves one accepted connection: negotiation, then transmission until the
-/// client disconnects, a framing error, or `shutdown`.
-pub async fn serve_connection(
-    mut stream: TcpStream,
+/// Where negotiation left the connection.
+enum Settled<S> {
+    Clear(S, Negotiated),
+    Tls(SslStream<S>, Negotiated),
+    /// The client aborted or left during negotiation.
+    Gone,
+}
+
+/// Serves one accepted connection: negotiation (with STARTTLS when `tls` is
+/// set, which then is required), then transmission until the client
+/// disconnects, a framing error, or `shutdown`.
+pub async fn serve_connection<S: Transport>(
+    stream: S,
+    peer: &Peer,
     exports: Arc<dyn ExportResolver>,
     stats: Arc<NbdStats>,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnError> {
-    let peer = stream.peer_addr()?;
-    // Replies are small and latency-bound; batching is done with MSG_MORE.
-    stream.set_nodelay(true)?;
     NbdStats::add(&stats.connections_total, 1);
     NbdStats::add(&stats.connections_active, 1);
     let _active = ActiveGuard(stats.clone());
 
-    let negotiated = tokio::select! {
+    let settled = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate(&mut stream, exports)) => match r {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, settle(stream, peer, exports, tls)) => match r {
             Err(_) => return Err(ConnError::HandshakeTimeout),
             Ok(Err(ConnError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 debug!(%peer, "nbd client left during negotiation");
@@ -147,32 +252,82 @@ pub async fn serve_connection(
             Ok(r) => r?,
         },
     };
-    let Some(negotiated) = negotiated else {
-        return Ok(());
-    };
-    debug!(%peer, export = %negotiated.name, structured = negotiated.structured,
-        flags = negotiated.flags, "nbd transmission");
     let counters = Counters {
         global: stats,
         conn: Arc::new(NbdStats::default()),
     };
-    let result = transmit(stream, peer, &negotiated, counters.clone(), shutdown).await;
+    let (result, negotiated) = match settled {
+        Settled::Gone => return Ok(()),
+        Settled::Clear(s, n) => (transmit_logged(s, peer, &n, &counters, shutdown).await, n),
+        Settled::Tls(s, n) => (transmit_logged(s, peer, &n, &counters, shutdown).await, n),
+    };
     let c = counters.conn.snapshot();
     info!(%peer, export = %negotiated.name, requests = c.requests, errors = c.errors,
         bytes_read = c.bytes_read, bytes_written = c.bytes_written, "nbd connection closed");
     result
 }
 
-/// Runs the handshake; `None` means the client aborted cleanly.
-async fn negotiate(
-    stream: &mut TcpStream,
+async fn transmit_logged<S: Transport>(
+    stream: S,
+    peer: &Peer,
+    n: &Negotiated,
+    counters: &Counters,
+    shutdown: CancellationToken,
+) -> Result<(), ConnError> {
+    debug!(%peer, export = %n.name, structured = n.structured, flags = n.flags,
+        "nbd transmission");
+    transmit(stream, peer, n, counters.clone(), shutdown).await
+}
+
+/// Runs negotiation to its end, switching to TLS on STARTTLS.
+async fn settle<S: Transport>(
+    mut stream: S,
+    peer: &Peer,
     exports: Arc<dyn ExportResolver>,
-) -> Result<Option<Negotiated>, ConnError> {
+    tls: Option<Arc<Tls>>,
+) -> Result<Settled<S>, ConnError> {
     stream.write_all(&greeting()).await?;
-    let mut hs = Handshake::new();
+    let mut hs = match tls {
+        Some(_) => Handshake::tls_required(),
+        None => Handshake::new(),
+    };
+    let starttls = match negotiate(&mut stream, &mut hs, &exports).await? {
+        Step::Enter(n) => return Ok(Settled::Clear(stream, n)),
+        Step::Aborted => return Ok(Settled::Gone),
+        Step::StartTls => {
+            tls.ok_or_else(|| io::Error::other("handshake asked for TLS on a server without it"))?
+        }
+    };
+    let accepted = starttls.accept(stream).await.map_err(ConnError::Tls)?;
+    info!(%peer, identity = %accepted.identity, "nbd TLS established");
+    let mut stream = accepted.stream;
+    hs.tls_started();
+    match negotiate(&mut stream, &mut hs, &exports).await? {
+        Step::Enter(n) => Ok(Settled::Tls(stream, n)),
+        Step::Aborted => Ok(Settled::Gone),
+        Step::StartTls => Err(io::Error::other("STARTTLS inside TLS").into()),
+    }
+}
+
+/// How one stretch of negotiation ended.
+enum Step {
+    Enter(Negotiated),
+    Aborted,
+    StartTls,
+}
+
+/// Feeds the handshake from `stream` until it enters transmission, closes,
+/// or asks for TLS.
+async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    hs: &mut Handshake,
+    exports: &Arc<dyn ExportResolver>,
+) -> Result<Step, ConnError> {
     loop {
         // wants() is at most MAX_OPTION_LEN, checked by the machine, and
-        // never 0 here: every Open/List is answered before reading again.
+        // never 0 here: every Open/List/StartTls is answered before reading
+        // again. Exactly that much is read, so nothing sent after STARTTLS
+        // (the client's TLS hello) is consumed in the clear.
         let mut buf = vec![0u8; hs.wants()];
         stream.read_exact(&mut buf).await?;
         let mut actions = VecDeque::from(hs.receive(&buf));
@@ -191,13 +346,17 @@ async fn negotiate(
                     let list = off_reactor(move || ex.list()).await?;
                     actions.extend(hs.listed(list));
                 }
+                Action::StartTls => {
+                    stream.flush().await?;
+                    return Ok(Step::StartTls);
+                }
                 Action::Enter(n) => {
                     stream.flush().await?;
-                    return Ok(Some(*n));
+                    return Ok(Step::Enter(*n));
                 }
                 Action::Close(CloseReason::Aborted) => {
                     stream.flush().await?;
-                    return Ok(None);
+                    return Ok(Step::Aborted);
                 }
                 Action::Close(reason) => {
                     stream.flush().await?;
@@ -222,15 +381,17 @@ struct Outgoing {
     _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
-async fn transmit(
-    stream: TcpStream,
-    peer: SocketAddr,
+async fn transmit<S: Transport>(
+    stream: S,
+    peer: &Peer,
     negotiated: &Negotiated,
     counters: Counters,
     shutdown: CancellationToken,
 ) -> Result<(), ConnError> {
     let session = Arc::new(Session::new(negotiated));
-    let (rd, wr) = stream.into_split();
+    // Request jobs may run on the blocking pool and outlive this borrow.
+    let peer_name: Arc<str> = Arc::from(peer.to_string());
+    let (rd, wr) = stream.into_halves();
     // Pipelining clients send many small requests back to back; one buffered
     // read picks up a burst of headers instead of a syscall per header.
     let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
@@ -337,6 +498,7 @@ async fn transmit(
         let conn = conn.clone();
         let cookie = req.cookie;
         let command = req.command;
+        let peer = peer_name.clone();
         let job = move || {
             let pieces = match session.execute(&op, &payload) {
                 Ok(outcome) => {

@@ -16,7 +16,10 @@ async fn nbdinfo_list_and_details() {
     let srv = start().await;
     let (ok, out, err) = run(
         "nbdinfo",
-        vec!["--list".into(), format!("nbd://{}", srv.addr)],
+        vec![
+            "--list".into(),
+            format!("nbd+unix:///?socket={}", srv.socket.display()),
+        ],
     )
     .await;
     assert!(ok, "nbdinfo --list failed: {err}");

@@ -1,9 +1,12 @@
-//! Shared helpers: an in-process server on 127.0.0.1:0 and a raw NBD client
-//! that speaks exactly the bytes the tests want to check.
+//! Shared helpers: an in-process server on a unix socket (what the real
+//! clients use, as in production) and on 127.0.0.1:0 (for the raw NBD
+//! client that speaks exactly the bytes the tests want to check), optionally
+//! with TLS on the TCP side.
 
 #![allow(dead_code, clippy::cast_possible_truncation)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use khoi_nbd::doubles::{FileDisk, MemDisk, StaticExports};
@@ -12,8 +15,9 @@ use khoi_nbd::wire::{
     OptionRepr, ReplyBody, ReplyType, RequestRepr, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC,
     SimpleReply, SimpleReplyRepr, client_flags,
 };
-use khoi_nbd::{ExportResolver, NbdStats};
+use khoi_nbd::{ExportResolver, NbdStats, Tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,28 +26,54 @@ pub const MEM_SIZE: u64 = 8 << 20;
 pub const GOLDEN_SIZE: u64 = 4 << 20;
 
 pub struct TestServer {
+    /// TCP, with TLS required when started with a key.
     pub addr: SocketAddr,
+    /// The unix socket (mode 0600, in `dir`).
+    pub socket: PathBuf,
     pub shutdown: CancellationToken,
     pub stats: Arc<NbdStats>,
     pub task: JoinHandle<std::io::Result<()>>,
+    pub unix_task: JoinHandle<std::io::Result<()>>,
     pub golden: Vec<u8>,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestServer {
+    /// The export on the unix socket, as libnbd, qemu and fio spell it.
     pub fn url(&self, export: &str) -> String {
-        format!("nbd://{}/{}", self.addr, export)
+        format!("nbd+unix:///{export}?socket={}", self.socket.display())
+    }
+
+    /// The export on TCP with TLS, PSK identity `user` and key file `psk`.
+    pub fn tls_url(&self, export: &str, user: &str, psk: &std::path::Path) -> String {
+        format!(
+            "nbds://{user}@{}/{export}?tls-psk-file={}",
+            self.addr,
+            psk.display()
+        )
     }
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let r = tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
-            .await
-            .expect("server stops in time")
-            .expect("server task joined");
-        r.expect("serve returned ok");
+        for task in [self.task, self.unix_task] {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .expect("server stops in time")
+                .expect("server task joined");
+            r.expect("serve returned ok");
+        }
     }
 }
+
+/// A `psktool`-format key file with one identity.
+pub fn write_psk(dir: &std::path::Path, name: &str, user: &str, key_hex: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{user}:{key_hex}\n")).expect("write psk");
+    p
+}
+
+pub const PSK_GOOD: &str = "5f0c1a9e3b7d24c8e6f1a0b9d3c7e2f4a8b6c0d2e4f6a8b0c2d4e6f8a0b2c4d6";
+pub const PSK_WRONG: &str = "5f0c1a9e3b7d24c8e6f1a0b9d3c7e2f4a8b6c0d2e4f6a8b0c2d4e6f8a0b2c4d7";
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -65,6 +95,17 @@ pub fn golden_bytes() -> Vec<u8> {
 /// Exports: `seat/a` (writable RAM disk), `golden` (read-only file, served
 /// with sendfile), `seat/ro` (read-only RAM disk).
 pub async fn start() -> TestServer {
+    start_with(None).await
+}
+
+/// [`start`], with TLS (PSK identity `alice`, key [`PSK_GOOD`]) required on
+/// the TCP side.
+pub async fn start_tls() -> TestServer {
+    let keys = khoi_nbd::tls::parse_psk_file(&format!("alice:{PSK_GOOD}\n")).expect("keys");
+    start_with(Some(Arc::new(Tls::from_keys(keys).expect("tls")))).await
+}
+
+pub async fn start_with(tls: Option<Arc<Tls>>) -> TestServer {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("golden.img");
@@ -89,19 +130,30 @@ pub async fn start() -> TestServer {
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     let stats = Arc::new(NbdStats::default());
-    let task = tokio::spawn(khoi_nbd::serve_with_stats(
+    let socket = dir.path().join("nbd.sock");
+    let unix: UnixListener = khoi_serve::bind_owner_only(&socket).expect("bind unix");
+    let unix_task = tokio::spawn(khoi_nbd::serve_unix(
+        unix,
+        exports.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    let task = tokio::spawn(khoi_nbd::serve_tcp(
         listener,
         exports,
         stats.clone(),
+        tls,
         shutdown.clone(),
     ));
     TestServer {
         addr,
+        socket,
         shutdown,
         stats,
         task,
+        unix_task,
         golden,
-        _dir: dir,
+        dir,
     }
 }
 
