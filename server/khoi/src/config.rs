@@ -21,6 +21,8 @@ pub struct Config {
     pub pxe: Option<khoi_pxe::PxeConfig>,
     pub admin: Admin,
     pub prewarm: Prewarm,
+    /// TLS for NBD over TCP (`listen.nbd`); required off loopback.
+    pub nbd_tls: Option<NbdTls>,
 }
 
 /// Reading each version's boot working set into the page cache before
@@ -44,6 +46,16 @@ impl Default for Prewarm {
             learn_minutes: 5,
         }
     }
+}
+
+/// NBD's standard TLS with a pre-shared key, as libnbd, qemu and nbdkit
+/// speak it. With it set, the TCP listener serves nothing before STARTTLS.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NbdTls {
+    /// `identity:hexkey` lines, as GnuTLS's `psktool` writes them; only the
+    /// server's user may read it.
+    pub psk_file: PathBuf,
 }
 
 /// The admin web page, its JSON API and `/metrics`.
@@ -99,8 +111,12 @@ impl Default for Nightly {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
-    /// NBD export address; `null` turns NBD off.
+    /// NBD over TCP: off unless set. Without `nbd_tls` it must be a loopback
+    /// address, and even then every local user can reach it.
     pub nbd: Option<SocketAddr>,
+    /// NBD on a unix socket only the server's user can open (relative paths
+    /// are in `data_dir`); `null` turns it off.
+    pub nbd_socket: Option<PathBuf>,
     /// iSCSI portal address; `null` turns the target off.
     pub iscsi: Option<SocketAddr>,
 }
@@ -132,6 +148,7 @@ impl Default for Config {
             pxe: None,
             admin: Admin::default(),
             prewarm: Prewarm::default(),
+            nbd_tls: None,
         }
     }
 }
@@ -139,7 +156,8 @@ impl Default for Config {
 impl Default for Listen {
     fn default() -> Self {
         Listen {
-            nbd: Some(SocketAddr::from(([127, 0, 0, 1], 10809))),
+            nbd: None,
+            nbd_socket: Some(PathBuf::from("nbd.sock")),
             iscsi: Some(SocketAddr::from(([127, 0, 0, 1], 3260))),
         }
     }
@@ -339,6 +357,7 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(fail("data_dir", "must not be empty".into()));
         }
+        self.validate_nbd(&fail)?;
         if let Some(pxe) = &self.pxe {
             pxe.validate().map_err(|e| fail("pxe", e.to_string()))?;
             if pxe.mode != khoi_pxe::DhcpMode::Off
@@ -350,6 +369,71 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Where the NBD unix socket goes, if it is on.
+    pub fn nbd_socket_path(&self) -> Option<PathBuf> {
+        self.listen
+            .nbd_socket
+            .as_ref()
+            .map(|p| self.data_dir.join(p))
+    }
+
+    /// NBD reaches every seat disk and the draft that becomes the golden
+    /// image, so nothing but the owner's unix socket or TLS may expose it.
+    fn validate_nbd(&self, fail: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        if self
+            .listen
+            .nbd_socket
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(fail(
+                "nbd_socket",
+                "must not be empty (null turns it off)".into(),
+            ));
+        }
+        match (&self.listen.nbd, &self.nbd_tls) {
+            (Some(addr), None) if !addr.ip().is_loopback() => {
+                return Err(fail(
+                    "nbd",
+                    format!(
+                        "{addr} is not a loopback address: NBD over the network needs \
+                         nbd_tls.psk_file (anyone who reaches it could read and write \
+                         every seat disk)"
+                    ),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(fail(
+                    "nbd_tls",
+                    "is set but listen.nbd (the TCP listener it protects) is off".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(tls) = &self.nbd_tls {
+            let meta = std::fs::metadata(&tls.psk_file).map_err(|e| {
+                fail(
+                    "psk_file",
+                    format!("cannot read {}: {e}", tls.psk_file.display()),
+                )
+            })?;
+            if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+                return Err(fail(
+                    "psk_file",
+                    format!(
+                        "{} is readable by other users (chmod 600 it)",
+                        tls.psk_file.display()
+                    ),
+                ));
+            }
+            khoi_nbd::Tls::from_psk_file(&tls.psk_file)
+                .map_err(|e| fail("psk_file", format!("{}: {e}", tls.psk_file.display())))?;
         }
         Ok(())
     }
@@ -398,6 +482,7 @@ fn first_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("khoi.yaml"), text)
@@ -407,8 +492,56 @@ mod tests {
     fn empty_file_is_default_and_loopback() {
         let c = parse("# nothing\n").expect("defaults");
         assert_eq!(c, Config::default());
-        assert!(c.listen.nbd.expect("nbd on").ip().is_loopback());
+        // NBD is the owner's unix socket only; TCP is opt-in.
+        assert_eq!(c.listen.nbd, None);
+        assert_eq!(c.nbd_socket_path(), Some(c.data_dir.join("nbd.sock")));
         assert!(c.listen.iscsi.expect("iscsi on").ip().is_loopback());
+    }
+
+    /// Attack 3 (e): NBD on a LAN address without TLS is refused, naming
+    /// the key and its line; loopback keeps working, and TLS makes any
+    /// address acceptable.
+    #[test]
+    fn nbd_off_loopback_needs_tls() {
+        for addr in ["0.0.0.0:10809", "10.77.0.1:10809", "'[::]:10809'"] {
+            let e = parse(&format!(
+                "data_dir: /d\nlisten:\n  iscsi: null\n  nbd: {addr}\n"
+            ))
+            .expect_err("refused");
+            assert_eq!((e.line, e.key.as_deref()), (4, Some("nbd")), "{e}");
+            assert!(e.to_string().contains("nbd_tls"), "{e}");
+        }
+        let c = parse("listen:\n  nbd: 127.0.0.1:10809\n").expect("loopback");
+        assert!(c.listen.nbd.expect("on").ip().is_loopback());
+        assert!(parse("listen:\n  nbd: '[::1]:10809'\n").is_ok());
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let psk = dir.path().join("nbd.psk");
+        std::fs::write(&psk, format!("alice:{}\n", "ab".repeat(32))).expect("psk");
+        let tls = format!(
+            "listen:\n  nbd: 0.0.0.0:10809\nnbd_tls:\n  psk_file: {}\n",
+            psk.display()
+        );
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = parse(&tls).expect_err("world-readable key");
+        assert_eq!((e.line, e.key.as_deref()), (4, Some("psk_file")), "{e}");
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = parse(&tls).expect("TLS on any address");
+        assert_eq!(c.nbd_tls.expect("tls").psk_file, psk);
+
+        std::fs::write(&psk, "alice:not-hex\n").expect("psk");
+        let e = parse(&tls).expect_err("bad key file");
+        assert_eq!(e.key.as_deref(), Some("psk_file"));
+        assert!(e.to_string().contains("line 1"), "{e}");
+        let e = parse(&format!("nbd_tls:\n  psk_file: {}\n", psk.display()))
+            .expect_err("TLS without a TCP listener");
+        assert_eq!(e.key.as_deref(), Some("nbd_tls"));
+        let e = parse("listen:\n  nbd_socket: ''\n").expect_err("empty socket");
+        assert_eq!(e.key.as_deref(), Some("nbd_socket"));
+        let c = parse("data_dir: /srv/k\nlisten:\n  nbd_socket: null\n").expect("off");
+        assert_eq!(c.nbd_socket_path(), None);
+        let c = parse("data_dir: /srv/k\nlisten:\n  nbd_socket: /run/k.sock\n").expect("abs");
+        assert_eq!(c.nbd_socket_path(), Some(PathBuf::from("/run/k.sock")));
     }
 
     #[test]

@@ -46,6 +46,37 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// `config check`'s one-line view of where NBD listens.
+fn nbd_summary(config: &config::Config) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = config.nbd_socket_path() {
+        parts.push(format!("socket {}", p.display()));
+    }
+    if let Some(a) = config.listen.nbd {
+        let tls = if config.nbd_tls.is_some() {
+            "TLS"
+        } else {
+            "no TLS"
+        };
+        parts.push(format!("tcp {a} ({tls})"));
+    }
+    if parts.is_empty() {
+        "off".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A seat's NBD URI from the server's NBD address: a socket path or a
+/// `nbd://`/`nbds://` base.
+fn nbd_uri(address: Option<&str>, export: &str) -> String {
+    match address {
+        None => "(off)".into(),
+        Some(a) if a.starts_with('/') => format!("nbd+unix:///{export}?socket={a}"),
+        Some(a) => format!("{a}/{export}"),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Config(ConfigCmd::Check { file }) = &cli.command {
         let config = Config::load(file)?;
@@ -53,7 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "{}: ok (data in {}, NBD {}, iSCSI {})",
             file.display(),
             config.data_dir.display(),
-            config.listen.nbd.map_or("off".into(), |a| a.to_string()),
+            nbd_summary(&config),
             config.listen.iscsi.map_or("off".into(), |a| a.to_string()),
         );
         return Ok(());
@@ -335,9 +366,8 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                     println!("initiator:   {i} (only this initiator may log in)");
                 }
                 println!(
-                    "nbd:         nbd://{}/{}",
-                    d.nbd_address.as_deref().unwrap_or("(off)"),
-                    d.nbd_export
+                    "nbd:         {}",
+                    nbd_uri(d.nbd_address.as_deref(), &d.nbd_export)
                 );
             })
         }

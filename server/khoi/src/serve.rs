@@ -59,6 +59,93 @@ fn record_block_event(recorder: &Recorder, ev: BlockEvent) {
     }
 }
 
+/// How a local admin reaches a seat over NBD, for `khoi seat show`: the
+/// unix socket's absolute path when it is on, else the TCP base URI.
+fn nbd_address(config: &Config) -> Option<String> {
+    if let Some(p) = config.nbd_socket_path() {
+        let abs = std::path::absolute(&p).unwrap_or(p);
+        return Some(abs.display().to_string());
+    }
+    let scheme = if config.nbd_tls.is_some() {
+        "nbds"
+    } else {
+        "nbd"
+    };
+    config.listen.nbd.map(|a| format!("{scheme}://{a}"))
+}
+
+/// Starts NBD on the owner-only unix socket and, if configured, on TCP
+/// (with TLS required when a key file is set). Returns the socket path to
+/// remove at shutdown.
+async fn start_nbd(
+    config: &Config,
+    service: &Arc<Service>,
+    prewarm: &Arc<Prewarm>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if config.nbd_socket_path().is_none() && config.listen.nbd.is_none() {
+        return Ok(None);
+    }
+    let resolver: Arc<dyn khoi_nbd::ExportResolver> = Arc::new(exports::NbdExports::new(
+        Arc::clone(service),
+        Arc::clone(prewarm),
+    ));
+    // One set of counters for both listeners: `/metrics` shows NBD as one.
+    let stats = Arc::new(khoi_nbd::NbdStats::default());
+    register_nbd_metrics(service.metrics(), Arc::clone(&stats));
+    let socket = config.nbd_socket_path();
+    if let Some(path) = &socket {
+        // The store's lock on the data folder is held, so no other server
+        // of this folder runs; a socket left by a crash is replaced, and one
+        // something still answers on (a path outside the folder) is not.
+        let listener = khoi_serve::bind_owner_only(path)
+            .with_context(|| format!("cannot create the NBD socket {}", path.display()))?;
+        tracing::info!("NBD exports on unix socket {} (owner only)", path.display());
+        let (resolver, stats, token) = (resolver.clone(), stats.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = khoi_nbd::serve_unix(listener, resolver, stats, token).await {
+                tracing::error!("NBD server stopped: {e}");
+            }
+        });
+    }
+    if let Some(addr) = config.listen.nbd {
+        let tls = match &config.nbd_tls {
+            Some(t) => Some(Arc::new(
+                khoi_nbd::Tls::from_psk_file(&t.psk_file)
+                    .with_context(|| format!("NBD TLS key file {}", t.psk_file.display()))?,
+            )),
+            // Config::load refuses this already; a config built any other
+            // way must not open the disks to the network either.
+            None if !addr.ip().is_loopback() => {
+                anyhow::bail!("NBD on {addr} needs nbd_tls: refusing to serve disks without TLS")
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for NBD on {addr}"))?;
+        if tls.is_some() {
+            tracing::info!(
+                "NBD exports on {} (TLS with PSK required)",
+                listener.local_addr()?
+            );
+        } else {
+            tracing::warn!(
+                "NBD exports on {} without TLS: every local user can read and write every seat",
+                listener.local_addr()?
+            );
+        }
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = khoi_nbd::serve_tcp(listener, resolver, stats, tls, token).await {
+                tracing::error!("NBD server stopped: {e}");
+            }
+        });
+    }
+    Ok(socket)
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir)
@@ -85,7 +172,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             default_seat_quota: config.storage.default_seat_quota.0,
             target_prefix: config.iscsi.target_prefix.clone(),
             iscsi_portal: config.listen.iscsi.map(|a| a.to_string()),
-            nbd_address: config.listen.nbd.map(|a| a.to_string()),
+            nbd_address: nbd_address(&config),
             import_roots: config.admin.import_roots.clone(),
         },
     ));
@@ -104,24 +191,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    if let Some(addr) = config.listen.nbd {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for NBD on {addr}"))?;
-        tracing::info!("NBD exports on {}", listener.local_addr()?);
-        let resolver = Arc::new(exports::NbdExports::new(
-            Arc::clone(&service),
-            Arc::clone(&prewarm),
-        ));
-        let stats = Arc::new(khoi_nbd::NbdStats::default());
-        register_nbd_metrics(service.metrics(), Arc::clone(&stats));
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = khoi_nbd::serve_with_stats(listener, resolver, stats, token).await {
-                tracing::error!("NBD server stopped: {e}");
-            }
-        });
-    }
+    let nbd_socket = start_nbd(&config, &service, &prewarm, &shutdown, &mut tasks).await?;
 
     if let Some(addr) = config.listen.iscsi {
         let listener = TcpListener::bind(addr)
@@ -219,6 +289,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     let _ = std::fs::remove_file(&sock);
+    if let Some(p) = nbd_socket {
+        let _ = std::fs::remove_file(p);
+    }
     state.record(&NewEvent {
         kind: "server.stop",
         actor: "khoi",
