@@ -394,3 +394,64 @@ fn config_check_names_file_line_and_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Attack 3 (e): `config check` refuses NBD on a LAN address without TLS,
+/// naming the file, line and key; before the fix it printed "ok".
+#[test]
+fn config_check_refuses_nbd_on_the_network_without_tls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("open.yaml");
+    std::fs::write(&bad, "listen:\n  iscsi: null\n  nbd: 0.0.0.0:10809\n").expect("write");
+    let out = Command::new(common::KHOI)
+        .args(["config", "check", bad.to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "accepted NBD on 0.0.0.0 without TLS");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open.yaml:3:1"), "{err}");
+    assert!(err.contains("`nbd`") && err.contains("nbd_tls"), "{err}");
+    // `khoi serve` refuses the same file before listening.
+    let out = Command::new(common::KHOI)
+        .args(["--config", bad.to_str().expect("path"), "serve"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nbd_tls"));
+}
+
+/// NBD over TCP with TLS on the real server: libnbd with the key reads the
+/// seat through the metered export layer; without TLS or with a wrong key it
+/// gets nothing.
+#[test]
+fn nbd_over_tcp_needs_the_pre_shared_key() {
+    require("nbdinfo");
+    require("nbdcopy");
+    let keys = tempfile::tempdir().expect("tmp");
+    let key = "3c".repeat(32);
+    let psk = keys.path().join("nbd.psk");
+    let wrong = keys.path().join("wrong.psk");
+    std::fs::write(&psk, format!("maint:{key}\n")).expect("psk");
+    std::fs::write(&wrong, format!("maint:{}\n", "3d".repeat(32))).expect("psk");
+    for p in [&psk, &wrong] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+    }
+    let (s, src) = server_with_seat(Options {
+        nbd_psk: Some(psk.clone()),
+        ..Options::default()
+    });
+    let copy = s.path("tls-copy.img");
+    run_ok(Command::new("nbdcopy").args([
+        &s.nbd_tls_uri("seat/a", "maint", &psk),
+        copy.to_str().expect("path"),
+    ]));
+    assert!(
+        std::fs::read(&copy).expect("copy") == std::fs::read(&src).expect("src"),
+        "the seat read over TLS differs from the imported image"
+    );
+    let plain = format!("nbd://127.0.0.1:{}/seat/a", s.nbd_port);
+    for uri in [plain, s.nbd_tls_uri("seat/a", "maint", &wrong)] {
+        let out = Command::new("nbdinfo").arg(&uri).output().expect("run");
+        assert!(!out.status.success(), "{uri} was served");
+    }
+}

@@ -53,6 +53,8 @@ pub struct Options {
     pub iscsi: bool,
     /// The iSCSI portal to listen on instead of loopback (with `iscsi`).
     pub iscsi_addr: Option<String>,
+    /// Also serve NBD on TCP (`nbd_port`) with TLS, keys from this file.
+    pub nbd_psk: Option<PathBuf>,
     /// YAML appended to the generated config (e.g. a `pxe:` section).
     pub extra_yaml: String,
     /// Run `khoi serve` inside this network namespace (`ip netns exec`).
@@ -75,8 +77,16 @@ impl Server {
         let iscsi_port = free_port();
         let admin_port = free_port();
         let mut f = std::fs::File::create(&config).expect("config");
+        let mut tls_yaml = None;
         writeln!(f, "data_dir: {}", data.display()).expect("write");
-        writeln!(f, "listen:\n  nbd: 127.0.0.1:{nbd_port}").expect("write");
+        // NBD is on the data folder's unix socket (the default); TCP only
+        // with TLS, when a test asks for it.
+        writeln!(f, "listen:").expect("write");
+        if let Some(psk) = &opts.nbd_psk {
+            writeln!(f, "  nbd: 127.0.0.1:{nbd_port}").expect("write");
+            let tls = format!("nbd_tls:\n  psk_file: {}\n", psk.display());
+            tls_yaml = Some(tls);
+        }
         if opts.iscsi {
             let addr = opts
                 .iscsi_addr
@@ -95,6 +105,9 @@ impl Server {
         .expect("write");
         // Every server gets its own admin port, so tests can run in parallel.
         writeln!(f, "admin:\n  listen: 127.0.0.1:{admin_port}").expect("write");
+        if let Some(tls) = tls_yaml {
+            f.write_all(tls.as_bytes()).expect("write");
+        }
         f.write_all(opts.extra_yaml.as_bytes()).expect("write");
         drop(f);
         let mut s = Server {
@@ -227,8 +240,21 @@ impl Server {
         serde_json::from_str(&self.ok(&all)).expect("JSON output")
     }
 
+    /// The export on the server's owner-only unix socket.
     pub fn nbd_uri(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.nbd_port)
+        format!(
+            "nbd+unix:///{export}?socket={}",
+            self.data.join("nbd.sock").display()
+        )
+    }
+
+    /// The export on TCP with TLS (a server started with `nbd_psk`).
+    pub fn nbd_tls_uri(&self, export: &str, user: &str, psk: &std::path::Path) -> String {
+        format!(
+            "nbds://{user}@127.0.0.1:{}/{export}?tls-psk-file={}",
+            self.nbd_port,
+            psk.display()
+        )
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
