@@ -2,6 +2,8 @@
 # NBD benchmark: Khoi against nbdkit (file plugin + cow filter) and qemu-nbd
 # (qcow2 overlay over the raw base), same image, same fio jobs, one run.
 # Not a test: it prints a table and Khoi/peer ratios.
+# All three serve on unix sockets (Khoi's default and only unauthenticated
+# NBD transport), so the comparison is like for like.
 #
 #   ./scripts/bench-nbd.sh            # 1 GiB image, median of 3 runs of 10 s per row
 #   SIZE_MIB=4096 RUNTIME=20 REPS=5 ./scripts/bench-nbd.sh
@@ -32,12 +34,17 @@ img=$work/base.img
 echo "creating a ${SIZE_MIB} MiB image with random data" >&2
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$img"
 
-# --- Khoi ---
-kport=$(port)
+# wait_socket PATH: until a server listens on the unix socket PATH.
+wait_socket() {
+    for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done
+    echo "no server on $1" >&2; return 1
+}
+
+# --- Khoi (NBD on its data folder's owner-only socket, the default) ---
+ksock=$work/khoi/nbd.sock
 cat >"$work/khoi.yaml" <<EOF
 data_dir: $work/khoi
 listen:
-  nbd: 127.0.0.1:$kport
   iscsi: null
 storage:
   free_space_floor: 0
@@ -52,17 +59,17 @@ for i in $(seq 0 "$SEATS"); do
 done
 
 # --- nbdkit with the cow filter ---
-nport=$(port)
-nbdkit -f -i 127.0.0.1 -p "$nport" --filter=cow file "$img" 2>"$work/nbdkit.log" &
+nsock=$work/nbdkit.sock
+nbdkit -f -U "$nsock" --filter=cow file "$img" 2>"$work/nbdkit.log" &
 npid=$!; pids+=("$npid")
 
 # --- qemu-nbd over a qcow2 overlay ---
-qport=$(port)
+qsock=$work/qemu-nbd.sock
 qemu-img create -q -f qcow2 -b "$img" -F raw "$work/overlay.qcow2"
-qemu-nbd -f qcow2 -b 127.0.0.1 -p "$qport" -t -e 64 --cache=writeback "$work/overlay.qcow2" 2>"$work/qemu-nbd.log" &
+qemu-nbd -f qcow2 -k "$qsock" -t -e 64 --cache=writeback "$work/overlay.qcow2" 2>"$work/qemu-nbd.log" &
 qpid=$!; pids+=("$qpid")
 
-wait_port "$kport"; wait_port "$nport"; wait_port "$qport"
+wait_socket "$ksock"; wait_socket "$nsock"; wait_socket "$qsock"
 # Every server reads the base from the page cache, so the row measures the
 # server, not the disk.
 cat "$img" >/dev/null
@@ -95,9 +102,9 @@ for i in "${!rows[@]}"; do
     echo "running: ${labels[$i]}" >&2
     kr="" nr="" qr=""
     for _ in $(seq "$REPS"); do
-        kr+=$(fio_row "nbd://127.0.0.1:$kport/seat/s0" "$rw" "$bs" "$qd" "$kpid")$'\n'
-        nr+=$(fio_row "nbd://127.0.0.1:$nport/" "$rw" "$bs" "$qd" "$npid")$'\n'
-        qr+=$(fio_row "nbd://127.0.0.1:$qport/" "$rw" "$bs" "$qd" "$qpid")$'\n'
+        kr+=$(fio_row "nbd+unix:///seat/s0?socket=$ksock" "$rw" "$bs" "$qd" "$kpid")$'\n'
+        nr+=$(fio_row "nbd+unix:///?socket=$nsock" "$rw" "$bs" "$qd" "$npid")$'\n'
+        qr+=$(fio_row "nbd+unix:///?socket=$qsock" "$rw" "$bs" "$qd" "$qpid")$'\n'
     done
     res[k$i]=$(printf '%s' "$kr" | median)
     res[n$i]=$(printf '%s' "$nr" | median)
@@ -109,7 +116,7 @@ jobs=$work/seats.fio
 {
     echo "[global]"; echo "ioengine=nbd"; echo "rw=randread"; echo "bs=64k"; echo "iodepth=4"
     echo "time_based"; echo "runtime=6"; echo "size=${SIZE_MIB}M"
-    for i in $(seq 1 "$SEATS"); do echo "[s$i]"; echo "uri=nbd://127.0.0.1:$kport/seat/s$i"; done
+    for i in $(seq 1 "$SEATS"); do echo "[s$i]"; echo "uri=nbd+unix:///seat/s$i?socket=$ksock"; done
 } >"$jobs"
 rss_idle=$(awk '/VmRSS/ {print $2}' "/proc/$kpid/status")
 fio "$jobs" --output-format=terse >/dev/null 2>&1 &
@@ -118,7 +125,7 @@ sleep 4
 rss_busy=$(awk '/VmRSS/ {print $2}' "/proc/$kpid/status")
 wait "$fiopid" || true
 
-printf '\nKhoi NBD benchmark: %s MiB image, median of %s rotating %s s runs per row, fio nbd engine, loopback, %s\n' \
+printf '\nKhoi NBD benchmark: %s MiB image, median of %s rotating %s s runs per row, fio nbd engine, unix sockets, %s\n' \
     "$SIZE_MIB" "$REPS" "$RUNTIME" "$(date -u +%F)"
 printf '%-24s | %18s | %18s | %18s | %9s | %9s\n' "row (IOPS, MiB/s)" "khoi" "nbdkit+cow" "qemu-nbd+qcow2" "k/nbdkit" "k/qemu"
 printf '%s\n' "-------------------------+--------------------+--------------------+--------------------+-----------+----------"
