@@ -449,6 +449,10 @@ fn nbd_over_tcp_needs_the_pre_shared_key() {
         std::fs::read(&copy).expect("copy") == std::fs::read(&src).expect("src"),
         "the seat read over TLS differs from the imported image"
     );
+    // `seat show` points the admin at the owner-only socket, as a URI the
+    // tools take as is.
+    let show = s.ok(&["seat", "show", "a"]);
+    assert!(show.contains(&s.nbd_uri("seat/a")), "{show}");
     let plain = format!("nbd://127.0.0.1:{}/seat/a", s.nbd_port);
     for uri in [plain, s.nbd_tls_uri("seat/a", "maint", &wrong)] {
         let out = Command::new("nbdinfo").arg(&uri).output().expect("run");

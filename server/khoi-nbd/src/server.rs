@@ -299,7 +299,8 @@ async fn settle<S: Transport>(
         }
     };
     let accepted = starttls.accept(stream).await.map_err(ConnError::Tls)?;
-    info!(%peer, identity = %accepted.identity, "nbd TLS established");
+    info!(%peer, identity = %accepted.identity, version = accepted.version,
+        "nbd TLS established");
     let mut stream = accepted.stream;
     hs.tls_started();
     match negotiate(&mut stream, &mut hs, &exports).await? {

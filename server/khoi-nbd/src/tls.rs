@@ -19,6 +19,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use openssl::ex_data::Index;
 use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_openssl::SslStream;
@@ -102,6 +103,9 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 #[derive(Clone)]
 pub struct Tls {
     ctx: SslContext,
+    /// Where the PSK callback leaves the identity it accepted: OpenSSL does
+    /// not keep it for TLS 1.3 (`SSL_get_psk_identity` is empty there).
+    identity: Index<Ssl, String>,
 }
 
 impl fmt::Debug for Tls {
@@ -116,6 +120,8 @@ pub struct Accepted<S> {
     pub stream: SslStream<S>,
     /// The PSK identity the client proved it holds the key of.
     pub identity: String,
+    /// "TLSv1.3" or "TLSv1.2".
+    pub version: &'static str,
 }
 
 impl Tls {
@@ -135,28 +141,35 @@ impl Tls {
         let keys = Arc::new(keys);
         let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
         b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
-        // TLS 1.2 only with ephemeral ECDH on top of the key (forward
-        // secrecy); TLS 1.3 keeps OpenSSL's default suites and always mixes
-        // in (EC)DHE for a PSK from GnuTLS clients.
+        // Forward secrecy either way: TLS 1.2 only with ephemeral ECDH on
+        // top of the key, and TLS 1.3 (what GnuTLS clients pick) only in
+        // psk_dhe_ke mode, since ALLOW_NO_DHE_KEX is left off.
         b.set_cipher_list(
             "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA384:ECDHE-PSK-AES128-CBC-SHA256",
         )?;
         // No session tickets: every connection proves the key again.
         b.set_num_tickets(0)?;
         b.set_options(SslOptions::NO_TICKET | SslOptions::NO_RENEGOTIATION);
-        b.set_psk_server_callback(move |_ssl, identity, out| {
-            let Some(key) = identity
+        let index = Ssl::new_ex_index::<String>()?;
+        b.set_psk_server_callback(move |ssl, identity, out| {
+            let Some((name, key)) = identity
                 .and_then(|i| std::str::from_utf8(i).ok())
-                .and_then(|i| keys.get(i))
+                .and_then(|i| keys.get_key_value(i))
             else {
                 // 0 bytes: unknown identity, the handshake fails.
                 return Ok(0);
             };
             let n = key.0.len().min(out.len());
             out[..n].copy_from_slice(&key.0[..n]);
+            // Only a claim until the handshake finishes, which proves the
+            // client holds this key.
+            ssl.set_ex_data(index, name.clone());
             Ok(n)
         });
-        Ok(Tls { ctx: b.build() })
+        Ok(Tls {
+            ctx: b.build(),
+            identity: index,
+        })
     }
 
     /// Runs the server side of the TLS handshake on `stream`.
@@ -174,9 +187,15 @@ impl Tls {
         })?;
         let identity = stream
             .ssl()
-            .psk_identity()
-            .map_or_else(|| "?".into(), |i| String::from_utf8_lossy(i).into_owned());
-        Ok(Accepted { stream, identity })
+            .ex_data(self.identity)
+            .cloned()
+            .unwrap_or_else(|| "?".into());
+        let version = stream.ssl().version_str();
+        Ok(Accepted {
+            stream,
+            identity,
+            version,
+        })
     }
 }
 

@@ -184,3 +184,46 @@ async fn another_local_user_cannot_connect_to_the_unix_socket() {
     assert!(ok && out.contains("seat/a"), "owner: {err}");
     srv.stop().await;
 }
+
+/// qemu's NBD client with `tls-creds-psk` (its own key folder layout) also
+/// gets in with the right key, writes and reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_with_tls_creds_psk_reads_and_writes() {
+    if !have("qemu-io") {
+        return;
+    }
+    let srv = start_tls().await;
+    // qemu reads `keys.psk` from the folder it is given.
+    let creds = srv.dir.path().join("qemu-creds");
+    std::fs::create_dir(&creds).expect("mkdir");
+    write_psk(&creds, "keys.psk", "alice", PSK_GOOD);
+    let image = format!(
+        "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={},export=seat/a,tls-creds=tls0",
+        srv.addr.port()
+    );
+    let object = format!(
+        "tls-creds-psk,id=tls0,endpoint=client,username=alice,dir={}",
+        creds.display()
+    );
+    let (ok, out, err) = run(
+        "qemu-io",
+        vec![
+            "--object".into(),
+            object,
+            "--image-opts".into(),
+            image,
+            "-c".into(),
+            "write -P 0x5a 64k 64k".into(),
+            "-c".into(),
+            "read -P 0x5a 64k 64k".into(),
+            "-c".into(),
+            "read -P 0 0 64k".into(),
+        ],
+    )
+    .await;
+    assert!(
+        ok && !out.contains("Pattern verification failed") && !err.contains("failed"),
+        "qemu-io over TLS:\n{out}\n{err}"
+    );
+    srv.stop().await;
+}
