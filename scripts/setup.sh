@@ -8,8 +8,9 @@ mode=${1:-run}
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # qemu-img converts qcow2/vmdk/vhdx/vdi on import; ipxe provides the boot
-# binaries the TFTP server hands out.
-run_pkgs=(qemu-utils ipxe)
+# binaries the TFTP server hands out. NBD's TLS (pre-shared keys) links the
+# system OpenSSL: libssl-dev and pkg-config to build, libssl3 at run time.
+run_pkgs=(qemu-utils ipxe libssl-dev pkg-config)
 # Real peers: NBD clients (libnbd-bin, fio, qemu-io), NBD peers for the
 # benchmark (nbdkit, qemu-nbd), iSCSI initiators (libiscsi-bin, qemu's
 # iscsi:// driver in qemu-block-extra) and tgt for the iSCSI benchmark.
