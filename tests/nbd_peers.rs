@@ -449,6 +449,11 @@ fn nbd_over_tcp_needs_the_pre_shared_key() {
         std::fs::read(&copy).expect("copy") == std::fs::read(&src).expect("src"),
         "the seat read over TLS differs from the imported image"
     );
+    let mode = std::fs::metadata(s.data.join("nbd.sock"))
+        .expect("the NBD socket")
+        .permissions();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&mode);
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     // `seat show` points the admin at the owner-only socket, as a URI the
     // tools take as is.
     let show = s.ok(&["seat", "show", "a"]);
