@@ -527,15 +527,13 @@ pub fn read_reply(
 mod tests {
     use std::sync::Arc;
 
-    use khoi_block::Caps;
-
     use super::*;
     use crate::doubles::MemDisk;
     use crate::negotiated::transmission_flags;
     use crate::wire::{Chunk, ChunkType};
 
     fn session(structured: bool, read_only: bool) -> Session {
-        let mut caps = MemDisk::new(0).caps_for_test();
+        let mut caps = khoi_block::BlockDevice::device_caps(&MemDisk::new(0));
         caps.read_only = read_only;
         let dev = Checked::new(Arc::new(MemDisk::with_caps(1 << 20, caps)));
         Session {
@@ -543,12 +541,6 @@ mod tests {
             device: dev,
             structured,
             base_allocation: structured.then_some(1),
-        }
-    }
-
-    impl MemDisk {
-        fn caps_for_test(&self) -> Caps {
-            khoi_block::BlockDevice::caps(self)
         }
     }
 

@@ -254,7 +254,8 @@ async fn negotiation_over_the_socket() {
     assert_eq!(r[0].1, ReplyType::ErrUnsup);
     c.option(OptionRepr::List).await;
     let r = c.option_replies().await;
-    assert_eq!(r.len(), 4);
+    // One SERVER reply per export of `start()` (five), then the ACK.
+    assert_eq!(r.len(), 6);
     c.option(OptionRepr::ExportName(b"seat/a")).await;
     let mut reply = [0u8; 10];
     c.s.read_exact(&mut reply).await.expect("export reply");
@@ -294,4 +295,60 @@ async fn shutdown_ends_idle_connections() {
         .await
         .expect("closed after shutdown");
     assert_eq!(stats.snapshot().connections_active, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_errors_reach_the_client_and_the_connection_carries_on() {
+    let srv = start().await;
+    let mut c = RawClient::connect(srv.addr, "faulty", false).await;
+    // A read the device fails with EIO: an EIO reply, no data, no hang-up.
+    c.request(Command::Read, 0, 1, common::FAULTY_EIO.start, 4096, &[])
+        .await;
+    assert_eq!(c.simple_status(1).await, Errno::Io);
+    // A write where the overlay is full: ENOSPC, and the write is not applied.
+    let at = common::FAULTY_FULL.start;
+    c.request(Command::Write, 0, 2, at, 4096, &[0xee; 4096])
+        .await;
+    assert_eq!(c.simple_status(2).await, Errno::NoSpc);
+    c.request(Command::WriteZeroes, 0, 3, at, 4096, &[]).await;
+    assert_eq!(c.simple_status(3).await, Errno::NoSpc);
+    // Elsewhere the same connection still works.
+    c.request(Command::Write, 0, 4, 65536, 4096, &[0x11; 4096])
+        .await;
+    assert_eq!(c.simple_status(4).await, Errno::Ok);
+    assert_eq!(c.read_simple(5, 65536, 4096).await, vec![0x11; 4096]);
+    assert_eq!(c.read_simple(6, at, 4096).await, vec![0; 4096]);
+    assert!(srv.stats.snapshot().errors >= 3);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_write_does_not_hold_back_a_later_read() {
+    let srv = start().await;
+    let mut c = RawClient::connect(srv.addr, "slow", false).await;
+    // A large write goes to the blocking pool and takes SLOW_WRITE there; a
+    // read sent after it runs inline and its reply overtakes the write's
+    // (NBD matches replies by cookie).
+    let t = std::time::Instant::now();
+    c.request(Command::Write, 0, 1, 0, 128 << 10, &vec![7u8; 128 << 10])
+        .await;
+    c.request(Command::Read, 0, 2, 1 << 19, 4096, &[]).await;
+    match c.reply().await {
+        Reply::Simple { error, cookie } => {
+            assert_eq!(
+                (cookie, error),
+                (2, Errno::Ok),
+                "the read's reply comes first"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(c.read_data(4096).await, vec![0; 4096]);
+    assert!(t.elapsed() < common::SLOW_WRITE, "the read did not wait");
+    match c.reply().await {
+        Reply::Simple { error, cookie } => assert_eq!((cookie, error), (1, Errno::Ok)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(t.elapsed() >= common::SLOW_WRITE);
+    srv.stop().await;
 }

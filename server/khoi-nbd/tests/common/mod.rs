@@ -92,8 +92,39 @@ pub fn golden_bytes() -> Vec<u8> {
         .collect()
 }
 
+/// Reads of the first block fail with EIO; writes past 512 KiB fail as a
+/// full overlay does (nbdkit's `error` filter, as khoi-block's `Fault`).
+pub const FAULTY_EIO: std::ops::Range<u64> = 0..4096;
+pub const FAULTY_FULL: std::ops::Range<u64> = (512 << 10)..(1 << 20);
+
+fn faulty_disk() -> Arc<dyn khoi_block::BlockDevice> {
+    use khoi_block::filters::{Fault, FaultError, FaultRule, OpKind};
+    let eio = Fault::new(
+        Arc::new(MemDisk::new(1 << 20)),
+        FaultRule::new(FaultError::Io(libc::EIO))
+            .ops(&[OpKind::Read])
+            .range(FAULTY_EIO),
+    );
+    Arc::new(Fault::new(
+        Arc::new(eio),
+        FaultRule::new(FaultError::NoSpace)
+            .ops(&[OpKind::Write, OpKind::Zero])
+            .range(FAULTY_FULL),
+    ))
+}
+
+/// Writes take [`SLOW_WRITE`] (nbdkit's `delay` filter, as khoi-block's
+/// `Delay`); reads are immediate.
+pub const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn slow_disk() -> Arc<dyn khoi_block::BlockDevice> {
+    use khoi_block::filters::{Delay, OpKind};
+    Arc::new(Delay::new(Arc::new(MemDisk::new(1 << 20))).with(OpKind::Write, SLOW_WRITE))
+}
+
 /// Exports: `seat/a` (writable RAM disk), `golden` (read-only file, served
-/// with sendfile), `seat/ro` (read-only RAM disk).
+/// with sendfile), `seat/ro` (read-only RAM disk), `faulty` (fails chosen
+/// requests), `slow` (slow writes).
 pub async fn start() -> TestServer {
     start_with(None).await
 }
@@ -124,7 +155,9 @@ pub async fn start_with(tls: Option<Arc<Tls>>) -> TestServer {
             "seat/ro",
             "",
             Arc::new(MemDisk::with_caps(1 << 20, ro_caps)),
-        );
+        )
+        .with("faulty", "", faulty_disk())
+        .with("slow", "", slow_disk());
     let exports: Arc<dyn ExportResolver> = Arc::new(exports);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
