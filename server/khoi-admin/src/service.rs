@@ -258,17 +258,40 @@ pub struct Service {
     /// Admin changes are rare and must not interleave (a reset racing a
     /// version delete could strand a seat), so they take turns.
     admin: Mutex<()>,
+    import_limits: crate::staging::Limits,
 }
 
 impl Service {
+    /// Also removes what killed imports left in the staging folder (files no
+    /// live writer holds; the CLI may be staging while the server starts).
     pub fn new(store: Arc<Store>, state: Arc<State>, config: ServiceConfig) -> Service {
+        let leftovers = crate::staging::sweep(&store.staging_dir());
+        if !leftovers.is_empty() {
+            tracing::info!(
+                "removed {} staged file(s) of interrupted imports: {}",
+                leftovers.len(),
+                leftovers.join(", ")
+            );
+        }
         Service {
             store,
             state,
             config,
             activity: Arc::new(Activity::new(Arc::new(Metrics::new()))),
             admin: Mutex::new(()),
+            import_limits: crate::staging::Limits::default(),
         }
+    }
+
+    /// Size caps and the free-space floor for imports and uploads.
+    #[must_use]
+    pub fn with_import_limits(mut self, limits: crate::staging::Limits) -> Service {
+        self.import_limits = limits;
+        self
+    }
+
+    pub fn import_limits(&self) -> &crate::staging::Limits {
+        &self.import_limits
     }
 
     /// Where the protocol servers report sessions and I/O; also owns the
@@ -365,10 +388,28 @@ impl Service {
             ));
         }
         let path = self.store.staging_dir().join(staged);
-        if !path.is_file() {
+        let Ok(meta) = std::fs::metadata(&path).map(|m| (m.is_file(), m.len())) else {
             return Err(ServiceError::invalid(
                 "staged",
-                format!("{} does not exist", path.display()),
+                format!("{staged:?} is not in the staging folder"),
+            ));
+        };
+        if !meta.0 {
+            return Err(ServiceError::invalid(
+                "staged",
+                format!("{staged:?} is not a file"),
+            ));
+        }
+        // The CLI checks before it stages; an older CLI (or a file put there
+        // by hand) meets the same maximum here.
+        if meta.1 > self.import_limits.max_virtual_size {
+            return Err(ServiceError::invalid(
+                "staged",
+                format!(
+                    "the disk is {}, more than the largest image accepted ({})",
+                    crate::staging::human(meta.1),
+                    crate::staging::human(self.import_limits.max_virtual_size)
+                ),
             ));
         }
         let _g = self.admin.lock();
@@ -932,7 +973,7 @@ impl Service {
             ));
         }
         khoi_state::validate_name("name", name)?;
-        let staged = crate::staging::stage(&real, &self.staging_dir())
+        let staged = crate::staging::stage(&real, &self.staging_dir(), &self.import_limits)
             .map_err(|e| ServiceError::from_stage("path", e))?;
         let file = staged
             .file_name()
