@@ -258,7 +258,7 @@ pub struct Service {
     /// Admin changes are rare and must not interleave (a reset racing a
     /// version delete could strand a seat), so they take turns.
     admin: Mutex<()>,
-    import_limits: crate::staging::Limits,
+    import_limits: parking_lot::RwLock<crate::staging::Limits>,
 }
 
 impl Service {
@@ -279,19 +279,18 @@ impl Service {
             config,
             activity: Arc::new(Activity::new(Arc::new(Metrics::new()))),
             admin: Mutex::new(()),
-            import_limits: crate::staging::Limits::default(),
+            import_limits: parking_lot::RwLock::new(crate::staging::Limits::default()),
         }
     }
 
-    /// Size caps and the free-space floor for imports and uploads.
-    #[must_use]
-    pub fn with_import_limits(mut self, limits: crate::staging::Limits) -> Service {
-        self.import_limits = limits;
-        self
+    /// Size caps and the free-space floor for imports and uploads (from the
+    /// config at start; the defaults until then).
+    pub fn set_import_limits(&self, limits: crate::staging::Limits) {
+        *self.import_limits.write() = limits;
     }
 
-    pub fn import_limits(&self) -> &crate::staging::Limits {
-        &self.import_limits
+    pub fn import_limits(&self) -> crate::staging::Limits {
+        self.import_limits.read().clone()
     }
 
     /// Where the protocol servers report sessions and I/O; also owns the
@@ -402,13 +401,14 @@ impl Service {
         }
         // The CLI checks before it stages; an older CLI (or a file put there
         // by hand) meets the same maximum here.
-        if meta.1 > self.import_limits.max_virtual_size {
+        let max = self.import_limits().max_virtual_size;
+        if meta.1 > max {
             return Err(ServiceError::invalid(
                 "staged",
                 format!(
                     "the disk is {}, more than the largest image accepted ({})",
                     crate::staging::human(meta.1),
-                    crate::staging::human(self.import_limits.max_virtual_size)
+                    crate::staging::human(max)
                 ),
             ));
         }
@@ -973,7 +973,7 @@ impl Service {
             ));
         }
         khoi_state::validate_name("name", name)?;
-        let staged = crate::staging::stage(&real, &self.staging_dir(), &self.import_limits)
+        let staged = crate::staging::stage(&real, &self.staging_dir(), &self.import_limits())
             .map_err(|e| ServiceError::from_stage("path", e))?;
         let file = staged
             .file_name()

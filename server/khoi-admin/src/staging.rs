@@ -529,37 +529,37 @@ pub fn check_info(
     info: &serde_json::Value,
 ) -> Result<ImageInfo, StageError> {
     let fmt = format.qemu_name();
-    let detail = || info.to_string();
-    if info.get("format").and_then(|v| v.as_str()) != Some(fmt) {
+    // The detail (for the log and the CLI) names only the offending field.
+    let field = |v: Option<&serde_json::Value>| v.map_or_else(|| "?".into(), |v| v.to_string());
+    let found = info.get("format").and_then(|v| v.as_str());
+    if found != Some(fmt) {
         return Err(unfit_because(
             &format!("the file is not a readable {fmt} image"),
-            detail(),
+            format!("qemu-img reads it as {found:?}"),
         ));
     }
-    if [
+    let backing = [
         "backing-filename",
         "full-backing-filename",
         "backing-filename-format",
-    ]
-    .iter()
-    .any(|k| info.get(k).is_some())
-    {
+    ];
+    if let Some(k) = backing.into_iter().find(|k| info.get(k).is_some()) {
         return Err(unfit_because(
             &format!(
                 "the {fmt} image refers to another file (a backing file): it holds only the \
                  changes to some other disk. {SELF_CONTAINED}"
             ),
-            detail(),
+            format!("{k} {}", field(info.get(k))),
         ));
     }
     let data = info.pointer("/format-specific/data");
-    if data.and_then(|d| d.get("data-file")).is_some() {
+    if let Some(df) = data.and_then(|d| d.get("data-file")) {
         return Err(unfit_because(
             &format!(
                 "the {fmt} image keeps its data in another file (an external data file). \
                  {SELF_CONTAINED}"
             ),
-            detail(),
+            format!("data-file {df}"),
         ));
     }
     if format == Format::Vmdk {
@@ -567,10 +567,8 @@ pub fn check_info(
             .and_then(|d| d.get("create-type"))
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        let extents = data
-            .and_then(|d| d.get("extents"))
-            .and_then(|v| v.as_array());
-        let own = extents.is_some_and(|xs| {
+        let extents = data.and_then(|d| d.get("extents"));
+        let own = extents.and_then(|v| v.as_array()).is_some_and(|xs| {
             !xs.is_empty()
                 && xs
                     .iter()
@@ -583,14 +581,19 @@ pub fn check_info(
                      single-file VMDK (monolithicSparse or streamOptimized) is accepted. \
                      {SELF_CONTAINED}"
                 ),
-                detail(),
+                format!("extents {}", field(extents)),
             ));
         }
     }
     let virtual_size = info
         .get("virtual-size")
         .and_then(|v| v.as_u64())
-        .ok_or_else(|| unfit_because("the image does not say how large its disk is", detail()))?;
+        .ok_or_else(|| {
+            unfit_because(
+                "the image does not say how large its disk is",
+                format!("virtual-size {}", field(info.get("virtual-size"))),
+            )
+        })?;
     Ok(ImageInfo { virtual_size })
 }
 

@@ -128,6 +128,12 @@ pub struct Info {
     pub version: String,
     pub data_dir: String,
     pub staging_dir: String,
+    /// The server's import limits, so the CLI refuses what the server would
+    /// before converting (absent from older servers).
+    #[serde(default)]
+    pub max_virtual_size: Option<u64>,
+    #[serde(default)]
+    pub free_space_floor: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -271,6 +277,8 @@ async fn info(State(st): State<ApiState>) -> Json<Info> {
         version: env!("CARGO_PKG_VERSION").into(),
         data_dir: svc.data_dir().display().to_string(),
         staging_dir: svc.staging_dir().display().to_string(),
+        max_virtual_size: Some(svc.import_limits().max_virtual_size),
+        free_space_floor: Some(svc.import_limits().free_space_floor),
     })
 }
 
@@ -406,39 +414,116 @@ async fn import_path(
 }
 
 /// Stream a browser upload into the staging folder, then convert and import
-/// it. The body is never held in memory: disk images are tens of GiB.
+/// it. The body is never held in memory: disk images are tens of GiB. It is
+/// capped (`admin.import.max_upload`, and never past the free space above
+/// the floor, checked before and while it is written), and dropped when it
+/// stalls for `admin.import.upload_idle_timeout`.
 async fn upload(
     State(st): State<ApiState>,
     Who(who): Who,
     Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<VersionView> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     khoi_state::validate_name("name", &q.name)
         .map_err(|e| WebError::from(ServiceError::from(e)))?;
+    let limits = st.service.import_limits();
     let staging = st.service.staging_dir();
-    let part = staging.join(staging::unique_name("upload", "part"));
-    let guard = staging::Staged::new(part.clone());
+    let too_large = |reason: String| {
+        WebError::bad_body(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            reason,
+            Some("body".into()),
+        )
+    };
+    let over_cap = |cap: u64| {
+        too_large(format!(
+            "the upload is larger than the {} an upload may take now (admin.import.max_upload, \
+             and the free space above the floor); import large images from a USB disk or with \
+             the khoi command instead",
+            staging::human(cap)
+        ))
+    };
+    let cap = {
+        let (l, s) = (limits.clone(), staging.clone());
+        tokio::task::spawn_blocking(move || l.upload_cap(&s))
+            .await
+            .map_err(|e| WebError::internal(format_args!("upload: {e}")))?
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap) {
+        return Err(over_cap(cap));
+    }
     let io = |e: std::io::Error| WebError::internal(format_args!("upload: {e}"));
-    tokio::fs::create_dir_all(&staging).await.map_err(io)?;
-    let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
+    let part = {
+        let s = staging.clone();
+        tokio::task::spawn_blocking(move || staging::Staged::create(&s, "upload", "part"))
+            .await
+            .map_err(|e| WebError::internal(format_args!("upload: {e}")))?
+            .map_err(io)?
+    };
+    let std_file = part
+        .file()
+        .ok_or_else(|| WebError::internal("upload: staged file is not open"))?
+        .try_clone()
+        .map_err(io)?;
+    let mut file = tokio::fs::File::from_std(std_file);
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            WebError::from(ServiceError::Invalid {
-                field: "body".into(),
-                reason: format!("upload interrupted: {e}"),
-            })
-        })?;
+    // Free space is asked again every so often: seats and other imports
+    // write to the same filesystem while this one streams.
+    const SPACE_EVERY: u64 = 64 << 20;
+    let mut written = 0u64;
+    let mut next_space = SPACE_EVERY;
+    loop {
+        let next = tokio::time::timeout(limits.upload_idle, stream.next()).await;
+        let chunk = match next {
+            Err(_) => {
+                return Err(WebError::bad_body(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the upload stopped sending data for {} s and was dropped",
+                        limits.upload_idle.as_secs()
+                    ),
+                    Some("body".into()),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::warn!("upload interrupted: {e}");
+                return Err(WebError::from(ServiceError::Invalid {
+                    field: "body".into(),
+                    reason: "the upload was interrupted".into(),
+                }));
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        written += chunk.len() as u64;
+        if written > cap {
+            return Err(over_cap(cap));
+        }
         file.write_all(&chunk).await.map_err(io)?;
+        if written >= next_space {
+            next_space = written + SPACE_EVERY;
+            let (free, _) = staging::fs_space(&staging);
+            if free < limits.free_space_floor {
+                return Err(too_large(
+                    "the data disk reached its free-space floor during the upload; the \
+                     upload was removed"
+                        .into(),
+                ));
+            }
+        }
     }
     file.sync_all().await.map_err(io)?;
     drop(file);
     blocking(move || {
-        let staged = staging::stage_upload(&part, &staging)
+        let staged = staging::stage_upload(part, &staging, &limits)
             .map_err(|e| ServiceError::from_stage("body", e))?;
-        drop(guard);
         let file = staged
             .file_name()
             .ok_or_else(|| ServiceError::Internal("staged file has no name".into()))?;

@@ -73,6 +73,45 @@ pub struct Admin {
     /// Folders the page may import images from by server-side path.
     pub import_roots: Vec<PathBuf>,
     pub nightly: Nightly,
+    pub import: Import,
+}
+
+/// Limits on what an import (CLI, path or upload) may take.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Import {
+    /// Largest disk (virtual size) accepted; a tiny qcow2 can claim 8 EiB.
+    pub max_virtual_size: Size,
+    /// Largest browser upload (never more than the free space above
+    /// `storage.free_space_floor`).
+    pub max_upload: Size,
+    /// Seconds an upload may send nothing before it is dropped.
+    pub upload_idle_timeout: u64,
+}
+
+impl Default for Import {
+    fn default() -> Self {
+        let d = khoi_admin::staging::Limits::default();
+        Import {
+            max_virtual_size: Size(d.max_virtual_size),
+            max_upload: Size(d.max_upload),
+            upload_idle_timeout: d.upload_idle.as_secs(),
+        }
+    }
+}
+
+impl Config {
+    /// The import limits the service enforces.
+    pub fn import_limits(&self) -> khoi_admin::staging::Limits {
+        khoi_admin::staging::Limits {
+            max_virtual_size: self.admin.import.max_virtual_size.0,
+            max_upload: self.admin.import.max_upload.0,
+            free_space_floor: self.storage.free_space_floor.0,
+            upload_idle: std::time::Duration::from_secs(
+                self.admin.import.upload_idle_timeout.max(1),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -94,6 +133,7 @@ impl Default for Admin {
             secure_cookies: false,
             import_roots: vec![PathBuf::from("/media"), PathBuf::from("/mnt")],
             nightly: Nightly::default(),
+            import: Import::default(),
         }
     }
 }
@@ -547,7 +587,25 @@ mod tests {
     #[test]
     fn example_config_parses() {
         let text = include_str!("../../../config/khoi.example.yaml");
-        parse(text).expect("the shipped example must be valid");
+        let c = parse(text).expect("the shipped example must be valid");
+        assert_eq!(c.import_limits(), Config::default().import_limits());
+    }
+
+    #[test]
+    fn import_limits_come_from_admin_import_and_the_floor() {
+        let c = parse(
+            "storage:\n  free_space_floor: 1GiB\nadmin:\n  import:\n    max_virtual_size: 100GiB\n    \
+             max_upload: 10GiB\n    upload_idle_timeout: 5\n",
+        )
+        .expect("import keys");
+        let l = c.import_limits();
+        assert_eq!(
+            (l.max_virtual_size, l.max_upload, l.free_space_floor),
+            (100 << 30, 10 << 30, 1 << 30)
+        );
+        assert_eq!(l.upload_idle, std::time::Duration::from_secs(5));
+        let d = Config::default().import_limits();
+        assert_eq!((d.max_virtual_size, d.max_upload), (2 << 40, 256 << 30));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use khoi_admin::staging::{self, Staged};
+use khoi_admin::staging::{self, Limits, Staged};
+use khoi_web::api::Info;
 
 fn bar() -> ProgressBar {
     let pb = ProgressBar::new(0);
@@ -20,13 +21,26 @@ fn bar() -> ProgressBar {
     pb
 }
 
-pub fn stage(src: &Path, staging_dir: &Path) -> anyhow::Result<Staged> {
+/// Stage `src` in the server's staging folder under the server's limits
+/// (its maximum disk size and free-space floor), as `/v1/info` gives them.
+pub fn stage(src: &Path, info: &Info) -> anyhow::Result<Staged> {
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_virtual_size: info.max_virtual_size.unwrap_or(defaults.max_virtual_size),
+        free_space_floor: info.free_space_floor.unwrap_or(defaults.free_space_floor),
+        ..defaults
+    };
+    stage_in(src, Path::new(&info.staging_dir), &limits)
+}
+
+fn stage_in(src: &Path, staging_dir: &Path, limits: &Limits) -> anyhow::Result<Staged> {
     // indicatif draws nothing when stderr is not a terminal.
     let pb = bar();
     let staged = staging::stage_with(
         src,
         staging_dir,
         "import",
+        limits,
         &mut |done, total| {
             pb.set_length(total);
             pb.set_position(done);
@@ -48,7 +62,7 @@ mod tests {
         let mut data = vec![0u8; 3 << 20];
         data[(1 << 20) + 7] = 0x5a;
         std::fs::write(&src, &data).expect("write");
-        let staged = stage(&src, dir.path()).expect("stage");
+        let staged = stage_in(&src, dir.path(), &Limits::default()).expect("stage");
         assert_eq!(std::fs::read(&staged.path).expect("read"), data);
         let path = staged.path.clone();
         staged.finish(true);
@@ -56,9 +70,14 @@ mod tests {
 
         let odd = dir.path().join("odd.img");
         std::fs::write(&odd, vec![1u8; 1000]).expect("write");
-        let e = stage(&odd, dir.path()).expect_err("odd size");
+        let e = stage_in(&odd, dir.path(), &Limits::default()).expect_err("odd size");
         assert!(e.to_string().contains("multiple of 512"), "{e}");
-        let e = stage(&dir.path().join("missing.img"), dir.path()).expect_err("missing");
+        let e = stage_in(
+            &dir.path().join("missing.img"),
+            dir.path(),
+            &Limits::default(),
+        )
+        .expect_err("missing");
         assert!(e.to_string().contains("cannot read"), "{e}");
     }
 }

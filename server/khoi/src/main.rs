@@ -11,7 +11,6 @@ mod prewarm;
 mod recorder;
 mod serve;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -187,7 +186,7 @@ fn image(client: &Client, out: &Out, cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::Import { name, file, note } => {
             let info: Info = client.get("/v1/info")?;
-            let staged = import::stage(&file, &PathBuf::from(&info.staging_dir))?;
+            let staged = import::stage(&file, &info)?;
             let staged_name = staged.file_name().context("staged file has no name")?;
             let v: anyhow::Result<VersionView> = client.post(
                 "/v1/images",

@@ -176,6 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             import_roots: config.admin.import_roots.clone(),
         },
     ));
+    service.set_import_limits(config.import_limits());
 
     seed_last_boots(&service);
 
