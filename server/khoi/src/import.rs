@@ -80,4 +80,38 @@ mod tests {
         .expect_err("missing");
         assert!(e.to_string().contains("cannot read"), "{e}");
     }
+
+    /// The CLI meets the same refusals as the web page and prints why (it
+    /// may name the file: the terminal is the admin's own).
+    #[test]
+    fn refuses_a_qcow2_with_a_backing_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let img = dir.path().join("x.qcow2");
+        let made = std::process::Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "/etc/passwd",
+                "-F",
+                "raw",
+            ])
+            .arg(&img)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("qemu-img is not installed: skipping");
+            return;
+        }
+        let staging = dir.path().join("staging");
+        let e = stage_in(&img, &staging, &Limits::default()).expect_err("backing file");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("backing file"), "{msg}");
+        assert!(
+            msg.contains("/etc/passwd"),
+            "the admin sees which file: {msg}"
+        );
+        assert_eq!(std::fs::read_dir(&staging).expect("ls").count(), 0);
+    }
 }

@@ -63,6 +63,15 @@ pub fn confine(cmd: &mut Command, read: &[&File], write: &[&File], limits: Rlimi
         .map(|f| f.as_raw_fd())
         .collect();
     let ruleset = landlock::ruleset(read, write);
+    // Nothing from Khoi's environment but where to find programs; few
+    // malloc arenas, so the address-space limit measures real use.
+    let path = std::env::var_os("PATH");
+    cmd.env_clear()
+        .env("LC_ALL", "C")
+        .env("MALLOC_ARENA_MAX", "2");
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
     let drop_privs = drops_to_nobody();
     let rl = [
         (libc::RLIMIT_AS, ADDRESS_SPACE),
@@ -287,10 +296,12 @@ pub fn chown_for_child(f: &File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Back to Khoi's own uid once the child is done.
+/// Back to Khoi's own uid once the child is done, with the mode Khoi
+/// chose (the child owned the file meanwhile and could have changed it).
 pub fn chown_back(f: &File) -> std::io::Result<()> {
     if drops_to_nobody() {
         std::os::unix::fs::fchown(f, Some(0), Some(0))?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     }
     Ok(())
 }
