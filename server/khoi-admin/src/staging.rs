@@ -19,6 +19,12 @@
 //!   limits. A file swapped between the check and the conversion still
 //!   cannot make it open anything else.
 //!
+//! qemu-img runs without `--force-share`: an image another program is still
+//! writing (a VM running on the share) is refused rather than copied torn.
+//! Without root and without Landlock only the checks and `backing: null`
+//! remain; an image rewritten between the check and the conversion is
+//! caught by a second `qemu-img info` afterwards.
+//!
 //! Every file a writer creates here holds an `flock` until it is adopted or
 //! removed, so [`sweep`] at server start removes exactly the leftovers of
 //! killed imports and never a file the CLI is still writing.

@@ -212,6 +212,12 @@ mod landlock {
                 0u32,
             )
         };
+        if rc != 0 {
+            tracing::warn!(
+                "cannot add a Landlock rule: {}; qemu-img runs without a file allow-list",
+                std::io::Error::last_os_error()
+            );
+        }
         rc == 0
     }
 
