@@ -110,6 +110,13 @@ pub fn confine(cmd: &mut Command, read: &[&File], write: &[&File], limits: Rlimi
                 }
             }
         }
+        // Dies with Khoi: an orphaned conversion would keep its staged
+        // file locked (the lock is shared with the inherited descriptor).
+        // Set after the uid change, which clears it.
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } < 0 {
+            return fail();
+        }
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
             return fail();
