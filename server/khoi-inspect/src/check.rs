@@ -6,7 +6,8 @@
 //! and the other steps still run, so one bad hive does not hide a saved
 //! password elsewhere.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::cell::Cell;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::Instant;
 
 use khoi_block::BlockDevice;
@@ -20,10 +21,17 @@ use crate::rules::{Profile, RuleId, rule};
 use crate::sam::{self, Member, RID_ADMINISTRATOR, Sam};
 use crate::vol::{Budget, R, ReadError, Volume};
 
+thread_local! {
+    /// Set by the fuzz entry points: a panic must reach the fuzzer, not
+    /// become a finding.
+    pub(crate) static PROPAGATE_PANICS: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Run `f`, turning a panic into an error string.
 fn guarded<T>(f: impl FnOnce() -> R<T>) -> R<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
+        Err(p) if PROPAGATE_PANICS.with(Cell::get) => resume_unwind(p),
         Err(p) => {
             let msg = p
                 .downcast_ref::<&str>()

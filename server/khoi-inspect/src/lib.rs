@@ -22,6 +22,8 @@
 
 mod browser;
 mod check;
+#[doc(hidden)]
+pub mod fuzz;
 mod hive;
 mod io;
 mod part;

@@ -307,15 +307,58 @@ fn disabled_rules_are_not_reported() {
     assert!(check(&dev, Profile::Counter, &policy).findings.is_empty());
 }
 
-/// Corrupt the clean image at random offsets, weighted towards what the
-/// check reads (sector 0, the NTFS boot sector, the MFT and the hives), and
-/// check it: it must return, never panic the caller.
+/// A device that records the ranges read, so corruption can aim at the
+/// bytes the check really looks at.
+#[derive(Debug)]
+struct Recorder {
+    inner: MemDevice,
+    reads: std::sync::Mutex<Vec<(u64, usize)>>,
+}
+
+impl khoi_block::BlockDevice for Recorder {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn caps(&self) -> khoi_block::Caps {
+        self.inner.caps()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> khoi_block::device::Result<()> {
+        self.reads.lock().unwrap().push((offset, buf.len()));
+        self.inner.read_at(buf, offset)
+    }
+    fn read_plan(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<khoi_block::ReadSegment>> {
+        self.inner.read_plan(offset, len)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, flags: khoi_block::WriteFlags) -> khoi_block::device::Result<()> {
+        self.inner.write_at(buf, offset, flags)
+    }
+    fn flush(&self) -> khoi_block::device::Result<()> {
+        self.inner.flush()
+    }
+    fn trim(&self, offset: u64, len: u64, flags: khoi_block::WriteFlags) -> khoi_block::device::Result<()> {
+        self.inner.trim(offset, len, flags)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: khoi_block::WriteFlags) -> khoi_block::device::Result<()> {
+        self.inner.write_zeroes(offset, len, flags)
+    }
+    fn extents(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<khoi_block::Extent>> {
+        self.inner.extents(offset, len)
+    }
+}
+
+/// Corrupt the clean image at random offsets inside the ranges a check of it
+/// reads (partition table, boot sector, MFT records, indexes, hives, the
+/// SQLite file) and check it with panics let through: no parser may panic,
+/// and the check must still return a report.
 #[test]
 fn corrupted_images_never_panic() {
     let clean = clean_bytes();
-    let clean_report = run(clean.clone(), Profile::Counter);
-    assert!(clean_report.passed());
-    let at = fixture::PART_START as usize;
+    let rec = Recorder {
+        inner: MemDevice::read_only(clean.clone()),
+        reads: std::sync::Mutex::new(Vec::new()),
+    };
+    assert!(check(&rec, Profile::Counter, &counter_policy()).passed());
+    let reads = rec.reads.into_inner().unwrap();
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
         seed ^= seed << 13;
@@ -323,28 +366,80 @@ fn corrupted_images_never_panic() {
         seed ^= seed << 17;
         seed
     };
-    let read_region = clean.len() as u64;
-    let mut caught = 0;
-    let iterations = 60;
+    let baseline = khoi_inspect::fuzz::image(clean).findings;
+    let mut malformed = 0;
+    let mut differs = 0;
+    let iterations = 200;
     for _ in 0..iterations {
         let mut b = clean.clone();
-        for _ in 0..(next() % 64 + 1) {
-            let off = match next() % 4 {
-                0 => next() % 1024,
-                1 => at as u64 + next() % 8192,
-                // The first megabytes of the volume hold the MFT and the
-                // small files mkntfs/ntfs-3g placed first.
-                2 => at as u64 + next() % (8 << 20),
-                _ => next() % read_region,
-            } as usize;
-            b[off] = next() as u8;
+        for _ in 0..(next() % 8 + 1) {
+            let (off, len) = reads[(next() % reads.len() as u64) as usize];
+            let i = (off + next() % len as u64) as usize;
+            b[i] = next() as u8;
         }
-        let r = run(b, Profile::Counter);
-        caught += r
-            .findings
-            .iter()
-            .filter(|f| f.detail.as_deref().is_some_and(|d| d.contains("panicked")))
-            .count();
+        let r = khoi_inspect::fuzz::image(&b);
+        malformed += usize::from(r.has(RuleId::MalformedImage));
+        differs += usize::from(r.findings != baseline);
     }
-    eprintln!("{iterations} corrupted images checked; parser panics caught: {caught}");
+    eprintln!("{iterations} corrupted images: {differs} with findings, {malformed} reported malformed");
+    // Reads come in 64 KiB chunks, so many edits land in bytes no parser
+    // looks at; some must still hit a structure.
+    assert!(malformed > 0, "the corruption should hit parsed structures");
+}
+
+fn fixture_hives() -> &'static Vec<Vec<u8>> {
+    static HIVES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    HIVES.get_or_init(|| {
+        let img = Image::clean();
+        let dir = tempfile::tempdir().unwrap();
+        vec![
+            fixture::build_hive(dir.path(), "SYSTEM", &img.system),
+            fixture::build_hive(dir.path(), "SAM", &img.sam),
+        ]
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+    /// Hives corrupted at random offsets (the SAM one exercises the F/V/C
+    /// decoders) parse to an error or to values, never a panic.
+    #[test]
+    fn corrupted_hives_never_panic(
+        which in 0usize..2,
+        edits in proptest::collection::vec((proptest::prelude::any::<u32>(), proptest::prelude::any::<u8>()), 1..16),
+    ) {
+        let mut h = fixture_hives()[which].clone();
+        for (off, byte) in edits {
+            let i = off as usize % h.len();
+            h[i] = byte;
+        }
+        khoi_inspect::fuzz::hive(&h);
+    }
+
+    #[test]
+    fn random_sam_records_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        khoi_inspect::fuzz::sam_records(&bytes);
+    }
+}
+
+#[test]
+fn corrupted_login_data_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = fixture::login_data(
+        dir.path(),
+        &[Login { origin: "https://dichvucong.gov.vn/".into(), blacklisted: false }],
+    );
+    let mut seed: u64 = 12345;
+    for _ in 0..200 {
+        let mut b = clean.clone();
+        for _ in 0..8 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let i = (seed % b.len() as u64) as usize;
+            b[i] = (seed >> 32) as u8;
+        }
+        khoi_inspect::fuzz::login_data(&b);
+    }
 }
