@@ -14,9 +14,18 @@ use crate::vol::R;
 /// The browsers whose profiles are searched, and where under a user's
 /// profile their `User Data` folder lives.
 pub(crate) const BROWSERS: &[(&str, &[&str])] = &[
-    ("Google Chrome", &["AppData", "Local", "Google", "Chrome", "User Data"]),
-    ("Microsoft Edge", &["AppData", "Local", "Microsoft", "Edge", "User Data"]),
-    ("Cốc Cốc", &["AppData", "Local", "CocCoc", "Browser", "User Data"]),
+    (
+        "Google Chrome",
+        &["AppData", "Local", "Google", "Chrome", "User Data"],
+    ),
+    (
+        "Microsoft Edge",
+        &["AppData", "Local", "Microsoft", "Edge", "User Data"],
+    ),
+    (
+        "Cốc Cốc",
+        &["AppData", "Local", "CocCoc", "Browser", "User Data"],
+    ),
 ];
 
 /// The login databases of one profile.
@@ -26,7 +35,9 @@ pub(crate) const LOGIN_FILES: &[&str] = &["Login Data", "Login Data For Account"
 /// `System Profile`.
 pub(crate) fn is_profile_dir(name: &str) -> bool {
     name == "Default"
-        || name.strip_prefix("Profile ").is_some_and(|n| n.parse::<u32>().is_ok())
+        || name
+            .strip_prefix("Profile ")
+            .is_some_and(|n| n.parse::<u32>().is_ok())
         || name == "Guest Profile"
         || name == "System Profile"
 }
@@ -46,7 +57,9 @@ pub(crate) fn saved_origins(bytes: &[u8]) -> R<Vec<String>> {
     let uri = format!("file:{path}?immutable=1");
     let conn = Connection::open_with_flags(
         &uri,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| format!("SQLite: {e}"))?;
     let err = |e: rusqlite::Error| format!("SQLite: {e}");
@@ -96,8 +109,14 @@ mod tests {
 
     #[test]
     fn origins_drop_paths_and_credentials() {
-        assert_eq!(origin("https://dvc.gov.vn/login?next=/x"), "https://dvc.gov.vn");
-        assert_eq!(origin("https://u:p@qlvb.tinh.vn:8443/a"), "https://qlvb.tinh.vn:8443");
+        assert_eq!(
+            origin("https://dvc.gov.vn/login?next=/x"),
+            "https://dvc.gov.vn"
+        );
+        assert_eq!(
+            origin("https://u:p@qlvb.tinh.vn:8443/a"),
+            "https://qlvb.tinh.vn:8443"
+        );
         assert_eq!(origin("android://abc"), "android://abc");
         assert_eq!(origin("garbage"), "(no origin)");
         assert!(is_profile_dir("Profile 12"));
@@ -119,7 +138,10 @@ mod tests {
         .expect("schema");
         drop(c);
         let bytes = std::fs::read(&p).expect("read");
-        assert_eq!(saved_origins(&bytes).expect("reads"), vec!["https://dvc.gov.vn"]);
+        assert_eq!(
+            saved_origins(&bytes).expect("reads"),
+            vec!["https://dvc.gov.vn"]
+        );
         assert!(saved_origins(b"not a database at all, not at all").is_err());
     }
 }

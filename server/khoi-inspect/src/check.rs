@@ -129,14 +129,14 @@ impl Cx<'_> {
     }
 
     fn run(&mut self) {
-        let table = match guarded(|| read_table(self.dev, self.counters, self.limits.max_partitions))
-        {
-            Ok(t) => t,
-            Err(e) => {
-                self.malformed("partition table", e);
-                return;
-            }
-        };
+        let table =
+            match guarded(|| read_table(self.dev, self.counters, self.limits.max_partitions)) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.malformed("partition table", e);
+                    return;
+                }
+            };
         for w in &table.warnings {
             self.malformed("partition table", w.clone());
         }
@@ -177,7 +177,10 @@ impl Cx<'_> {
                 FsKind::Unknown => self.add(
                     RuleId::UnknownFilesystem,
                     p.describe(),
-                    Some(format!("boot sector OEM id {:?}", String::from_utf8_lossy(&boot[3..11]))),
+                    Some(format!(
+                        "boot sector OEM id {:?}",
+                        String::from_utf8_lossy(&boot[3..11])
+                    )),
                 ),
             }
         }
@@ -223,15 +226,15 @@ impl Cx<'_> {
             .collect();
         let [system, software, sam, security] = <[Option<Hive>; 4]>::try_from(hives)
             .unwrap_or_else(|_| unreachable!("four names, four results"));
-        if let Some(h) = &system {
-            if let Err(e) = guarded(|| self.system(h)) {
-                self.malformed("SYSTEM hive", e);
-            }
+        if let Some(h) = &system
+            && let Err(e) = guarded(|| self.system(h))
+        {
+            self.malformed("SYSTEM hive", e);
         }
-        if let Some(h) = &software {
-            if let Err(e) = guarded(|| self.policies(h)) {
-                self.malformed("SOFTWARE hive", e);
-            }
+        if let Some(h) = &software
+            && let Err(e) = guarded(|| self.policies(h))
+        {
+            self.malformed("SOFTWARE hive", e);
         }
         let accounts = match &sam {
             Some(h) => match guarded(|| sam::read(h)) {
@@ -251,10 +254,10 @@ impl Cx<'_> {
         if let Some(s) = &accounts {
             self.administrators(s);
         }
-        if let Some(h) = &software {
-            if let Err(e) = guarded(|| self.autologon(h, security.as_ref(), accounts.as_ref())) {
-                self.malformed("Winlogon", e);
-            }
+        if let Some(h) = &software
+            && let Err(e) = guarded(|| self.autologon(h, security.as_ref(), accounts.as_ref()))
+        {
+            self.malformed("Winlogon", e);
         }
         if let Err(e) = guarded(|| self.wlan_profiles(vol)) {
             self.malformed("Wi-Fi profiles", e);
@@ -305,7 +308,11 @@ impl Cx<'_> {
                 return Ok(None);
             };
             let size = vol.size(rec)?.unwrap_or(0);
-            let head = if size > 0 { vol.read_head(rec, 4096)? } else { Vec::new() };
+            let head = if size > 0 {
+                vol.read_head(rec, 4096)?
+            } else {
+                Vec::new()
+            };
             Ok(Some((size, head)))
         });
         match r {
@@ -313,7 +320,8 @@ impl Cx<'_> {
                 self.stats.files_read += 1;
                 let sig = head.get(..4).unwrap_or(&[]);
                 let sig_text = String::from_utf8_lossy(sig).to_string();
-                let hibernated = sig.eq_ignore_ascii_case(b"hibr") || sig.eq_ignore_ascii_case(b"rstr");
+                let hibernated =
+                    sig.eq_ignore_ascii_case(b"hibr") || sig.eq_ignore_ascii_case(b"rstr");
                 if hibernated {
                     self.add(
                         RuleId::VolumeHibernated,
@@ -354,7 +362,10 @@ impl Cx<'_> {
             }
         }
 
-        let hiberboot = h.number(&format!("{cs}\\Control\\Session Manager\\Power"), "HiberbootEnabled")?;
+        let hiberboot = h.number(
+            &format!("{cs}\\Control\\Session Manager\\Power"),
+            "HiberbootEnabled",
+        )?;
         let hibernate = h.number(&format!("{cs}\\Control\\Power"), "HibernateEnabled")?;
         // Fast Startup is a hibernation of the kernel session: off when either
         // switch is 0. Windows treats a missing HiberbootEnabled as on.
@@ -391,7 +402,9 @@ impl Cx<'_> {
             self.add(
                 RuleId::NoBootNetworkDriver,
                 "network drivers",
-                Some(format!("no service under {services} with Start = 0, Type = 1, Group = NDIS")),
+                Some(format!(
+                    "no service under {services} with Start = 0, Type = 1, Group = NDIS"
+                )),
             );
         }
         Ok(())
@@ -454,28 +467,33 @@ impl Cx<'_> {
                 },
                 Member::Other(sid) => (
                     sid.to_string(),
-                    Some("not a local account: whether it is enabled cannot be read offline".to_string()),
+                    Some(
+                        "not a local account: whether it is enabled cannot be read offline"
+                            .to_string(),
+                    ),
                 ),
             };
             if self.profile == Profile::Kiosk || !self.allowed(s, m) {
                 self.add(RuleId::ExtraAdministrator, subject, detail);
             }
         }
-        if let Some(u) = s.user(RID_ADMINISTRATOR) {
-            if !u.disabled {
-                self.add(
-                    RuleId::BuiltinAdministratorEnabled,
-                    format!("{} (RID 500)", u.name),
-                    None,
-                );
-            }
+        if let Some(u) = s.user(RID_ADMINISTRATOR)
+            && !u.disabled
+        {
+            self.add(
+                RuleId::BuiltinAdministratorEnabled,
+                format!("{} (RID 500)", u.name),
+                None,
+            );
         }
     }
 
     fn autologon(&mut self, software: &Hive, security: Option<&Hive>, s: Option<&Sam>) -> R<()> {
         const WINLOGON: &str = "Microsoft\\Windows NT\\CurrentVersion\\Winlogon";
         let on = software.number(WINLOGON, "AutoAdminLogon")? == Some(1);
-        let user = software.string(WINLOGON, "DefaultUserName")?.unwrap_or_default();
+        let user = software
+            .string(WINLOGON, "DefaultUserName")?
+            .unwrap_or_default();
         let plain = software
             .value(WINLOGON, "DefaultPassword")?
             .is_some_and(|v| v.string().map_or(!v.data.is_empty(), |s| !s.is_empty()));
@@ -495,26 +513,34 @@ impl Cx<'_> {
             self.add(
                 RuleId::AutologonStoredPassword,
                 format!("LSA secret DefaultPassword (user {user})"),
-                Some(format!("AutoAdminLogon {state}; presence only, the secret is not read")),
+                Some(format!(
+                    "AutoAdminLogon {state}; presence only, the secret is not read"
+                )),
             );
         }
         if on {
             let name = user.rsplit('\\').next().unwrap_or(&user);
-            if let Some(u) = s.and_then(|s| s.user_named(name).filter(|u| s.is_admin(u.rid))) {
-                if !u.disabled {
-                    self.add(
-                        RuleId::AutologonAdministrator,
-                        format!("{} (RID {})", u.name, u.rid),
-                        None,
-                    );
-                }
+            if let Some(u) = s.and_then(|s| s.user_named(name).filter(|u| s.is_admin(u.rid)))
+                && !u.disabled
+            {
+                self.add(
+                    RuleId::AutologonAdministrator,
+                    format!("{} (RID {})", u.name, u.rid),
+                    None,
+                );
             }
         }
         Ok(())
     }
 
     fn wlan_profiles(&mut self, vol: &mut Volume<'_>) -> R<()> {
-        let path = ["ProgramData", "Microsoft", "Wlansvc", "Profiles", "Interfaces"];
+        let path = [
+            "ProgramData",
+            "Microsoft",
+            "Wlansvc",
+            "Profiles",
+            "Interfaces",
+        ];
         let Some(dir) = vol.find(&path)? else {
             return Ok(());
         };
@@ -567,8 +593,11 @@ impl Cx<'_> {
                         let mut p = path.clone();
                         p.push(&profile.name);
                         p.push(file);
-                        let where_ = format!("{} / {browser} / {} / {file}", home.name, profile.name);
-                        if let Err(e) = guarded(|| self.login_file(vol, &p, &home.name, browser, &profile.name)) {
+                        let where_ =
+                            format!("{} / {browser} / {} / {file}", home.name, profile.name);
+                        if let Err(e) =
+                            guarded(|| self.login_file(vol, &p, &home.name, browser, &profile.name))
+                        {
                             self.malformed(where_, e);
                         }
                     }

@@ -40,7 +40,10 @@ pub fn hive(bytes: &[u8]) {
     let _ = crate::sam::read(&h);
     let _ = h.number("Select", "Current");
     let _ = h.subkeys("ControlSet001\\Services");
-    let _ = h.string("Microsoft\\Windows NT\\CurrentVersion\\Winlogon", "DefaultUserName");
+    let _ = h.string(
+        "Microsoft\\Windows NT\\CurrentVersion\\Winlogon",
+        "DefaultUserName",
+    );
     let _ = h.has_key("Policy\\Secrets\\DefaultPassword");
 }
 

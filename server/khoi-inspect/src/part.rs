@@ -73,7 +73,12 @@ pub(crate) struct Table {
 }
 
 /// GPT type GUIDs as stored on disk (mixed-endian).
-const GPT_MS_RESERVED: [u8; 16] = guid(0xE3C9E316, 0x0B5C, 0x4DB8, [0x81, 0x7D, 0xF9, 0x2D, 0xF0, 0x02, 0x15, 0xAE]);
+const GPT_MS_RESERVED: [u8; 16] = guid(
+    0xE3C9E316,
+    0x0B5C,
+    0x4DB8,
+    [0x81, 0x7D, 0xF9, 0x2D, 0xF0, 0x02, 0x15, 0xAE],
+);
 
 const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
     let a = a.to_le_bytes();
@@ -132,7 +137,10 @@ pub(crate) fn read_table(
     max_partitions: usize,
 ) -> Result<Table, String> {
     if dev.size() < SECTOR {
-        return Err(format!("the image is {} bytes, smaller than one sector", dev.size()));
+        return Err(format!(
+            "the image is {} bytes, smaller than one sector",
+            dev.size()
+        ));
     }
     let mut mbr = [0u8; 512];
     read_exact_at(dev, c, &mut mbr, 0).map_err(|e| format!("reading sector 0: {e}"))?;
@@ -176,7 +184,14 @@ pub(crate) fn read_table(
             warnings.push(format!("{} runs past the end of the image", p.describe()));
         }
         if matches!(ty, 0x05 | 0x0f | 0x85) {
-            read_logicals(dev, c, u64::from(lba), &mut partitions, &mut warnings, max_partitions);
+            read_logicals(
+                dev,
+                c,
+                u64::from(lba),
+                &mut partitions,
+                &mut warnings,
+                max_partitions,
+            );
         }
         partitions.push(p);
     }
@@ -203,7 +218,9 @@ fn read_logicals(
     let mut seen = Vec::new();
     while out.len() < max_partitions {
         if seen.contains(&ebr_lba) {
-            warnings.push(format!("the extended partition chain loops at sector {ebr_lba}"));
+            warnings.push(format!(
+                "the extended partition chain loops at sector {ebr_lba}"
+            ));
             return;
         }
         seen.push(ebr_lba);
@@ -286,7 +303,10 @@ fn read_gpt(dev: &dyn BlockDevice, c: &Counters, max_partitions: usize) -> Resul
             Err(e) => errors.push(e),
         }
     }
-    Err(format!("protective MBR but no usable GPT: {}", errors.join("; ")))
+    Err(format!(
+        "protective MBR but no usable GPT: {}",
+        errors.join("; ")
+    ))
 }
 
 fn gpt_entries(
@@ -299,7 +319,7 @@ fn gpt_entries(
     // entries of 128 bytes. Capping the array keeps a hostile header from
     // asking for gigabytes.
     let esize = h.entry_size as usize;
-    if esize < 128 || esize % 128 != 0 || esize > 1024 || h.count > 4096 {
+    if esize < 128 || !esize.is_multiple_of(128) || esize > 1024 || h.count > 4096 {
         return Err(format!(
             "GPT entry array of {} entries of {} bytes is not plausible",
             h.count, esize
@@ -355,7 +375,10 @@ pub(crate) fn fs_kind(boot: &[u8; 512]) -> FsKind {
         b"NTFS    " => FsKind::Ntfs,
         b"-FVE-FS-" => FsKind::BitLocker,
         b"EXFAT   " => FsKind::Exfat,
-        _ if &boot[54..59] == b"FAT12" || &boot[54..59] == b"FAT16" || &boot[82..87] == b"FAT32" => {
+        _ if &boot[54..59] == b"FAT12"
+            || &boot[54..59] == b"FAT16"
+            || &boot[82..87] == b"FAT32" =>
+        {
             FsKind::Fat
         }
         _ if boot.iter().all(|&b| b == 0) => FsKind::Empty,
@@ -378,6 +401,9 @@ mod tests {
 
     #[test]
     fn guid_is_printed_the_way_windows_does() {
-        assert_eq!(guid_string(&GPT_MS_RESERVED), "E3C9E316-0B5C-4DB8-817D-F92DF00215AE");
+        assert_eq!(
+            guid_string(&GPT_MS_RESERVED),
+            "E3C9E316-0B5C-4DB8-817D-F92DF00215AE"
+        );
     }
 }

@@ -88,8 +88,10 @@ impl Sam {
         self.users.iter().find(|u| u.rid == rid)
     }
 
+    /// The local user called `name` (Windows compares names without case).
     pub fn user_named(&self, name: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.name.eq_ignore_ascii_case(name) || u.name.to_lowercase() == name.to_lowercase())
+        let name = name.to_lowercase();
+        self.users.iter().find(|u| u.name.to_lowercase() == name)
     }
 
     /// The SID string of a local user, if the domain SID is known.
@@ -155,7 +157,8 @@ pub(crate) fn read(h: &Hive) -> R<Sam> {
         let path = format!("{USERS}\\{key}");
         let f = h.value(&path, "F")?;
         let Some(flags) = f.as_ref().and_then(|f| f.data.get(0x38..0x3A)) else {
-            sam.problems.push(format!("user {key}: no readable F value"));
+            sam.problems
+                .push(format!("user {key}: no readable F value"));
             continue;
         };
         let flags = u16::from_le_bytes([flags[0], flags[1]]);
@@ -174,7 +177,11 @@ pub(crate) fn read(h: &Hive) -> R<Sam> {
             Some(sids) => {
                 for sid in sids {
                     let local = match (&sam.domain_sid, sid.subs.split_last()) {
-                        (Some(d), Some((rid, prefix))) if prefix == d.subs.as_slice() && sid.authority == d.authority => Some(*rid),
+                        (Some(d), Some((rid, prefix)))
+                            if prefix == d.subs.as_slice() && sid.authority == d.authority =>
+                        {
+                            Some(*rid)
+                        }
                         // Without the domain SID, a machine-account-shaped
                         // SID whose RID is a local user is taken as local.
                         (None, Some((rid, prefix)))
@@ -241,7 +248,16 @@ pub mod layout {
 
     /// A binary SID.
     pub fn sid(authority: u8, subs: &[u32]) -> Vec<u8> {
-        let mut s = vec![1, u8::try_from(subs.len()).unwrap_or(0), 0, 0, 0, 0, 0, authority];
+        let mut s = vec![
+            1,
+            u8::try_from(subs.len()).unwrap_or(0),
+            0,
+            0,
+            0,
+            0,
+            0,
+            authority,
+        ];
         for x in subs {
             s.extend_from_slice(&x.to_le_bytes());
         }
@@ -266,6 +282,9 @@ mod tests {
         let mut bad = c.clone();
         bad[0x30..0x34].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(alias_members(&bad).is_none());
-        assert_eq!(user_name(&layout::user_v("Cán bộ")).as_deref(), Some("Cán bộ"));
+        assert_eq!(
+            user_name(&layout::user_v("Cán bộ")).as_deref(),
+            Some("Cán bộ")
+        );
     }
 }

@@ -70,13 +70,22 @@ fn saved_passwords_in_every_browser_are_found_without_secrets() {
     img.logins.insert(
         chrome_login("canbo", "Default"),
         vec![
-            Login { origin: "https://dichvucong.gov.vn/dang-nhap?x=1".into(), blacklisted: false },
-            Login { origin: "https://never.example/".into(), blacklisted: true },
+            Login {
+                origin: "https://dichvucong.gov.vn/dang-nhap?x=1".into(),
+                blacklisted: false,
+            },
+            Login {
+                origin: "https://never.example/".into(),
+                blacklisted: true,
+            },
         ],
     );
     img.logins.insert(
         "Users\\vanthu\\AppData\\Local\\Microsoft\\Edge\\User Data\\Profile 2\\Login Data".into(),
-        vec![Login { origin: "https://qlvb.tinh.gov.vn/".into(), blacklisted: false }],
+        vec![Login {
+            origin: "https://qlvb.tinh.gov.vn/".into(),
+            blacklisted: false,
+        }],
     );
     img.logins.insert(
         "Users\\vanthu\\AppData\\Local\\CocCoc\\Browser\\User Data\\Default\\Login Data For Account"
@@ -95,28 +104,48 @@ fn saved_passwords_in_every_browser_are_found_without_secrets() {
     );
     assert!(r.findings.iter().all(|f| f.severity == Severity::Blocking));
     let json = serde_json::to_string(&r).unwrap();
-    assert!(!json.contains("canbo.secret") && !json.contains("deadbeef"), "{json}");
+    assert!(
+        !json.contains("canbo.secret") && !json.contains("deadbeef"),
+        "{json}"
+    );
 }
 
 #[test]
 fn password_manager_policies_missing() {
     let mut img = Image::clean();
-    for k in ["Policies\\Google\\Chrome", "Policies\\Microsoft\\Edge", "Policies\\CocCoc\\Browser"] {
+    for k in [
+        "Policies\\Google\\Chrome",
+        "Policies\\Microsoft\\Edge",
+        "Policies\\CocCoc\\Browser",
+    ] {
         img.software.unset(k, "PasswordManagerEnabled");
     }
     expect(
         &img,
         Profile::Counter,
-        &[RuleId::PasswordManagerChrome, RuleId::PasswordManagerEdge, RuleId::PasswordManagerCocCoc],
+        &[
+            RuleId::PasswordManagerChrome,
+            RuleId::PasswordManagerEdge,
+            RuleId::PasswordManagerCocCoc,
+        ],
     );
 }
 
 #[test]
 fn coccoc_policy_in_its_other_key_form_counts() {
     let mut img = Image::clean();
-    img.software.unset("Policies\\CocCoc\\Browser", "PasswordManagerEnabled");
-    img.software.set("Policies\\CocCoc\\CocCoc", "PasswordManagerEnabled", Val::Dword(0));
-    img.software.set("Policies\\Microsoft\\Edge", "PasswordManagerEnabled", Val::Dword(1));
+    img.software
+        .unset("Policies\\CocCoc\\Browser", "PasswordManagerEnabled");
+    img.software.set(
+        "Policies\\CocCoc\\CocCoc",
+        "PasswordManagerEnabled",
+        Val::Dword(0),
+    );
+    img.software.set(
+        "Policies\\Microsoft\\Edge",
+        "PasswordManagerEnabled",
+        Val::Dword(1),
+    );
     expect(&img, Profile::Counter, &[RuleId::PasswordManagerEdge]);
 }
 
@@ -138,7 +167,11 @@ fn builtin_administrator_enabled() {
     // Enabled and not on the allow-list, so it is also an extra admin.
     assert_eq!(
         rules_of(&r),
-        [RuleId::BuiltinAdministratorEnabled, RuleId::ExtraAdministrator].into(),
+        [
+            RuleId::BuiltinAdministratorEnabled,
+            RuleId::ExtraAdministrator
+        ]
+        .into(),
         "{:#?}",
         r.findings
     );
@@ -147,9 +180,15 @@ fn builtin_administrator_enabled() {
 #[test]
 fn autologon_with_stored_password_plain_and_lsa_secret() {
     let mut img = Image::clean();
-    img.software.set(WINLOGON, "AutoAdminLogon", Val::Sz("1".into()));
-    img.software.set(WINLOGON, "DefaultPassword", Val::Sz("MatKhau@123".into()));
-    img.security.set("Policy\\Secrets\\DefaultPassword\\CurrVal", "", Val::Bin(vec![1, 2, 3]));
+    img.software
+        .set(WINLOGON, "AutoAdminLogon", Val::Sz("1".into()));
+    img.software
+        .set(WINLOGON, "DefaultPassword", Val::Sz("MatKhau@123".into()));
+    img.security.set(
+        "Policy\\Secrets\\DefaultPassword\\CurrVal",
+        "",
+        Val::Bin(vec![1, 2, 3]),
+    );
     let r = expect(&img, Profile::Counter, &[RuleId::AutologonStoredPassword]);
     assert_eq!(r.findings.len(), 2, "{:#?}", r.findings);
     assert!(!serde_json::to_string(&r).unwrap().contains("MatKhau"));
@@ -162,7 +201,12 @@ fn kiosk_image_with_an_enabled_admin_fails_under_kiosk_only() {
     assert!(run(bytes.clone(), Profile::Counter).passed());
     let r = run(bytes, Profile::Kiosk);
     assert!(!r.passed());
-    assert_eq!(rules_of(&r), [RuleId::ExtraAdministrator].into(), "{:#?}", r.findings);
+    assert_eq!(
+        rules_of(&r),
+        [RuleId::ExtraAdministrator].into(),
+        "{:#?}",
+        r.findings
+    );
     assert_eq!(r.findings[0].subject, "quantri (RID 1002)");
 }
 
@@ -170,12 +214,17 @@ fn kiosk_image_with_an_enabled_admin_fails_under_kiosk_only() {
 fn kiosk_autologon_to_a_standard_user_passes_to_an_admin_fails() {
     let mut img = Image::clean();
     img.admins(&[500]);
-    img.software.set(WINLOGON, "AutoAdminLogon", Val::Sz("1".into()));
+    img.software
+        .set(WINLOGON, "AutoAdminLogon", Val::Sz("1".into()));
     let standard = img.clone();
     let r = run(standard.build(), Profile::Kiosk);
     assert!(r.findings.is_empty(), "{:#?}", r.findings);
     img.admins(&[500, 1001]);
-    let r = expect(&img, Profile::Kiosk, &[RuleId::ExtraAdministrator, RuleId::AutologonAdministrator]);
+    let r = expect(
+        &img,
+        Profile::Kiosk,
+        &[RuleId::ExtraAdministrator, RuleId::AutologonAdministrator],
+    );
     assert!(r.blocking().count() == 2);
 }
 
@@ -191,15 +240,21 @@ fn saved_wifi_profiles_and_wlan_service() {
     assert_eq!(r.findings[0].subject, format!("interface {iface}"));
 
     let mut img = Image::clean();
-    img.system.set(&format!("{CS}\\Services\\WlanSvc"), "Start", Val::Dword(2));
+    img.system
+        .set(&format!("{CS}\\Services\\WlanSvc"), "Start", Val::Dword(2));
     expect(&img, Profile::Counter, &[RuleId::WlanServiceEnabled]);
 }
 
 #[test]
 fn fast_startup_enabled() {
     let mut img = Image::clean();
-    img.system.set(&format!("{CS}\\Control\\Session Manager\\Power"), "HiberbootEnabled", Val::Dword(1));
-    img.system.unset(&format!("{CS}\\Control\\Power"), "HibernateEnabled");
+    img.system.set(
+        &format!("{CS}\\Control\\Session Manager\\Power"),
+        "HiberbootEnabled",
+        Val::Dword(1),
+    );
+    img.system
+        .unset(&format!("{CS}\\Control\\Power"), "HibernateEnabled");
     expect(&img, Profile::Counter, &[RuleId::FastStartupEnabled]);
 }
 
@@ -209,7 +264,11 @@ fn hibernated_volume_and_hiberfil() {
     let mut hib = b"HIBR".to_vec();
     hib.resize(256 * 1024, 0);
     img.files.insert("hiberfil.sys".into(), hib);
-    expect(&img, Profile::Counter, &[RuleId::VolumeHibernated, RuleId::HiberfilPresent]);
+    expect(
+        &img,
+        Profile::Counter,
+        &[RuleId::VolumeHibernated, RuleId::HiberfilPresent],
+    );
 
     let mut img = Image::clean();
     img.files.insert("hiberfil.sys".into(), vec![0; 64 * 1024]);
@@ -220,7 +279,11 @@ fn hibernated_volume_and_hiberfil() {
 #[test]
 fn no_boot_start_network_driver() {
     let mut img = Image::clean();
-    img.system.set(&format!("{CS}\\Services\\e1iexpress"), "Start", Val::Dword(3));
+    img.system.set(
+        &format!("{CS}\\Services\\e1iexpress"),
+        "Start",
+        Val::Dword(3),
+    );
     expect(&img, Profile::Counter, &[RuleId::NoBootNetworkDriver]);
 }
 
@@ -241,7 +304,12 @@ fn with_boot_sector_oem(oem: &[u8; 8]) -> Vec<u8> {
 #[test]
 fn bitlocker_volume() {
     let r = run(with_boot_sector_oem(b"-FVE-FS-"), Profile::Counter);
-    assert_eq!(rules_of(&r), [RuleId::EncryptedVolume].into(), "{:#?}", r.findings);
+    assert_eq!(
+        rules_of(&r),
+        [RuleId::EncryptedVolume].into(),
+        "{:#?}",
+        r.findings
+    );
 }
 
 #[test]
@@ -261,7 +329,12 @@ fn malformed_partition_tables_and_volumes() {
     let mut b = clean_bytes().clone();
     b[510] = 0;
     let r = run(b, Profile::Counter);
-    assert_eq!(rules_of(&r), [RuleId::MalformedImage].into(), "{:#?}", r.findings);
+    assert_eq!(
+        rules_of(&r),
+        [RuleId::MalformedImage].into(),
+        "{:#?}",
+        r.findings
+    );
 
     // GPT whose primary and backup headers both fail their CRC.
     let mut img = Image::clean();
@@ -271,14 +344,23 @@ fn malformed_partition_tables_and_volumes() {
     b[512 + 16] ^= 0xFF;
     b[last + 16] ^= 0xFF;
     let r = run(b, Profile::Counter);
-    assert_eq!(rules_of(&r), [RuleId::MalformedImage].into(), "{:#?}", r.findings);
+    assert_eq!(
+        rules_of(&r),
+        [RuleId::MalformedImage].into(),
+        "{:#?}",
+        r.findings
+    );
 
     // An NTFS boot sector with nonsense geometry.
     let mut b = clean_bytes().clone();
     let at = fixture::PART_START as usize;
     b[at + 11..at + 13].copy_from_slice(&3u16.to_le_bytes());
     let r = run(b, Profile::Counter);
-    assert!(r.has(RuleId::MalformedImage) && !r.passed(), "{:#?}", r.findings);
+    assert!(
+        r.has(RuleId::MalformedImage) && !r.passed(),
+        "{:#?}",
+        r.findings
+    );
 
     // A truncated image.
     let r = run(clean_bytes()[..300].to_vec(), Profile::Counter);
@@ -293,7 +375,12 @@ fn gpt_backup_header_is_used_when_the_primary_is_bad() {
     b[512 + 16] ^= 0xFF;
     let r = run(b, Profile::Counter);
     // The disk is still read; the bad primary is reported.
-    assert_eq!(rules_of(&r), [RuleId::MalformedImage].into(), "{:#?}", r.findings);
+    assert_eq!(
+        rules_of(&r),
+        [RuleId::MalformedImage].into(),
+        "{:#?}",
+        r.findings
+    );
     assert_eq!(r.stats.hives, 4);
 }
 
@@ -326,22 +413,45 @@ impl khoi_block::BlockDevice for Recorder {
         self.reads.lock().unwrap().push((offset, buf.len()));
         self.inner.read_at(buf, offset)
     }
-    fn read_plan(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<khoi_block::ReadSegment>> {
+    fn read_plan(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> khoi_block::device::Result<Vec<khoi_block::ReadSegment>> {
         self.inner.read_plan(offset, len)
     }
-    fn write_at(&self, buf: &[u8], offset: u64, flags: khoi_block::WriteFlags) -> khoi_block::device::Result<()> {
+    fn write_at(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        flags: khoi_block::WriteFlags,
+    ) -> khoi_block::device::Result<()> {
         self.inner.write_at(buf, offset, flags)
     }
     fn flush(&self) -> khoi_block::device::Result<()> {
         self.inner.flush()
     }
-    fn trim(&self, offset: u64, len: u64, flags: khoi_block::WriteFlags) -> khoi_block::device::Result<()> {
+    fn trim(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: khoi_block::WriteFlags,
+    ) -> khoi_block::device::Result<()> {
         self.inner.trim(offset, len, flags)
     }
-    fn write_zeroes(&self, offset: u64, len: u64, flags: khoi_block::WriteFlags) -> khoi_block::device::Result<()> {
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: khoi_block::WriteFlags,
+    ) -> khoi_block::device::Result<()> {
         self.inner.write_zeroes(offset, len, flags)
     }
-    fn extents(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<khoi_block::Extent>> {
+    fn extents(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> khoi_block::device::Result<Vec<khoi_block::Extent>> {
         self.inner.extents(offset, len)
     }
 }
@@ -381,7 +491,9 @@ fn corrupted_images_never_panic() {
         malformed += usize::from(r.has(RuleId::MalformedImage));
         differs += usize::from(r.findings != baseline);
     }
-    eprintln!("{iterations} corrupted images: {differs} with findings, {malformed} reported malformed");
+    eprintln!(
+        "{iterations} corrupted images: {differs} with findings, {malformed} reported malformed"
+    );
     // Reads come in 64 KiB chunks, so many edits land in bytes no parser
     // looks at; some must still hit a structure.
     assert!(malformed > 0, "the corruption should hit parsed structures");
@@ -428,7 +540,10 @@ fn corrupted_login_data_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let clean = fixture::login_data(
         dir.path(),
-        &[Login { origin: "https://dichvucong.gov.vn/".into(), blacklisted: false }],
+        &[Login {
+            origin: "https://dichvucong.gov.vn/".into(),
+            blacklisted: false,
+        }],
     );
     let mut seed: u64 = 12345;
     for _ in 0..200 {
