@@ -350,3 +350,114 @@ pub fn rule(id: RuleId) -> &'static RuleInfo {
 pub fn rules() -> &'static [RuleInfo] {
     RULES
 }
+
+fn rule_name(id: RuleId) -> String {
+    serde_json::to_string(&id)
+        .map(|s| s.trim_matches('"').to_string())
+        .unwrap_or_default()
+}
+
+fn severity_text(s: Option<Severity>) -> &'static str {
+    match s {
+        Some(Severity::Blocking) => "chặn / blocking",
+        Some(Severity::Warning) => "cảnh báo / warning",
+        None => "không áp dụng / not applied",
+    }
+}
+
+/// The rule catalogue as the Markdown `docs/image-gate.md` embeds between
+/// its `rules:begin`/`rules:end` markers (a test checks they match).
+pub fn rules_markdown() -> String {
+    let mut out = String::new();
+    for r in RULES {
+        let items: Vec<String> = r
+            .items
+            .iter()
+            .map(|i| match i.number() {
+                Some(n) => format!("{n}"),
+                None => "boot".to_string(),
+            })
+            .collect();
+        out.push_str(&format!(
+            "### `{}`\n\n\
+             - Mục chỉ thị / directive item: {}\n\
+             - Mức độ / severity: counter: {}; kiosk: {}\n\
+             - Sửa tự động bằng `khoi image fix` (bước sau) / auto-fix by `khoi image fix` (later step): {}\n\
+             - vi: {} **Cách sửa:** {}\n\
+             - en: {} **Fix:** {}\n\n",
+            rule_name(r.id),
+            items.join(", "),
+            severity_text(r.counter),
+            severity_text(r.kiosk),
+            if r.auto_fix { "có / yes" } else { "không / no" },
+            r.title_vi,
+            r.fix_vi,
+            r.title_en,
+            r.fix_en,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_has_one_entry_and_the_docs_match() {
+        let all = [
+            RuleId::SavedBrowserPassword,
+            RuleId::PasswordManagerChrome,
+            RuleId::PasswordManagerEdge,
+            RuleId::PasswordManagerCocCoc,
+            RuleId::ExtraAdministrator,
+            RuleId::BuiltinAdministratorEnabled,
+            RuleId::AutologonStoredPassword,
+            RuleId::AutologonAdministrator,
+            RuleId::WlanProfileSaved,
+            RuleId::WlanServiceEnabled,
+            RuleId::FastStartupEnabled,
+            RuleId::HiberfilPresent,
+            RuleId::VolumeHibernated,
+            RuleId::NoBootNetworkDriver,
+            RuleId::NtfsDirty,
+            RuleId::RegistryHiveDirty,
+            RuleId::UnknownFilesystem,
+            RuleId::EncryptedVolume,
+            RuleId::NoWindowsVolume,
+            RuleId::MalformedImage,
+        ];
+        assert_eq!(RULES.len(), all.len());
+        for id in all {
+            assert_eq!(RULES.iter().filter(|r| r.id == id).count(), 1, "{id:?}");
+        }
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/image-gate.md"
+        ))
+        .expect("docs/image-gate.md exists");
+        let begin = "<!-- rules:begin -->\n";
+        let start = doc.find(begin).expect("begin marker") + begin.len();
+        let end = doc.find("<!-- rules:end -->").expect("end marker");
+        assert!(
+            doc[start..end] == rules_markdown(),
+            "docs/image-gate.md is out of date; regenerate the rules section with \
+             KHOI_WRITE_RULES_MD=1 cargo test -p khoi-inspect rules"
+        );
+    }
+
+    /// `KHOI_WRITE_RULES_MD=1` rewrites the rules section of the docs.
+    #[test]
+    fn write_rules_markdown_when_asked() {
+        if std::env::var_os("KHOI_WRITE_RULES_MD").is_none() {
+            return;
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/image-gate.md");
+        let doc = std::fs::read_to_string(path).expect("docs/image-gate.md exists");
+        let begin = "<!-- rules:begin -->\n";
+        let start = doc.find(begin).expect("begin marker") + begin.len();
+        let end = doc.find("<!-- rules:end -->").expect("end marker");
+        let new = format!("{}{}{}", &doc[..start], rules_markdown(), &doc[end..]);
+        std::fs::write(path, new).expect("write docs");
+    }
+}
