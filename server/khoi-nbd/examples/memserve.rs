@@ -12,7 +12,8 @@
 
 use std::sync::Arc;
 
-use khoi_nbd::doubles::{FileDisk, MemDisk, StaticExports};
+use khoi_block::testing::{FileDisk, MemDisk};
+use khoi_nbd::doubles::StaticExports;
 use khoi_nbd::{ExportResolver, NbdStats};
 use tokio_util::sync::CancellationToken;
 

@@ -1,12 +1,12 @@
-//! NBD's own test double: a resolver over a fixed list of named devices.
-//! The devices themselves (`MemDisk`, `FileDisk`, `Spy`) are the doubles
-//! every crate shares, in `khoi_block::testing`; they are re-exported here
-//! so NBD's tests and the `memserve` example name one module.
+//! A resolver over a fixed list of named devices: NBD's own test double,
+//! also what the `memserve` example serves. The devices tests put behind it
+//! (`MemDisk`, `FileDisk`, `Spy`) are the doubles every crate shares, in
+//! `khoi_block::testing` (a dev-dependency feature, so they never reach the
+//! server binary).
 
 use std::sync::Arc;
 
 use khoi_block::BlockDevice;
-pub use khoi_block::testing::{FileDisk, MemDisk, Spy};
 
 /// A resolver over a fixed list of named devices.
 #[derive(Debug, Default)]

@@ -641,8 +641,9 @@ mod tests {
 
     use super::*;
     use crate::ExportResolver;
-    use crate::doubles::{MemDisk, StaticExports};
+    use crate::doubles::StaticExports;
     use crate::wire::{OptionReply, transmission_flags as tf};
+    use khoi_block::testing::MemDisk;
 
     fn exports() -> StaticExports {
         StaticExports::new()
@@ -1309,7 +1310,8 @@ mod fuzz {
 
     use super::*;
     use crate::ExportResolver;
-    use crate::doubles::{MemDisk, StaticExports};
+    use crate::doubles::StaticExports;
+    use khoi_block::testing::MemDisk;
 
     /// Answers the machine's `Open`/`List` (always last in a batch).
     fn answer(hs: &mut Handshake, mut actions: Vec<Action>, ex: &StaticExports) {

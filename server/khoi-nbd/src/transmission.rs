@@ -528,9 +528,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::doubles::MemDisk;
     use crate::negotiated::transmission_flags;
     use crate::wire::{Chunk, ChunkType};
+    use khoi_block::testing::MemDisk;
 
     fn session(structured: bool, read_only: bool) -> Session {
         let mut caps = khoi_block::BlockDevice::device_caps(&MemDisk::new(0));

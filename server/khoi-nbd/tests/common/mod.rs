@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use khoi_nbd::doubles::{FileDisk, MemDisk, StaticExports};
+use khoi_block::testing::{FileDisk, MemDisk};
+use khoi_nbd::doubles::StaticExports;
 use khoi_nbd::wire::{
     Chunk, ChunkRepr, Command, Errno, InfoRequest, OptionCode, OptionReply, OptionReplyRepr,
     OptionRepr, ReplyBody, ReplyType, RequestRepr, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC,
