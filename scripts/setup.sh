@@ -26,6 +26,12 @@ test_pkgs=(libnbd-bin python3-libnbd nbdkit fio libiscsi-bin qemu-block-extra tg
 test_pkgs+=(qemu-system-x86 ipxe-qemu ovmf dnsmasq-base iproute2 mtools syslinux
     syslinux-common dosfstools fdisk cpio kmod python3)
 
+# The image gate's tests (server/khoi-inspect) build real Windows-shaped
+# images: NTFS with ntfs-3g (mkntfs, a FUSE mount), registry hives with
+# hivex, Chromium's `Login Data` with sqlite3, MBR/GPT tables with fdisk's
+# sfdisk and gdisk's sgdisk.
+test_pkgs+=(ntfs-3g libhivex-bin libwin-hivex-perl gdisk)
+
 want=("${run_pkgs[@]}")
 [ "$mode" = test ] && want+=("${test_pkgs[@]}")
 
