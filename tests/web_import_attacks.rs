@@ -253,12 +253,13 @@ async fn qcow2_backing_file_is_refused() {
 async fn qcow2_external_data_file_is_refused() {
     let tmp = tempfile::tempdir().expect("tmp");
     let h = harness(tmp.path()).await;
-    let img = qcow2_with(
-        tmp.path(),
-        "x.qcow2",
-        &["-o", "data_file=/etc/passwd,data_file_raw=on"],
-        Some("1M"),
-    );
+    // Never name a real system file here: `qemu-img create` with a raw data
+    // file truncates that file to the image size (it zeroed /etc/passwd once).
+    // A secret of our own stands for "any file the server can read".
+    let secret = tmp.path().join("secret-khoi.db");
+    std::fs::write(&secret, b"not for seats").expect("secret");
+    let opt = format!("data_file={},data_file_raw=on", secret.display());
+    let img = qcow2_with(tmp.path(), "x.qcow2", &["-o", &opt], Some("1M"));
     let r = h.upload("stolen", Body::from(img)).await;
     assert_refused(
         &r,
