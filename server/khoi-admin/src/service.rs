@@ -17,6 +17,26 @@ use crate::metrics::{Metrics, SeatLabel, TriggerLabel};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+/// Longest name-like field (actor, address, subject, argument) an audit
+/// event keeps; the rest is cut.
+pub const CAP_NAME: usize = 128;
+/// Longest detail sentence an audit event keeps.
+pub const CAP_DETAIL: usize = 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary. Every string a
+/// client chooses passes here before it reaches the audit log or the
+/// server's log, so no request can make either grow by more than a line.
+pub fn cap(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Who asked, and from where: recorded with every change.
 #[derive(Debug, Clone)]
 pub struct Actor {
@@ -333,18 +353,29 @@ impl Service {
         detail: &str,
         args: &[(&str, &str)],
     ) {
+        // Anyone who can reach the login form chooses these strings (a user
+        // name, an address from a proxy header); uncapped, forty requests
+        // with a megabyte each filled the data filesystem.
+        let args: Vec<(&str, &str)> = args
+            .iter()
+            .map(|(k, v)| (cap(k, CAP_NAME), cap(v, CAP_NAME)))
+            .collect();
         let ev = NewEvent {
-            kind,
-            actor: &actor.name,
-            source: &actor.source,
-            subject,
-            detail,
-            args,
+            kind: cap(kind, CAP_NAME),
+            actor: cap(&actor.name, CAP_NAME),
+            source: cap(&actor.source, CAP_NAME),
+            subject: cap(subject, CAP_NAME),
+            detail: cap(detail, CAP_DETAIL),
+            args: &args,
         };
         if let Err(e) = self.state.record(&ev) {
             // The change itself succeeded; losing its audit line must be
             // loud but must not undo or fail the change.
-            tracing::error!(kind, subject, "cannot record audit event: {e}");
+            tracing::error!(
+                kind = ev.kind,
+                subject = ev.subject,
+                "cannot record audit event: {e}"
+            );
         }
     }
 
@@ -1058,5 +1089,14 @@ mod tests {
         assert_eq!(ExportName::parse("image/win10@x"), None);
         assert_eq!(ExportName::parse(""), None);
         assert_eq!(ExportName::parse("other/x"), None);
+    }
+
+    #[test]
+    fn caps_cut_on_a_character_boundary() {
+        assert_eq!(cap("abc", 8), "abc");
+        assert_eq!(cap("abcdef", 4), "abcd");
+        // "ớ" is three bytes: a cut inside it backs off to before it.
+        assert_eq!(cap("mớ", 2), "m");
+        assert_eq!(cap(&"x".repeat(1 << 20), CAP_NAME).len(), CAP_NAME);
     }
 }

@@ -14,7 +14,78 @@ use serde::{Deserialize, Serialize};
 
 use crate::service::{Actor, Result, Service, ServiceError};
 
-const MIN_PASSWORD: usize = 8;
+/// Shortest password accepted, in characters.
+pub const MIN_PASSWORD: usize = 10;
+/// Longest password accepted: beyond this a login is refused before any
+/// hashing, so a huge field costs the server nothing.
+pub const MAX_PASSWORD: usize = 128;
+/// Longest account name; longer names cannot exist, so a login with one is
+/// refused before any hashing.
+pub const MAX_USER_NAME: usize = 64;
+
+const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
+
+fn invalid(field: &str, reason: impl Into<String>) -> ServiceError {
+    ServiceError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The password rules: long enough to resist guessing, short enough to
+/// hash cheaply, not blank, and not on the list every attacker tries first.
+pub fn check_password_policy(password: &str) -> Result<()> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD {
+        return Err(invalid(
+            "password",
+            format!("must be at least {MIN_PASSWORD} characters"),
+        ));
+    }
+    if n > MAX_PASSWORD {
+        return Err(invalid(
+            "password",
+            format!("must be at most {MAX_PASSWORD} characters"),
+        ));
+    }
+    if password.trim().is_empty() {
+        return Err(invalid("password", "must not be only spaces"));
+    }
+    let mut chars = password.chars();
+    let first = chars.next();
+    if chars.all(|c| Some(c) == first) {
+        return Err(invalid("password", "must not repeat one character"));
+    }
+    let lower = password.trim().to_lowercase();
+    let common = COMMON_PASSWORDS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| l.trim() == lower);
+    if common {
+        return Err(invalid(
+            "password",
+            "is on the list of common passwords; choose another",
+        ));
+    }
+    Ok(())
+}
+
+/// Account names: short, printable, no surrounding spaces.
+pub fn check_user_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.chars().count() > MAX_USER_NAME {
+        return Err(invalid(
+            "name",
+            format!("must be 1 to {MAX_USER_NAME} characters"),
+        ));
+    }
+    if name.trim() != name || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "name",
+            "must not have control characters or surrounding spaces",
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,12 +126,11 @@ pub fn random_token(bytes: usize) -> Result<String> {
 }
 
 pub fn hash_password(password: &str) -> Result<String> {
-    if password.chars().count() < MIN_PASSWORD {
-        return Err(ServiceError::Invalid {
-            field: "password".into(),
-            reason: format!("must be at least {MIN_PASSWORD} characters"),
-        });
-    }
+    check_password_policy(password)?;
+    hash_unchecked(password)
+}
+
+fn hash_unchecked(password: &str) -> Result<String> {
     Argon2::default()
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
@@ -82,7 +152,7 @@ fn dummy_hash() -> Result<&'static str> {
     if let Some(h) = DUMMY.get() {
         return Ok(h);
     }
-    let h = hash_password(&random_token(16)?)?;
+    let h = hash_unchecked(&random_token(16)?)?;
     Ok(DUMMY.get_or_init(|| h))
 }
 
@@ -103,6 +173,10 @@ impl Service {
     /// The account `name` with its role, if `password` is its password.
     /// Takes as long for an unknown name as for a wrong password.
     pub fn check_password(&self, name: &str, password: &str) -> Result<Option<(User, Role)>> {
+        // No account has such a name or password: refuse without hashing.
+        if name.chars().count() > MAX_USER_NAME || password.chars().count() > MAX_PASSWORD {
+            return Ok(None);
+        }
         let dummy = dummy_hash()?;
         let user = self.state().user(name)?;
         let ok = match &user {
@@ -141,6 +215,7 @@ impl Service {
 
     /// The first admin, from the web page's one-time setup link.
     pub fn create_first_admin(&self, actor: &Actor, name: &str, password: &str) -> Result<()> {
+        check_user_name(name)?;
         let hash = hash_password(password)?;
         if !self.state().users()?.is_empty() {
             return Err(ServiceError::Conflict(
@@ -159,6 +234,7 @@ impl Service {
     }
 
     pub fn add_user(&self, actor: &Actor, name: &str, role: &str, password: &str) -> Result<()> {
+        check_user_name(name)?;
         if self.state().user(name)?.is_some() {
             return Err(ServiceError::Conflict(format!(
                 "user {name:?} already exists"
@@ -251,5 +327,28 @@ mod tests {
         assert!(Role::parse("root").is_err());
         assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
         assert!(hash_password("short").is_err());
+    }
+
+    #[test]
+    fn password_policy() {
+        for bad in [
+            "password",
+            "12345678",
+            "matkhau",
+            "matkhau123",
+            "Password123",
+            "          ",
+            "        ",
+            "aaaaaaaaaaaa",
+            "anhyeuem123",
+        ] {
+            assert!(check_password_policy(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_password_policy(&"x1".repeat(65)).is_err(), "too long");
+        assert!(check_password_policy("mat-khau-thu-nghiem").is_ok());
+        assert!(check_password_policy(&"ab".repeat(64)).is_ok());
+        assert!(check_user_name(&"n".repeat(65)).is_err());
+        assert!(check_user_name(" admin").is_err());
+        assert!(check_user_name("an").is_ok());
     }
 }

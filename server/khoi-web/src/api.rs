@@ -625,15 +625,17 @@ async fn user_update(
     State(st): State<ApiState>,
     Who(who): Who,
     Path(name): Path<String>,
+    ctx: Option<axum::Extension<crate::guard::Ctx>>,
     Body422(req): Body422<UserUpdate>,
 ) -> ApiResult<()> {
     let a = auth(&st)?;
+    let sid = ctx.map(|c| c.0.sid);
     blocking(move || {
         if let Some(role) = &req.role {
             a.set_role(&who, &name, role)?;
         }
         if let Some(pw) = &req.password {
-            a.set_password(&who, &name, pw)?;
+            a.set_password(&who, &name, pw, sid.as_deref())?;
         }
         Ok(())
     })

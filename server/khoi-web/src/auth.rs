@@ -14,12 +14,24 @@ use std::time::{Duration, Instant};
 use khoi_admin::users::{Role, random_token, same_token};
 use khoi_admin::{Actor, Service, ServiceError};
 use parking_lot::Mutex;
+use tokio::sync::Semaphore;
 
 /// Sessions idle longer than this are dropped.
 const IDLE: Duration = Duration::from_secs(8 * 3600);
-/// Failed logins allowed per address and per user name within [`WINDOW`].
+/// Failed logins allowed per address within [`WINDOW`]. Only the address is
+/// limited, never the account: a limit per account would let anyone on the
+/// LAN lock the real admin out by typing wrong passwords for them.
 const MAX_FAILURES: usize = 5;
 const WINDOW: Duration = Duration::from_secs(300);
+/// Addresses remembered at most; beyond it the oldest records go first, so
+/// a flood of made-up proxy addresses cannot grow the table without end.
+const MAX_ADDRESSES: usize = 4096;
+/// Password checks at once. Each argon2 check takes its 19 MiB for a moment;
+/// unbounded, a burst of 300 logins took the server to almost 1 GB.
+const HASHES_AT_ONCE: usize = 2;
+/// Logins waiting for a hash slot at most; more are told to come back, so a
+/// burst neither queues for minutes nor holds memory.
+const HASH_QUEUE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -36,6 +48,8 @@ pub enum LoginError {
     Invalid,
     #[error("too many failed logins; try again in {0} seconds")]
     Limited(u64),
+    #[error("too many logins at once; try again in a moment")]
+    Busy,
     #[error("{0}")]
     Service(#[from] ServiceError),
 }
@@ -45,6 +59,8 @@ pub struct Auth {
     service: Arc<Service>,
     sessions: Mutex<HashMap<String, Session>>,
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    hashing: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
     setup_token: Mutex<Option<String>>,
 }
 
@@ -69,6 +85,8 @@ impl Auth {
             service,
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            hashing: Arc::new(Semaphore::new(HASHES_AT_ONCE)),
+            waiting: Arc::new(Semaphore::new(HASH_QUEUE + HASHES_AT_ONCE)),
             setup_token: Mutex::new(setup),
         })
     }
@@ -100,41 +118,72 @@ impl Auth {
         Ok(())
     }
 
-    fn limited(&self, keys: &[String]) -> Option<u64> {
+    /// Count this attempt against `addr` before any hashing, so parallel
+    /// attempts cannot all pass a limit that only failures update; or say
+    /// how long the address must wait.
+    fn reserve(&self, addr: &str) -> Result<Instant, u64> {
         let now = Instant::now();
         let mut f = self.failures.lock();
-        let mut wait = None;
-        for k in keys {
-            if let Some(q) = f.get_mut(k) {
-                while q.front().is_some_and(|t| now.duration_since(*t) > WINDOW) {
-                    q.pop_front();
-                }
-                if q.len() >= MAX_FAILURES
-                    && let Some(first) = q.front()
-                {
-                    let left = WINDOW.saturating_sub(now.duration_since(*first)).as_secs() + 1;
-                    wait = Some(wait.map_or(left, |w: u64| w.max(left)));
+        if f.len() >= MAX_ADDRESSES && !f.contains_key(addr) {
+            f.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
+            if f.len() >= MAX_ADDRESSES {
+                // Still full of fresh records: forget the oldest one.
+                let oldest = f
+                    .iter()
+                    .min_by_key(|(_, q)| q.back().copied())
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    f.remove(&k);
                 }
             }
         }
-        wait
+        let q = f.entry(addr.to_string()).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) > WINDOW) {
+            q.pop_front();
+        }
+        if q.len() >= MAX_FAILURES
+            && let Some(first) = q.front()
+        {
+            return Err(WINDOW.saturating_sub(now.duration_since(*first)).as_secs() + 1);
+        }
+        q.push_back(now);
+        Ok(now)
     }
 
-    /// Check a password and open a session; returns the session id.
-    pub fn login(&self, name: &str, password: &str, addr: &str) -> Result<String, LoginError> {
-        let keys = [format!("addr:{addr}"), format!("user:{name}")];
-        if let Some(wait) = self.limited(&keys) {
-            return Err(LoginError::Limited(wait));
+    /// A right password clears the address's record, its own reservation
+    /// included; a wrong one leaves the reservation as the failure.
+    fn settle(&self, addr: &str, ok: bool) {
+        if ok {
+            self.failures.lock().remove(addr);
         }
-        let Some((user, role)) = self.service.check_password(name, password)? else {
-            let now = Instant::now();
-            let mut f = self.failures.lock();
-            for k in keys {
-                f.entry(k).or_default().push_back(now);
-            }
+    }
+
+    /// Check a password and open a session; returns the session id. Limits:
+    /// per address (see [`MAX_FAILURES`]), and at most [`HASHES_AT_ONCE`]
+    /// password checks at once with [`HASH_QUEUE`] waiting.
+    pub async fn login(
+        self: &Arc<Self>,
+        name: &str,
+        password: &str,
+        addr: &str,
+    ) -> Result<String, LoginError> {
+        let Ok(_queued) = Arc::clone(&self.waiting).try_acquire_owned() else {
+            return Err(LoginError::Busy);
+        };
+        self.reserve(addr).map_err(LoginError::Limited)?;
+        let Ok(_slot) = Arc::clone(&self.hashing).acquire_owned().await else {
+            return Err(LoginError::Busy);
+        };
+        let svc = Arc::clone(&self.service);
+        let (n, p) = (name.to_string(), password.to_string());
+        let checked = tokio::task::spawn_blocking(move || svc.check_password(&n, &p))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("login task failed: {e}")))?;
+        let Some((user, role)) = checked? else {
+            self.settle(addr, false);
             return Err(LoginError::Invalid);
         };
-        self.failures.lock().remove(&keys[0]);
+        self.settle(addr, true);
         let id = random_token(32)?;
         let session = Session {
             user: user.name,
@@ -196,13 +245,21 @@ impl Auth {
         Ok(())
     }
 
+    /// A new password ends every session of the account but `keep` (the
+    /// session that changed it, when it changed its own): whoever knew the
+    /// old password must not stay logged in.
     pub fn set_password(
         &self,
         who: &Actor,
         name: &str,
         password: &str,
+        keep: Option<&str>,
     ) -> Result<(), ServiceError> {
-        self.service.set_user_password(who, name, password)
+        self.service.set_user_password(who, name, password)?;
+        self.sessions
+            .lock()
+            .retain(|id, s| s.user != name || keep.is_some_and(|k| k == id));
+        Ok(())
     }
 
     pub fn remove_user(&self, who: &Actor, name: &str) -> Result<(), ServiceError> {
@@ -240,12 +297,12 @@ mod tests {
         ))
     }
 
-    #[test]
-    fn setup_login_limit_and_roles() {
+    #[tokio::test]
+    async fn setup_login_limit_and_roles() {
         let dir = tempfile::tempdir().expect("tmp");
         let svc = service(dir.path());
         let who = Actor::server();
-        let auth = Auth::new(Arc::clone(&svc), None).expect("auth");
+        let auth = Arc::new(Auth::new(Arc::clone(&svc), None).expect("auth"));
         let token = auth.setup_token().expect("token");
         assert!(
             auth.complete_setup(&who, "wrong", "an", "secret-123")
@@ -259,7 +316,10 @@ mod tests {
             auth.complete_setup(&who, &token, "evil", "secret-123")
                 .is_err()
         );
-        let id = auth.login("an", "secret-123", "1.2.3.4").expect("login");
+        let id = auth
+            .login("an", "secret-123", "1.2.3.4")
+            .await
+            .expect("login");
         let s = auth.session(&id).expect("session");
         assert_eq!((s.user.as_str(), s.role), ("an", Role::Admin));
         assert!(auth.remove_user(&who, "an").is_err(), "last admin stays");
@@ -267,29 +327,37 @@ mod tests {
             .expect("add");
         for _ in 0..MAX_FAILURES {
             assert!(matches!(
-                auth.login("bo", "nope", "5.6.7.8"),
+                auth.login("bo", "nope", "5.6.7.8").await,
                 Err(LoginError::Invalid)
             ));
         }
         assert!(matches!(
-            auth.login("bo", "password-1", "5.6.7.8"),
+            auth.login("bo", "password-1", "5.6.7.8").await,
             Err(LoginError::Limited(_))
         ));
+        // The limit is the address's, not the account's: the real user on
+        // another machine still logs in.
+        auth.login("bo", "password-1", "5.6.7.9")
+            .await
+            .expect("another address");
         auth.logout(&id);
         assert!(auth.session(&id).is_none());
         // A second Auth over the same database does not offer setup again.
         assert!(Auth::new(svc, None).expect("auth").setup_token().is_none());
     }
 
-    #[test]
-    fn a_demoted_user_loses_their_session() {
+    #[tokio::test]
+    async fn a_demoted_user_loses_their_session() {
         let dir = tempfile::tempdir().expect("tmp");
         let svc = service(dir.path());
         let who = Actor::server();
-        let auth = Auth::new(Arc::clone(&svc), Some("admin-pass-1")).expect("auth");
+        let auth = Arc::new(Auth::new(Arc::clone(&svc), Some("admin-pass-1")).expect("auth"));
         auth.add_user(&who, "op", "operator", "operator-pass")
             .expect("add");
-        let id = auth.login("op", "operator-pass", "1.2.3.4").expect("login");
+        let id = auth
+            .login("op", "operator-pass", "1.2.3.4")
+            .await
+            .expect("login");
         auth.set_role(&who, "op", "viewer").expect("demote");
         assert!(auth.session(&id).is_none());
         let kinds: Vec<String> = svc
@@ -300,5 +368,49 @@ mod tests {
             .map(|e| e.kind)
             .collect();
         assert!(kinds.contains(&"user.role".to_string()), "{kinds:?}");
+    }
+
+    /// Parallel wrong passwords from one address: the limit holds, because
+    /// each attempt is counted before its hash, not after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_attempts_cannot_pass_the_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        let auth = Arc::new(Auth::new(Arc::clone(&svc), Some("admin-pass-1")).expect("auth"));
+        let tries: Vec<_> = (0..12)
+            .map(|_| {
+                let a = Arc::clone(&auth);
+                tokio::spawn(async move { a.login("admin", "wrong-pass", "9.9.9.9").await })
+            })
+            .collect();
+        let mut invalid = 0;
+        for t in tries {
+            if matches!(t.await.expect("join"), Err(LoginError::Invalid)) {
+                invalid += 1;
+            }
+        }
+        assert_eq!(invalid, MAX_FAILURES, "hashed attempts");
+    }
+
+    /// A password change ends the account's other sessions, not the one
+    /// that made it.
+    #[tokio::test]
+    async fn a_new_password_ends_other_sessions() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        let who = Actor::server();
+        let auth = Arc::new(Auth::new(Arc::clone(&svc), Some("admin-pass-1")).expect("auth"));
+        let here = auth
+            .login("admin", "admin-pass-1", "1.1.1.1")
+            .await
+            .expect("1");
+        let there = auth
+            .login("admin", "admin-pass-1", "2.2.2.2")
+            .await
+            .expect("2");
+        auth.set_password(&who, "admin", "a-new-pass-2", Some(&here))
+            .expect("change");
+        assert!(auth.session(&here).is_some());
+        assert!(auth.session(&there).is_none(), "the other session ended");
     }
 }

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
-use khoi_admin::{Actor, ServiceError};
+use khoi_admin::Actor;
 
 use super::{PageResult, call, render};
 use crate::WebState;
@@ -73,11 +73,7 @@ async fn login(
     let lang = page_lang(&headers);
     let name = field(&f, "name").to_string();
     let password = raw(&f, "password").to_string();
-    let auth = Arc::clone(&st.auth);
-    let (a, n) = (addr.clone(), name.clone());
-    let r = tokio::task::spawn_blocking(move || auth.login(&n, &password, &a))
-        .await
-        .unwrap_or_else(|e| Err(LoginError::Service(ServiceError::Internal(e.to_string()))));
+    let r = st.auth.login(&name, &password, &addr).await;
     let actor = Actor {
         name: if name.is_empty() {
             "-".into()
@@ -94,10 +90,16 @@ async fn login(
         }
         Err(e) => {
             st.service.metrics().logins_failed.inc();
-            st.service
-                .audit(&actor, "login.failed", &name, &e.to_string());
+            // A refusal before any password check is not audited: it says
+            // nothing new, and recording it would let a flood of refused
+            // requests fill the disk.
+            if matches!(e, LoginError::Invalid) {
+                st.service
+                    .audit(&actor, "login.failed", &name, &e.to_string());
+            }
             let (status, error) = match e {
                 LoginError::Limited(_) => (StatusCode::TOO_MANY_REQUESTS, t(lang, "login.limited")),
+                LoginError::Busy => (StatusCode::TOO_MANY_REQUESTS, t(lang, "login.busy")),
                 LoginError::Invalid => (StatusCode::UNAUTHORIZED, t(lang, "login.invalid")),
                 LoginError::Service(e) => return Err(WebError::from(e)),
             };

@@ -64,6 +64,7 @@ async fn user_edit(
     let auth = Arc::clone(&st.auth);
     let who = ctx.actor();
     let n = name.clone();
+    let sid = ctx.sid.clone();
     let r = call(move || {
         let role = field(&f, "role");
         if !role.is_empty() {
@@ -71,7 +72,7 @@ async fn user_edit(
         }
         let pw = raw(&f, "password");
         if !pw.is_empty() {
-            auth.set_password(&who, &n, pw)?;
+            auth.set_password(&who, &n, pw, Some(&sid))?;
         }
         Ok(())
     })
