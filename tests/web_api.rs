@@ -57,6 +57,7 @@ fn harness() -> H {
         auth: Arc::new(auth),
         scheduler: Arc::new(scheduler),
         secure_cookies: false,
+        policy: Default::default(),
     });
     H {
         app,

@@ -74,6 +74,7 @@ async fn admin_page_in_headless_chromium() {
         auth: Arc::new(auth),
         scheduler: Arc::new(scheduler),
         secure_cookies: false,
+        policy: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

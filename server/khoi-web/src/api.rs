@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tokio::net::UnixListener;
+
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::HeaderMap;
@@ -25,9 +27,51 @@ pub use crate::error::ErrorBody;
 use crate::error::{Replies, WebError};
 use crate::i18n::Lang;
 
-/// The header a local client uses to say which person is running it, for the
-/// audit log (the socket's peer uid is recorded alongside).
-pub const USER_HEADER: &str = "x-khoi-user";
+/// The control socket's caller, from the kernel (`SO_PEERCRED`): what the
+/// audit log names, whatever the request says about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCred {
+    pub uid: Option<u32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
+    for PeerCred
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        PeerCred {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+/// The user name of `uid` from the password database, else `uid<N>`.
+pub fn user_name(uid: u32) -> String {
+    let mut pw = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes the record into `pw` and its strings into
+    // `buf` (whose length it is given), and sets `found` to `pw` or NULL;
+    // the name is copied out before `buf` goes away.
+    let name = unsafe {
+        let rc = libc::getpwuid_r(
+            uid,
+            pw.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        if rc != 0 || found.is_null() || (*found).pw_name.is_null() {
+            None
+        } else {
+            Some(
+                std::ffi::CStr::from_ptr((*found).pw_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        }
+    };
+    name.unwrap_or_else(|| format!("uid{uid}"))
+}
 
 #[derive(Debug, Clone)]
 pub struct ApiState {
@@ -62,7 +106,7 @@ impl FromRequestParts<ApiState> for Who {
         if let Some(a) = parts.extensions.get::<Actor>() {
             return Ok(Who(a.clone()));
         }
-        Ok(Who(actor(st, &parts.headers)))
+        Ok(Who(actor(st, parts)))
     }
 }
 
@@ -100,12 +144,12 @@ where
 
 type ApiResult<T> = Result<Json<T>, WebError>;
 
-fn actor(st: &ApiState, headers: &HeaderMap) -> Actor {
-    let user = headers
-        .get(USER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 64)
-        .unwrap_or("unknown");
+fn actor(st: &ApiState, parts: &Parts) -> Actor {
+    let user = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<PeerCred>>()
+        .and_then(|c| c.0.uid)
+        .map_or_else(|| "unknown".to_string(), user_name);
     Actor {
         name: format!("local:{user}"),
         source: st.source.clone(),

@@ -101,10 +101,14 @@ fn required_role(method: &Method, path: &str) -> Role {
     }
 }
 
-fn peer(req: &Request) -> String {
-    req.extensions()
+fn peer(st: &WebState, req: &Request) -> String {
+    let conn = req
+        .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "-".to_string(), |c| c.0.ip().to_string())
+        .map(|c| c.0);
+    st.policy
+        .client(conn, req.headers())
+        .map_or_else(|| "-".to_string(), |ip| ip.to_string())
 }
 
 fn is_public(path: &str) -> bool {
@@ -118,11 +122,17 @@ pub async fn guard(State(st): State<WebState>, mut req: Request, next: Next) -> 
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let api = path.starts_with("/api/");
+    if let Some(hosts) = &st.policy.hosts
+        && let Some(host) = req.headers().get(header::HOST)
+        && !host.to_str().is_ok_and(|h| hosts.allows(h))
+    {
+        return WebError::refuse(StatusCode::MISDIRECTED_REQUEST, "err.host").into_response();
+    }
     let changes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     if changes && !same_origin(req.headers()) {
         return WebError::refuse(StatusCode::FORBIDDEN, "err.cross_site").into_response();
     }
-    let addr = peer(&req);
+    let addr = peer(&st, &req);
     req.extensions_mut().insert(PeerAddr(addr.clone()));
     if is_public(&path) {
         return next.run(req).await;

@@ -22,11 +22,14 @@ pub mod guard;
 pub mod i18n;
 pub mod metrics;
 pub mod pages;
+pub mod policy;
+pub mod server;
 
 use crate::api::ApiState;
 use crate::auth::Auth;
 use crate::error::Replies;
 use crate::i18n::Lang;
+use crate::policy::HttpPolicy;
 
 #[derive(Debug, Clone)]
 pub struct WebState {
@@ -36,6 +39,7 @@ pub struct WebState {
     /// Set the Secure flag on cookies: only when users reach the page over
     /// HTTPS (a TLS-terminating proxy), or logins over plain HTTP break.
     pub secure_cookies: bool,
+    pub policy: Arc<HttpPolicy>,
 }
 
 impl WebState {
@@ -67,6 +71,7 @@ pub fn router(st: WebState) -> Router {
             },
             error::reply,
         ))
+        .layer(middleware::from_fn(policy::security_headers))
 }
 
 /// What the binary passes from its config.
@@ -75,10 +80,21 @@ pub struct AdminOptions {
     /// `None`: no web page, but the nightly reset still runs.
     pub listen: Option<SocketAddr>,
     pub initial_password: Option<String>,
+    /// Mark cookies Secure although Khoi serves plain HTTP (behind an HTTPS
+    /// proxy). With `tls` they are Secure anyway.
     pub secure_cookies: bool,
     pub cron: String,
     /// `skip` or `force`.
     pub online: String,
+    /// HTTPS, and where its certificate comes from; `None`: plain HTTP.
+    pub tls: Option<server::TlsSource>,
+    /// Host names the page is reached by, besides its address.
+    pub hosts: Vec<String>,
+    /// Bearer token for `/metrics`; without one, `/metrics` answers only
+    /// on a loopback page.
+    pub metrics_token: Option<String>,
+    pub trusted_proxy: Option<policy::TrustedProxy>,
+    pub serve: server::ServeOptions,
 }
 
 /// Start the nightly reset and the web page (if it has an address); both
@@ -114,34 +130,66 @@ pub async fn start(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    let mut serve_opts = opts.serve.clone();
+    let scheme = if let Some(src) = &opts.tls {
+        let src = src.clone();
+        let tls = tokio::task::spawn_blocking(move || server::load_tls(&src))
+            .await
+            .map_err(|e| e.to_string())??;
+        if tls.created {
+            tracing::warn!(
+                "made a self-signed certificate for the admin page; \
+                 check this SHA-256 fingerprint when the browser asks: {}",
+                tls.fingerprint
+            );
+        } else {
+            tracing::info!("admin page certificate SHA-256 {}", tls.fingerprint);
+        }
+        serve_opts.tls = Some(tls.config);
+        "https"
+    } else {
+        "http"
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen for the admin page on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     if let Some(token) = auth.setup_token() {
-        // The one way to the first admin account: whoever can read the
-        // server's log (root, the service account) can create it.
-        let url = format!("http://{bound}/setup?token={token}");
-        tracing::warn!("no admin account yet; create one at {url}");
-        println!("khoi: no admin account yet; open {url} to create it (the link works once)");
+        // The one way to the first admin account. It goes to the terminal
+        // of whoever started the server, never to a log file that others
+        // (backups, log shippers) may read.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!(
+                "khoi: no admin account yet; open {scheme}://{bound}/setup?token={token} \
+                 to create it (the link works once)"
+            );
+        }
+        tracing::warn!(
+            "no admin account yet: start `khoi serve` once from a terminal to get the \
+             one-time setup link, or set admin.initial_password"
+        );
     }
-    tracing::info!("admin page on http://{bound}");
+    tracing::info!("admin page on {scheme}://{bound}");
+    let loopback = bound.ip().is_loopback();
+    let policy = HttpPolicy {
+        hosts: Some(policy::HostCheck {
+            names: opts.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            listen: bound.ip(),
+        }),
+        metrics: match (&opts.metrics_token, loopback) {
+            (Some(t), _) => policy::MetricsAccess::Token(t.clone()),
+            (None, true) => policy::MetricsAccess::Open,
+            (None, false) => policy::MetricsAccess::Closed,
+        },
+        trusted_proxy: opts.trusted_proxy.clone(),
+    };
     let app = router(WebState {
         service,
         auth: Arc::new(auth),
         scheduler,
-        secure_cookies: opts.secure_cookies,
+        secure_cookies: opts.secure_cookies || opts.tls.is_some(),
+        policy: Arc::new(policy),
     });
-    tasks.spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-        if let Err(e) = served {
-            tracing::error!("admin page failed: {e}");
-        }
-    });
+    tasks.spawn(server::serve(listener, app, serve_opts, shutdown));
     Ok(Some(bound))
 }

@@ -5,13 +5,16 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::WebState;
 use crate::error::WebError;
 
-pub async fn metrics(State(st): State<WebState>) -> Result<Response, WebError> {
+pub async fn metrics(State(st): State<WebState>, headers: HeaderMap) -> Result<Response, WebError> {
+    if !st.policy.metrics.allows(&headers) {
+        return Err(WebError::refuse(StatusCode::UNAUTHORIZED, "err.metrics"));
+    }
     let svc = Arc::clone(&st.service);
     let text = tokio::task::spawn_blocking(move || {
         svc.refresh_overlay_metrics();

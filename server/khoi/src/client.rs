@@ -13,7 +13,6 @@ use serde::de::DeserializeOwned;
 #[derive(Debug)]
 pub struct Client {
     socket: PathBuf,
-    user: String,
 }
 
 /// An error the server reported.
@@ -31,13 +30,11 @@ impl std::fmt::Display for ApiFailure {
 impl std::error::Error for ApiFailure {}
 
 impl Client {
+    /// The server names the caller in its audit log from the socket's peer
+    /// credentials, so the client says nothing about who it is.
     pub fn new(socket: &Path) -> Client {
-        let user = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| login_name());
         Client {
             socket: socket.to_path_buf(),
-            user,
         }
     }
 
@@ -75,9 +72,8 @@ impl Client {
         };
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: khoi\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nX-Khoi-User: {}\r\n\r\n",
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len(),
-            self.user
         );
         stream.write_all(head.as_bytes())?;
         stream.write_all(&body)?;
@@ -98,24 +94,6 @@ impl Client {
             body
         };
         serde_json::from_slice(&body).context("the server's answer is not the expected JSON")
-    }
-}
-
-/// The name of the uid running this CLI, for the audit log when the
-/// environment does not say (cron jobs, systemd units).
-fn login_name() -> String {
-    // SAFETY: getuid cannot fail; getpwuid returns NULL or a pointer to a
-    // static record that stays valid until the next getpw* call, and this
-    // single-threaded CLI makes none before copying the name out.
-    unsafe {
-        let uid = libc::getuid();
-        let pw = libc::getpwuid(uid);
-        if pw.is_null() || (*pw).pw_name.is_null() {
-            return format!("uid{uid}");
-        }
-        std::ffi::CStr::from_ptr((*pw).pw_name)
-            .to_string_lossy()
-            .into_owned()
     }
 }
 

@@ -74,6 +74,109 @@ pub struct Admin {
     pub import_roots: Vec<PathBuf>,
     pub nightly: Nightly,
     pub import: Import,
+    /// HTTPS for the page: `auto` (on unless the page is on loopback),
+    /// `enabled` or `disabled`.
+    pub tls: TlsMode,
+    /// PEM certificate chain and key; without them a self-signed
+    /// certificate is made in the data folder at first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Host names the page is reached by: requests naming another host are
+    /// refused (DNS rebinding), and a self-signed certificate covers them.
+    pub hosts: Vec<String>,
+    /// Serve plain HTTP on a non-loopback address anyway (a TLS proxy on the
+    /// same machine or network segment). Passwords then cross the LAN in
+    /// clear unless that proxy is in front.
+    pub allow_plain_http: bool,
+    /// Bearer token for `/metrics`; without it `/metrics` only answers on a
+    /// loopback page (it names every seat).
+    pub metrics_token: Option<String>,
+    /// A reverse proxy whose header names the client (for login limits and
+    /// the audit log). Off unless set.
+    pub trusted_proxy: Option<TrustedProxy>,
+    /// Seconds a client has to send a request's headers (also how long an
+    /// idle connection stays open).
+    pub header_timeout_secs: u64,
+    /// Connections to the page at once, and from one address.
+    pub max_connections: usize,
+    pub max_per_address: usize,
+    /// Seconds shutdown waits for open requests before leaving them.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    Auto,
+    Enabled,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedProxy {
+    /// Such as `X-Forwarded-For`; the last address in it is used.
+    pub header: String,
+    /// Addresses the proxy connects from.
+    pub from: Vec<std::net::IpAddr>,
+}
+
+impl Admin {
+    /// Whether the page is served over HTTPS.
+    pub fn tls_enabled(&self) -> bool {
+        match self.tls {
+            TlsMode::Enabled => true,
+            TlsMode::Disabled => false,
+            TlsMode::Auto => self.listen.is_some_and(|a| !a.ip().is_loopback()),
+        }
+    }
+
+    /// The web crate's options for this section.
+    pub fn web_options(&self, data_dir: &Path) -> khoi_web::AdminOptions {
+        let tls = self
+            .tls_enabled()
+            .then(|| match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => khoi_web::server::TlsSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                _ => {
+                    let mut names = self.hosts.clone();
+                    names.push("localhost".into());
+                    if let Some(a) = self.listen.filter(|a| !a.ip().is_unspecified()) {
+                        names.push(a.ip().to_string());
+                    }
+                    khoi_web::server::TlsSource::SelfSigned {
+                        dir: data_dir.to_path_buf(),
+                        names,
+                    }
+                }
+            });
+        let mut serve = khoi_web::server::ServeOptions::plain();
+        serve.header_timeout = std::time::Duration::from_secs(self.header_timeout_secs.max(1));
+        serve.limits.max_connections = self.max_connections.max(1);
+        serve.limits.max_per_peer = self.max_per_address.max(1);
+        serve.limits.shutdown_grace = std::time::Duration::from_secs(self.shutdown_grace_secs);
+        khoi_web::AdminOptions {
+            listen: self.listen,
+            initial_password: self.initial_password.clone(),
+            secure_cookies: self.secure_cookies,
+            cron: self.nightly.cron.clone(),
+            online: self.nightly.online.clone(),
+            tls,
+            hosts: self.hosts.clone(),
+            metrics_token: self.metrics_token.clone(),
+            trusted_proxy: self
+                .trusted_proxy
+                .as_ref()
+                .map(|p| khoi_web::policy::TrustedProxy {
+                    header: p.header.to_ascii_lowercase(),
+                    from: p.from.clone(),
+                }),
+            serve,
+        }
+    }
 }
 
 /// Limits on what an import (CLI, path or upload) may take.
@@ -134,6 +237,17 @@ impl Default for Admin {
             import_roots: vec![PathBuf::from("/media"), PathBuf::from("/mnt")],
             nightly: Nightly::default(),
             import: Import::default(),
+            tls: TlsMode::Auto,
+            tls_cert: None,
+            tls_key: None,
+            hosts: Vec::new(),
+            allow_plain_http: false,
+            metrics_token: None,
+            trusted_proxy: None,
+            header_timeout_secs: 10,
+            max_connections: 256,
+            max_per_address: 32,
+            shutdown_grace_secs: 5,
         }
     }
 }
@@ -383,15 +497,31 @@ impl Config {
                 format!("{:?}: expected skip or force", n.online),
             ));
         }
-        if self
-            .admin
-            .initial_password
-            .as_ref()
-            .is_some_and(|p| p.chars().count() < 8)
+        if let Some(p) = &self.admin.initial_password
+            && let Err(e) = khoi_admin::users::check_password_policy(p)
+        {
+            return Err(fail("initial_password", e.to_string()));
+        }
+        let a = &self.admin;
+        if a.listen.is_some_and(|l| !l.ip().is_loopback())
+            && !a.tls_enabled()
+            && !a.allow_plain_http
         {
             return Err(fail(
-                "initial_password",
-                "must be at least 8 characters".into(),
+                "tls",
+                "the admin page listens beyond loopback without TLS: passwords would cross \
+                 the LAN in clear; use tls: auto, or set allow_plain_http: true behind an \
+                 HTTPS proxy"
+                    .into(),
+            ));
+        }
+        if a.tls_cert.is_some() != a.tls_key.is_some() {
+            return Err(fail("tls_cert", "tls_cert and tls_key go together".into()));
+        }
+        if a.metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(fail(
+                "metrics_token",
+                "must be at least 16 characters".into(),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

@@ -90,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = load_config(&cli)?;
     if let Command::Serve = cli.command {
+        harden_process();
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -133,6 +134,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })
         }
+    }
+}
+
+/// Process-wide settings `khoi serve` needs before it opens anything.
+fn harden_process() {
+    // SAFETY: umask, getrlimit/setrlimit and mallopt only change this
+    // process's own settings; they run before any other thread exists.
+    unsafe {
+        // Every file the server makes (state database, overlays, staging,
+        // certificates) holds CHAP secrets, password hashes or seats'
+        // disks: owner only, whatever the service manager's umask.
+        libc::umask(0o077);
+        // Seats, officers and scrapers all need descriptors; the soft
+        // limit (often 1024) ran out under a flood of idle connections.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        // glibc raises its mmap threshold after freeing a large block, and
+        // from then on keeps argon2's 19 MiB login buffers in each thread's
+        // arena instead of returning them: a burst of logins left the
+        // server at almost 1 GB. A fixed threshold returns them at once.
+        #[cfg(target_env = "gnu")]
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -150,6 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create data folder {}", dir.display()))?;
+    restrict_data_folder(&dir)?;
 
     let state = Arc::new(State::open(&dir.join("khoi.db")).context("opening the state database")?);
     let recorder = Recorder::start(Arc::clone(&state));
@@ -245,6 +246,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = socket_router(ApiState::new(Arc::clone(&service), "control-socket"));
     let token = shutdown.clone();
     tasks.spawn(async move {
+        // The audit log names the caller by the socket's peer uid.
+        let app = app.into_make_service_with_connect_info::<khoi_web::api::PeerCred>();
         let served = axum::serve(control, app)
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;
@@ -253,16 +256,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let admin = &config.admin;
     khoi_web::start(
         Arc::clone(&service),
-        khoi_web::AdminOptions {
-            listen: admin.listen,
-            initial_password: admin.initial_password.clone(),
-            secure_cookies: admin.secure_cookies,
-            cron: admin.nightly.cron.clone(),
-            online: admin.nightly.online.clone(),
-        },
+        config.admin.web_options(&dir),
         shutdown.clone(),
         &mut tasks,
     )
@@ -301,6 +297,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         detail: "",
         args: &[],
     })?;
+    Ok(())
+}
+
+/// The data folder holds CHAP secrets, password hashes and every seat's
+/// disk: owner only. New files are owner-only by the umask; this fixes a
+/// folder and state files made by an older version or by hand.
+fn restrict_data_folder(dir: &Path) -> anyhow::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict data folder {}", dir.display()))?;
+    for name in ["khoi.db", "khoi.db-wal", "khoi.db-shm", "khoi.db-journal"] {
+        let p = dir.join(name);
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", p.display()))?;
+        }
+    }
     Ok(())
 }
 

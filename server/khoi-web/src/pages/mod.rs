@@ -216,6 +216,13 @@ fn done(st: &WebState, ctx: &Ctx, to: &str, r: Result<String, ServiceError>) -> 
             );
         }
     }
+    // Targets are built from names the service checked; still, never
+    // another site.
+    let to = if to.starts_with("//") || to.contains('\\') {
+        "/"
+    } else {
+        to
+    };
     Redirect::to(to).into_response()
 }
 
@@ -245,7 +252,7 @@ async fn set_lang(Path(code): Path<String>, Query(q): Query<Back>) -> Response {
     // Only a local path: an open redirect would help phishing.
     let back = q
         .back
-        .filter(|b| b.starts_with('/') && !b.starts_with("//"))
+        .filter(|b| crate::policy::local_path(b))
         .unwrap_or_else(|| "/".into());
     let cookie = format!(
         "{LANG_COOKIE}={}; Path=/; Max-Age=31536000; SameSite=Strict",
