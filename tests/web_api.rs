@@ -1005,3 +1005,277 @@ async fn pages_and_forms_work_and_escape_user_text() {
     let all = s.get("/audit.csv").await.body;
     assert!(all.contains("\"login\""), "logins are audited");
 }
+
+// ---- attacks of issue 10, replayed in process ----
+
+/// Attack 7: the viewer role read CHAP secrets through the API although the
+/// seat page hides them.
+#[tokio::test]
+async fn a_viewer_never_reads_a_chap_secret_through_the_api() {
+    let h = harness();
+    stage(&h, "a.raw", 4, 1);
+    let admin = login(&h, "admin", "admin-pass-1").await;
+    let r = admin
+        .post(
+            "/api/v1/images",
+            json!({"name": "win10", "staged": "a.raw", "note": "base"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = admin
+        .post(
+            "/api/v1/seats",
+            json!({"name": "s1", "mac": "02:00:00:00:00:01", "image": "win10", "mutual_chap": true}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let secret = admin.get("/api/v1/seats/s1").await.json()["chap_secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    assert!(!secret.is_empty());
+    let viewer = login(&h, "vi", "viewer-pass").await;
+    let r = viewer.get("/api/v1/seats/s1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.body.contains(&secret), "{}", r.body);
+    assert_eq!(r.json()["chap_secret"], "");
+    assert!(r.json()["mutual_chap_secret"].is_null(), "{}", r.body);
+    for uri in ["/api/v1/seats", "/seats/s1", "/seats"] {
+        assert!(!viewer.get(uri).await.body.contains(&secret), "{uri}");
+    }
+    let op = login(&h, "op", "operator-pass").await;
+    assert_eq!(
+        op.get("/api/v1/seats/s1").await.json()["chap_secret"],
+        secret
+    );
+}
+
+/// Attack 7: `password` and eight spaces were accepted as passwords.
+#[tokio::test]
+async fn weak_passwords_are_refused() {
+    let h = harness();
+    let s = login(&h, "admin", "admin-pass-1").await;
+    for pw in [
+        "password",
+        "        ",
+        "            ",
+        "12345678",
+        "matkhau123",
+        "Password123",
+        &"long-pass-".repeat(13),
+    ] {
+        let r = s
+            .post(
+                "/api/v1/users",
+                json!({"name": "lan", "role": "viewer", "password": pw}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.json()["field"].clone()),
+            (StatusCode::UNPROCESSABLE_ENTITY, json!("password")),
+            "{pw:?}: {}",
+            r.body
+        );
+    }
+    let r = s
+        .post(
+            "/api/v1/users",
+            json!({"name": "x".repeat(65), "role": "viewer", "password": "lan-pass-123"}),
+        )
+        .await;
+    assert_eq!(r.json()["field"], "name", "{}", r.body);
+}
+
+/// Attack 7: a password change left the user's other sessions alive.
+#[tokio::test]
+async fn a_password_change_ends_the_other_sessions() {
+    let h = harness();
+    let stolen = login(&h, "op", "operator-pass").await;
+    let mine = login(&h, "op", "operator-pass").await;
+    let admin = login(&h, "admin", "admin-pass-1").await;
+    let r = admin
+        .json(
+            Method::PATCH,
+            "/api/v1/users/op",
+            json!({"password": "a-fresh-pass-9"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for s in [&stolen, &mine] {
+        assert_eq!(
+            s.get("/api/v1/seats").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Changing one's own password keeps the session that did it.
+    let a2 = login(&h, "admin", "admin-pass-1").await;
+    let r = admin
+        .json(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            json!({"password": "admin-pass-2x"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(admin.get("/api/v1/seats").await.status, StatusCode::OK);
+    assert_eq!(
+        a2.get("/api/v1/seats").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// Attack 7: `/lang/<x>?back=/\evil.example` redirected off-site.
+#[tokio::test]
+async fn language_switch_redirects_only_to_local_paths() {
+    let h = harness();
+    for back in [
+        "/\\evil.example",
+        "//evil.example",
+        "https://evil.example",
+        "/%0d%0aX",
+    ] {
+        let uri = format!(
+            "/lang/en?back={}",
+            back.replace('\\', "%5C")
+                .replace('/', "%2F")
+                .replace(':', "%3A")
+        );
+        let r = send(
+            &h.app,
+            Request::get(uri.as_str()).body(Body::empty()).expect("req"),
+        )
+        .await;
+        let to = r.headers[header::LOCATION].to_str().expect("location");
+        assert_eq!(to, "/", "{back}");
+    }
+    let r = send(
+        &h.app,
+        Request::get("/lang/en?back=%2Fseats")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.headers[header::LOCATION], "/seats");
+}
+
+/// Attack 7: no security headers; pages with secrets could be cached or
+/// framed.
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let h = harness();
+    let s = login(&h, "admin", "admin-pass-1").await;
+    for uri in ["/login", "/", "/seats", "/api/v1/seats", "/nope"] {
+        let r = s.get(uri).await;
+        let hv = |k: &str| {
+            r.headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        assert!(
+            hv("content-security-policy").contains("frame-ancestors 'none'"),
+            "{uri}"
+        );
+        assert!(
+            hv("content-security-policy").contains("script-src 'self'"),
+            "{uri}"
+        );
+        assert_eq!(hv("x-content-type-options"), "nosniff", "{uri}");
+        assert_eq!(hv("referrer-policy"), "no-referrer", "{uri}");
+        assert_eq!(hv("cache-control"), "no-store", "{uri}");
+    }
+    let css = s.get("/static/app.css").await;
+    assert!(css.headers.get("cache-control").is_none());
+}
+
+/// Attack 7: `Host` was not checked (DNS rebinding reaches the page with
+/// the officer's cookies).
+#[tokio::test]
+async fn a_foreign_host_is_refused() {
+    let mut h = harness();
+    let st_policy = khoi_web::policy::HttpPolicy {
+        hosts: Some(khoi_web::policy::HostCheck {
+            names: vec!["khoi.test".into()],
+            listen: "127.0.0.1".parse().expect("ip"),
+        }),
+        ..Default::default()
+    };
+    h.app = rebuild(&h, st_policy);
+    for (host, ok) in [
+        ("evil.example", false),
+        ("evil.example:8080", false),
+        ("khoi.test", true),
+        ("127.0.0.1:8080", true),
+        ("localhost", true),
+    ] {
+        let r = send(
+            &h.app,
+            Request::get("/login")
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(r.status == StatusCode::OK, ok, "{host}: {}", r.status);
+    }
+}
+
+/// Attack 7: `/metrics` was public and lists seat names.
+#[tokio::test]
+async fn metrics_need_the_bearer_token_when_one_is_set() {
+    let mut h = harness();
+    let policy = khoi_web::policy::HttpPolicy {
+        metrics: khoi_web::policy::MetricsAccess::Token("a-long-metrics-token".into()),
+        ..Default::default()
+    };
+    h.app = rebuild(&h, policy);
+    let get = |auth: Option<&'static str>| {
+        let mut r = Request::get("/metrics");
+        if let Some(a) = auth {
+            r = r.header(header::AUTHORIZATION, a);
+        }
+        r.body(Body::empty()).expect("req")
+    };
+    assert_eq!(
+        send(&h.app, get(None)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&h.app, get(Some("Bearer wrong"))).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = send(&h.app, get(Some("Bearer a-long-metrics-token"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("# EOF"));
+    let closed = khoi_web::policy::HttpPolicy {
+        metrics: khoi_web::policy::MetricsAccess::Closed,
+        ..Default::default()
+    };
+    h.app = rebuild(&h, closed);
+    assert_eq!(
+        send(&h.app, get(None)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// The harness's service and users behind a router with `policy`.
+fn rebuild(h: &H, policy: khoi_web::policy::HttpPolicy) -> Router {
+    let scheduler = Scheduler::new(
+        Arc::clone(&h.svc),
+        Arc::new(SystemClock),
+        ScheduleSettings {
+            cron: "0 2 * * *".into(),
+            online: OnlinePolicy::Skip,
+        },
+    )
+    .expect("scheduler");
+    let auth = Auth::new(Arc::clone(&h.svc), None).expect("auth");
+    router(WebState {
+        service: Arc::clone(&h.svc),
+        auth: Arc::new(auth),
+        scheduler: Arc::new(scheduler),
+        secure_cookies: false,
+        policy: Arc::new(policy),
+    })
+}

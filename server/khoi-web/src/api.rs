@@ -408,8 +408,19 @@ async fn add_seat(
     blocking(move || st.service.add_seat(&who, &req)).await
 }
 
-async fn seat(State(st): State<ApiState>, Path(name): Path<String>) -> ApiResult<SeatDetails> {
-    blocking(move || st.service.seat(&name)).await
+async fn seat(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    ctx: Option<axum::Extension<crate::guard::Ctx>>,
+) -> ApiResult<SeatDetails> {
+    let mut d = blocking(move || st.service.seat(&name)).await?;
+    // As on the seat page: a viewer reads a seat but not its secrets. The
+    // control socket (no web session) is the server's owner and sees all.
+    if ctx.is_some_and(|c| c.0.session.role < khoi_admin::users::Role::Operator) {
+        d.0.chap_secret = String::new();
+        d.0.mutual_chap_secret = None;
+    }
+    Ok(d)
 }
 
 async fn remove_seat(
