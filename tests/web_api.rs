@@ -1182,7 +1182,7 @@ async fn every_answer_carries_the_security_headers() {
             "{uri}"
         );
         assert_eq!(hv("x-content-type-options"), "nosniff", "{uri}");
-        assert_eq!(hv("referrer-policy"), "no-referrer", "{uri}");
+        assert_eq!(hv("referrer-policy"), "same-origin", "{uri}");
         assert_eq!(hv("cache-control"), "no-store", "{uri}");
     }
     let css = s.get("/static/app.css").await;

@@ -169,6 +169,11 @@ impl Server {
         panic!("khoi serve did not become ready:\n{}", self.log());
     }
 
+    /// The server's process id (to read its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }

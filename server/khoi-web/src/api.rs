@@ -46,29 +46,36 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Unix
 
 /// The user name of `uid` from the password database, else `uid<N>`.
 pub fn user_name(uid: u32) -> String {
-    let mut pw = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes the record into `pw` and its strings into
-    // `buf` (whose length it is given), and sets `found` to `pw` or NULL;
-    // the name is copied out before `buf` goes away.
-    let name = unsafe {
-        let rc = libc::getpwuid_r(
-            uid,
-            pw.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        );
-        if rc != 0 || found.is_null() || (*found).pw_name.is_null() {
-            None
-        } else {
-            Some(
+    // Records can be long (and a damaged /etc/passwd longer): grow the
+    // buffer while the C library says it is too small.
+    let mut size = 4096;
+    let name = loop {
+        let mut pw = std::mem::MaybeUninit::<libc::passwd>::uninit();
+        let mut buf = vec![0 as libc::c_char; size];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: getpwuid_r writes the record into `pw` and its strings
+        // into `buf` (whose length it is given), and sets `found` to `pw` or
+        // NULL; the name is copied out before `buf` goes away.
+        let (rc, name) = unsafe {
+            let rc = libc::getpwuid_r(
+                uid,
+                pw.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            );
+            let name = (rc == 0 && !found.is_null() && !(*found).pw_name.is_null()).then(|| {
                 std::ffi::CStr::from_ptr((*found).pw_name)
                     .to_string_lossy()
-                    .into_owned(),
-            )
+                    .into_owned()
+            });
+            (rc, name)
+        };
+        if rc == libc::ERANGE && size < 16 << 20 {
+            size *= 4;
+            continue;
         }
+        break name;
     };
     name.unwrap_or_else(|| format!("uid{uid}"))
 }
@@ -704,4 +711,13 @@ async fn user_remove(
 ) -> ApiResult<()> {
     let a = auth(&st)?;
     blocking(move || a.remove_user(&who, &name)).await
+}
+
+#[cfg(test)]
+mod peer_tests {
+    #[test]
+    fn uid_zero_is_root() {
+        assert_eq!(super::user_name(0), "root");
+        assert_eq!(super::user_name(4_000_000_000), "uid4000000000");
+    }
 }

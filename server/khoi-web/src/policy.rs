@@ -138,7 +138,9 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     );
     set(h, "x-frame-options", "DENY");
     set(h, "x-content-type-options", "nosniff");
-    set(h, "referrer-policy", "no-referrer");
+    // Not `no-referrer`: with it browsers send `Origin: null` on form
+    // posts, and the same-origin check refuses them.
+    set(h, "referrer-policy", "same-origin");
     if !cacheable {
         set(h, "cache-control", "no-store");
     }
