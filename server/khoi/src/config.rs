@@ -796,6 +796,35 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("online"));
     }
 
+    /// A page on the LAN gets HTTPS by default; plain HTTP there must be
+    /// asked for, because passwords would cross the LAN in clear.
+    #[test]
+    fn admin_beyond_loopback_needs_tls() {
+        let c = parse("# nothing\n").expect("defaults");
+        assert!(!c.admin.tls_enabled(), "loopback stays plain HTTP");
+        let c = parse("admin:\n  listen: 10.0.0.1:8443\n").expect("auto");
+        assert!(c.admin.tls_enabled());
+        let web = c.admin.web_options(Path::new("/var/lib/khoi"));
+        assert!(matches!(
+            web.tls,
+            Some(khoi_web::server::TlsSource::SelfSigned { ref names, .. })
+                if names.contains(&"10.0.0.1".to_string())
+        ));
+        let e = parse("admin:\n  listen: 0.0.0.0:8080\n  tls: disabled\n")
+            .expect_err("plain HTTP on the LAN");
+        assert_eq!(e.key.as_deref(), Some("tls"));
+        let c =
+            parse("admin:\n  listen: 0.0.0.0:8080\n  tls: disabled\n  allow_plain_http: true\n")
+                .expect("explicitly allowed");
+        assert!(!c.admin.tls_enabled());
+        let e = parse("admin:\n  tls_cert: /etc/khoi/a.crt\n").expect_err("cert without key");
+        assert_eq!(e.key.as_deref(), Some("tls_cert"));
+        let e = parse("admin:\n  metrics_token: short\n").expect_err("short token");
+        assert_eq!(e.key.as_deref(), Some("metrics_token"));
+        let e = parse("admin:\n  initial_password: password\n").expect_err("common");
+        assert_eq!(e.key.as_deref(), Some("initial_password"));
+    }
+
     #[test]
     fn sizes() {
         assert_eq!("4096".parse::<Size>(), Ok(Size(4096)));
