@@ -499,3 +499,29 @@ fn the_data_folder_is_owner_only_and_the_setup_token_stays_off_the_log() {
 fn read_only_layer(path: &std::path::Path, mode: u32) -> bool {
     mode & 0o222 == 0 && path.components().any(|c| c.as_os_str() == "images")
 }
+
+/// Attack 4's other half: when the seats have used the data filesystem down
+/// to the free-space floor, the state database still records (it is not
+/// gated by the floor; the floor is its reserve).
+#[test]
+fn the_state_database_keeps_working_when_seats_are_at_the_floor() {
+    let s = admin_ready(Server::start_with(Options {
+        // More than any test machine has: every seat allocation is refused.
+        free_space_floor: Some("1000TiB".into()),
+        extra_yaml: format!("  initial_password: {ADMIN_PASSWORD}\n"),
+        ..Default::default()
+    }));
+    assert_eq!(login(&s, "127.0.0.1", "admin", "wrong-pass", ""), 401);
+    assert_eq!(login(&s, "127.0.0.1", "admin", ADMIN_PASSWORD, ""), 303);
+    let events = s.json(&["events", "--subject", "admin"]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"login.failed") && kinds.contains(&"login"),
+        "{kinds:?}"
+    );
+}

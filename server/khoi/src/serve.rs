@@ -155,6 +155,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(State::open(&dir.join("khoi.db")).context("opening the state database")?);
     let recorder = Recorder::start(Arc::clone(&state));
     let block_recorder = recorder.clone();
+    // The state database lives on the same filesystem as the overlays but
+    // is not gated by the floor: seats stop allocating while `floor` bytes
+    // are still free, and those bytes are what SQLite (audit and boot
+    // events, schedule runs) keeps writing into when every seat is full.
+    // The floor counts free space as statvfs's f_bavail, so a server run as
+    // root also has the filesystem's root-reserved blocks below it. With
+    // the floor at 0 there is no such reserve, hence the warning.
+    if config.storage.free_space_floor.0 == 0 {
+        tracing::warn!(
+            "storage.free_space_floor is 0: seats may fill the data filesystem, and then \
+             the state database cannot record events"
+        );
+    }
     let store = Arc::new(
         Store::open(
             &dir,
