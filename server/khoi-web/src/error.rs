@@ -55,6 +55,9 @@ impl WebError {
 
     /// An internal failure: `detail` is logged, the answer is generic.
     pub fn internal(detail: impl std::fmt::Display) -> WebError {
+        // A detail may quote what a client sent; one request, one short line.
+        let detail = detail.to_string();
+        let detail = khoi_admin::service::cap(&detail, 2048);
         tracing::error!("admin request failed: {detail}");
         WebError::refuse(StatusCode::INTERNAL_SERVER_ERROR, "err.internal")
     }
