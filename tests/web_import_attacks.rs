@@ -67,6 +67,7 @@ async fn harness(dir: &Path) -> H {
         auth: Arc::new(auth),
         scheduler: Arc::new(scheduler),
         secure_cookies: false,
+        policy: Default::default(),
     });
     let mut h = H {
         app,
