@@ -379,6 +379,11 @@ fn the_admin_page_serves_https() {
         "fingerprint {fp} not in the log:\n{}",
         s.log()
     );
+    let check = s.ok(&["config", "check", s.config.to_str().expect("path")]);
+    assert!(
+        check.contains(&fp),
+        "config check shows the fingerprint: {check}"
+    );
     let url = format!("https://127.0.0.1:{}/login", s.admin_port);
     let out = common::run_ok(
         std::process::Command::new("curl")

@@ -215,6 +215,16 @@ fn make_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<(), Str
     Ok(())
 }
 
+/// The fingerprint of the first certificate in the PEM file at `path`.
+pub fn cert_fingerprint(path: &Path) -> Result<String, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let first = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or_else(|| format!("{}: no certificate in it", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(fingerprint(&first))
+}
+
 /// `AB:CD:…`, SHA-256 of the DER certificate.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     ring::digest::digest(&ring::digest::SHA256, cert.as_ref())
@@ -243,6 +253,10 @@ mod tests {
         assert!(!again.created);
         assert_eq!(first.fingerprint, again.fingerprint);
         assert_eq!(first.fingerprint.len(), 32 * 3 - 1);
+        assert_eq!(
+            cert_fingerprint(&dir.path().join(SELF_SIGNED_CERT)).as_deref(),
+            Ok(first.fingerprint.as_str())
+        );
         for f in [SELF_SIGNED_CERT, SELF_SIGNED_KEY] {
             let mode = std::fs::metadata(dir.path().join(f))
                 .expect("meta")

@@ -66,6 +66,25 @@ fn nbd_summary(config: &config::Config) -> String {
     }
 }
 
+/// `config check`'s view of the admin page, with the certificate's
+/// fingerprint for an officer to compare with what the browser shows.
+fn admin_summary(config: &config::Config) -> String {
+    let a = &config.admin;
+    let Some(listen) = a.listen else {
+        return "off".into();
+    };
+    if !a.tls_enabled() {
+        return format!("http://{listen}");
+    }
+    let cert = a
+        .tls_cert
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join(khoi_web::server::SELF_SIGNED_CERT));
+    let fp = khoi_web::server::cert_fingerprint(&cert)
+        .unwrap_or_else(|_| "no certificate yet (a self-signed one is made at first start)".into());
+    format!("https://{listen}, certificate SHA-256 {fp}")
+}
+
 /// A seat's NBD URI from the server's NBD address: a socket path or a
 /// `nbd://`/`nbds://` base.
 fn nbd_uri(address: Option<&str>, export: &str) -> String {
@@ -86,6 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             nbd_summary(&config),
             config.listen.iscsi.map_or("off".into(), |a| a.to_string()),
         );
+        println!("admin page: {}", admin_summary(&config));
         return Ok(());
     }
     let config = load_config(&cli)?;
