@@ -17,6 +17,8 @@ run_pkgs=(qemu-utils ipxe libssl-dev pkg-config)
 # chromium drives the admin page in the browser test (tests/web_browser.rs),
 # with playwright-core from npm (installed below); nodejs runs it.
 test_pkgs=(libnbd-bin python3-libnbd nbdkit fio libiscsi-bin qemu-block-extra tgt iperf3 sqlite3 chromium)
+# curl and openssl check the admin page's HTTPS (tests/web_attacks.rs).
+test_pkgs+=(curl openssl)
 # The PXE end-to-end tests (tests/pxe_e2e.rs, scripts/lab.sh): real firmware
 # in qemu (SeaBIOS + ipxe-qemu's NIC ROM, OVMF), a plain site DHCP server
 # (dnsmasq-base: the binary without the distribution's service, which would
