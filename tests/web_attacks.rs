@@ -530,3 +530,44 @@ fn the_state_database_keeps_working_when_seats_are_at_the_floor() {
         "{kinds:?}"
     );
 }
+
+/// Attack 6: behind a reverse proxy every client had the proxy's address,
+/// so one client's failures locked out all. With the proxy configured, its
+/// header names the client; the header of anyone else is ignored (tested in
+/// `wrong_passwords_do_not_lock_out_the_admin`).
+#[test]
+fn a_trusted_proxy_header_names_the_client() {
+    let s = server("  trusted_proxy:\n    header: X-Forwarded-For\n    from: [127.0.0.1]\n");
+    let via = |client: &str| format!("\r\nX-Forwarded-For: 6.6.6.6, {client}");
+    for i in 0..5 {
+        assert_eq!(
+            login(&s, "127.0.0.1", "admin", "wrong-pass", &via("10.0.0.66")),
+            401,
+            "try {i}"
+        );
+    }
+    assert_eq!(
+        login(&s, "127.0.0.1", "admin", ADMIN_PASSWORD, &via("10.0.0.66")),
+        429
+    );
+    assert_eq!(
+        login(&s, "127.0.0.1", "admin", ADMIN_PASSWORD, &via("10.0.0.7")),
+        303,
+        "another client behind the same proxy"
+    );
+    let events = s.json(&["events", "--subject", "admin"]);
+    let sources: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["source"].as_str())
+        .collect();
+    assert!(
+        sources.contains(&"10.0.0.66") && sources.contains(&"10.0.0.7"),
+        "{sources:?}"
+    );
+    assert!(
+        !sources.contains(&"6.6.6.6"),
+        "the client-written part is not believed"
+    );
+}
