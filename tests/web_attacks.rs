@@ -202,6 +202,15 @@ fn sigterm_with_a_stuck_client_exits_within_the_deadline() {
               Content-Length: 100000\r\n\r\nname=a",
         )
         .expect("half a body");
+    // The same on the control socket.
+    let mut local =
+        std::os::unix::net::UnixStream::connect(s.data.join("khoi.sock")).expect("socket");
+    local
+        .write_all(
+            b"POST /v1/seats HTTP/1.1\r\nHost: khoi\r\nContent-Type: application/json\r\n\
+              Content-Length: 100000\r\n\r\n{",
+        )
+        .expect("half a body");
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     s.stop();
@@ -210,7 +219,7 @@ fn sigterm_with_a_stuck_client_exits_within_the_deadline() {
         "shutdown took {:?}",
         start.elapsed()
     );
-    drop(stuck);
+    drop((stuck, local));
 }
 
 /// Attack 6: five wrong passwords from anywhere gave the real admin 429,

@@ -20,6 +20,9 @@ use crate::config::Config;
 use crate::prewarm::Prewarm;
 use crate::{boot, exports};
 
+/// How long shutdown waits for requests on the control socket.
+const CONTROL_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn control_socket(data_dir: &Path) -> PathBuf {
     data_dir.join("khoi.sock")
 }
@@ -261,11 +264,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tasks.spawn(async move {
         // The audit log names the caller by the socket's peer uid.
         let app = app.into_make_service_with_connect_info::<khoi_web::api::PeerCred>();
+        let deadline = token.clone();
         let served = axum::serve(control, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!("control socket failed: {e}");
+            .with_graceful_shutdown(async move { token.cancelled().await });
+        // Graceful shutdown waits for every open request; a client that
+        // never finishes its request must not hold SIGTERM hostage.
+        tokio::select! {
+            r = served => if let Err(e) = r {
+                tracing::error!("control socket failed: {e}");
+            },
+            () = async {
+                deadline.cancelled().await;
+                tokio::time::sleep(CONTROL_SHUTDOWN_GRACE).await;
+            } => tracing::info!("shutdown: leaving control-socket requests that did not finish"),
         }
     });
 
