@@ -1279,3 +1279,15 @@ fn rebuild(h: &H, policy: khoi_web::policy::HttpPolicy) -> Router {
         policy: Arc::new(policy),
     })
 }
+
+/// The first admin's setup link is the control socket's alone: the web
+/// API does not hand it out, even to a logged-in user.
+#[tokio::test]
+async fn the_web_api_does_not_give_the_setup_link() {
+    let h = harness();
+    let s = login(&h, "admin", "admin-pass-1").await;
+    assert_eq!(
+        s.get("/api/v1/setup-link").await.status,
+        StatusCode::NOT_FOUND
+    );
+}

@@ -580,3 +580,26 @@ fn a_trusted_proxy_header_names_the_client() {
         "the client-written part is not believed"
     );
 }
+
+/// Files section: the setup token stays out of log files; the server's
+/// owner gets the link from the control socket, and it works once.
+#[test]
+fn the_setup_link_comes_from_the_control_socket_and_works_once() {
+    let s = admin_ready(Server::start_with(Options::default()));
+    let out = s.ok(&["setup-link"]);
+    let url = out
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no link: {out}"));
+    let token = url.split("token=").nth(1).expect("token");
+    assert!(token.len() >= 32, "{url}");
+    assert!(!s.log().contains(token), "the token reached the log");
+    let body = format!("token={token}&name=an&password=mat-khau-moi-1");
+    let head = "POST /setup HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded";
+    let (status, answer) = request(&s, "127.0.0.1", head, body.as_bytes());
+    assert_eq!(status, 303, "{answer}");
+    assert!(s.ok(&["setup-link"]).contains("an admin account exists"));
+    let (status, _) = request(&s, "127.0.0.1", head, body.as_bytes());
+    assert_ne!(status, 303, "the link works once");
+    assert_eq!(login(&s, "127.0.0.1", "an", "mat-khau-moi-1", ""), 303);
+}

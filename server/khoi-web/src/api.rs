@@ -89,6 +89,8 @@ pub struct ApiState {
     pub scheduler: Option<Arc<Scheduler>>,
     /// Web users, where the web page runs.
     pub auth: Option<Arc<Auth>>,
+    /// The first admin's setup link: the control socket only.
+    pub setup_link: Option<crate::SetupLink>,
 }
 
 impl ApiState {
@@ -98,6 +100,7 @@ impl ApiState {
             source: source.into(),
             scheduler: None,
             auth: None,
+            setup_link: None,
         }
     }
 }
@@ -172,6 +175,23 @@ async fn blocking<T: Send + 'static>(
         Ok(r) => r.map(Json).map_err(WebError::from),
         Err(e) => Err(WebError::internal(format_args!("admin task failed: {e}"))),
     }
+}
+
+/// `GET /v1/setup-link`: the first admin's one-time link, while there is
+/// no admin account.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SetupLinkView {
+    pub url: Option<String>,
+}
+
+async fn setup_link(State(st): State<ApiState>) -> ApiResult<SetupLinkView> {
+    let Some(link) = &st.setup_link else {
+        return Err(WebError::refuse(
+            axum::http::StatusCode::NOT_FOUND,
+            "err.setup_link",
+        ));
+    };
+    Ok(Json(SetupLinkView { url: link.url() }))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -286,6 +306,7 @@ pub fn socket_router(state: ApiState) -> Router {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/info", get(info))
+        .route("/v1/setup-link", get(setup_link))
         .route("/v1/images", get(images).post(import))
         .route("/v1/images/import-path", post(import_path))
         .route("/v1/images/upload", post(upload))

@@ -49,7 +49,27 @@ impl WebState {
             source: "web".into(),
             scheduler: Some(Arc::clone(&self.scheduler)),
             auth: Some(Arc::clone(&self.auth)),
+            setup_link: None,
         }
+    }
+}
+
+/// The first admin's one-time setup link, for the control socket's owner
+/// (`khoi setup-link`): a server run by a service manager has no terminal
+/// to print it on, and a log file is the wrong place for it.
+#[derive(Debug, Clone, Default)]
+pub struct SetupLink(Arc<std::sync::OnceLock<(Arc<Auth>, String)>>);
+
+impl SetupLink {
+    /// The link while no admin account exists and the page runs.
+    pub fn url(&self) -> Option<String> {
+        let (auth, base) = self.0.get()?;
+        auth.setup_token()
+            .map(|t| format!("{base}/setup?token={t}"))
+    }
+
+    fn set(&self, auth: Arc<Auth>, base: String) {
+        let _ = self.0.set((auth, base));
     }
 }
 
@@ -95,6 +115,8 @@ pub struct AdminOptions {
     pub metrics_token: Option<String>,
     pub trusted_proxy: Option<policy::TrustedProxy>,
     pub serve: server::ServeOptions,
+    /// Filled once the page runs, for the control socket.
+    pub setup_link: SetupLink,
 }
 
 /// Start the nightly reset and the web page (if it has an address); both
@@ -154,6 +176,9 @@ pub async fn start(
         .await
         .map_err(|e| format!("cannot listen for the admin page on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let auth = Arc::new(auth);
+    opts.setup_link
+        .set(Arc::clone(&auth), format!("{scheme}://{bound}"));
     if let Some(token) = auth.setup_token() {
         // The one way to the first admin account. It goes to the terminal
         // of whoever started the server, never to a log file that others
@@ -165,8 +190,8 @@ pub async fn start(
             );
         }
         tracing::warn!(
-            "no admin account yet: start `khoi serve` once from a terminal to get the \
-             one-time setup link, or set admin.initial_password"
+            "no admin account yet: run `khoi setup-link` on this server for the one-time \
+             setup link, or set admin.initial_password"
         );
     }
     tracing::info!("admin page on {scheme}://{bound}");
@@ -185,7 +210,7 @@ pub async fn start(
     };
     let app = router(WebState {
         service,
-        auth: Arc::new(auth),
+        auth,
         scheduler,
         secure_cookies: opts.secure_cookies || opts.tls.is_some(),
         policy: Arc::new(policy),

@@ -39,6 +39,9 @@ pub enum Command {
     /// Seats (the workstations that boot from Khoi).
     #[command(subcommand)]
     Seat(SeatCmd),
+    /// Print the one-time link that creates the first admin account (while
+    /// there is none); only the server's owner can ask.
+    SetupLink,
     /// The audit and event log.
     Events {
         /// Only events about this seat, image or MAC.

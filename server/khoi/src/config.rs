@@ -175,6 +175,7 @@ impl Admin {
                     from: p.from.clone(),
                 }),
             serve,
+            setup_link: khoi_web::SetupLink::default(),
         }
     }
 }

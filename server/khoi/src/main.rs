@@ -134,6 +134,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => image(&client, &out, cmd),
         Command::Draft(cmd) => draft(&client, &out, cmd),
         Command::Seat(cmd) => seat(&client, &out, cmd),
+        Command::SetupLink => {
+            let link: khoi_web::api::SetupLinkView = client.get("/v1/setup-link")?;
+            out.print(&link, |l| match &l.url {
+                Some(url) => println!("open {url} to create the first admin account (works once)"),
+                None => println!("an admin account exists, or the admin page is off"),
+            })
+        }
         Command::Events { subject, limit } => {
             let mut path = format!("/v1/events?limit={limit}");
             if let Some(s) = subject {

@@ -259,7 +259,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Whoever can open the socket administers Khoi: keep it to the owner.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!("control socket at {}", sock.display());
-    let app = socket_router(ApiState::new(Arc::clone(&service), "control-socket"));
+    let setup_link = khoi_web::SetupLink::default();
+    let mut socket_api = ApiState::new(Arc::clone(&service), "control-socket");
+    socket_api.setup_link = Some(setup_link.clone());
+    let app = socket_router(socket_api);
     let token = shutdown.clone();
     tasks.spawn(async move {
         // The audit log names the caller by the socket's peer uid.
@@ -282,7 +285,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     khoi_web::start(
         Arc::clone(&service),
-        config.admin.web_options(&dir),
+        khoi_web::AdminOptions {
+            setup_link,
+            ..config.admin.web_options(&dir)
+        },
         shutdown.clone(),
         &mut tasks,
     )
