@@ -9,6 +9,7 @@ mod import;
 mod metered;
 mod prewarm;
 mod recorder;
+mod sdnotify;
 mod serve;
 
 use std::process::ExitCode;

@@ -310,9 +310,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dir.display(),
         sock.display()
     );
+    crate::sdnotify::notify("READY=1");
 
     wait_for_signal().await;
     tracing::info!("shutting down");
+    crate::sdnotify::notify("STOPPING=1");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     let _ = std::fs::remove_file(&sock);
