@@ -113,6 +113,14 @@ pub enum SeatCmd {
         #[arg(long)]
         all: bool,
     },
+    /// Power a seat on with Wake-on-LAN (or every seat with --all), on the
+    /// boot network (`pxe.interface`).
+    Wake {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
     /// Remove a seat and its overlay.
     Remove { name: String },
 }

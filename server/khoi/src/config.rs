@@ -23,6 +23,16 @@ pub struct Config {
     pub prewarm: Prewarm,
     /// TLS for NBD over TCP (`listen.nbd`); required off loopback.
     pub nbd_tls: Option<NbdTls>,
+    pub power: Power,
+}
+
+/// Wake-on-LAN on the boot network (see `wake.rs`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Power {
+    /// When to wake every seat (cron, Vietnam time), e.g. `15 7 * * 1-6`
+    /// so counters are up before opening; `null` (the default): never.
+    pub wake_cron: Option<String>,
 }
 
 /// Reading each version's boot working set into the page cache before
@@ -304,6 +314,7 @@ impl Default for Config {
             admin: Admin::default(),
             prewarm: Prewarm::default(),
             nbd_tls: None,
+            power: Power::default(),
         }
     }
 }
@@ -476,6 +487,18 @@ impl Config {
             && let Err(e) = khoi_admin::schedule::parse_cron(c)
         {
             return Err(fail("prewarm.cron", e.to_string()));
+        }
+        if let Some(c) = &self.power.wake_cron {
+            if let Err(e) = khoi_admin::schedule::parse_cron(c) {
+                return Err(fail("wake_cron", e.to_string()));
+            }
+            if self.pxe.is_none() {
+                return Err(fail(
+                    "wake_cron",
+                    "waking seats needs the boot network: add the pxe section (pxe.interface)"
+                        .into(),
+                ));
+            }
         }
         if !(1..=120).contains(&self.prewarm.learn_minutes) {
             return Err(fail(
@@ -824,6 +847,19 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("metrics_token"));
         let e = parse("admin:\n  initial_password: password\n").expect_err("common");
         assert_eq!(e.key.as_deref(), Some("initial_password"));
+    }
+
+    #[test]
+    fn power_section() {
+        assert_eq!(
+            parse("# nothing\n").expect("defaults").power.wake_cron,
+            None
+        );
+        let e = parse("power:\n  wake_cron: 15 7 * * 1-6\n").expect_err("no boot network");
+        assert_eq!((e.key.as_deref(), e.line), (Some("wake_cron"), 2));
+        assert!(e.message.contains("pxe"), "{}", e.message);
+        let e = parse("power:\n  wake_cron: at seven\n").expect_err("bad cron");
+        assert_eq!(e.key.as_deref(), Some("wake_cron"));
     }
 
     #[test]

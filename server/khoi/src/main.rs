@@ -11,6 +11,7 @@ mod prewarm;
 mod recorder;
 mod sdnotify;
 mod serve;
+mod wake;
 
 use std::process::ExitCode;
 
@@ -443,6 +444,25 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                     );
                 })
             }
+        }
+        SeatCmd::Wake { name, all } => {
+            let woken: Vec<wake::Woken> = if all {
+                client.post("/v1/wake-all", &())?
+            } else {
+                let name = name.context("give a seat name or --all")?;
+                vec![client.post(&format!("/v1/seats/{}/wake", urlencode(&name)), &())?]
+            };
+            out.print(&woken, |woken| {
+                for w in woken {
+                    println!(
+                        "sent a wake-up packet to {} ({}) on {}",
+                        w.seat, w.mac, w.interface
+                    );
+                }
+                if woken.is_empty() {
+                    println!("no seats to wake");
+                }
+            })
         }
         SeatCmd::Remove { name } => {
             let r: () = client.delete(&format!("/v1/seats/{}", urlencode(&name)))?;

@@ -46,8 +46,8 @@ mod tests {
 
         use std::os::linux::net::SocketAddrExt;
         let name = format!("khoi-notify-test-{}", std::process::id());
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .expect("abstract");
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract");
         let rx = UnixDatagram::bind_addr(&addr).expect("bind abstract");
         send(std::ffi::OsStr::new(&format!("@{name}")), "STOPPING=1").expect("send");
         let n = rx.recv(&mut buf).expect("recv");

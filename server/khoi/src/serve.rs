@@ -262,7 +262,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let setup_link = khoi_web::SetupLink::default();
     let mut socket_api = ApiState::new(Arc::clone(&service), "control-socket");
     socket_api.setup_link = Some(setup_link.clone());
-    let app = socket_router(socket_api);
+    let waker = Arc::new(crate::wake::Waker::new(
+        Arc::clone(&service),
+        config.pxe.as_ref().map(|p| p.interface.clone()),
+    ));
+    if let Some(cron) = config.power.wake_cron.as_deref() {
+        // Config::load checked it; a config built otherwise is told here.
+        let cron = khoi_admin::schedule::parse_cron(cron)
+            .map_err(|e| anyhow::anyhow!("power.wake_cron: {e}"))?;
+        let (w, token) = (Arc::clone(&waker), shutdown.clone());
+        tasks.spawn(crate::wake::run_schedule(w, cron, token));
+    }
+    let app = socket_router(socket_api).merge(crate::wake::router(waker));
     let token = shutdown.clone();
     tasks.spawn(async move {
         // The audit log names the caller by the socket's peer uid.

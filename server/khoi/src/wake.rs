@@ -1,0 +1,391 @@
+//! Wake-on-LAN: the magic packet `etherwake` and BIOS "wake on PME" expect
+//! (6 × 0xff, then the MAC 16 times), sent as a UDP broadcast to port 9 on
+//! the boot interface only, so counters can be powered on before opening
+//! (`power.wake_cron`), one at a time or all at once (`khoi seat wake`).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use khoi_admin::Service;
+use khoi_state::{Mac, NewEvent};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// UDP "discard": what etherwake-style senders use; NICs ignore the port.
+pub const WOL_PORT: u16 = 9;
+
+pub fn magic_packet(mac: [u8; 6]) -> [u8; 102] {
+    let mut p = [0xffu8; 102];
+    for chunk in p[6..].chunks_exact_mut(6) {
+        chunk.copy_from_slice(&mac);
+    }
+    p
+}
+
+/// Broadcasts the magic packet for `mac` on `interface` alone: bound to the
+/// device, so a second network (the office LAN) never sees it.
+pub fn send_magic(interface: &str, mac: [u8; 6], port: u16) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(interface.as_bytes()))?;
+    let to = SockAddr::from(SocketAddrV4::new(Ipv4Addr::BROADCAST, port));
+    s.send_to(&magic_packet(mac), &to)?;
+    Ok(())
+}
+
+/// One seat's wake-up, as the API and the CLI report it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Woken {
+    pub seat: String,
+    pub mac: String,
+    pub interface: String,
+}
+
+#[derive(Debug)]
+pub struct Waker {
+    service: Arc<Service>,
+    /// The boot interface (`pxe.interface`); `None` without network boot.
+    interface: Option<String>,
+    port: u16,
+}
+
+impl Waker {
+    pub fn new(service: Arc<Service>, interface: Option<String>) -> Waker {
+        Waker {
+            service,
+            interface,
+            port: WOL_PORT,
+        }
+    }
+
+    fn interface(&self) -> anyhow::Result<&str> {
+        self.interface.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "Wake-on-LAN needs the boot network: set pxe.interface in the config (no pxe section, so Khoi does not know which network the seats are on)"
+            )
+        })
+    }
+
+    /// Wakes one seat and records who asked.
+    pub fn wake(&self, name: &str, actor: &str) -> anyhow::Result<Woken> {
+        let interface = self.interface()?;
+        let seat = self
+            .service
+            .state()
+            .seat(name)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.send(&seat, interface, actor)
+    }
+
+    /// Wakes every seat; stops at the first failure to send (the interface
+    /// is the same for all, so the next would fail the same way).
+    pub fn wake_all(&self, actor: &str) -> anyhow::Result<Vec<Woken>> {
+        let interface = self.interface()?;
+        let seats = self
+            .service
+            .state()
+            .seats()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        seats
+            .iter()
+            .map(|s| self.send(s, interface, actor))
+            .collect()
+    }
+
+    fn send(&self, seat: &khoi_state::Seat, interface: &str, actor: &str) -> anyhow::Result<Woken> {
+        let mac: Mac = seat.mac.parse().map_err(anyhow::Error::msg)?;
+        send_magic(interface, mac.0, self.port).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot send the wake-up packet on {interface}: {e} (the interface must exist and Khoi needs CAP_NET_RAW)"
+            )
+        })?;
+        let detail = format!("magic packet to {} on {interface}", seat.mac);
+        if let Err(e) = self.service.state().record(&NewEvent {
+            kind: "seat.wake",
+            actor,
+            source: "-",
+            subject: &seat.name,
+            detail: &detail,
+            args: &[("mac", &seat.mac), ("interface", interface)],
+        }) {
+            tracing::warn!("cannot record the wake-up of {}: {e}", seat.name);
+        }
+        Ok(Woken {
+            seat: seat.name.clone(),
+            mac: seat.mac.clone(),
+            interface: interface.to_string(),
+        })
+    }
+}
+
+/// Control-socket routes: `POST /v1/seats/{name}/wake`, `POST /v1/wake-all`.
+pub fn router(waker: Arc<Waker>) -> Router {
+    Router::new()
+        .route("/v1/seats/{name}/wake", post(wake_one))
+        .route("/v1/wake-all", post(wake_all))
+        .with_state(waker)
+}
+
+fn actor(headers: &HeaderMap) -> String {
+    let user = headers
+        .get(khoi_web::api::USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .unwrap_or("unknown");
+    format!("local:{user}")
+}
+
+fn reply<T: Serialize>(r: anyhow::Result<T>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            axum::Json(serde_json::json!({ "error": format!("{e:#}") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn wake_one(
+    State(w): State<Arc<Waker>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let actor = actor(&headers);
+    let r = tokio::task::spawn_blocking(move || w.wake(&name, &actor)).await;
+    reply(r.map_err(anyhow::Error::from).and_then(|r| r))
+}
+
+async fn wake_all(State(w): State<Arc<Waker>>, headers: HeaderMap) -> Response {
+    let actor = actor(&headers);
+    let r = tokio::task::spawn_blocking(move || w.wake_all(&actor)).await;
+    reply(r.map_err(anyhow::Error::from).and_then(|r| r))
+}
+
+/// Wakes every seat at each time of `cron` (Vietnam time) until shutdown.
+/// Polls instead of sleeping until the time, so a clock set right by NTP
+/// after boot does not make it miss or repeat a morning.
+pub async fn run_schedule(waker: Arc<Waker>, cron: croner::Cron, shutdown: CancellationToken) {
+    let next_time = || {
+        let now = chrono::Utc::now().with_timezone(&khoi_admin::schedule::vietnam());
+        cron.find_next_occurrence(&now, false)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let mut next = next_time();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => {}
+        }
+        if next.is_none_or(|t| chrono::Utc::now() < t) {
+            continue;
+        }
+        next = next_time();
+        let w = Arc::clone(&waker);
+        match tokio::task::spawn_blocking(move || w.wake_all("schedule")).await {
+            Ok(Ok(woken)) => tracing::info!("scheduled wake-up: {} seats", woken.len()),
+            Ok(Err(e)) => tracing::error!("scheduled wake-up failed: {e:#}"),
+            Err(e) => tracing::error!("scheduled wake-up failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magic_packet_is_six_ff_then_the_mac_sixteen_times() {
+        let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+        let p = magic_packet(mac);
+        assert_eq!(p.len(), 102);
+        assert_eq!(&p[..6], &[0xff; 6]);
+        for i in 0..16 {
+            assert_eq!(&p[6 + i * 6..12 + i * 6], &mac, "repeat {i}");
+        }
+    }
+
+    /// Two network namespaces joined by a veth pair, removed on drop.
+    struct Lan {
+        sender: String,
+        listener: String,
+    }
+
+    impl Lan {
+        fn new() -> Option<Lan> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                eprintln!("skipping: namespaces need root");
+                return None;
+            }
+            let id = std::process::id();
+            let lan = Lan {
+                sender: format!("khoi-wol-a-{id}"),
+                listener: format!("khoi-wol-b-{id}"),
+            };
+            let (a, b) = (lan.sender.as_str(), lan.listener.as_str());
+            for cmd in [
+                vec!["netns", "add", a],
+                vec!["netns", "add", b],
+                vec![
+                    "-n", a, "link", "add", "boot0", "type", "veth", "peer", "name", "seats0",
+                    "netns", b,
+                ],
+                vec!["-n", a, "addr", "add", "10.77.9.1/24", "dev", "boot0"],
+                vec!["-n", b, "addr", "add", "10.77.9.2/24", "dev", "seats0"],
+                vec!["-n", a, "link", "set", "boot0", "up"],
+                vec!["-n", b, "link", "set", "seats0", "up"],
+            ] {
+                let st = std::process::Command::new("ip")
+                    .args(&cmd)
+                    .status()
+                    .expect("ip");
+                assert!(st.success(), "ip {cmd:?}");
+            }
+            Some(lan)
+        }
+    }
+
+    impl Drop for Lan {
+        fn drop(&mut self) {
+            for ns in [&self.sender, &self.listener] {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .status();
+            }
+        }
+    }
+
+    /// Moves the calling thread (network namespaces are per thread) into `ns`.
+    fn enter(ns: &str) {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+        // SAFETY: setns on a namespace fd we hold open; affects this thread only.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+
+    #[test]
+    fn wake_sends_the_magic_packet_on_the_boot_lan_and_records_it() {
+        let Some(lan) = Lan::new() else { return };
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(
+            khoi_block::Store::open(dir.path(), khoi_block::StoreOptions::default())
+                .expect("store"),
+        );
+        let state = Arc::new(khoi_state::State::open(&dir.path().join("khoi.db")).expect("state"));
+        let service = Arc::new(Service::new(
+            store,
+            Arc::clone(&state),
+            khoi_admin::ServiceConfig {
+                data_dir: dir.path().to_path_buf(),
+                default_seat_quota: 0,
+                target_prefix: "iqn.2025-07.vn.khoi".into(),
+                iscsi_portal: None,
+                nbd_address: None,
+                import_roots: vec![],
+            },
+        ));
+        let mac: Mac = "52:54:00:aa:bb:01".parse().expect("mac");
+        for (name, mac) in [
+            ("quay-01", mac),
+            ("quay-02", "52:54:00:aa:bb:02".parse().expect("mac")),
+        ] {
+            state
+                .add_seat(&khoi_state::NewSeat {
+                    name: name.into(),
+                    mac,
+                    image: "win10".into(),
+                    pinned_version: None,
+                    policy: khoi_state::ResetPolicy::OnBoot,
+                    quota: 0,
+                    initiator_iqn: None,
+                    mutual_chap: false,
+                })
+                .expect("seat");
+        }
+
+        // Without a boot network there is nowhere to send: a clear refusal.
+        let e = Waker::new(Arc::clone(&service), None)
+            .wake("quay-01", "test")
+            .expect_err("no pxe");
+        assert!(e.to_string().contains("pxe.interface"), "{e}");
+
+        let listener_ns = lan.listener.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let listener = std::thread::spawn(move || {
+            enter(&listener_ns);
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", WOL_PORT)).expect("bind :9");
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            ready_tx.send(()).expect("ready");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1500];
+            while got.len() < 2 {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, _)) => got.push(buf[..n].to_vec()),
+                    Err(_) => break,
+                }
+            }
+            got
+        });
+        ready_rx.recv().expect("listener up");
+
+        let sender_ns = lan.sender.clone();
+        let waker = Arc::new(Waker::new(Arc::clone(&service), Some("boot0".into())));
+        let w = Arc::clone(&waker);
+        let sent = std::thread::spawn(move || {
+            enter(&sender_ns);
+            let one = w.wake("quay-01", "local:test");
+            let missing = w.wake("no-such-seat", "local:test").map(|_| ());
+            let wrong = Waker::new(Arc::clone(&w.service), Some("eth-missing".into()))
+                .wake("quay-01", "local:test")
+                .map(|_| ());
+            let all = w.wake_all("schedule");
+            (one, missing, wrong, all)
+        })
+        .join()
+        .expect("sender");
+        let (one, missing, wrong, all) = sent;
+        let one = one.expect("wake quay-01");
+        assert_eq!(
+            (one.seat.as_str(), one.interface.as_str()),
+            ("quay-01", "boot0")
+        );
+        assert!(missing.is_err());
+        let wrong = wrong.expect_err("no such interface");
+        assert!(wrong.to_string().contains("eth-missing"), "{wrong}");
+        assert_eq!(all.expect("wake all").len(), 2);
+
+        let got = listener.join().expect("listener");
+        assert!(
+            !got.is_empty(),
+            "no packet reached the other end of the boot LAN"
+        );
+        assert_eq!(got[0].len(), 102);
+        assert_eq!(got[0], magic_packet(mac.0).to_vec());
+        // The audit log names who woke which seat, and the scheduled run.
+        let events = state
+            .events_filtered(&khoi_state::EventFilter {
+                kind: Some("seat.wake".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .expect("events");
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.actor == "local:test" && e.subject == "quay-01")
+        );
+        assert_eq!(events.iter().filter(|e| e.actor == "schedule").count(), 2);
+        drop(lan);
+    }
+}
