@@ -42,6 +42,14 @@ pub enum Command {
     /// Print the one-time link that creates the first admin account (while
     /// there is none); only the server's owner can ask.
     SetupLink,
+    /// Copy the state database and every image's version list into a new
+    /// folder; safe while the server runs (layer files: see docs/operations.md).
+    Backup { dest: PathBuf },
+    /// Put a backup back into the data folder (the server must be stopped).
+    Restore { src: PathBuf },
+    /// Check this host before seats boot: boot interface, other DHCP servers,
+    /// ports, firewall, space, time, iPXE files, version.
+    Doctor,
     /// The audit and event log.
     Events {
         /// Only events about this seat, image or MAC.

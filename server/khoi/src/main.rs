@@ -1,9 +1,11 @@
 //! Khoi: a diskless boot server for rooms of Windows workstations.
 
+mod backup;
 mod boot;
 mod cli;
 mod client;
 mod config;
+mod doctor;
 mod exports;
 mod import;
 mod metered;
@@ -129,10 +131,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .build()?;
         return rt.block_on(serve::run(config));
     }
-    let client = Client::new(&serve::control_socket(&config.data_dir));
     let out = Out { json: cli.json };
+    match &cli.command {
+        Command::Backup { dest } => {
+            let m = backup::backup(&config.data_dir, dest)?;
+            return out.print(&m, |m| {
+                println!(
+                    "backed up the state database and {} image version list(s) of {} into {}",
+                    m.images.len(),
+                    config.data_dir.display(),
+                    dest.display()
+                );
+            });
+        }
+        Command::Restore { src } => {
+            let r = backup::restore(src, &config.data_dir)?;
+            return out.print(&r, |r| {
+                println!(
+                    "restored the backup of {} (Khoi {}) into {}",
+                    khoi_web::pages::fmt_time(r.from.created),
+                    r.from.khoi_version,
+                    config.data_dir.display()
+                );
+                if let Some(p) = &r.previous_db {
+                    println!("the database it replaced is kept as {}", p.display());
+                }
+            });
+        }
+        Command::Doctor => {
+            let report = doctor::run(&config, doctor::Lang::from_env());
+            out.print(&report, |r| print!("{}", r.render()))?;
+            if report.failed() {
+                anyhow::bail!("{}", report.summary());
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let client = Client::new(&serve::control_socket(&config.data_dir));
     match cli.command {
-        Command::Serve | Command::Config(_) => unreachable!("handled above"),
+        Command::Serve
+        | Command::Config(_)
+        | Command::Backup { .. }
+        | Command::Restore { .. }
+        | Command::Doctor => unreachable!("handled above"),
         Command::Image(cmd) => image(&client, &out, cmd),
         Command::Draft(cmd) => draft(&client, &out, cmd),
         Command::Seat(cmd) => seat(&client, &out, cmd),
