@@ -281,8 +281,18 @@ fn seat_quotas(config: &Config) -> Option<Option<u64>> {
     Some(Some(sum))
 }
 
+/// Bytes as GiB with one decimal: how admins read disk space.
+struct Gib(u64);
+
+impl std::fmt::Display for Gib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        #[allow(clippy::cast_precision_loss)] // display only
+        let g = self.0 as f64 / f64::from(1u32 << 30);
+        write!(f, "{g:.1} GiB")
+    }
+}
+
 fn free_space(config: &Config, lang: Lang) -> Check {
-    use crate::config::Size;
     let at = existing_ancestor(&config.data_dir);
     let floor = config.storage.free_space_floor.0;
     let Some(free) = free_bytes(&at) else {
@@ -301,15 +311,15 @@ fn free_space(config: &Config, lang: Lang) -> Check {
             lang.t(
                 format!(
                     "Còn trống {} trên {}, dưới mức sàn {}: máy trạm không ghi được",
-                    Size(free),
+                    Gib(free),
                     at.display(),
-                    Size(floor)
+                    Gib(floor)
                 ),
                 format!(
                     "{} free on {}, below the floor of {}: seats cannot write",
-                    Size(free),
+                    Gib(free),
                     at.display(),
-                    Size(floor)
+                    Gib(floor)
                 ),
             ),
             lang.t(
@@ -325,15 +335,15 @@ fn free_space(config: &Config, lang: Lang) -> Check {
             lang.t(
                 format!(
                     "Còn trống {} (trên mức sàn {}), nhưng tổng hạn mức các máy trạm là {}: nếu mọi máy ghi đầy thì hết chỗ trước lần khôi phục đêm",
-                    Size(usable),
-                    Size(floor),
-                    Size(sum)
+                    Gib(usable),
+                    Gib(floor),
+                    Gib(sum)
                 ),
                 format!(
                     "{} free above the floor of {}, but the seats' quotas add up to {}: if every seat fills its overlay the disk runs out before the nightly reset",
-                    Size(usable),
-                    Size(floor),
-                    Size(sum)
+                    Gib(usable),
+                    Gib(floor),
+                    Gib(sum)
                 ),
             ),
             lang.t(
@@ -346,13 +356,13 @@ fn free_space(config: &Config, lang: Lang) -> Check {
             lang.t(
                 format!(
                     "Còn trống {} trên mức sàn {}; có máy trạm không giới hạn hạn mức",
-                    Size(usable),
-                    Size(floor)
+                    Gib(usable),
+                    Gib(floor)
                 ),
                 format!(
                     "{} free above the floor of {}; some seat has no quota",
-                    Size(usable),
-                    Size(floor)
+                    Gib(usable),
+                    Gib(floor)
                 ),
             ),
             lang.t(
@@ -365,23 +375,23 @@ fn free_space(config: &Config, lang: Lang) -> Check {
             lang.t(
                 format!(
                     "Còn trống {} trên mức sàn {}, đủ cho tổng hạn mức {}",
-                    Size(usable),
-                    Size(floor),
-                    Size(sum)
+                    Gib(usable),
+                    Gib(floor),
+                    Gib(sum)
                 ),
                 format!(
                     "{} free above the floor of {}, enough for the quotas' total of {}",
-                    Size(usable),
-                    Size(floor),
-                    Size(sum)
+                    Gib(usable),
+                    Gib(floor),
+                    Gib(sum)
                 ),
             ),
         ),
         None => ok(
             "space",
             lang.t(
-                format!("Còn trống {} trên mức sàn {}", Size(usable), Size(floor)),
-                format!("{} free above the floor of {}", Size(usable), Size(floor)),
+                format!("Còn trống {} trên mức sàn {}", Gib(usable), Gib(floor)),
+                format!("{} free above the floor of {}", Gib(usable), Gib(floor)),
             ),
         ),
     }

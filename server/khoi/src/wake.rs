@@ -156,13 +156,20 @@ async fn wake_one(
     State(w): State<Arc<Waker>>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    // Read the (empty) body: closing with it unread resets the connection
+    // before the client reads the answer.
+    _body: axum::body::Bytes,
 ) -> Response {
     let actor = actor(&headers);
     let r = tokio::task::spawn_blocking(move || w.wake(&name, &actor)).await;
     reply(r.map_err(anyhow::Error::from).and_then(|r| r))
 }
 
-async fn wake_all(State(w): State<Arc<Waker>>, headers: HeaderMap) -> Response {
+async fn wake_all(
+    State(w): State<Arc<Waker>>,
+    headers: HeaderMap,
+    _body: axum::body::Bytes,
+) -> Response {
     let actor = actor(&headers);
     let r = tokio::task::spawn_blocking(move || w.wake_all(&actor)).await;
     reply(r.map_err(anyhow::Error::from).and_then(|r| r))
@@ -387,5 +394,64 @@ mod tests {
         );
         assert_eq!(events.iter().filter(|e| e.actor == "schedule").count(), 2);
         drop(lan);
+    }
+
+    fn service(dir: &std::path::Path) -> Arc<Service> {
+        let store = Arc::new(
+            khoi_block::Store::open(dir, khoi_block::StoreOptions::default()).expect("store"),
+        );
+        let state = Arc::new(khoi_state::State::open(&dir.join("khoi.db")).expect("state"));
+        Arc::new(Service::new(
+            store,
+            state,
+            khoi_admin::ServiceConfig {
+                data_dir: dir.to_path_buf(),
+                default_seat_quota: 0,
+                target_prefix: "iqn.2025-07.vn.khoi".into(),
+                iscsi_portal: None,
+                nbd_address: None,
+                import_roots: vec![],
+            },
+        ))
+    }
+
+    /// The CLI's path: its client over a unix socket to these routes, and
+    /// the refusal without a boot network reaching the admin as written.
+    #[test]
+    fn cli_client_reaches_the_wake_routes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        let sock = dir.path().join("ctl.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let listener = rt
+            .block_on(async { tokio::net::UnixListener::bind(&sock) })
+            .expect("bind");
+        let app = router(Arc::new(Waker::new(svc, None)));
+        let (done, stop) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            rt.block_on(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.await;
+                    })
+                    .await;
+            });
+        });
+        let client = crate::client::Client::new(&sock);
+        for _ in 0..30 {
+            let e = client
+                .post::<_, Vec<Woken>>("/v1/wake-all", &())
+                .expect_err("no boot network");
+            assert!(e.to_string().contains("pxe.interface"), "{e:#}");
+            let e = client
+                .post::<_, Woken>("/v1/seats/quay-01/wake", &())
+                .expect_err("no boot network");
+            assert!(e.to_string().contains("pxe.interface"), "{e:#}");
+        }
+        let _ = done.send(());
+        server.join().expect("server");
     }
 }
