@@ -19,6 +19,9 @@ run_pkgs=(qemu-utils ipxe libssl-dev pkg-config)
 test_pkgs=(libnbd-bin python3-libnbd nbdkit fio libiscsi-bin qemu-block-extra tgt iperf3 sqlite3 chromium)
 # curl and openssl check the admin page's HTTPS (tests/web_attacks.rs).
 test_pkgs+=(curl openssl)
+# The package test (tests/package.rs): dpkg-deb builds and unpacks the .deb,
+# systemd-analyze verifies the unit, setpriv (util-linux) starts it unprivileged.
+test_pkgs+=(dpkg systemd util-linux)
 # The PXE end-to-end tests (tests/pxe_e2e.rs, scripts/lab.sh): real firmware
 # in qemu (SeaBIOS + ipxe-qemu's NIC ROM, OVMF), a plain site DHCP server
 # (dnsmasq-base: the binary without the distribution's service, which would
@@ -86,7 +89,11 @@ if [ "$mode" = test ]; then
     fi
 fi
 
-if ! command -v cargo >/dev/null; then
-    echo "setup: cargo not found; install Rust from https://rustup.rs first" >&2
+# The workspace needs Rust at its rust-version; Debian 12's own cargo (1.63)
+# is too old, so say in one line what to install and why.
+need=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
+have=$(rustc --version 2>/dev/null | cut -d' ' -f2 || true)
+if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; then
+    echo "setup: building Khoi needs Rust $need or newer (found: ${have:-none}; Debian 12's own is 1.63): install it with rustup (https://rustup.rs), or install the khoi .deb package instead (docs/operations.md)" >&2
     exit 1
 fi
