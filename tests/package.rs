@@ -69,7 +69,10 @@ fn package_builds_unpacks_and_starts_like_the_unit() {
     let control = work.path().join("DEBIAN");
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
     let fields = std::fs::read_to_string(control.join("control")).expect("control");
-    assert!(fields.contains(&format!("Version: {version}\n")), "{fields}");
+    assert!(
+        fields.contains(&format!("Version: {version}\n")),
+        "{fields}"
+    );
     assert!(fields.contains("Architecture: amd64\n"), "{fields}");
     for dep in ["qemu-utils", "ipxe", "libssl3", "adduser"] {
         assert!(fields.contains(dep), "Depends lacks {dep}: {fields}");
@@ -107,7 +110,10 @@ fn package_builds_unpacks_and_starts_like_the_unit() {
     assert!(root.join("usr/share/doc/khoi/operations.md").is_file());
     let yaml = std::fs::read_to_string(root.join("etc/khoi/khoi.yaml")).expect("yaml");
     assert!(yaml.contains("\ndata_dir: /var/lib/khoi\n"), "{yaml}");
-    assert!(!yaml.contains(" var/khoi"), "relative data path left: {yaml}");
+    assert!(
+        !yaml.contains(" var/khoi"),
+        "relative data path left: {yaml}"
+    );
     let check = run(Command::new(&bin)
         .args(["config", "check"])
         .arg(root.join("etc/khoi/khoi.yaml")));
@@ -193,8 +199,7 @@ fn start_like_the_unit(unit: &str, bin: &Path, packaged_yaml: &Path, work: &Path
 
     let notify_path = work.join("notify");
     let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
-    std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777))
-        .expect("chmod");
+    std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
@@ -203,6 +208,38 @@ fn start_like_the_unit(unit: &str, bin: &Path, packaged_yaml: &Path, work: &Path
     assert_eq!(args[0], "/usr/bin/khoi");
     let cfg_at = args.iter().position(|a| a == "--config").expect("--config") + 1;
     args[cfg_at] = config.display().to_string();
+    // Twice: once reading the admin page before stopping it, once stopping
+    // it the instant READY=1 arrives, as systemd may (the signal handlers
+    // must already be in place by then).
+    for fetch_page in [true, false] {
+        run_once(
+            bin,
+            &args[1..],
+            &data,
+            &notify_path,
+            &notify,
+            admin,
+            fetch_page,
+        );
+    }
+    // The data was written as the unprivileged user.
+    use std::os::unix::fs::MetadataExt;
+    let db = std::fs::metadata(data.join("khoi.db")).expect("khoi.db");
+    assert_eq!(db.uid(), 65534);
+}
+
+/// Starts the binary as `nobody` with the unit's arguments, waits for
+/// READY=1, optionally reads the admin page, then stops it with SIGTERM
+/// and expects a clean exit.
+fn run_once(
+    bin: &Path,
+    args: &[String],
+    data: &Path,
+    notify_path: &Path,
+    notify: &UnixDatagram,
+    admin: u16,
+    fetch_page: bool,
+) {
     let mut child = Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -211,20 +248,27 @@ fn start_like_the_unit(unit: &str, bin: &Path, packaged_yaml: &Path, work: &Path
             "--no-new-privs",
         ])
         .arg(bin)
-        .args(&args[1..])
-        .current_dir(&data)
+        .args(args)
+        .current_dir(data)
         .env_clear()
-        .env("NOTIFY_SOCKET", &notify_path)
+        .env("NOTIFY_SOCKET", notify_path)
         .env("PATH", "/usr/bin:/bin")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start khoi");
 
+    // Skip what an earlier run left (its STOPPING=1) until READY=1.
     let mut buf = [0u8; 256];
-    let got = notify.recv(&mut buf);
-    let ready = matches!(&got, Ok(n) if buf[..*n].split(|b| *b == b'\n').any(|l| l == b"READY=1"));
-    let page = ready.then(|| http_get(admin, "/login"));
+    let got = loop {
+        match notify.recv(&mut buf) {
+            Ok(n) if buf[..n].split(|b| *b == b'\n').any(|l| l == b"READY=1") => break Ok(n),
+            Ok(_) => continue,
+            Err(e) => break Err(e),
+        }
+    };
+    let ready = got.is_ok();
+    let page = (ready && fetch_page).then(|| http_get(admin, "/login"));
 
     // SAFETY: signalling the child this test started, by its pid.
     unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM) };
@@ -241,13 +285,14 @@ fn start_like_the_unit(unit: &str, bin: &Path, packaged_yaml: &Path, work: &Path
         let _ = e.read_to_string(&mut err);
     }
     assert!(ready, "no READY=1 ({got:?}); khoi said:\n{err}");
-    let page = page.unwrap_or_default();
-    assert!(page.starts_with("HTTP/1.1 200"), "admin page: {page}\n{err}");
+    if fetch_page {
+        let page = page.unwrap_or_default();
+        assert!(
+            page.starts_with("HTTP/1.1 200"),
+            "admin page: {page}\n{err}"
+        );
+    }
     assert!(status.success(), "exit {status}: {err}");
-    // The data was written as the unprivileged user.
-    use std::os::unix::fs::MetadataExt;
-    let db = std::fs::metadata(data.join("khoi.db")).expect("khoi.db");
-    assert_eq!(db.uid(), 65534);
 }
 
 fn http_get(port: u16, path: &str) -> String {

@@ -321,9 +321,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dir.display(),
         sock.display()
     );
+    let signalled = wait_for_signal();
     crate::sdnotify::notify("READY=1");
 
-    wait_for_signal().await;
+    signalled.await;
     tracing::info!("shutting down");
     crate::sdnotify::notify("STOPPING=1");
     shutdown.cancel();
@@ -561,19 +562,27 @@ fn register_boot_metrics(
     );
 }
 
-async fn wait_for_signal() {
+/// Registers for SIGINT and SIGTERM now (before READY=1 is sent: systemd
+/// may stop the service the moment it is ready) and resolves on either.
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            (int, term) => {
+                if let Some(e) = int.err().or(term.err()) {
+                    tracing::error!("cannot watch SIGINT/SIGTERM: {e}");
+                }
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 
