@@ -1008,38 +1008,145 @@ fn time_sync(lang: Lang) -> Check {
     }
 }
 
+/// Days from now until the certificate in `pem` expires (negative: past).
+fn cert_days_left(pem: &[u8]) -> anyhow::Result<(i32, String)> {
+    let cert = openssl::x509::X509::from_pem(pem)?;
+    let now = openssl::asn1::Asn1Time::days_from_now(0)?;
+    let diff = now.diff(cert.not_after())?;
+    let subject = cert
+        .subject_name()
+        .entries()
+        .filter_map(|e| e.data().to_string().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((diff.days, subject))
+}
+
+/// The admin page's certificate: the configured one, or the self-signed
+/// one Khoi makes in the data folder at first start.
+fn certificate(path: &Path, configured: bool, lang: Lang) -> Check {
+    let pem = match std::fs::read(path) {
+        Ok(p) => p,
+        Err(_) if !configured => {
+            return ok(
+                "admin_cert",
+                lang.t(
+                    format!("Trang quản trị dùng HTTPS; chứng chỉ tự ký sẽ được tạo ở {} khi khởi động", path.display()),
+                    format!("The admin page uses HTTPS; a self-signed certificate is made at {} at start", path.display()),
+                ),
+            );
+        }
+        Err(e) => {
+            return fail(
+                "admin_cert",
+                lang.t(
+                    format!(
+                        "Không đọc được chứng chỉ trang quản trị {}: {e}",
+                        path.display()
+                    ),
+                    format!(
+                        "Cannot read the admin page's certificate {}: {e}",
+                        path.display()
+                    ),
+                ),
+                lang.t(
+                    "sửa admin.tls_cert, hoặc bỏ nó để Khoi tự tạo chứng chỉ tự ký",
+                    "fix admin.tls_cert, or remove it so Khoi makes a self-signed one",
+                ),
+            );
+        }
+    };
+    match cert_days_left(&pem) {
+        Err(e) => fail(
+            "admin_cert",
+            lang.t(
+                format!("{} không phải chứng chỉ PEM hợp lệ: {e}", path.display()),
+                format!("{} is not a valid PEM certificate: {e}", path.display()),
+            ),
+            lang.t("thay tệp chứng chỉ", "replace the certificate file"),
+        ),
+        Ok((days, subject)) if days < 0 => fail(
+            "admin_cert",
+            lang.t(
+                format!(
+                    "Chứng chỉ trang quản trị ({subject}) đã hết hạn {} ngày",
+                    -days
+                ),
+                format!(
+                    "The admin page's certificate ({subject}) expired {} days ago",
+                    -days
+                ),
+            ),
+            lang.t(
+                format!(
+                    "gia hạn hoặc thay {}, rồi: sudo systemctl restart khoi",
+                    path.display()
+                ),
+                format!(
+                    "renew or replace {}, then: sudo systemctl restart khoi",
+                    path.display()
+                ),
+            ),
+        ),
+        Ok((days, subject)) if days < 30 => warn(
+            "admin_cert",
+            lang.t(
+                format!("Chứng chỉ trang quản trị ({subject}) hết hạn sau {days} ngày"),
+                format!("The admin page's certificate ({subject}) expires in {days} days"),
+            ),
+            lang.t(
+                format!("gia hạn {} trước khi hết hạn", path.display()),
+                format!("renew {} before it expires", path.display()),
+            ),
+        ),
+        Ok((days, subject)) => ok(
+            "admin_cert",
+            lang.t(
+                format!("Chứng chỉ trang quản trị ({subject}) còn hạn {days} ngày"),
+                format!("The admin page's certificate ({subject}) is valid for {days} more days"),
+            ),
+        ),
+    }
+}
+
 fn admin_page(config: &Config, lang: Lang) -> Check {
     let admin = &config.admin;
-    match admin.listen {
-        None => ok(
+    let Some(a) = admin.listen else {
+        return ok(
             "admin",
             lang.t("Trang quản trị tắt", "The admin page is off"),
-        ),
-        Some(a) if a.ip().is_loopback() => ok(
+        );
+    };
+    if admin.tls_enabled() {
+        return match &admin.tls_cert {
+            Some(cert) => certificate(cert, true, lang),
+            None => certificate(
+                &config.data_dir.join(khoi_web::server::SELF_SIGNED_CERT),
+                false,
+                lang,
+            ),
+        };
+    }
+    if a.ip().is_loopback() {
+        ok(
             "admin",
             lang.t(
-                format!("Trang quản trị chỉ trên máy này ({a})"),
-                format!("The admin page is on this host only ({a})"),
+                format!("Trang quản trị chỉ trên máy này ({a}, HTTP)"),
+                format!("The admin page is on this host only ({a}, HTTP)"),
             ),
-        ),
-        Some(a) if admin.secure_cookies => ok(
+        )
+    } else {
+        warn(
             "admin",
             lang.t(
-                format!("Trang quản trị trên {a} sau proxy HTTPS (chứng chỉ do proxy giữ)"),
-                format!("The admin page on {a} is behind an HTTPS proxy (the proxy holds the certificate)"),
-            ),
-        ),
-        Some(a) => warn(
-            "admin",
-            lang.t(
-                format!("Trang quản trị mở trên {a} bằng HTTP thường: mật khẩu đi không mã hoá"),
-                format!("The admin page is open on {a} over plain HTTP: passwords travel unencrypted"),
+                format!("Trang quản trị mở trên {a} bằng HTTP thường (allow_plain_http): mật khẩu đi không mã hoá nếu không có proxy HTTPS phía trước"),
+                format!("The admin page is open on {a} over plain HTTP (allow_plain_http): passwords cross the LAN in clear unless an HTTPS proxy is in front"),
             ),
             lang.t(
-                "đặt admin.listen về 127.0.0.1 hoặc đặt sau proxy HTTPS và bật admin.secure_cookies",
-                "keep admin.listen on 127.0.0.1, or put it behind an HTTPS proxy and set admin.secure_cookies",
+                "bỏ admin.tls: disabled / allow_plain_http để Khoi tự dùng HTTPS, hoặc đặt proxy HTTPS phía trước",
+                "drop admin.tls: disabled / allow_plain_http so Khoi serves HTTPS itself, or put an HTTPS proxy in front",
             ),
-        ),
+        )
     }
 }
 
@@ -1333,5 +1440,50 @@ mod tests {
                 .iter()
                 .any(|c| c.id == "version" && c.message.contains(env!("CARGO_PKG_VERSION")))
         );
+    }
+
+    #[test]
+    fn admin_certificate_expiry_is_reported() {
+        use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509};
+        let dir = tempfile::tempdir().expect("tmp");
+        let make = |days: u32, not_before_days_ago: u32| {
+            let key = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("key");
+            let mut name = x509::X509NameBuilder::new().expect("name");
+            name.append_entry_by_text("CN", "khoi.local").expect("cn");
+            let name = name.build();
+            let mut b = x509::X509Builder::new().expect("builder");
+            b.set_subject_name(&name).expect("subject");
+            b.set_issuer_name(&name).expect("issuer");
+            b.set_pubkey(&key).expect("pubkey");
+            let start = Asn1Time::from_unix(
+                chrono::Utc::now().timestamp() - i64::from(not_before_days_ago) * 86_400,
+            )
+            .expect("start");
+            b.set_not_before(&start).expect("nb");
+            let end = Asn1Time::from_unix(
+                chrono::Utc::now().timestamp() - i64::from(not_before_days_ago) * 86_400
+                    + i64::from(days) * 86_400,
+            )
+            .expect("end");
+            b.set_not_after(&end).expect("na");
+            b.sign(&key, MessageDigest::sha256()).expect("sign");
+            b.build().to_pem().expect("pem")
+        };
+        let path = dir.path().join("admin.crt");
+        std::fs::write(&path, make(365, 0)).expect("write");
+        let c = certificate(&path, true, Lang::En);
+        assert_eq!(c.status, Status::Ok, "{c:?}");
+        assert!(c.message.contains("khoi.local"), "{c:?}");
+        std::fs::write(&path, make(10, 0)).expect("write");
+        assert_eq!(certificate(&path, true, Lang::En).status, Status::Warn);
+        std::fs::write(&path, make(10, 20)).expect("write");
+        let c = certificate(&path, true, Lang::Vi);
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.message.contains("hết hạn"), "{c:?}");
+        // A configured file that is missing fails; the self-signed one that
+        // Khoi has not made yet is fine.
+        let gone = dir.path().join("none.crt");
+        assert_eq!(certificate(&gone, true, Lang::En).status, Status::Fail);
+        assert_eq!(certificate(&gone, false, Lang::En).status, Status::Ok);
     }
 }

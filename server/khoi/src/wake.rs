@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use khoi_admin::Service;
@@ -132,13 +132,21 @@ pub fn router(waker: Arc<Waker>) -> Router {
         .with_state(waker)
 }
 
-fn actor(headers: &HeaderMap) -> String {
-    let user = headers
-        .get(khoi_web::api::USER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 64)
-        .unwrap_or("unknown");
+/// The caller as the kernel names it (`SO_PEERCRED`), like every other
+/// control-socket change in the audit log.
+fn actor(req: &Request) -> String {
+    let user = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<khoi_web::api::PeerCred>>()
+        .and_then(|c| c.0.uid)
+        .map_or_else(|| "unknown".to_string(), khoi_web::api::user_name);
     format!("local:{user}")
+}
+
+/// Reads the (empty) body: closing with it unread resets the connection
+/// before the client reads the answer.
+async fn drain(req: Request) {
+    let _ = axum::body::to_bytes(req.into_body(), 64 * 1024).await;
 }
 
 fn reply<T: Serialize>(r: anyhow::Result<T>) -> Response {
@@ -152,25 +160,16 @@ fn reply<T: Serialize>(r: anyhow::Result<T>) -> Response {
     }
 }
 
-async fn wake_one(
-    State(w): State<Arc<Waker>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    // Read the (empty) body: closing with it unread resets the connection
-    // before the client reads the answer.
-    _body: axum::body::Bytes,
-) -> Response {
-    let actor = actor(&headers);
+async fn wake_one(State(w): State<Arc<Waker>>, Path(name): Path<String>, req: Request) -> Response {
+    let actor = actor(&req);
+    drain(req).await;
     let r = tokio::task::spawn_blocking(move || w.wake(&name, &actor)).await;
     reply(r.map_err(anyhow::Error::from).and_then(|r| r))
 }
 
-async fn wake_all(
-    State(w): State<Arc<Waker>>,
-    headers: HeaderMap,
-    _body: axum::body::Bytes,
-) -> Response {
-    let actor = actor(&headers);
+async fn wake_all(State(w): State<Arc<Waker>>, req: Request) -> Response {
+    let actor = actor(&req);
+    drain(req).await;
     let r = tokio::task::spawn_blocking(move || w.wake_all(&actor)).await;
     reply(r.map_err(anyhow::Error::from).and_then(|r| r))
 }
