@@ -41,7 +41,7 @@ impl Lang {
     }
 
     /// Picks the wording for this language.
-    fn t(self, vi: impl Into<String>, en: impl Into<String>) -> String {
+    fn pick(self, vi: impl Into<String>, en: impl Into<String>) -> String {
         match self {
             Lang::Vi => vi.into(),
             Lang::En => en.into(),
@@ -115,7 +115,7 @@ impl Report {
             self.count(Status::Warn),
             self.count(Status::Fail),
         );
-        self.lang.t(
+        self.lang.pick(
             format!("{o} OK, {w} cảnh báo, {f} lỗi"),
             format!("{o} OK, {w} warnings, {f} failures"),
         )
@@ -131,7 +131,7 @@ impl Report {
             };
             out.push_str(&format!("{tag}  {}\n", c.message));
             if !c.fix.is_empty() {
-                let arrow = self.lang.t("      → cách sửa: ", "      → fix: ");
+                let arrow = self.lang.pick("      → cách sửa: ", "      → fix: ");
                 out.push_str(&format!("{arrow}{}\n", c.fix));
             }
         }
@@ -148,11 +148,11 @@ pub fn run(config: &Config, lang: Lang) -> Report {
     match &config.pxe {
         None => checks.push(warn(
             "pxe",
-            lang.t(
+            lang.pick(
                 "Chưa cấu hình mạng khởi động (không có mục pxe): máy trạm chưa khởi động được từ máy chủ này",
                 "No boot network configured (no pxe section): seats cannot boot from this server yet",
             ),
-            lang.t(
+            lang.pick(
                 "thêm mục pxe (interface, server_ip, mode) vào /etc/khoi/khoi.yaml, rồi: sudo systemctl restart khoi",
                 "add the pxe section (interface, server_ip, mode) to /etc/khoi/khoi.yaml, then: sudo systemctl restart khoi",
             ),
@@ -181,9 +181,9 @@ fn server_running(config: &Config) -> bool {
 fn version(config: &Config, lang: Lang) -> Check {
     let v = env!("CARGO_PKG_VERSION");
     let running = if server_running(config) {
-        lang.t("máy chủ đang chạy", "server running")
+        lang.pick("máy chủ đang chạy", "server running")
     } else {
-        lang.t("máy chủ không chạy", "server not running")
+        lang.pick("máy chủ không chạy", "server not running")
     };
     ok("version", format!("Khoi {v} ({running})"))
 }
@@ -193,18 +193,18 @@ fn data_dir(dir: &Path, lang: Lang) -> Check {
     match std::fs::metadata(dir) {
         Err(_) => warn(
             "data_dir",
-            lang.t(
+            lang.pick(
                 format!("Thư mục dữ liệu {} chưa có", dir.display()),
                 format!("Data folder {} does not exist yet", dir.display()),
             ),
-            lang.t(
+            lang.pick(
                 "khoi serve tạo nó khi khởi động lần đầu",
                 "khoi serve creates it at first start",
             ),
         ),
         Ok(m) if m.permissions().mode() & 0o077 != 0 => warn(
             "data_dir",
-            lang.t(
+            lang.pick(
                 format!(
                     "Thư mục dữ liệu {} cho người khác đọc (quyền {:o}): trong đó có ổ đĩa và mật khẩu CHAP",
                     dir.display(),
@@ -220,7 +220,7 @@ fn data_dir(dir: &Path, lang: Lang) -> Check {
         ),
         Ok(_) => ok(
             "data_dir",
-            lang.t(
+            lang.pick(
                 format!("Thư mục dữ liệu {} chỉ chủ sở hữu truy cập", dir.display()),
                 format!("Data folder {} is private to its owner", dir.display()),
             ),
@@ -298,7 +298,7 @@ fn free_space(config: &Config, lang: Lang) -> Check {
     let Some(free) = free_bytes(&at) else {
         return warn(
             "space",
-            lang.t(
+            lang.pick(
                 format!("Không đọc được dung lượng trống của {}", at.display()),
                 format!("Cannot read the free space of {}", at.display()),
             ),
@@ -308,7 +308,7 @@ fn free_space(config: &Config, lang: Lang) -> Check {
     if free < floor {
         return fail(
             "space",
-            lang.t(
+            lang.pick(
                 format!(
                     "Còn trống {} trên {}, dưới mức sàn {}: máy trạm không ghi được",
                     Gib(free),
@@ -322,7 +322,7 @@ fn free_space(config: &Config, lang: Lang) -> Check {
                     Gib(floor)
                 ),
             ),
-            lang.t(
+            lang.pick(
                 "xoá phiên bản ảnh cũ (khoi image delete-version) hoặc thêm ổ đĩa",
                 "delete old image versions (khoi image delete-version) or add disk space",
             ),
@@ -332,7 +332,7 @@ fn free_space(config: &Config, lang: Lang) -> Check {
     match seat_quotas(config) {
         Some(Some(sum)) if sum > usable => warn(
             "space",
-            lang.t(
+            lang.pick(
                 format!(
                     "Còn trống {} (trên mức sàn {}), nhưng tổng hạn mức các máy trạm là {}: nếu mọi máy ghi đầy thì hết chỗ trước lần khôi phục đêm",
                     Gib(usable),
@@ -346,14 +346,14 @@ fn free_space(config: &Config, lang: Lang) -> Check {
                     Gib(sum)
                 ),
             ),
-            lang.t(
+            lang.pick(
                 "giảm hạn mức (storage.default_seat_quota, khoi seat add --quota) hoặc thêm ổ đĩa",
                 "lower the quotas (storage.default_seat_quota, --quota) or add disk space",
             ),
         ),
         Some(None) => warn(
             "space",
-            lang.t(
+            lang.pick(
                 format!(
                     "Còn trống {} trên mức sàn {}; có máy trạm không giới hạn hạn mức",
                     Gib(usable),
@@ -365,14 +365,14 @@ fn free_space(config: &Config, lang: Lang) -> Check {
                     Gib(floor)
                 ),
             ),
-            lang.t(
+            lang.pick(
                 "đặt storage.default_seat_quota",
                 "set storage.default_seat_quota",
             ),
         ),
         Some(Some(sum)) => ok(
             "space",
-            lang.t(
+            lang.pick(
                 format!(
                     "Còn trống {} trên mức sàn {}, đủ cho tổng hạn mức {}",
                     Gib(usable),
@@ -389,7 +389,7 @@ fn free_space(config: &Config, lang: Lang) -> Check {
         ),
         None => ok(
             "space",
-            lang.t(
+            lang.pick(
                 format!("Còn trống {} trên mức sàn {}", Gib(usable), Gib(floor)),
                 format!("{} free above the floor of {}", Gib(usable), Gib(floor)),
             ),
@@ -430,11 +430,11 @@ pub fn interface(pxe: &PxeConfig, lang: Lang) -> Vec<Check> {
         Err(_) => {
             return vec![fail(
                 "interface",
-                lang.t(
+                lang.pick(
                     format!("Không có card mạng {name} (pxe.interface)"),
                     format!("There is no network interface {name} (pxe.interface)"),
                 ),
-                lang.t(
+                lang.pick(
                     "xem tên card bằng: ip -br link; sửa pxe.interface trong /etc/khoi/khoi.yaml",
                     "list interfaces with: ip -br link; fix pxe.interface in /etc/khoi/khoi.yaml",
                 ),
@@ -445,36 +445,36 @@ pub fn interface(pxe: &PxeConfig, lang: Lang) -> Vec<Check> {
     out.push(match interface_flags(name) {
         Ok((true, true)) => ok(
             "interface_up",
-            lang.t(
+            lang.pick(
                 format!("Card {name} đang bật và có cáp"),
                 format!("Interface {name} is up with a link"),
             ),
         ),
         Ok((true, false)) => fail(
             "interface_up",
-            lang.t(
+            lang.pick(
                 format!("Card {name} bật nhưng không có tín hiệu (cáp rút? switch tắt?)"),
                 format!("Interface {name} is up but has no link (cable? switch?)"),
             ),
-            lang.t(
+            lang.pick(
                 "kiểm tra cáp và switch của mạng quầy",
                 "check the cable and the counter LAN's switch",
             ),
         ),
         Ok((false, _)) => fail(
             "interface_up",
-            lang.t(
+            lang.pick(
                 format!("Card {name} đang tắt"),
                 format!("Interface {name} is down"),
             ),
-            lang.t(
+            lang.pick(
                 format!("sudo ip link set {name} up (và để tự bật trong /etc/network/interfaces)"),
                 format!("sudo ip link set {name} up (and bring it up at boot in /etc/network/interfaces)"),
             ),
         ),
         Err(e) => warn(
             "interface_up",
-            lang.t(
+            lang.pick(
                 format!("Không đọc được trạng thái card {name}: {e}"),
                 format!("Cannot read the state of {name}: {e}"),
             ),
@@ -485,7 +485,7 @@ pub fn interface(pxe: &PxeConfig, lang: Lang) -> Vec<Check> {
     out.push(if addrs.contains(&pxe.server_ip) {
         ok(
             "interface_address",
-            lang.t(
+            lang.pick(
                 format!("Card {name} có địa chỉ {}", pxe.server_ip),
                 format!("Interface {name} has the address {}", pxe.server_ip),
             ),
@@ -493,7 +493,7 @@ pub fn interface(pxe: &PxeConfig, lang: Lang) -> Vec<Check> {
     } else {
         fail(
             "interface_address",
-            lang.t(
+            lang.pick(
                 format!(
                     "Card {name} không có địa chỉ {} (pxe.server_ip); đang có: {}",
                     pxe.server_ip,
@@ -505,7 +505,7 @@ pub fn interface(pxe: &PxeConfig, lang: Lang) -> Vec<Check> {
                     if have.is_empty() { "none".into() } else { have.join(", ") }
                 ),
             ),
-            lang.t(
+            lang.pick(
                 format!(
                     "đặt địa chỉ tĩnh {}/24 cho {name} trong /etc/network/interfaces, hoặc sửa pxe.server_ip",
                     pxe.server_ip
@@ -629,7 +629,7 @@ fn dhcp_servers(pxe: &PxeConfig, lang: Lang, wait: Duration) -> Check {
     if pxe.mode == DhcpMode::Off {
         return ok(
             "dhcp",
-            lang.t(
+            lang.pick(
                 "DHCP của Khoi tắt (mode: off): DHCP của cơ quan phải chỉ next-server/filename về Khoi",
                 "Khoi's DHCP is off (mode: off): the site's DHCP must point next-server/filename at Khoi",
             ),
@@ -641,11 +641,11 @@ fn dhcp_servers(pxe: &PxeConfig, lang: Lang, wait: Duration) -> Check {
         Err(e) => {
             return warn(
                 "dhcp",
-                lang.t(
+                lang.pick(
                     format!("Không dò được máy chủ DHCP khác trên {iface}: {e}"),
                     format!("Cannot probe for other DHCP servers on {iface}: {e}"),
                 ),
-                lang.t(
+                lang.pick(
                     "chạy khoi doctor bằng root (sudo); cổng 68 có thể đang bị dhclient giữ",
                     "run khoi doctor as root (sudo); port 68 may be held by dhclient",
                 ),
@@ -660,36 +660,36 @@ fn dhcp_servers(pxe: &PxeConfig, lang: Lang, wait: Duration) -> Check {
     match (pxe.mode, others.is_empty()) {
         (DhcpMode::Authoritative, true) => ok(
             "dhcp",
-            lang.t(
+            lang.pick(
                 format!("Không có máy chủ DHCP nào khác trả lời trên {iface}"),
                 format!("No other DHCP server answers on {iface}"),
             ),
         ),
         (DhcpMode::Authoritative, false) => fail(
             "dhcp",
-            lang.t(
+            lang.pick(
                 format!("Máy chủ DHCP khác ({list}) đang trả lời trên {iface} trong khi Khoi cấp địa chỉ (authoritative): máy trạm sẽ nhận địa chỉ lộn xộn"),
                 format!("Another DHCP server ({list}) answers on {iface} while Khoi hands out addresses (authoritative): seats get addresses at random"),
             ),
-            lang.t(
+            lang.pick(
                 "tắt DHCP của thiết bị kia trên mạng quầy, hoặc đặt pxe.mode: proxy",
                 "turn the other DHCP server off on the counter LAN, or set pxe.mode: proxy",
             ),
         ),
         (_, true) => warn(
             "dhcp",
-            lang.t(
+            lang.pick(
                 format!("Chế độ proxy nhưng không có máy chủ DHCP nào trả lời trên {iface}: máy trạm sẽ không có địa chỉ"),
                 format!("Proxy mode, but no DHCP server answers on {iface}: seats will get no address"),
             ),
-            lang.t(
+            lang.pick(
                 "bật DHCP của cơ quan trên mạng này, hoặc đặt pxe.mode: authoritative với pool",
                 "enable the site's DHCP on this LAN, or set pxe.mode: authoritative with a pool",
             ),
         ),
         (_, false) => ok(
             "dhcp",
-            lang.t(
+            lang.pick(
                 format!("Máy chủ DHCP của cơ quan ({list}) trả lời trên {iface}; Khoi chỉ bổ sung thông tin khởi động"),
                 format!("The site's DHCP server ({list}) answers on {iface}; Khoi only adds boot information"),
             ),
@@ -752,7 +752,7 @@ fn firewall(pxe: &PxeConfig, config: &Config, lang: Lang) -> Check {
         Ok(o) => {
             return warn(
                 "firewall",
-                lang.t(
+                lang.pick(
                     format!(
                         "Không đọc được tường lửa (nft list ruleset: {})",
                         String::from_utf8_lossy(&o.stderr).trim()
@@ -762,7 +762,7 @@ fn firewall(pxe: &PxeConfig, config: &Config, lang: Lang) -> Check {
                         String::from_utf8_lossy(&o.stderr).trim()
                     ),
                 ),
-                lang.t(
+                lang.pick(
                     "chạy khoi doctor bằng root (sudo)",
                     "run khoi doctor as root (sudo)",
                 ),
@@ -771,11 +771,11 @@ fn firewall(pxe: &PxeConfig, config: &Config, lang: Lang) -> Check {
         Err(_) => {
             return warn(
                 "firewall",
-                lang.t(
+                lang.pick(
                     "Không có lệnh nft: không biết tường lửa có chặn DHCP/TFTP/HTTP/iSCSI không",
                     "No nft command: cannot tell whether a firewall blocks DHCP/TFTP/HTTP/iSCSI",
                 ),
-                lang.t(
+                lang.pick(
                     format!("cài nftables, hoặc tự kiểm tra các cổng {ports:?} trên {iface}"),
                     format!("install nftables, or check ports {ports:?} on {iface} yourself"),
                 ),
@@ -785,14 +785,14 @@ fn firewall(pxe: &PxeConfig, config: &Config, lang: Lang) -> Check {
     match nft_allows(&text, iface, &ports) {
         Ok(()) => ok(
             "firewall",
-            lang.t(
+            lang.pick(
                 format!("Tường lửa (nftables) cho phép DHCP/TFTP/HTTP/iSCSI vào trên {iface}"),
                 format!("The firewall (nftables) lets DHCP/TFTP/HTTP/iSCSI in on {iface}"),
             ),
         ),
         Err(missing) => warn(
             "firewall",
-            lang.t(
+            lang.pick(
                 format!("Tường lửa chặn mặc định và không thấy luật mở cổng {missing:?} trên {iface}"),
                 format!("The firewall drops by default and no rule is seen opening ports {missing:?} on {iface}"),
             ),
@@ -819,7 +819,7 @@ fn ipxe_files(pxe: &PxeConfig, lang: Lang) -> Check {
     if missing.is_empty() {
         ok(
             "ipxe",
-            lang.t(
+            lang.pick(
                 format!("Có đủ tệp iPXE: {}", files.join(", ")),
                 format!("iPXE binaries present: {}", files.join(", ")),
             ),
@@ -827,7 +827,7 @@ fn ipxe_files(pxe: &PxeConfig, lang: Lang) -> Check {
     } else {
         fail(
             "ipxe",
-            lang.t(
+            lang.pick(
                 format!(
                     "Thiếu tệp iPXE: {} (không có trong {} lẫn {})",
                     missing.join(", "),
@@ -864,25 +864,25 @@ fn port_check(what: &str, proto: Proto, addr: SocketAddr, khoi_running: bool, la
     match bound {
         Ok(()) => ok(
             "port",
-            lang.t(
+            lang.pick(
                 format!("Cổng {what} {p} {addr} đang trống"),
                 format!("Port for {what} {p} {addr} is free"),
             ),
         ),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && khoi_running => ok(
             "port",
-            lang.t(
+            lang.pick(
                 format!("Cổng {what} {p} {addr} đang được dùng (Khoi đang chạy)"),
                 format!("Port for {what} {p} {addr} is in use (Khoi is running)"),
             ),
         ),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => fail(
             "port",
-            lang.t(
+            lang.pick(
                 format!("Cổng {what} {p} {addr} đang bị chương trình khác giữ"),
                 format!("Port for {what} {p} {addr} is held by another program"),
             ),
-            lang.t(
+            lang.pick(
                 format!(
                     "tìm chương trình đó: sudo ss -lnp{} 'sport = :{}', rồi tắt nó",
                     &p[..1],
@@ -897,22 +897,22 @@ fn port_check(what: &str, proto: Proto, addr: SocketAddr, khoi_running: bool, la
         ),
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => fail(
             "port",
-            lang.t(
+            lang.pick(
                 format!("Không có địa chỉ {} trên máy này cho {what}", addr.ip()),
                 format!("This host has no address {} for {what}", addr.ip()),
             ),
-            lang.t(
+            lang.pick(
                 "đặt địa chỉ đó cho card mạng, hoặc sửa cấu hình",
                 "give an interface that address, or fix the config",
             ),
         ),
         Err(e) => warn(
             "port",
-            lang.t(
+            lang.pick(
                 format!("Không kiểm tra được cổng {what} {p} {addr}: {e}"),
                 format!("Cannot check the port for {what} {p} {addr}: {e}"),
             ),
-            lang.t(
+            lang.pick(
                 "chạy khoi doctor bằng root (sudo)",
                 "run khoi doctor as root (sudo)",
             ),
@@ -925,7 +925,7 @@ fn ports(config: &Config, lang: Lang) -> Vec<Check> {
     let mut out = Vec::new();
     if let Some(a) = config.admin.listen {
         out.push(port_check(
-            &lang.t("trang quản trị", "the admin page"),
+            &lang.pick("trang quản trị", "the admin page"),
             Proto::Tcp,
             a,
             running,
@@ -941,7 +941,7 @@ fn ports(config: &Config, lang: Lang) -> Vec<Check> {
     if let Some(pxe) = &config.pxe {
         let ip = std::net::IpAddr::V4(pxe.server_ip);
         out.push(port_check(
-            &lang.t("kịch bản khởi động", "boot scripts"),
+            &lang.pick("kịch bản khởi động", "boot scripts"),
             Proto::Tcp,
             SocketAddr::new(ip, pxe.http_port),
             running,
@@ -984,11 +984,11 @@ fn time_sync(lang: Lang) -> Check {
     match synced {
         Some(true) => ok(
             "time",
-            lang.t("Đồng hồ đã đồng bộ (NTP)", "The clock is synchronised (NTP)"),
+            lang.pick("Đồng hồ đã đồng bộ (NTP)", "The clock is synchronised (NTP)"),
         ),
         Some(false) => warn(
             "time",
-            lang.t(
+            lang.pick(
                 "Đồng hồ chưa đồng bộ: giờ khôi phục đêm, bật máy theo lịch và nhật ký có thể sai",
                 "The clock is not synchronised: the nightly reset, the wake-up schedule and the log times may be wrong",
             ),
@@ -996,11 +996,11 @@ fn time_sync(lang: Lang) -> Check {
         ),
         None => warn(
             "time",
-            lang.t(
+            lang.pick(
                 "Không biết đồng hồ có đồng bộ không (không có timedatectl/systemd-timesyncd)",
                 "Cannot tell whether the clock is synchronised (no timedatectl/systemd-timesyncd)",
             ),
-            lang.t(
+            lang.pick(
                 "cài systemd-timesyncd hoặc chrony",
                 "install systemd-timesyncd or chrony",
             ),
@@ -1030,7 +1030,7 @@ fn certificate(path: &Path, configured: bool, lang: Lang) -> Check {
         Err(_) if !configured => {
             return ok(
                 "admin_cert",
-                lang.t(
+                lang.pick(
                     format!("Trang quản trị dùng HTTPS; chứng chỉ tự ký sẽ được tạo ở {} khi khởi động", path.display()),
                     format!("The admin page uses HTTPS; a self-signed certificate is made at {} at start", path.display()),
                 ),
@@ -1039,7 +1039,7 @@ fn certificate(path: &Path, configured: bool, lang: Lang) -> Check {
         Err(e) => {
             return fail(
                 "admin_cert",
-                lang.t(
+                lang.pick(
                     format!(
                         "Không đọc được chứng chỉ trang quản trị {}: {e}",
                         path.display()
@@ -1049,7 +1049,7 @@ fn certificate(path: &Path, configured: bool, lang: Lang) -> Check {
                         path.display()
                     ),
                 ),
-                lang.t(
+                lang.pick(
                     "sửa admin.tls_cert, hoặc bỏ nó để Khoi tự tạo chứng chỉ tự ký",
                     "fix admin.tls_cert, or remove it so Khoi makes a self-signed one",
                 ),
@@ -1059,15 +1059,15 @@ fn certificate(path: &Path, configured: bool, lang: Lang) -> Check {
     match cert_days_left(&pem) {
         Err(e) => fail(
             "admin_cert",
-            lang.t(
+            lang.pick(
                 format!("{} không phải chứng chỉ PEM hợp lệ: {e}", path.display()),
                 format!("{} is not a valid PEM certificate: {e}", path.display()),
             ),
-            lang.t("thay tệp chứng chỉ", "replace the certificate file"),
+            lang.pick("thay tệp chứng chỉ", "replace the certificate file"),
         ),
         Ok((days, subject)) if days < 0 => fail(
             "admin_cert",
-            lang.t(
+            lang.pick(
                 format!(
                     "Chứng chỉ trang quản trị ({subject}) đã hết hạn {} ngày",
                     -days
@@ -1077,7 +1077,7 @@ fn certificate(path: &Path, configured: bool, lang: Lang) -> Check {
                     -days
                 ),
             ),
-            lang.t(
+            lang.pick(
                 format!(
                     "gia hạn hoặc thay {}, rồi: sudo systemctl restart khoi",
                     path.display()
@@ -1090,18 +1090,18 @@ fn certificate(path: &Path, configured: bool, lang: Lang) -> Check {
         ),
         Ok((days, subject)) if days < 30 => warn(
             "admin_cert",
-            lang.t(
+            lang.pick(
                 format!("Chứng chỉ trang quản trị ({subject}) hết hạn sau {days} ngày"),
                 format!("The admin page's certificate ({subject}) expires in {days} days"),
             ),
-            lang.t(
+            lang.pick(
                 format!("gia hạn {} trước khi hết hạn", path.display()),
                 format!("renew {} before it expires", path.display()),
             ),
         ),
         Ok((days, subject)) => ok(
             "admin_cert",
-            lang.t(
+            lang.pick(
                 format!("Chứng chỉ trang quản trị ({subject}) còn hạn {days} ngày"),
                 format!("The admin page's certificate ({subject}) is valid for {days} more days"),
             ),
@@ -1114,7 +1114,7 @@ fn admin_page(config: &Config, lang: Lang) -> Check {
     let Some(a) = admin.listen else {
         return ok(
             "admin",
-            lang.t("Trang quản trị tắt", "The admin page is off"),
+            lang.pick("Trang quản trị tắt", "The admin page is off"),
         );
     };
     if admin.tls_enabled() {
@@ -1130,7 +1130,7 @@ fn admin_page(config: &Config, lang: Lang) -> Check {
     if a.ip().is_loopback() {
         ok(
             "admin",
-            lang.t(
+            lang.pick(
                 format!("Trang quản trị chỉ trên máy này ({a}, HTTP)"),
                 format!("The admin page is on this host only ({a}, HTTP)"),
             ),
@@ -1138,11 +1138,11 @@ fn admin_page(config: &Config, lang: Lang) -> Check {
     } else {
         warn(
             "admin",
-            lang.t(
+            lang.pick(
                 format!("Trang quản trị mở trên {a} bằng HTTP thường (allow_plain_http): mật khẩu đi không mã hoá nếu không có proxy HTTPS phía trước"),
                 format!("The admin page is open on {a} over plain HTTP (allow_plain_http): passwords cross the LAN in clear unless an HTTPS proxy is in front"),
             ),
-            lang.t(
+            lang.pick(
                 "bỏ admin.tls: disabled / allow_plain_http để Khoi tự dùng HTTPS, hoặc đặt proxy HTTPS phía trước",
                 "drop admin.tls: disabled / allow_plain_http so Khoi serves HTTPS itself, or put an HTTPS proxy in front",
             ),
