@@ -83,7 +83,13 @@ fn peer_v4(req: &Request) -> Option<Ipv4Addr> {
 }
 
 async fn boot_script(State(ctx): State<Ctx>, Path(file): Path<String>, req: Request) -> Response {
-    let Some(mac) = file.strip_suffix(".ipxe").and_then(parse_mac) else {
+    // Only the separated forms `script_url` and admins write; a bare 12-digit
+    // name is one more spelling of every MAC for a flooder to use.
+    let Some(mac) = file
+        .strip_suffix(".ipxe")
+        .filter(|m| m.len() == 17)
+        .and_then(parse_mac)
+    else {
         return (StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n").into_response();
     };
     if let (Some(peer), Some(seen)) = (peer_v4(&req), ctx.state.seen.get(mac))

@@ -244,6 +244,11 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
         }
         _ => return None,
     };
+    // `from_str_radix` takes a leading `+`, so "+5+2+5+4+0+0" would parse:
+    // only hex digits may reach it.
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     let mut mac = [0u8; 6];
     for (i, b) in mac.iter_mut().enumerate() {
         let pair = hex.get(2 * i..2 * i + 2)?;
@@ -361,6 +366,10 @@ mod tests {
             "52:54:00:77:00:zz",
             "52:54-00:77:00:ab",
             "5254007700ab0",
+            // Issue 10: `from_str_radix` accepts a sign.
+            "+5+2+5+4+0+0",
+            "+5:+2:+5:+4:+0:+0",
+            "+5-+2-+5-+4-+0-+0",
         ] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }

@@ -29,9 +29,26 @@ impl FromStr for Mac {
     /// Accepts `aa:bb:cc:dd:ee:ff`, `aa-bb-…` and bare `aabbccddeeff`, any case,
     /// because admins copy MACs from stickers, Windows and switch tables.
     fn from_str(s: &str) -> Result<Self, String> {
-        let hex: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
         let bad = || format!("{s:?} is not a MAC address (expected like 52:54:00:12:34:56)");
-        if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        // One separator, between every pair, or none: "5254:00ab-cd01" is a typo,
+        // not a MAC.
+        let hex: String = match s.len() {
+            12 => s.to_string(),
+            17 => {
+                let sep = s
+                    .chars()
+                    .nth(2)
+                    .filter(|c| *c == ':' || *c == '-')
+                    .ok_or_else(bad)?;
+                let parts: Vec<&str> = s.split(sep).collect();
+                if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+                    return Err(bad());
+                }
+                parts.concat()
+            }
+            _ => return Err(bad()),
+        };
+        if !hex.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut out = [0u8; 6];
@@ -115,5 +132,16 @@ mod tests {
         assert_eq!("525400abcd01".parse::<Mac>(), Ok(m));
         assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
         assert!("52:54:00:ab:cd:zz".parse::<Mac>().is_err());
+        // Issue 10: sign characters and mixed or missing separators are refused.
+        for bad in [
+            "+5+2+5+4+0+0",
+            "+5:+2:+5:+4:+0:+0",
+            "5254:00ab-cd01",
+            "52:54-00:ab:cd:01",
+            "52:54:00:ab:cd:01:",
+            "::525400abcd01",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad:?}");
+        }
     }
 }
