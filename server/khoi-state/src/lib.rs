@@ -12,6 +12,7 @@
 //! migrations in `schema`, and the typed names in `names`; everything is
 //! re-exported here so callers keep writing `khoi_state::Seat`.
 
+mod boots;
 mod events;
 mod names;
 mod schema;
@@ -25,6 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
+pub use boots::{BOOT_SECRET_LEN, Boot, random_token};
 pub use events::{Event, EventFilter, NewEvent, UnknownMac};
 pub use names::{Mac, validate_name};
 pub use seats::{NewSeat, ResetPolicy, Seat, SeatUpdate};

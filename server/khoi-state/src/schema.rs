@@ -55,6 +55,23 @@ CREATE INDEX events_kind ON events (kind);
     r#"
 ALTER TABLE events ADD COLUMN args TEXT NOT NULL DEFAULT '';
 "#,
+    // Each seat's current boot: one-boot CHAP credentials and the fence
+    // (see `boots`). A row goes with its seat.
+    r#"
+CREATE TABLE seat_boots (
+    seat TEXT PRIMARY KEY REFERENCES seats (name) ON DELETE CASCADE,
+    boot_id INTEGER NOT NULL,
+    chap_user TEXT NOT NULL,
+    chap_secret TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    initiator TEXT NOT NULL,
+    started INTEGER NOT NULL,
+    first_login INTEGER,
+    fenced INTEGER,
+    fence_reason TEXT,
+    prev_chap_user TEXT
+);
+"#,
 ];
 
 /// Runs the migrations `conn` has not seen yet, each in its own transaction
