@@ -3,6 +3,7 @@
 //! Login Request and returns a [`Step`]; the caller sends PDUs, opens the LU
 //! and allocates the TSIH when told to.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -142,6 +143,14 @@ pub struct Login {
     kind: Kind,
     identity_checked: bool,
     target_auth: Option<TargetAuth>,
+    /// The connection's remote address, for resolvers that bind credentials
+    /// to addresses.
+    peer: Option<IpAddr>,
+    /// Set when the login must fail whatever the CHAP response: an unknown
+    /// target or an initiator the target does not admit. Such logins run
+    /// the same CHAP exchange as a real one and fail at the same step with
+    /// the same status, so the wire does not tell a seat name from a guess.
+    deny: Option<&'static str>,
     auth: Auth,
     chap_targets: Vec<String>,
     params: Params,
@@ -181,6 +190,8 @@ impl Login {
             kind: Kind::Normal,
             identity_checked: false,
             target_auth: None,
+            peer: None,
+            deny: None,
             auth: Auth::Start,
             chap_targets: Vec::new(),
             params: Params::default(),
@@ -191,6 +202,13 @@ impl Login {
             declared_mrdsl: false,
             ready: None,
         }
+    }
+
+    /// The connection's remote address, handed to [`TargetResolver::auth_from`].
+    #[must_use]
+    pub fn with_peer(mut self, peer: Option<IpAddr>) -> Login {
+        self.peer = peer;
+        self
     }
 
     /// The InitiatorName presented so far (for logs on a dropped login).
@@ -472,16 +490,24 @@ impl Login {
         let Some(target) = self.target.clone().filter(|s| !s.is_empty()) else {
             return Err(self.failure(status::MISSING_PARAMETER, "TargetName missing"));
         };
-        let Some(auth) = self.resolver.auth(&target) else {
-            return Err(self.failure(status::NOT_FOUND, "no such target"));
+        let auth = match self.resolver.auth_from(&target, self.peer) {
+            Some(auth) => auth,
+            None => {
+                self.deny = Some("no such target");
+                decoy_auth()
+            }
         };
         if let Some(allowed) = &auth.allowed_initiator
             && *allowed != initiator
         {
-            return Err(self.failure(
-                status::AUTHORIZATION_FAILURE,
-                "initiator is not allowed on this target",
-            ));
+            if auth.chap.is_none() {
+                return Err(self.failure(
+                    status::AUTH_FAILURE,
+                    "initiator is not allowed on this target",
+                ));
+            }
+            self.deny
+                .get_or_insert("initiator is not allowed on this target");
         }
         self.target_auth = Some(auth);
         Ok(())
@@ -507,11 +533,11 @@ impl Login {
                 }
             }
             Kind::Discovery => {
-                let any_chap = self
-                    .resolver
-                    .targets()
-                    .iter()
-                    .any(|t| self.resolver.auth(t).is_some_and(|a| a.chap.is_some()));
+                let any_chap = self.resolver.targets().iter().any(|t| {
+                    self.resolver
+                        .auth_from(t, self.peer)
+                        .is_some_and(|a| a.chap.is_some())
+                });
                 if any_chap && offered("CHAP") {
                     Some("CHAP")
                 } else if offered("None") {
@@ -566,31 +592,21 @@ impl Login {
             Kind::Normal => {
                 let auth = self.target_auth.clone().unwrap_or_default();
                 let ok = auth.chap.as_ref().is_some_and(proves);
-                if !ok {
+                if !ok || self.deny.is_some() {
+                    // One status for every refusal (RFC 7143 §11.13.5: class 2
+                    // tells the initiator not to retry as is); the reason stays
+                    // in the event log.
                     let target = self.target.clone().unwrap_or_default();
-                    let elsewhere = self.resolver.targets().iter().any(|t| {
-                        *t != target
-                            && self
-                                .resolver
-                                .auth(t)
-                                .and_then(|a| a.chap)
-                                .is_some_and(|s| proves(&s))
-                    });
-                    return Err(if elsewhere {
-                        self.failure(
-                            status::AUTHORIZATION_FAILURE,
-                            "CHAP credentials belong to another target",
-                        )
-                    } else {
-                        self.failure(status::AUTH_FAILURE, "CHAP response does not verify")
-                    });
+                    self.resolver.chap_refused(&target, name, self.peer);
+                    let reason = self.deny.unwrap_or("CHAP response does not verify");
+                    return Err(self.failure(status::AUTH_FAILURE, reason));
                 }
                 mutual = auth.mutual;
             }
             Kind::Discovery => {
                 let mut first_mutual = None;
                 for t in self.resolver.targets() {
-                    if let Some(a) = self.resolver.auth(&t)
+                    if let Some(a) = self.resolver.auth_from(&t, self.peer)
                         && a.chap.as_ref().is_some_and(proves)
                     {
                         if first_mutual.is_none() {
@@ -635,6 +651,18 @@ impl Login {
     }
 }
 
+/// What an unknown target answers with: CHAP with a random secret nobody
+/// knows, so the login takes the same steps and time as a real one.
+fn decoy_auth() -> TargetAuth {
+    let mut secret = [0u8; 16];
+    rand::rng().fill(&mut secret[..]);
+    TargetAuth {
+        chap: Some(ChapSecret::new("", chap::encode_hex(&secret))),
+        mutual: None,
+        allowed_initiator: None,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 pub(crate) mod tests {
@@ -647,6 +675,7 @@ pub(crate) mod tests {
     pub(crate) struct FakeResolver {
         pub targets: Vec<(String, TargetAuth)>,
         pub events: Mutex<Vec<IscsiEvent>>,
+        pub refused: Mutex<Vec<(String, String, Option<IpAddr>)>>,
     }
 
     impl TargetResolver for FakeResolver {
@@ -670,6 +699,11 @@ pub(crate) mod tests {
         }
         fn event(&self, ev: IscsiEvent) {
             self.events.lock().push(ev);
+        }
+        fn chap_refused(&self, target: &str, user: &str, peer: Option<IpAddr>) {
+            self.refused
+                .lock()
+                .push((target.to_string(), user.to_string(), peer));
         }
     }
 
@@ -695,6 +729,7 @@ pub(crate) mod tests {
                 ("iqn.2025-01.vn.khoi:open".into(), TargetAuth::default()),
             ],
             events: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
         })
     }
 
@@ -826,31 +861,124 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn other_targets_credentials_are_authorization_failure() {
-        // seat02's valid credentials presented to seat01.
+    fn other_targets_credentials_fail_like_a_wrong_secret() {
+        // seat02's valid credentials presented to seat01: the same status as
+        // any wrong secret (issue 10: failures tell nothing about targets).
         let (_, step) = ipxe_chap(
             "iqn.2025-01.vn.khoi:seat01",
             "seat02",
             "secret-seat-02",
             false,
         );
-        assert_eq!(fail_status(step), status::AUTHORIZATION_FAILURE);
+        assert_eq!(fail_status(step), status::AUTH_FAILURE);
+    }
+
+    /// Issue 10 attack: iSCSI login failures told which seat names exist
+    /// (0x0203 at once for a guess, a CHAP challenge for a seat). Now an
+    /// unknown target, a target that does not admit the initiator, and a
+    /// wrong secret all get a CHAP challenge and then 0x0201, with the same
+    /// keys in every response.
+    #[test]
+    fn unknown_and_known_targets_fail_alike() {
+        let shape = |target: &str, user: &str, secret: &str| {
+            let r = resolver();
+            let mut l = Login::new(r.clone(), Offer::default(), 1, 128)
+                .with_peer(Some("10.0.0.9".parse().unwrap()));
+            let first = format!(
+                "InitiatorName=iqn.2010-04.org.ipxe:seat01\0TargetName={target}\0AuthMethod=CHAP,None\0"
+            );
+            let (r1, p1) = cont(l.on_pdu(
+                &req(Stage::Security, Stage::Operational, true),
+                first.as_bytes(),
+            ));
+            let (r2, p2) = cont(l.on_pdu(
+                &req(Stage::Security, Stage::Operational, true),
+                b"CHAP_A=5\0",
+            ));
+            let id: u8 = get(&p2, "CHAP_I").unwrap().parse().unwrap();
+            let c = chap::decode_binary(get(&p2, "CHAP_C").unwrap()).unwrap();
+            let rr = chap::encode_hex(&chap::response(id, secret.as_bytes(), &c));
+            let step = l.on_pdu(
+                &req(Stage::Security, Stage::Operational, true),
+                format!("CHAP_N={user}\0CHAP_R={rr}\0").as_bytes(),
+            );
+            let keys =
+                |p: &[(String, String)]| p.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+            let refused = r.refused.lock().clone();
+            (
+                (r1.status_class, r1.transit, keys(&p1)),
+                (r2.status_class, keys(&p2)),
+                fail_status(step),
+                refused,
+            )
+        };
+        let wrong = shape("iqn.2025-01.vn.khoi:seat01", "seat01", "wrong");
+        let unknown = shape("iqn.2025-01.vn.khoi:nope", "seat01", "secret-seat-01");
+        let unbound = shape("iqn.2025-01.vn.khoi:seat02", "seat02", "secret-seat-02");
+        assert_eq!(wrong.2, status::AUTH_FAILURE);
+        for other in [&unknown, &unbound] {
+            assert_eq!(other.0, wrong.0);
+            assert_eq!(other.1, wrong.1);
+            assert_eq!(other.2, wrong.2);
+        }
+        // The resolver hears of each refusal with the name and address used.
+        assert_eq!(
+            unknown.3,
+            vec![(
+                "iqn.2025-01.vn.khoi:nope".to_string(),
+                "seat01".to_string(),
+                Some("10.0.0.9".parse().unwrap())
+            )]
+        );
+        // Only AuthMethod=None to an unknown target: the same refusal as to a
+        // CHAP seat.
+        let none = |target: &str| {
+            let mut l = Login::new(resolver(), Offer::default(), 1, 128);
+            fail_status(l.on_pdu(
+                &req(Stage::Security, Stage::Operational, true),
+                format!("InitiatorName=iqn.x:y\0TargetName={target}\0AuthMethod=None\0").as_bytes(),
+            ))
+        };
+        assert_eq!(none("iqn.nope"), none("iqn.2025-01.vn.khoi:seat01"));
     }
 
     #[test]
-    fn unknown_target_and_bound_initiator() {
-        let mut l = Login::new(resolver(), Offer::default(), 1, 128);
-        let s = l.on_pdu(
-            &req(Stage::Security, Stage::Operational, true),
-            b"InitiatorName=iqn.x:y\0TargetName=iqn.nope\0AuthMethod=None\0",
+    fn peer_reaches_the_resolver() {
+        struct ByPeer;
+        impl TargetResolver for ByPeer {
+            fn targets(&self) -> Vec<String> {
+                vec!["t".into()]
+            }
+            fn auth(&self, _: &str) -> Option<TargetAuth> {
+                None
+            }
+            fn auth_from(&self, _: &str, peer: Option<IpAddr>) -> Option<TargetAuth> {
+                (peer == Some("10.1.1.1".parse().unwrap())).then(TargetAuth::default)
+            }
+            fn open_lun0(&self, _: &str) -> Result<khoi_block::Checked, String> {
+                Err("none".into())
+            }
+            fn identity(&self, _: &str) -> LunIdentity {
+                LunIdentity {
+                    serial: "S".into(),
+                    naa: [0x60; 16],
+                }
+            }
+            fn event(&self, _: IscsiEvent) {}
+        }
+        let text = b"InitiatorName=iqn.x:y\0TargetName=t\0AuthMethod=None\0";
+        let mut l = Login::new(Arc::new(ByPeer), Offer::default(), 1, 128)
+            .with_peer(Some("10.1.1.1".parse().unwrap()));
+        assert!(matches!(
+            l.on_pdu(&req(Stage::Security, Stage::FullFeature, true), text),
+            Step::Ready { .. }
+        ));
+        let mut l = Login::new(Arc::new(ByPeer), Offer::default(), 1, 128)
+            .with_peer(Some("10.1.1.2".parse().unwrap()));
+        assert_eq!(
+            fail_status(l.on_pdu(&req(Stage::Security, Stage::FullFeature, true), text)),
+            status::AUTH_FAILURE
         );
-        assert_eq!(fail_status(s), status::NOT_FOUND);
-        let mut l = Login::new(resolver(), Offer::default(), 1, 128);
-        let s = l.on_pdu(
-            &req(Stage::Security, Stage::Operational, true),
-            b"InitiatorName=iqn.x:y\0TargetName=iqn.2025-01.vn.khoi:seat02\0AuthMethod=CHAP\0",
-        );
-        assert_eq!(fail_status(s), status::AUTHORIZATION_FAILURE);
     }
 
     #[test]

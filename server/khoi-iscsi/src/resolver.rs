@@ -88,6 +88,21 @@ pub trait TargetResolver: Send + Sync + 'static {
     fn targets(&self) -> Vec<String>;
     /// `None` means no such target.
     fn auth(&self, target: &str) -> Option<TargetAuth>;
+    /// Who may log in to `target` over a connection from `peer`: a resolver
+    /// that binds credentials to addresses answers here. `None` means no such
+    /// target; the login then fails exactly like a wrong password, so the
+    /// wire does not tell which targets exist.
+    fn auth_from(&self, target: &str, peer: Option<std::net::IpAddr>) -> Option<TargetAuth> {
+        let _ = peer;
+        self.auth(target)
+    }
+    /// A normal login to `target` (as the initiator named it) from `peer`
+    /// presented CHAP name `user` and was refused: the response did not
+    /// verify, or the target does not exist or does not admit this
+    /// initiator. The binary turns these into events and backoff.
+    fn chap_refused(&self, target: &str, user: &str, peer: Option<std::net::IpAddr>) {
+        let _ = (target, user, peer);
+    }
     /// The disk at LUN 0, shared by every session to the target.
     fn open_lun0(&self, target: &str) -> Result<khoi_block::Checked, String>;
     fn identity(&self, target: &str) -> LunIdentity;

@@ -228,7 +228,8 @@ async fn login_phase(
         config.offer,
         config.tpgt,
         config.cmd_window,
-    );
+    )
+    .with_peer(peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
     let nodigest = Digests::default();
     loop {
         let Some(pdu) = read_pdu(stream, rbuf, nodigest, LOGIN_MAX_DATA).await? else {
