@@ -1,59 +1,65 @@
-//! The `seat_boots` table: each seat's current boot, its one-boot iSCSI
-//! credentials, and the fence.
+//! The `seat_boots` table: each seat's boot credentials and the fence.
 //!
-//! A boot starts when a seat fetches its iPXE script. That mints a CHAP user
-//! and secret for this boot only, bound to the address that fetched the script
-//! and the initiator name the script sets; the row replaces the seat's previous
-//! boot, so the previous credentials stop working at once. They live here, not
-//! in memory, so Windows' reconnects keep working across a Khoi restart.
+//! A seat's script fetch *offers* a boot: it mints a CHAP user and secret for
+//! that boot only, bound to the address that fetched the script and the
+//! initiator name the script sets. Nothing else changes at the fetch. The boot
+//! *begins* when those credentials first log in (iPXE's `sanboot`): they become
+//! the seat's current credentials, the previous boot's stop working, a fence is
+//! lifted, and the binary does what a boot does (the `on-boot` reset). Until
+//! then the running boot keeps its credentials, so a forged or drive-by fetch
+//! takes nothing away from the seat that is running.
 //!
-//! CHAP-MD5 needs the secret itself on the target side (the response is a hash
-//! over it and a fresh challenge), so it cannot be stored hashed; it is
-//! protected by the database file's permissions and dies with the boot.
+//! The credentials live here, not in memory, so Windows' reconnects keep
+//! working across a Khoi restart. CHAP-MD5 needs the secret itself on the
+//! target side (the response is a hash over it and a fresh challenge), so it
+//! cannot be stored hashed; the database file is the owner's only, and each
+//! secret dies with its boot.
 //!
-//! Fencing a seat marks its current boot: the credentials are refused from then
-//! on, until the seat's next boot replaces the row.
+//! Fencing marks the current boot: its credentials are refused from then on,
+//! until the seat's next boot begins.
 
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::{Result, State, StateError, now};
 
-/// One seat's current boot.
+/// One boot's credentials and where they may be used from.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Boot {
-    pub seat: String,
-    /// Counts the seat's boots, so a login can tell which boot it belongs to.
-    pub boot_id: i64,
-    pub chap_user: String,
-    pub chap_secret: String,
+pub struct BootCred {
+    pub user: String,
+    pub secret: String,
     /// The address that fetched the script: the only one that may log in.
     pub peer: String,
     /// The InitiatorName the script set: the only one that may log in.
     pub initiator: String,
-    /// Unix seconds.
+    /// Unix seconds: the fetch for a pending boot, the first login for the
+    /// current one.
     pub started: i64,
-    /// When this boot's credentials first logged in (the on-boot reset point).
-    pub first_login: Option<i64>,
-    /// When and why the seat was fenced during this boot.
-    pub fenced: Option<(i64, String)>,
-    /// The previous boot's CHAP user, to name a login with stale credentials.
-    pub prev_chap_user: Option<String>,
 }
 
-impl std::fmt::Debug for Boot {
+impl std::fmt::Debug for BootCred {
     // The secret never reaches a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Boot")
-            .field("seat", &self.seat)
-            .field("boot_id", &self.boot_id)
-            .field("chap_user", &self.chap_user)
+        f.debug_struct("BootCred")
+            .field("user", &self.user)
             .field("peer", &self.peer)
             .field("initiator", &self.initiator)
             .field("started", &self.started)
-            .field("first_login", &self.first_login)
-            .field("fenced", &self.fenced)
             .finish_non_exhaustive()
     }
+}
+
+/// A seat's boots: the running one and the one its last script fetch offered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    pub seat: String,
+    /// Counts the boots that began, so a login can tell which one it is.
+    pub boot_id: i64,
+    pub current: Option<BootCred>,
+    pub pending: Option<BootCred>,
+    /// When and why the current boot was fenced.
+    pub fenced: Option<(i64, String)>,
+    /// The previous boot's CHAP user, to name a login with stale credentials.
+    pub prev_chap_user: Option<String>,
 }
 
 /// Length of a boot's CHAP secret. The Microsoft initiator takes 12 to 16
@@ -83,70 +89,103 @@ pub fn random_token(n: usize) -> Result<String> {
 }
 
 const COLUMNS: &str = "seat, boot_id, chap_user, chap_secret, peer, initiator, started, \
-                       first_login, fenced, fence_reason, prev_chap_user";
+                       fenced, fence_reason, prev_chap_user, pending_user, pending_secret, \
+                       pending_peer, pending_initiator, pending_started";
+
+fn cred(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<BootCred>> {
+    let user: Option<String> = r.get(at)?;
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    Ok(Some(BootCred {
+        user,
+        secret: r.get::<_, Option<String>>(at + 1)?.unwrap_or_default(),
+        peer: r.get::<_, Option<String>>(at + 2)?.unwrap_or_default(),
+        initiator: r.get::<_, Option<String>>(at + 3)?.unwrap_or_default(),
+        started: r.get::<_, Option<i64>>(at + 4)?.unwrap_or_default(),
+    }))
+}
 
 fn row(r: &Row<'_>) -> rusqlite::Result<Boot> {
-    let fenced: Option<i64> = r.get(8)?;
-    let reason: Option<String> = r.get(9)?;
+    let fenced: Option<i64> = r.get(7)?;
+    let reason: Option<String> = r.get(8)?;
     Ok(Boot {
         seat: r.get(0)?,
         boot_id: r.get(1)?,
-        chap_user: r.get(2)?,
-        chap_secret: r.get(3)?,
-        peer: r.get(4)?,
-        initiator: r.get(5)?,
-        started: r.get(6)?,
-        first_login: r.get(7)?,
+        current: cred(r, 2)?,
         fenced: fenced.map(|t| (t, reason.unwrap_or_default())),
-        prev_chap_user: r.get(10)?,
+        prev_chap_user: r.get(9)?,
+        pending: cred(r, 10)?,
     })
 }
 
 impl State {
-    /// Start a boot of `seat` requested from `peer` with `initiator`: fresh
-    /// credentials replace the previous boot's (and lift a fence).
-    pub fn start_boot(&self, seat: &str, peer: &str, initiator: &str) -> Result<Boot> {
-        let user = format!("{seat}.{}", random_token(8)?);
-        let secret = random_token(BOOT_SECRET_LEN)?;
-        let conn = self.conn.lock();
-        let prev: Option<(i64, String)> = conn
-            .query_row(
-                "SELECT boot_id, chap_user FROM seat_boots WHERE seat = ?1",
-                [seat],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let boot_id = prev.as_ref().map_or(1, |(id, _)| id + 1);
-        let n = conn.execute(
-            "INSERT OR REPLACE INTO seat_boots
-               (seat, boot_id, chap_user, chap_secret, peer, initiator, started,
-                first_login, fenced, fence_reason, prev_chap_user)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL, ?8
-             WHERE EXISTS (SELECT 1 FROM seats WHERE name = ?1)",
+    /// A script fetch of `seat` from `peer`, whose script sets `initiator`:
+    /// fresh credentials for the boot it offers, replacing an earlier offer
+    /// that never logged in. The running boot is left alone.
+    pub fn offer_boot(&self, seat: &str, peer: &str, initiator: &str) -> Result<BootCred> {
+        let cred = BootCred {
+            user: format!("{seat}.{}", random_token(8)?),
+            secret: random_token(BOOT_SECRET_LEN)?,
+            peer: peer.to_string(),
+            initiator: initiator.to_string(),
+            started: now(),
+        };
+        let n = self.conn.lock().execute(
+            "INSERT INTO seat_boots (seat, pending_user, pending_secret, pending_peer,
+                                     pending_initiator, pending_started)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM seats WHERE name = ?1)
+             ON CONFLICT (seat) DO UPDATE SET
+               pending_user = excluded.pending_user, pending_secret = excluded.pending_secret,
+               pending_peer = excluded.pending_peer,
+               pending_initiator = excluded.pending_initiator,
+               pending_started = excluded.pending_started",
             params![
                 seat,
-                boot_id,
-                user,
-                secret,
-                peer,
-                initiator,
-                now(),
-                prev.map(|(_, u)| u)
+                cred.user,
+                cred.secret,
+                cred.peer,
+                cred.initiator,
+                cred.started
             ],
         )?;
         if n == 0 {
             return Err(StateError::NoSuchSeat(seat.to_string()));
+        }
+        Ok(cred)
+    }
+
+    /// The offered boot whose credentials are `user` logged in: it becomes the
+    /// seat's current boot (the previous credentials die, a fence is lifted).
+    /// `Some` exactly once per offer, for the caller that does what a boot
+    /// does; `None` if `user` is not the pending offer.
+    pub fn begin_boot(&self, seat: &str, user: &str) -> Result<Option<Boot>> {
+        let conn = self.conn.lock();
+        let n = conn.execute(
+            "UPDATE seat_boots SET
+               boot_id = boot_id + 1, prev_chap_user = chap_user,
+               chap_user = pending_user, chap_secret = pending_secret, peer = pending_peer,
+               initiator = pending_initiator, started = ?3,
+               fenced = NULL, fence_reason = NULL,
+               pending_user = NULL, pending_secret = NULL, pending_peer = NULL,
+               pending_initiator = NULL, pending_started = NULL
+             WHERE seat = ?1 AND pending_user = ?2",
+            params![seat, user, now()],
+        )?;
+        if n == 0 {
+            return Ok(None);
         }
         conn.query_row(
             &format!("SELECT {COLUMNS} FROM seat_boots WHERE seat = ?1"),
             [seat],
             row,
         )
+        .optional()
         .map_err(Into::into)
     }
 
-    /// The seat's current boot, if it has booted since boots were recorded.
-    pub fn current_boot(&self, seat: &str) -> Result<Option<Boot>> {
+    /// The seat's boots, if its script was ever fetched.
+    pub fn seat_boot(&self, seat: &str) -> Result<Option<Boot>> {
         Ok(self
             .conn
             .lock()
@@ -158,7 +197,7 @@ impl State {
             .optional()?)
     }
 
-    /// Every seat's current boot, for the seat list.
+    /// Every seat's boots, for the seat list.
     pub fn boots(&self) -> Result<Vec<Boot>> {
         let conn = self.conn.lock();
         let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM seat_boots ORDER BY seat"))?;
@@ -168,24 +207,13 @@ impl State {
     }
 
     /// Fence the seat's current boot: its credentials are refused until the
-    /// next boot. Returns true if a boot was fenced now (false if the seat has
-    /// no boot or was already fenced, which keeps the first reason).
+    /// next boot begins. True if a boot was fenced now (false if the seat has
+    /// no running boot or was fenced already, which keeps the first reason).
     pub fn fence_seat(&self, seat: &str, reason: &str) -> Result<bool> {
         let n = self.conn.lock().execute(
             "UPDATE seat_boots SET fenced = ?2, fence_reason = ?3
-             WHERE seat = ?1 AND fenced IS NULL",
+             WHERE seat = ?1 AND chap_user IS NOT NULL AND fenced IS NULL",
             params![seat, now(), reason],
-        )?;
-        Ok(n > 0)
-    }
-
-    /// Record the first login of boot `boot_id`. True exactly once per boot,
-    /// for the caller that should do what happens at a boot's first login.
-    pub fn claim_first_login(&self, seat: &str, boot_id: i64) -> Result<bool> {
-        let n = self.conn.lock().execute(
-            "UPDATE seat_boots SET first_login = ?3
-             WHERE seat = ?1 AND boot_id = ?2 AND first_login IS NULL AND fenced IS NULL",
-            params![seat, boot_id, now()],
         )?;
         Ok(n > 0)
     }
@@ -196,71 +224,105 @@ mod tests {
     use crate::State;
     use crate::test_seat as seat;
 
-    #[test]
-    fn each_boot_gets_new_credentials_and_ends_the_last() {
+    fn db() -> State {
         let st = State::open_in_memory().expect("db");
         st.add_seat(&seat("pc01", "02:00:00:00:00:01"))
             .expect("add");
-        let a = st
-            .start_boot("pc01", "10.0.0.5", "iqn.x:pc01")
-            .expect("boot");
-        let stored = st.seat("pc01").expect("seat");
-        assert_ne!(
-            a.chap_secret, stored.chap_secret,
-            "never the long-lived secret"
-        );
-        assert_eq!(a.chap_secret.len(), super::BOOT_SECRET_LEN);
-        assert!(a.chap_user.starts_with("pc01."));
-        let b = st
-            .start_boot("pc01", "10.0.0.6", "iqn.x:pc01")
-            .expect("boot");
-        assert_ne!(a.chap_secret, b.chap_secret);
-        assert_ne!(a.chap_user, b.chap_user);
-        assert_eq!(b.boot_id, a.boot_id + 1);
-        assert_eq!(b.prev_chap_user.as_deref(), Some(a.chap_user.as_str()));
-        assert_eq!(st.current_boot("pc01").expect("q"), Some(b));
-        assert!(st.start_boot("nope", "10.0.0.5", "iqn.x:y").is_err());
+        st
     }
 
     #[test]
-    fn fence_until_next_boot_and_first_login_once() {
-        let st = State::open_in_memory().expect("db");
-        st.add_seat(&seat("pc01", "02:00:00:00:00:01"))
-            .expect("add");
+    fn an_offer_changes_nothing_until_it_logs_in() {
+        let st = db();
+        let a = st
+            .offer_boot("pc01", "10.0.0.5", "iqn.x:pc01")
+            .expect("offer");
+        let stored = st.seat("pc01").expect("seat");
+        assert_ne!(a.secret, stored.chap_secret, "never the long-lived secret");
+        assert_eq!(a.secret.len(), super::BOOT_SECRET_LEN);
+        assert!(a.user.starts_with("pc01."));
+        let running = st
+            .begin_boot("pc01", &a.user)
+            .expect("begin")
+            .expect("once");
+        assert_eq!(
+            running.current,
+            Some(a.clone()).map(|mut c| {
+                c.started = running.current.as_ref().map_or(0, |c| c.started);
+                c
+            })
+        );
+        assert_eq!(running.boot_id, 1);
+        assert_eq!(running.pending, None);
+        assert_eq!(st.begin_boot("pc01", &a.user).expect("again"), None);
+
+        // A second fetch (a forged one, say) offers new credentials but the
+        // running boot keeps its own until the offer logs in.
+        let b = st
+            .offer_boot("pc01", "10.0.0.66", "iqn.x:pc01")
+            .expect("offer");
+        assert_ne!((&a.user, &a.secret), (&b.user, &b.secret));
+        let both = st.seat_boot("pc01").expect("q").expect("row");
+        assert_eq!(both.current.as_ref().map(|c| &c.user), Some(&a.user));
+        assert_eq!(both.pending.as_ref().map(|c| &c.user), Some(&b.user));
+        let next = st
+            .begin_boot("pc01", &b.user)
+            .expect("begin")
+            .expect("once");
+        assert_eq!(next.boot_id, 2);
+        assert_eq!(
+            next.current.as_ref().map(|c| c.peer.as_str()),
+            Some("10.0.0.66")
+        );
+        assert_eq!(next.prev_chap_user.as_deref(), Some(a.user.as_str()));
+        assert!(st.offer_boot("nope", "10.0.0.5", "iqn.x:y").is_err());
+    }
+
+    #[test]
+    fn fence_lasts_until_the_next_boot_begins() {
+        let st = db();
         assert!(
             !st.fence_seat("pc01", "reset").expect("fence"),
             "no boot yet"
         );
         let a = st
-            .start_boot("pc01", "10.0.0.5", "iqn.x:pc01")
-            .expect("boot");
-        assert!(st.claim_first_login("pc01", a.boot_id).expect("claim"));
-        assert!(!st.claim_first_login("pc01", a.boot_id).expect("claim"));
+            .offer_boot("pc01", "10.0.0.5", "iqn.x:pc01")
+            .expect("offer");
+        assert!(!st.fence_seat("pc01", "reset").expect("fence"), "not begun");
+        st.begin_boot("pc01", &a.user).expect("begin");
         assert!(st.fence_seat("pc01", "admin reset").expect("fence"));
         assert!(!st.fence_seat("pc01", "again").expect("fence"));
-        let cur = st.current_boot("pc01").expect("q").expect("boot");
-        assert_eq!(cur.fenced.map(|(_, r)| r).as_deref(), Some("admin reset"));
         let b = st
-            .start_boot("pc01", "10.0.0.5", "iqn.x:pc01")
-            .expect("boot");
-        assert_eq!(b.fenced, None);
-        assert!(!st.claim_first_login("pc01", a.boot_id).expect("stale boot"));
-        assert!(st.claim_first_login("pc01", b.boot_id).expect("claim"));
+            .offer_boot("pc01", "10.0.0.5", "iqn.x:pc01")
+            .expect("offer");
+        let cur = st.seat_boot("pc01").expect("q").expect("row");
+        assert_eq!(
+            cur.fenced.map(|(_, r)| r).as_deref(),
+            Some("admin reset"),
+            "a fetch lifts nothing"
+        );
+        let next = st
+            .begin_boot("pc01", &b.user)
+            .expect("begin")
+            .expect("once");
+        assert_eq!(next.fenced, None);
     }
 
     #[test]
     fn boots_survive_reopen_and_go_with_the_seat() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("khoi.db");
-        let a = {
+        let before = {
             let st = State::open(&path).expect("open");
             st.add_seat(&seat("pc01", "02:00:00:00:00:01"))
                 .expect("add");
-            st.start_boot("pc01", "10.0.0.5", "iqn.x:pc01")
-                .expect("boot")
+            let a = st
+                .offer_boot("pc01", "10.0.0.5", "iqn.x:pc01")
+                .expect("offer");
+            st.begin_boot("pc01", &a.user).expect("begin")
         };
         let st = State::open(&path).expect("reopen");
-        assert_eq!(st.current_boot("pc01").expect("q"), Some(a));
+        assert_eq!(st.seat_boot("pc01").expect("q"), before);
         st.remove_seat("pc01").expect("rm");
         assert_eq!(st.boots().expect("list"), vec![]);
     }

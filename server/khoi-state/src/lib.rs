@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
-pub use boots::{BOOT_SECRET_LEN, Boot, random_token};
+pub use boots::{BOOT_SECRET_LEN, Boot, BootCred, random_token};
 pub use events::{Event, EventFilter, NewEvent, UnknownMac};
 pub use names::{Mac, validate_name};
 pub use seats::{NewSeat, ResetPolicy, Seat, SeatUpdate};

@@ -60,16 +60,20 @@ ALTER TABLE events ADD COLUMN args TEXT NOT NULL DEFAULT '';
     r#"
 CREATE TABLE seat_boots (
     seat TEXT PRIMARY KEY REFERENCES seats (name) ON DELETE CASCADE,
-    boot_id INTEGER NOT NULL,
-    chap_user TEXT NOT NULL,
-    chap_secret TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    initiator TEXT NOT NULL,
-    started INTEGER NOT NULL,
-    first_login INTEGER,
+    boot_id INTEGER NOT NULL DEFAULT 0,
+    chap_user TEXT,
+    chap_secret TEXT,
+    peer TEXT,
+    initiator TEXT,
+    started INTEGER,
     fenced INTEGER,
     fence_reason TEXT,
-    prev_chap_user TEXT
+    prev_chap_user TEXT,
+    pending_user TEXT,
+    pending_secret TEXT,
+    pending_peer TEXT,
+    pending_initiator TEXT,
+    pending_started INTEGER
 );
 "#,
 ];
