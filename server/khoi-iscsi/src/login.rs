@@ -591,7 +591,12 @@ impl Login {
         match self.kind {
             Kind::Normal => {
                 let auth = self.target_auth.clone().unwrap_or_default();
-                let ok = auth.chap.as_ref().is_some_and(proves);
+                let ok = auth.chap.as_ref().is_some_and(|c| {
+                    // Every credential is checked, so the time does not say
+                    // which one (or whether any) matched.
+                    let extra = auth.more_chap.iter().fold(false, |a, s| proves(s) | a);
+                    proves(c) | extra
+                });
                 if !ok || self.deny.is_some() {
                     // One status for every refusal (RFC 7143 §11.13.5: class 2
                     // tells the initiator not to retry as is); the reason stays
@@ -601,6 +606,8 @@ impl Login {
                     let reason = self.deny.unwrap_or("CHAP response does not verify");
                     return Err(self.failure(status::AUTH_FAILURE, reason));
                 }
+                let target = self.target.clone().unwrap_or_default();
+                self.resolver.chap_accepted(&target, name, self.peer);
                 mutual = auth.mutual;
             }
             Kind::Discovery => {
@@ -658,6 +665,7 @@ fn decoy_auth() -> TargetAuth {
     rand::rng().fill(&mut secret[..]);
     TargetAuth {
         chap: Some(ChapSecret::new("", chap::encode_hex(&secret))),
+        more_chap: Vec::new(),
         mutual: None,
         allowed_initiator: None,
     }
@@ -676,6 +684,7 @@ pub(crate) mod tests {
         pub targets: Vec<(String, TargetAuth)>,
         pub events: Mutex<Vec<IscsiEvent>>,
         pub refused: Mutex<Vec<(String, String, Option<IpAddr>)>>,
+        pub accepted: Mutex<Vec<(String, String)>>,
     }
 
     impl TargetResolver for FakeResolver {
@@ -705,6 +714,11 @@ pub(crate) mod tests {
                 .lock()
                 .push((target.to_string(), user.to_string(), peer));
         }
+        fn chap_accepted(&self, target: &str, user: &str, _peer: Option<IpAddr>) {
+            self.accepted
+                .lock()
+                .push((target.to_string(), user.to_string()));
+        }
     }
 
     pub(crate) fn resolver() -> Arc<FakeResolver> {
@@ -716,6 +730,7 @@ pub(crate) mod tests {
                         chap: Some(ChapSecret::new("seat01", "secret-seat-01")),
                         mutual: Some(ChapSecret::new("khoi", "target-secret-1")),
                         allowed_initiator: None,
+                        more_chap: Vec::new(),
                     },
                 ),
                 (
@@ -724,12 +739,14 @@ pub(crate) mod tests {
                         chap: Some(ChapSecret::new("seat02", "secret-seat-02")),
                         mutual: None,
                         allowed_initiator: Some("iqn.2010-04.org.ipxe:seat02".into()),
+                        more_chap: Vec::new(),
                     },
                 ),
                 ("iqn.2025-01.vn.khoi:open".into(), TargetAuth::default()),
             ],
             events: Mutex::new(Vec::new()),
             refused: Mutex::new(Vec::new()),
+            accepted: Mutex::new(Vec::new()),
         })
     }
 
@@ -940,6 +957,56 @@ pub(crate) mod tests {
             ))
         };
         assert_eq!(none("iqn.nope"), none("iqn.2025-01.vn.khoi:seat01"));
+    }
+
+    /// A seat's running boot and the boot its script fetch offered both open
+    /// it; the resolver learns which one logged in, before the LU opens.
+    #[test]
+    fn any_of_a_targets_credentials_and_which_one_is_reported() {
+        let mut r = FakeResolver::default();
+        r.targets.push((
+            "iqn.2025-01.vn.khoi:seat01".into(),
+            TargetAuth {
+                chap: Some(ChapSecret::new("seat01.a", "running-boot-1")),
+                more_chap: vec![ChapSecret::new("seat01.b", "offered-boot-2")],
+                mutual: None,
+                allowed_initiator: None,
+            },
+        ));
+        let r = Arc::new(r);
+        for (user, secret, ok) in [
+            ("seat01.a", "running-boot-1", true),
+            ("seat01.b", "offered-boot-2", true),
+            ("seat01.a", "offered-boot-2", false),
+        ] {
+            let mut l = Login::new(r.clone(), Offer::default(), 1, 128);
+            cont(l.on_pdu(
+                &req(Stage::Security, Stage::Operational, true),
+                b"InitiatorName=iqn.x:y\0TargetName=iqn.2025-01.vn.khoi:seat01\0AuthMethod=CHAP\0",
+            ));
+            let (_, p) = cont(l.on_pdu(
+                &req(Stage::Security, Stage::Operational, true),
+                b"CHAP_A=5\0",
+            ));
+            let id: u8 = get(&p, "CHAP_I").unwrap().parse().unwrap();
+            let c = chap::decode_binary(get(&p, "CHAP_C").unwrap()).unwrap();
+            let rr = chap::encode_hex(&chap::response(id, secret.as_bytes(), &c));
+            let step = l.on_pdu(
+                &req(Stage::Security, Stage::Operational, true),
+                format!("CHAP_N={user}\0CHAP_R={rr}\0").as_bytes(),
+            );
+            if ok {
+                assert!(cont(step).0.transit, "{user}");
+            } else {
+                assert_eq!(fail_status(step), status::AUTH_FAILURE);
+            }
+        }
+        let seat = "iqn.2025-01.vn.khoi:seat01".to_string();
+        assert_eq!(
+            *r.accepted.lock(),
+            vec![(seat.clone(), "seat01.a".into()), (seat, "seat01.b".into())]
+        );
+        assert_eq!(r.refused.lock().len(), 1);
     }
 
     #[test]

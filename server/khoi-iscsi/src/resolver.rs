@@ -34,6 +34,9 @@ impl std::fmt::Debug for ChapSecret {
 pub struct TargetAuth {
     /// Required initiator credentials (one-way CHAP).
     pub chap: Option<ChapSecret>,
+    /// Further credentials that also open the target while `chap` is set
+    /// (a seat's running boot and the boot its last script fetch offered).
+    pub more_chap: Vec<ChapSecret>,
     /// Credentials the target answers with when the initiator asks for
     /// mutual CHAP.
     pub mutual: Option<ChapSecret>,
@@ -101,6 +104,12 @@ pub trait TargetResolver: Send + Sync + 'static {
     /// verify, or the target does not exist or does not admit this
     /// initiator. The binary turns these into events and backoff.
     fn chap_refused(&self, target: &str, user: &str, peer: Option<std::net::IpAddr>) {
+        let _ = (target, user, peer);
+    }
+    /// A normal login to `target` from `peer` proved CHAP name `user`. Called
+    /// before the LU is opened, so a resolver can act on which of the
+    /// target's credentials was used (a boot beginning).
+    fn chap_accepted(&self, target: &str, user: &str, peer: Option<std::net::IpAddr>) {
         let _ = (target, user, peer);
     }
     /// The disk at LUN 0, shared by every session to the target.

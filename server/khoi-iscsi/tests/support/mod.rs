@@ -179,6 +179,7 @@ impl TestResolver {
             (
                 CHAP.to_owned(),
                 TargetAuth {
+                    more_chap: Vec::new(),
                     chap: Some(ChapSecret::new(CHAP_USER, CHAP_SECRET)),
                     mutual: None,
                     allowed_initiator: None,
@@ -187,6 +188,7 @@ impl TestResolver {
             (
                 MUTUAL.to_owned(),
                 TargetAuth {
+                    more_chap: Vec::new(),
                     chap: Some(ChapSecret::new(MUTUAL_USER, MUTUAL_SECRET)),
                     mutual: Some(ChapSecret::new(TARGET_USER, TARGET_SECRET)),
                     allowed_initiator: None,
@@ -195,6 +197,7 @@ impl TestResolver {
             (
                 BOUND.to_owned(),
                 TargetAuth {
+                    more_chap: Vec::new(),
                     chap: None,
                     mutual: None,
                     allowed_initiator: Some("iqn.2010-04.org.ipxe:nobody".to_owned()),
