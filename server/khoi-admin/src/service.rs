@@ -175,6 +175,9 @@ pub struct SeatView {
     pub overlay_bytes: u64,
     #[serde(default)]
     pub maintenance: bool,
+    /// Fenced after a change of its disk: refused until it reboots.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -269,6 +272,23 @@ pub enum Opened {
     Version(Arc<VersionDevice>),
 }
 
+/// Ends a seat's live protocol sessions when it is fenced (set by the binary,
+/// which owns the protocol servers).
+type SessionEnder = Box<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Default)]
+struct Ender(std::sync::OnceLock<SessionEnder>);
+
+impl std::fmt::Debug for Ender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Ender(set)"
+        } else {
+            "Ender(unset)"
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct Service {
     store: Arc<Store>,
@@ -279,6 +299,7 @@ pub struct Service {
     /// version delete could strand a seat), so they take turns.
     admin: Mutex<()>,
     import_limits: parking_lot::RwLock<crate::staging::Limits>,
+    end_sessions: Ender,
 }
 
 impl Service {
@@ -300,7 +321,46 @@ impl Service {
             activity: Arc::new(Activity::new(Arc::new(Metrics::new()))),
             admin: Mutex::new(()),
             import_limits: parking_lot::RwLock::new(crate::staging::Limits::default()),
+            end_sessions: Ender::default(),
         }
+    }
+
+    /// How a fence ends a seat's live sessions (the binary's protocol
+    /// servers); set once at start.
+    pub fn on_fence(&self, end_sessions: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.end_sessions.0.set(Box::new(end_sessions));
+    }
+
+    /// After a change of what a seat's disk is, a running Windows must never
+    /// reconnect to the new disk under its live NTFS: the seat's boot is
+    /// fenced (its credentials refused until the next boot begins) and its
+    /// sessions end. A seat with no running boot has nothing to fence.
+    fn fence(&self, actor: &Actor, seat: &str, why: &str) {
+        match self.state.fence_seat(seat, why) {
+            Ok(true) => {
+                self.audit_args(
+                    actor,
+                    "seat.fence",
+                    seat,
+                    &format!("waiting for reboot: {why}"),
+                    &[("reason", why)],
+                );
+                if let Some(end) = self.end_sessions.0.get() {
+                    end(seat);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(seat, "cannot fence seat: {e}"),
+        }
+    }
+
+    /// Whether a seat is fenced and waiting for its next boot.
+    pub fn is_fenced(&self, seat: &str) -> bool {
+        self.state
+            .seat_boot(seat)
+            .ok()
+            .flatten()
+            .is_some_and(|b| b.fenced.is_some())
     }
 
     /// Size caps and the free-space floor for imports and uploads (from the
@@ -616,6 +676,11 @@ impl Service {
         }
         let _g = self.admin.lock();
         let v = self.store.publish_draft(image, note, &actor.name)?;
+        // A forced publish turns a running maintenance seat's disk into a
+        // read-only version under it.
+        for seat in &running {
+            self.fence(actor, seat, "its draft was published");
+        }
         self.audit_args(
             actor,
             "draft.publish",
@@ -631,6 +696,11 @@ impl Service {
         let _g = self.admin.lock();
         self.store.discard_draft(image)?;
         self.audit(actor, "draft.discard", image, "");
+        for seat in self.state.seats_on_image(image)? {
+            if seat.maintenance {
+                self.fence(actor, &seat.name, "its draft was discarded");
+            }
+        }
         Ok(())
     }
 
@@ -654,6 +724,7 @@ impl Service {
     fn view(&self, seat: Seat) -> SeatView {
         let overlay_bytes = self.store.seat_usage(&seat.name).map_or(0, |u| u.allocated);
         let quota = self.quota(&seat);
+        let fenced = self.is_fenced(&seat.name);
         SeatView {
             name: seat.name,
             mac: seat.mac,
@@ -664,6 +735,7 @@ impl Service {
             quota,
             overlay_bytes,
             maintenance: seat.maintenance,
+            fenced,
         }
     }
 
@@ -782,6 +854,16 @@ impl Service {
     pub fn reset_seat(&self, actor: &Actor, name: &str) -> Result<SeatView> {
         let _g = self.admin.lock();
         let seat = self.reset_locked(actor, name)?;
+        self.fence(actor, name, &format!("reset by {}", actor.name));
+        Ok(self.view(seat))
+    }
+
+    /// The reset an `on-boot` seat gets when a boot begins (its credentials'
+    /// first login): the same reset, but the boot that asked for it is the
+    /// one that runs on the new overlay, so nothing is fenced.
+    pub fn reset_seat_at_boot(&self, actor: &Actor, name: &str) -> Result<SeatView> {
+        let _g = self.admin.lock();
+        let seat = self.reset_locked(actor, name)?;
         Ok(self.view(seat))
     }
 
@@ -833,6 +915,7 @@ impl Service {
         let mut reset = Vec::new();
         for seat in self.state.seats()? {
             self.reset_locked(actor, &seat.name)?;
+            self.fence(actor, &seat.name, &format!("reset by {}", actor.name));
             reset.push(seat.name);
         }
         Ok(ResetReport { reset })
@@ -959,6 +1042,14 @@ impl Service {
         if !changes.is_empty() {
             self.audit(actor, "seat.update", name, &changes.join(", "));
         }
+        // What a reconnect would open: the draft or an overlay of another
+        // image or version.
+        if seat.maintenance != old.maintenance
+            || seat.image != old.image
+            || seat.pinned_version != old.pinned_version
+        {
+            self.fence(actor, name, "its image, version or maintenance changed");
+        }
         Ok(self.view(seat))
     }
 
@@ -1070,6 +1161,145 @@ pub fn is_error_kind(kind: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service(dir: &Path) -> Service {
+        let store = Arc::new(Store::open(dir, khoi_block::StoreOptions::default()).expect("store"));
+        let state = Arc::new(State::open(&dir.join("khoi.db")).expect("state"));
+        let svc = Service::new(
+            store,
+            state,
+            ServiceConfig {
+                data_dir: dir.to_path_buf(),
+                default_seat_quota: 0,
+                target_prefix: "iqn.2025-07.vn.khoi".into(),
+                iscsi_portal: None,
+                nbd_address: None,
+                import_roots: Vec::new(),
+            },
+        );
+        let staging = svc.staging_dir();
+        std::fs::create_dir_all(&staging).expect("staging");
+        std::fs::write(staging.join("base.raw"), vec![0u8; 1 << 20]).expect("image");
+        svc.import(&Actor::server(), "win10", "base.raw", "base")
+            .expect("import");
+        svc.add_seat(
+            &Actor::server(),
+            &AddSeat {
+                name: "pc01".into(),
+                mac: "02:00:00:00:00:01".into(),
+                image: "win10".into(),
+                version: None,
+                policy: None,
+                quota: None,
+                initiator_iqn: None,
+                mutual_chap: false,
+            },
+        )
+        .expect("seat");
+        svc
+    }
+
+    fn boot(svc: &Service) {
+        let offer = svc
+            .state()
+            .offer_boot("pc01", "10.0.0.5", "iqn.x:pc01")
+            .expect("offer");
+        svc.state()
+            .begin_boot("pc01", &offer.user)
+            .expect("begin")
+            .expect("began");
+    }
+
+    /// Issue 11: every change of what a seat's disk is fences its running
+    /// boot (and ends its sessions) until the next boot begins; the reset a
+    /// boot itself asks for does not.
+    #[test]
+    fn disk_changes_fence_the_running_boot() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        let ended = Arc::new(Mutex::new(Vec::<String>::new()));
+        let e = ended.clone();
+        svc.on_fence(move |seat| e.lock().push(seat.to_string()));
+        let admin = Actor {
+            name: "admin".into(),
+            source: "test".into(),
+        };
+        let changes: Vec<(&str, Box<dyn Fn(&Service)>)> = vec![
+            (
+                "admin reset",
+                Box::new(|s: &Service| {
+                    s.reset_seat(&admin, "pc01").expect("reset");
+                }),
+            ),
+            (
+                "reset all",
+                Box::new(|s: &Service| {
+                    s.reset_all(&admin).expect("reset all");
+                }),
+            ),
+            (
+                "nightly",
+                Box::new(|s: &Service| {
+                    let nightly = Actor {
+                        name: "nightly".into(),
+                        source: "schedule".into(),
+                    };
+                    s.reset_seat(&nightly, "pc01").expect("reset");
+                }),
+            ),
+            (
+                "maintenance on",
+                Box::new(|s: &Service| {
+                    let up = SeatUpdate {
+                        maintenance: Some(true),
+                        ..SeatUpdate::default()
+                    };
+                    s.update_seat(&admin, "pc01", &up).expect("update");
+                }),
+            ),
+            (
+                "maintenance off",
+                Box::new(|s: &Service| {
+                    let up = SeatUpdate {
+                        maintenance: Some(false),
+                        ..SeatUpdate::default()
+                    };
+                    s.update_seat(&admin, "pc01", &up).expect("update");
+                }),
+            ),
+            (
+                "pin",
+                Box::new(|s: &Service| {
+                    let up = SeatUpdate {
+                        pinned_version: Some(Some(1)),
+                        ..SeatUpdate::default()
+                    };
+                    s.update_seat(&admin, "pc01", &up).expect("update");
+                }),
+            ),
+        ];
+        for (what, change) in &changes {
+            boot(&svc);
+            assert!(!svc.seat("pc01").expect("seat").seat.fenced, "{what}");
+            svc.reset_seat_at_boot(&Actor::server(), "pc01")
+                .expect("boot reset");
+            assert!(!svc.is_fenced("pc01"), "the boot's own reset: {what}");
+            ended.lock().clear();
+            change(&svc);
+            assert!(svc.seat("pc01").expect("seat").seat.fenced, "{what}");
+            assert_eq!(*ended.lock(), vec!["pc01".to_string()], "{what}");
+        }
+        // A change that leaves the disk alone fences nothing.
+        boot(&svc);
+        ended.lock().clear();
+        let up = SeatUpdate {
+            quota: Some(1 << 30),
+            ..SeatUpdate::default()
+        };
+        svc.update_seat(&admin, "pc01", &up).expect("update");
+        assert!(!svc.is_fenced("pc01"));
+        assert!(ended.lock().is_empty());
+    }
 
     #[test]
     fn export_names_parse() {
