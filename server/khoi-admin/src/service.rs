@@ -1224,7 +1224,8 @@ mod tests {
             name: "admin".into(),
             source: "test".into(),
         };
-        let changes: Vec<(&str, Box<dyn Fn(&Service)>)> = vec![
+        type Change<'a> = (&'a str, Box<dyn Fn(&Service) + 'a>);
+        let changes: Vec<Change> = vec![
             (
                 "admin reset",
                 Box::new(|s: &Service| {
