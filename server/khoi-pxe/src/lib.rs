@@ -82,6 +82,20 @@ pub trait BootDirectory: Send + Sync + 'static {
     /// The seat fetched its boot script: it is (re)booting. Called before the script is
     /// returned, so the binary can reset the overlay and drop stale sessions first.
     fn booting(&self, seat: &SeatBoot);
+    /// The seat's script was fetched from `peer`: offer it a boot, and return the seat as
+    /// its script must carry it (this boot's credentials). Called before the script is
+    /// rendered. The default signals [`BootDirectory::booting`] and returns `seat` as is;
+    /// the binary overrides it to mint per-boot credentials and change nothing else, so a
+    /// forged or drive-by fetch resets nothing.
+    fn offer_boot(
+        &self,
+        seat: SeatBoot,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<SeatBoot, String> {
+        let _ = peer;
+        self.booting(&seat);
+        Ok(seat)
+    }
     /// An unregistered MAC asked to boot. Rate-limited here: at most once per MAC per
     /// `unknown_report_secs`.
     fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, at: SystemTime);
@@ -92,10 +106,60 @@ pub trait BootDirectory: Send + Sync + 'static {
 }
 
 /// Reports each unknown MAC once per period; shared by DHCP and HTTP.
+///
+/// Made-up MACs are free, so besides once per MAC the reports are capped per period: at
+/// most [`UNKNOWN_REPORTS_PER_SOURCE`] from one requesting address (the HTTP side knows
+/// it; a DHCP packet's source is not worth trusting) and [`UNKNOWN_REPORTS_PER_PERIOD`]
+/// in all, so a flood cannot bury the event log or grow the database.
 #[derive(Debug)]
 pub struct UnknownMacReporter {
     period: Duration,
     last: Mutex<HashMap<[u8; 6], SystemTime>>,
+    budget: Mutex<Budget>,
+}
+
+/// New unknown MACs one address may report per period.
+pub const UNKNOWN_REPORTS_PER_SOURCE: usize = 8;
+/// New unknown MACs reported per period from everywhere.
+pub const UNKNOWN_REPORTS_PER_PERIOD: usize = 64;
+
+#[derive(Debug, Default)]
+struct Budget {
+    since: Option<SystemTime>,
+    total: usize,
+    per_source: HashMap<std::net::IpAddr, usize>,
+}
+
+impl Budget {
+    /// Takes one report from the period's budget, if any is left.
+    fn take(
+        &mut self,
+        source: Option<std::net::IpAddr>,
+        now: SystemTime,
+        period: Duration,
+    ) -> bool {
+        let expired = self
+            .since
+            .is_none_or(|t| now.duration_since(t).map_or(true, |d| d >= period));
+        if expired {
+            *self = Budget {
+                since: Some(now),
+                ..Budget::default()
+            };
+        }
+        if self.total >= UNKNOWN_REPORTS_PER_PERIOD {
+            return false;
+        }
+        if let Some(src) = source {
+            let n = self.per_source.entry(src).or_default();
+            if *n >= UNKNOWN_REPORTS_PER_SOURCE {
+                return false;
+            }
+            *n += 1;
+        }
+        self.total += 1;
+        true
+    }
 }
 
 /// State shared by the DHCP and HTTP sides; create one per server with [`BootState::new`].
@@ -162,17 +226,30 @@ impl UnknownMacReporter {
         UnknownMacReporter {
             period,
             last: Mutex::new(HashMap::new()),
+            budget: Mutex::new(Budget::default()),
         }
     }
 
-    /// True if `mac` has not been reported within the period; records it if so.
+    /// True if `mac` has not been reported within the period and the period's budget
+    /// allows it; records it if so.
     pub fn should_report(&self, mac: [u8; 6], now: SystemTime) -> bool {
+        self.should_report_from(mac, None, now)
+    }
+
+    /// [`Self::should_report`] for a request from `source`, which also spends that
+    /// address's budget.
+    pub fn should_report_from(
+        &self,
+        mac: [u8; 6],
+        source: Option<std::net::IpAddr>,
+        now: SystemTime,
+    ) -> bool {
         let mut last = self.last.lock();
         let due = match last.get(&mac) {
             // A clock that went backwards counts as "due" rather than silencing forever.
             Some(&t) => now.duration_since(t).map_or(true, |d| d >= self.period),
             None => true,
-        };
+        } && self.budget.lock().take(source, now, self.period);
         if due {
             if last.len() >= REPORTER_PRUNE_AT {
                 let period = self.period;
@@ -181,6 +258,20 @@ impl UnknownMacReporter {
             last.insert(mac, now);
         }
         due
+    }
+
+    /// Reports to `dir` if due, spending `source`'s budget.
+    pub fn report_from(
+        &self,
+        dir: &dyn BootDirectory,
+        mac: [u8; 6],
+        arch: Option<u16>,
+        source: Option<std::net::IpAddr>,
+        now: SystemTime,
+    ) {
+        if self.should_report_from(mac, source, now) {
+            dir.unknown_mac(mac, arch, now);
+        }
     }
 
     /// Reports to `dir` if due.
@@ -373,6 +464,36 @@ mod tests {
         ] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
+    }
+
+    /// Issue 10 attack: `/boot/<made-up MAC>.ipxe` flooded the unknown-machine list.
+    #[test]
+    fn unknown_reports_capped_per_source_and_in_all() {
+        let r = UnknownMacReporter::new(Duration::from_secs(600));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mac = |i: u32| {
+            let b = i.to_be_bytes();
+            [2, 0, b[0], b[1], b[2], b[3]]
+        };
+        let a: std::net::IpAddr = "10.0.0.66".parse().unwrap();
+        let n = (0..1000)
+            .filter(|i| r.should_report_from(mac(*i), Some(a), t0))
+            .count();
+        assert_eq!(n, UNKNOWN_REPORTS_PER_SOURCE);
+        // Many addresses (or DHCP, which has none worth trusting) hit the global cap.
+        let n = (1000..5000u32)
+            .filter(|i| {
+                let b = i.to_be_bytes();
+                let src = std::net::IpAddr::from([10, 1, b[2], b[3]]);
+                r.should_report_from(mac(*i), Some(src), t0)
+            })
+            .count()
+            + (5000..6000)
+                .filter(|i| r.should_report(mac(*i), t0))
+                .count();
+        assert_eq!(n, UNKNOWN_REPORTS_PER_PERIOD - UNKNOWN_REPORTS_PER_SOURCE);
+        // The next period has a fresh budget; a real new machine is reported then.
+        assert!(r.should_report_from(mac(7000), Some(a), t0 + Duration::from_secs(600)));
     }
 
     #[test]

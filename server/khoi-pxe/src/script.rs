@@ -105,6 +105,18 @@ pub fn unknown_script(mac: [u8; 6]) -> String {
     )
 }
 
+/// The script when a boot cannot be offered right now (the state database failed): wait
+/// and fetch the script again.
+pub fn unavailable_script(mac: [u8; 6]) -> String {
+    format!(
+        "#!ipxe\n\
+         echo Khoi: cannot start a boot for {} right now; rebooting in 10 seconds to try again.\n\
+         sleep 10\n\
+         reboot || exit 1\n",
+        mac_colon(mac)
+    )
+}
+
 /// The script for a seat whose settings cannot be put into a script.
 pub fn config_error_script(mac: [u8; 6], err: &UnsafeValue) -> String {
     format!(

@@ -26,6 +26,14 @@ impl Drop for Server {
 }
 
 fn start(dir: Arc<dyn BootDirectory>, period: Duration) -> Server {
+    start_with(dir, period, khoi_pxe::http::HttpLimits::default())
+}
+
+fn start_with(
+    dir: Arc<dyn BootDirectory>,
+    period: Duration,
+    limits: khoi_pxe::http::HttpLimits,
+) -> Server {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -36,7 +44,12 @@ fn start(dir: Arc<dyn BootDirectory>, period: Duration) -> Server {
     cfg.unknown_report_secs = period.as_secs();
     let state = Arc::new(BootState::new(&cfg));
     let router = khoi_pxe::http::router(dir, state.clone());
-    rt.spawn(khoi_pxe::http::serve(listener, router, cancel.clone()));
+    rt.spawn(khoi_pxe::http::serve_with(
+        listener,
+        router,
+        cancel.clone(),
+        limits,
+    ));
     Server {
         state,
         _rt: rt,
@@ -73,11 +86,13 @@ fn known_mac_gets_sanboot_script_and_booting_is_signalled() {
     for path in [
         "/boot/52-54-00-77-00-01.ipxe",
         "/boot/52:54:00:77:00:01.ipxe",
+        // Issue 10: only the separated forms; a bare or signed spelling is not a MAC.
         "/boot/525400770001.ipxe",
+        "/boot/+5+2+5+4+0+0.ipxe",
         "/boot/52-54-00-77-00-01.IPXE",
     ] {
         let (status, body) = get(srv.addr, path);
-        if path.ends_with(".IPXE") {
+        if path.ends_with(".IPXE") || !path.contains(['-', ':']) {
             assert_eq!(status, 404, "{path}");
             continue;
         }
@@ -95,7 +110,7 @@ fn known_mac_gets_sanboot_script_and_booting_is_signalled() {
         ));
         assert!(lines.contains(&"prompt --key 0x02 --timeout 10000 && shell || goto retry"));
     }
-    assert_eq!(dir.booted.lock().clone(), vec!["pc01"; 3]);
+    assert_eq!(dir.booted.lock().clone(), vec!["pc01"; 2]);
     assert!(dir.unknown.lock().is_empty());
 }
 
@@ -124,6 +139,22 @@ fn unknown_mac_script_and_single_report() {
     ] {
         assert_eq!(get(srv.addr, bad).0, 404, "{bad}");
     }
+}
+
+/// Issue 10 attack: `/boot/<made-up MAC>.ipxe` in a loop flooded the unknown-machine
+/// list; one address now reports a handful per period.
+#[test]
+fn unknown_mac_flood_from_one_address_is_capped() {
+    let dir = Arc::new(FakeDir::default());
+    let srv = start(dir.clone(), Duration::from_secs(600));
+    for i in 0..40u8 {
+        let (status, _) = get(srv.addr, &format!("/boot/02-00-00-00-01-{i:02x}.ipxe"));
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        dir.unknown.lock().len(),
+        khoi_pxe::UNKNOWN_REPORTS_PER_SOURCE
+    );
 }
 
 #[test]
@@ -195,4 +226,58 @@ fn script_fetch_from_an_address_dhcp_did_not_give_is_refused() {
     srv.state.seen.record(MAC, std::net::Ipv4Addr::LOCALHOST);
     assert_eq!(get(srv.addr, "/boot/52-54-00-77-00-01.ipxe").0, 200);
     assert_eq!(dir.booted.lock().len(), 1);
+}
+
+/// Reads until the server closes the connection; `Err` if it is still open after `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Result<(), ()> {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+/// Issue 10 attack: half-sent headers and idle connections stayed open forever on the
+/// boot-script port, and enough of them exhausted the process's descriptors.
+#[test]
+fn slow_headers_idle_connections_and_per_address_flood_are_cut() {
+    let limits = khoi_pxe::http::HttpLimits {
+        max_per_peer: 2,
+        idle: Duration::from_secs(1),
+        lifetime: Duration::from_secs(3),
+        ..khoi_pxe::http::HttpLimits::default()
+    };
+    let dir = Arc::new(FakeDir::with([chap_seat()]));
+    let srv = start_with(dir, Duration::from_secs(600), limits);
+    // A header sent a piece at a time, slower than the idle limit.
+    let mut slow = TcpStream::connect(srv.addr).unwrap();
+    slow.write_all(b"GET /boot/52-54-00-77-00-01.ipxe HTTP/1.1\r\n")
+        .unwrap();
+    assert_eq!(closed_within(&mut slow, Duration::from_secs(5)), Ok(()));
+    // A header trickled faster than the idle limit still ends at the lifetime.
+    let mut trickle = TcpStream::connect(srv.addr).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut cut = false;
+    while t0.elapsed() < Duration::from_secs(8) {
+        if trickle.write_all(b"X").is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(cut || closed_within(&mut trickle, Duration::from_secs(1)).is_ok());
+    // Two idle connections fill this address's share; a third is closed at once.
+    let _a = TcpStream::connect(srv.addr).unwrap();
+    let _b = TcpStream::connect(srv.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = TcpStream::connect(srv.addr).unwrap();
+    assert_eq!(closed_within(&mut c, Duration::from_millis(500)), Ok(()));
+    // Once the idle ones are cut, scripts are served again.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(srv.addr, "/boot/52-54-00-77-00-01.ipxe").0, 200);
 }
