@@ -2,17 +2,16 @@
 //! script says, and what happens when a seat announces it is booting.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use khoi_admin::{Actor, Service};
+use khoi_admin::Service;
 use khoi_pxe::{BootDirectory, Lease, SeatBoot};
-use khoi_state::{Mac, ResetPolicy};
+use khoi_state::Mac;
 use parking_lot::Mutex;
 
-use crate::prewarm::Prewarm;
 use crate::recorder::Recorder;
 
 /// Leases live in the state database as one JSON document: a room has tens
@@ -26,7 +25,6 @@ pub struct Seats {
     recorder: Recorder,
     portal: Option<SocketAddrV4>,
     leases: Mutex<BTreeMap<String, (String, u64)>>,
-    prewarm: Arc<Prewarm>,
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
@@ -34,12 +32,7 @@ fn mac_text(mac: [u8; 6]) -> String {
 }
 
 impl Seats {
-    pub fn new(
-        service: Arc<Service>,
-        recorder: Recorder,
-        portal: Option<SocketAddr>,
-        prewarm: Arc<Prewarm>,
-    ) -> Seats {
+    pub fn new(service: Arc<Service>, recorder: Recorder, portal: Option<SocketAddr>) -> Seats {
         let portal = match portal {
             Some(SocketAddr::V4(a)) => Some(a),
             _ => None,
@@ -56,7 +49,6 @@ impl Seats {
             recorder,
             portal,
             leases: Mutex::new(leases),
-            prewarm,
         }
     }
 
@@ -95,7 +87,9 @@ impl BootDirectory for Seats {
             mac,
             portal,
             initiator_iqn,
-            chap: Some((seat.chap_user.clone(), seat.chap_secret.clone())),
+            // The long-lived secret is never sent to a seat: `offer_boot` fills in the
+            // credentials of the boot the script is for.
+            chap: None,
             mutual_chap: seat.mutual_secret.clone().map(|s| (target_iqn.clone(), s)),
             target_iqn,
             reserved_ip: None,
@@ -103,49 +97,50 @@ impl BootDirectory for Seats {
         })
     }
 
-    /// The boot-script fetch: the seat is (re)booting. An `on-boot` seat is
-    /// reset here, which also moves it to the version it should run and makes
-    /// its stale sessions (iPXE's abandoned one, the last Windows one) fail
-    /// and close. Other policies keep their overlay, so their version moves
-    /// only at the reset that policy allows.
-    fn booting(&self, boot: &SeatBoot) {
-        let actor = Actor {
-            name: "khoi".into(),
-            source: format!("boot {}", mac_text(boot.mac)),
-        };
-        self.service.activity().booting(&boot.seat);
-        // What this boot reads is the version's boot working set.
-        self.prewarm.boot_started(&boot.seat);
-        let seat = match self.service.state().seat(&boot.seat) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(seat = %boot.seat, "booting seat vanished: {e}");
-                return;
-            }
-        };
-        // The event log is where the dashboard finds the last boot again
-        // after a server restart.
-        let (mac, policy) = (mac_text(boot.mac), seat.policy.to_string());
+    /// Not used: the fetch goes through `offer_boot`, and what a boot does
+    /// happens when it begins (`begin_boot`, at its credentials' first login).
+    fn booting(&self, _boot: &SeatBoot) {}
+
+    /// The boot-script fetch from `peer`: mint this boot's credentials, bound
+    /// to `peer` and the script's initiator name. Nothing else changes here;
+    /// a forged fetch gets credentials that work only from its own address
+    /// and leaves the running boot (and the overlay) alone.
+    fn offer_boot(&self, mut boot: SeatBoot, peer: Option<IpAddr>) -> Result<SeatBoot, String> {
+        let peer = peer
+            .map(|p| p.to_canonical())
+            .ok_or("the requester's address is unknown")?;
+        let state = self.service.state();
+        let before = state.seat_boot(&boot.seat).ok().flatten();
+        let cred = state
+            .offer_boot(&boot.seat, &peer.to_string(), &boot.initiator_iqn)
+            .map_err(|e| e.to_string())?;
+        let (mac, from) = (mac_text(boot.mac), peer.to_string());
         self.recorder.record_args(
-            "seat.boot",
+            "seat.boot.offer",
             boot.seat.clone(),
-            format!("boot script fetched by {mac} (policy {policy})"),
-            vec![("mac", mac), ("policy", policy)],
+            format!("boot script fetched by {mac} from {from}"),
+            vec![("mac", mac), ("peer", from.clone())],
         );
-        match seat.policy {
-            ResetPolicy::OnBoot => {
-                if let Err(e) = self.service.reset_seat(&actor, &boot.seat) {
-                    tracing::error!(seat = %boot.seat, "reset at boot failed: {e}");
-                    self.recorder.record(
-                        "seat.boot.reset_failed",
-                        boot.seat.clone(),
-                        e.to_string(),
-                    );
-                }
-            }
-            // These keep their overlay (and so their version) across boots.
-            ResetPolicy::Nightly | ResetPolicy::Persistent => {}
+        // The same seat's boot claimed from two addresses: a forged fetch, or
+        // a cloned MAC. Either way the admin should see it.
+        let running = before
+            .as_ref()
+            .filter(|b| b.fenced.is_none())
+            .and_then(|b| b.current.as_ref());
+        let offered = before.as_ref().and_then(|b| b.pending.as_ref());
+        if let Some(other) = running.or(offered).filter(|c| c.peer != from) {
+            self.recorder.record_args(
+                "seat.boot.conflict",
+                boot.seat.clone(),
+                format!(
+                    "boot script requested from {from} while the seat's boot is from {}",
+                    other.peer
+                ),
+                vec![("peer", from), ("other", other.peer.clone())],
+            );
         }
+        boot.chap = Some((cred.user, cred.secret));
+        Ok(boot)
     }
 
     fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, at: SystemTime) {

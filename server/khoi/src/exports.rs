@@ -3,11 +3,15 @@
 
 use std::sync::Arc;
 
-use khoi_admin::{ExportName, Opened, Service, ServiceError};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use khoi_admin::{Actor, ExportName, Opened, Service, ServiceError};
 use khoi_block::Checked;
 use khoi_block::filters::Metered;
 use khoi_iscsi::{ChapSecret, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
 use khoi_nbd::{ExportInfo, ExportResolver, OpenError};
+use khoi_state::{BootCred, ResetPolicy};
 
 use crate::metered::SeatMeter;
 use crate::prewarm::Prewarm;
@@ -88,14 +92,72 @@ impl ExportResolver for NbdExports {
     }
 }
 
-/// Seats as iSCSI targets: `<prefix>:<seat>`, the seat's overlay at LUN 0,
-/// the seat's own CHAP credentials and nothing else.
+/// Seats as iSCSI targets: `<prefix>:<seat>`, the seat's overlay at LUN 0.
+///
+/// Who may log in (issue 10's boot path): from the address that holds a
+/// seat's running boot, that boot's credentials; from the address its last
+/// script fetch came from, the offered boot's credentials (their first login
+/// begins that boot, and resets an `on-boot` seat). Always the initiator name
+/// the script set. A fenced seat's running boot opens nothing. The seat's
+/// long-lived secret (shown to admins for tools on the server itself) works
+/// only from loopback. Everything else gets a decoy secret, so every refusal
+/// looks the same on the wire.
 #[derive(Debug)]
 pub struct IscsiTargets {
     service: Arc<Service>,
     recorder: Recorder,
     server_id: String,
     prewarm: Arc<Prewarm>,
+    backoff: Backoff,
+}
+
+/// Per-address backoff after refused CHAP logins: a guesser from one address
+/// slows down, other addresses (the seats) are untouched.
+#[derive(Debug, Default)]
+struct Backoff(parking_lot::Mutex<std::collections::HashMap<IpAddr, (u32, Instant)>>);
+
+/// Refusals an address may have before it waits.
+const BACKOFF_FREE: u32 = 5;
+/// The longest wait, and how long a quiet address keeps its count.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_FORGET: Duration = Duration::from_secs(900);
+
+impl Backoff {
+    /// Counts a refusal; returns the new count.
+    fn refused(&self, ip: IpAddr, now: Instant) -> u32 {
+        let mut m = self.0.lock();
+        if m.len() > 4096 {
+            m.retain(|_, (_, t)| now.duration_since(*t) < BACKOFF_FORGET);
+        }
+        let e = m.entry(ip).or_insert((0, now));
+        if now.duration_since(e.1) >= BACKOFF_FORGET {
+            e.0 = 0;
+        }
+        e.0 = e.0.saturating_add(1);
+        e.1 = now;
+        e.0
+    }
+
+    /// Whether `ip` must wait: 1 s after the sixth refusal, doubling to
+    /// [`BACKOFF_MAX`], counted from its last refusal.
+    fn waiting(&self, ip: IpAddr, now: Instant) -> bool {
+        let m = self.0.lock();
+        let Some(&(n, last)) = m.get(&ip) else {
+            return false;
+        };
+        if n <= BACKOFF_FREE {
+            return false;
+        }
+        let wait = Duration::from_secs(1u64 << (n - BACKOFF_FREE - 1).min(9)).min(BACKOFF_MAX);
+        now.duration_since(last) < wait
+    }
+}
+
+/// A secret nobody knows: what a refused login is checked against.
+fn decoy() -> ChapSecret {
+    let secret = khoi_state::random_token(khoi_state::BOOT_SECRET_LEN)
+        .unwrap_or_else(|_| format!("{:?}", Instant::now()));
+    ChapSecret::new("", format!("decoy-{secret}"))
 }
 
 impl IscsiTargets {
@@ -110,6 +172,7 @@ impl IscsiTargets {
             recorder,
             server_id,
             prewarm,
+            backoff: Backoff::default(),
         }
     }
 
@@ -188,15 +251,157 @@ impl TargetResolver for IscsiTargets {
     }
 
     fn auth(&self, target: &str) -> Option<TargetAuth> {
-        let seat = self.service.seat_of_target(target)?;
-        let seat = self.service.state().seat(seat).ok()?;
+        self.auth_from(target, None)
+    }
+
+    fn auth_from(&self, target: &str, peer: Option<IpAddr>) -> Option<TargetAuth> {
+        let name = self.service.seat_of_target(target)?;
+        let seat = self.service.state().seat(name).ok()?;
+        let peer = peer.map(|p| p.to_canonical());
+        let boot = self.service.state().seat_boot(name).ok().flatten();
+        let fenced = boot.as_ref().is_some_and(|b| b.fenced.is_some());
+        let mut creds = Vec::new();
+        let waiting = peer.is_some_and(|p| self.backoff.waiting(p, Instant::now()));
+        if let (Some(p), Some(b), false) = (peer, &boot, waiting) {
+            let from = |c: &&BootCred| c.peer == p.to_string();
+            if let Some(c) = b.current.as_ref().filter(from).filter(|_| !fenced) {
+                creds.push(ChapSecret::new(c.user.clone(), c.secret.clone()));
+            }
+            if let Some(c) = b.pending.as_ref().filter(from) {
+                creds.push(ChapSecret::new(c.user.clone(), c.secret.clone()));
+            }
+        }
+        let local = peer.is_some_and(|p| p.is_loopback());
+        if local && !fenced && !waiting {
+            creds.push(ChapSecret::new(
+                seat.chap_user.clone(),
+                seat.chap_secret.clone(),
+            ));
+        }
+        // Bound by default to the initiator name the boot script set; tools on
+        // the server itself keep the admin's explicit binding, if any.
+        let allowed_initiator = if local {
+            seat.initiator_iqn.clone()
+        } else {
+            Some(
+                seat.initiator_iqn
+                    .clone()
+                    .unwrap_or_else(|| khoi_pxe::default_initiator_iqn(name)),
+            )
+        };
+        let mut creds = creds.into_iter();
         Some(TargetAuth {
-            chap: Some(ChapSecret::new(seat.chap_user, seat.chap_secret)),
+            chap: Some(creds.next().unwrap_or_else(decoy)),
+            more_chap: creds.collect(),
             mutual: seat
                 .mutual_secret
                 .map(|secret| ChapSecret::new(target, secret)),
-            allowed_initiator: seat.initiator_iqn,
+            allowed_initiator,
         })
+    }
+
+    /// A boot's credentials logging in for the first time begin that boot:
+    /// the previous boot's credentials die, a fence lifts, and an `on-boot`
+    /// seat is reset before its LU opens (once per boot, never at a fetch).
+    fn chap_accepted(&self, target: &str, user: &str, peer: Option<IpAddr>) {
+        let Some(seat) = self.service.seat_of_target(target) else {
+            return;
+        };
+        let began = match self.service.state().begin_boot(seat, user) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(seat, "cannot begin boot: {e}");
+                return;
+            }
+        };
+        let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_canonical().to_string());
+        let policy = self
+            .service
+            .state()
+            .seat(seat)
+            .map(|s| s.policy)
+            .unwrap_or(ResetPolicy::Persistent);
+        self.service.activity().booting(seat);
+        // What this boot reads is the version's boot working set.
+        self.prewarm.boot_started(seat);
+        // The event log is where the dashboard finds the last boot again
+        // after a server restart.
+        let p = policy.to_string();
+        self.recorder.record_args(
+            "seat.boot",
+            seat.to_string(),
+            format!("boot {} began from {peer} (policy {p})", began.boot_id),
+            vec![("peer", peer), ("policy", p)],
+        );
+        if policy == ResetPolicy::OnBoot {
+            let actor = Actor {
+                name: "khoi".into(),
+                source: format!("boot {}", began.boot_id),
+            };
+            if let Err(e) = self.service.reset_seat_at_boot(&actor, seat) {
+                tracing::error!(seat, "reset at boot failed: {e}");
+                self.recorder
+                    .record("seat.boot.reset_failed", seat.to_string(), e.to_string());
+            }
+        }
+    }
+
+    /// Names what a refused login was, for the admin, and slows the address.
+    fn chap_refused(&self, target: &str, user: &str, peer: Option<IpAddr>) {
+        let peer = peer.map(|p| p.to_canonical());
+        let from = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        if let Some(p) = peer {
+            let n = self.backoff.refused(p, Instant::now());
+            if n == BACKOFF_FREE + 1 {
+                self.recorder.record_args(
+                    "iscsi.login.backoff",
+                    "-".to_string(),
+                    format!("{n} refused logins from {from}: it now waits between attempts"),
+                    vec![("peer", from.clone())],
+                );
+            }
+        }
+        let Some(seat) = self.service.seat_of_target(target) else {
+            return;
+        };
+        let Ok(Some(boot)) = self.service.state().seat_boot(seat) else {
+            return;
+        };
+        let is = |c: &Option<BootCred>| c.as_ref().filter(|c| c.user == user).cloned();
+        let user = user.chars().take(80).collect::<String>();
+        let (kind, detail) = if let Some(c) = is(&boot.current).or_else(|| is(&boot.pending)) {
+            if c.peer != from {
+                (
+                    "iscsi.login.stolen",
+                    format!(
+                        "boot credentials of the seat used from {from}; they belong to {}",
+                        c.peer
+                    ),
+                )
+            } else if boot.fenced.is_some() && boot.current.as_ref().is_some_and(|b| b.user == user)
+            {
+                (
+                    "iscsi.login.fenced",
+                    format!("login from {from} refused: the seat waits for a reboot"),
+                )
+            } else {
+                return;
+            }
+        } else if boot.prev_chap_user.as_deref() == Some(user.as_str()) {
+            (
+                "iscsi.login.expired",
+                format!("login from {from} with the previous boot's credentials"),
+            )
+        } else {
+            return;
+        };
+        self.recorder.record_args(
+            kind,
+            seat.to_string(),
+            detail,
+            vec![("peer", from), ("user", user)],
+        );
     }
 
     fn open_lun0(&self, target: &str) -> Result<Checked, String> {
@@ -292,5 +497,281 @@ mod tests {
         assert_ne!(a.naa, identity("srv2", "iqn.x:quay-01").naa);
         assert_eq!(a.naa[0] >> 4, 6);
         assert!(a.serial.is_ascii() && a.serial.len() == 20);
+    }
+}
+
+/// Issue 10's boot-path attacks replayed against the real resolver and the
+/// real login state machine (byte level; `tests/pxe_e2e.rs` boots real
+/// iPXE seats over the same code).
+#[cfg(test)]
+mod boot_path_tests {
+    use super::*;
+    use khoi_admin::ServiceConfig;
+    use khoi_admin::service::AddSeat;
+    use khoi_block::{Store, StoreOptions};
+    use khoi_iscsi::login::{Login, Step, status};
+    use khoi_iscsi::pdu::{Bhs, LoginRequest, LoginResponse, Stage};
+    use khoi_iscsi::text::{self, Offer, TextLimits};
+    use khoi_state::State;
+
+    const SEAT: &str = "iqn.2025-07.vn.khoi:pc01";
+    const IQN: &str = "iqn.2025-07.vn.khoi.initiator:pc01";
+
+    struct Lab {
+        _dir: tempfile::TempDir,
+        svc: Arc<Service>,
+        targets: Arc<IscsiTargets>,
+    }
+
+    fn lab() -> Lab {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("store"));
+        let state = Arc::new(State::open(&dir.path().join("khoi.db")).expect("state"));
+        let svc = Arc::new(Service::new(
+            Arc::clone(&store),
+            Arc::clone(&state),
+            ServiceConfig {
+                data_dir: dir.path().to_path_buf(),
+                default_seat_quota: 0,
+                target_prefix: "iqn.2025-07.vn.khoi".into(),
+                iscsi_portal: None,
+                nbd_address: None,
+                import_roots: Vec::new(),
+            },
+        ));
+        let staging = svc.staging_dir();
+        std::fs::create_dir_all(&staging).expect("staging");
+        std::fs::write(staging.join("base.raw"), vec![0u8; 1 << 20]).expect("image");
+        svc.import(&Actor::server(), "win10", "base.raw", "base")
+            .expect("import");
+        svc.add_seat(
+            &Actor::server(),
+            &AddSeat {
+                name: "pc01".into(),
+                mac: "02:00:00:00:00:01".into(),
+                image: "win10".into(),
+                version: None,
+                policy: None,
+                quota: None,
+                initiator_iqn: None,
+                mutual_chap: false,
+            },
+        )
+        .expect("seat");
+        let prewarm = Arc::new(
+            Prewarm::new(store, dir.path().to_path_buf(), Duration::from_secs(60)).expect("pw"),
+        );
+        let targets = Arc::new(IscsiTargets::new(
+            Arc::clone(&svc),
+            Recorder::start(state),
+            "srv".into(),
+            prewarm,
+        ));
+        Lab {
+            _dir: dir,
+            svc,
+            targets,
+        }
+    }
+
+    fn req(csg: Stage, nsg: Stage) -> LoginRequest {
+        LoginRequest {
+            transit: true,
+            cont: false,
+            csg,
+            nsg,
+            version_max: 0,
+            version_min: 0,
+            isid: [0x40, 0, 0x01, 0x37, 0, 1],
+            tsih: 0,
+            itt: 0,
+            cid: 1,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+        }
+    }
+
+    fn pairs(p: &khoi_iscsi::pdu::Pdu) -> Vec<(String, String)> {
+        text::parse(&p.data, TextLimits::default()).expect("text")
+    }
+
+    /// An iPXE-style CHAP login; the login status (0 = reached full feature).
+    fn login(l: &Lab, from: &str, initiator: &str, user: &str, secret: &str) -> u16 {
+        let peer: IpAddr = from.parse().expect("ip");
+        let resolver: Arc<dyn khoi_iscsi::TargetResolver> = l.targets.clone();
+        let mut lg = Login::new(resolver, Offer::default(), 1, 128).with_peer(Some(peer));
+        let sec = || req(Stage::Security, Stage::Operational);
+        let first = format!(
+            "InitiatorName={initiator}\0TargetName={SEAT}\0SessionType=Normal\0AuthMethod=CHAP,None\0"
+        );
+        let fail = |s: Step| match s {
+            Step::Fail(_, f) => f.status,
+            other => panic!("unexpected {other:?}"),
+        };
+        let Step::Continue(_) = lg.on_pdu(&sec(), first.as_bytes()) else {
+            unreachable!("first step never fails for a CHAP-capable initiator")
+        };
+        let Step::Continue(p) = lg.on_pdu(&sec(), b"CHAP_A=5\0") else {
+            unreachable!("CHAP_A=5 is accepted")
+        };
+        let kv = pairs(&p);
+        let get = |k: &str| kv.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+        let id: u8 = get("CHAP_I").expect("id").parse().expect("id");
+        let c = khoi_iscsi::chap::decode_binary(&get("CHAP_C").expect("c")).expect("c");
+        let r =
+            khoi_iscsi::chap::encode_hex(&khoi_iscsi::chap::response(id, secret.as_bytes(), &c));
+        let step = lg.on_pdu(&sec(), format!("CHAP_N={user}\0CHAP_R={r}\0").as_bytes());
+        let Step::Continue(p) = step else {
+            return fail(step);
+        };
+        let resp = LoginResponse::parse(&Bhs::new_unchecked(&p.bhs[..])).expect("resp");
+        assert!(resp.transit);
+        match lg.on_pdu(&req(Stage::Operational, Stage::FullFeature), b"") {
+            Step::Ready { .. } => status::SUCCESS,
+            other => fail(other),
+        }
+    }
+
+    fn offer(l: &Lab, from: &str) -> BootCred {
+        l.svc.state().offer_boot("pc01", from, IQN).expect("offer")
+    }
+
+    fn events(l: &Lab, kind: &str) -> usize {
+        // The recorder writes from its own thread.
+        std::thread::sleep(Duration::from_millis(150));
+        l.svc
+            .state()
+            .events(Some("pc01"), 500)
+            .expect("events")
+            .iter()
+            .filter(|e| e.kind == kind)
+            .count()
+    }
+
+    const SEAT_IP: &str = "10.0.0.5";
+    const ATTACKER: &str = "10.0.0.66";
+
+    #[test]
+    fn fetch_resets_nothing_first_login_resets_once() {
+        let l = lab();
+        let a = offer(&l, SEAT_IP);
+        assert_eq!(events(&l, "seat.reset"), 0, "a script fetch resets nothing");
+        assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
+        assert_eq!(events(&l, "seat.reset"), 1, "the boot's first login resets");
+        // Windows' re-logins after the hand-over, and reconnects, with the same
+        // credentials: no further reset.
+        assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
+        assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
+        assert_eq!(events(&l, "seat.reset"), 1);
+    }
+
+    #[test]
+    fn stolen_credentials_from_another_address_are_refused() {
+        let l = lab();
+        let a = offer(&l, SEAT_IP);
+        assert_eq!(
+            login(&l, ATTACKER, IQN, &a.user, &a.secret),
+            status::AUTH_FAILURE
+        );
+        assert_eq!(events(&l, "iscsi.login.stolen"), 1);
+        assert_eq!(events(&l, "seat.reset"), 0);
+        // The seat's own login still works, and then the stolen ones still not.
+        assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
+        assert_eq!(
+            login(&l, ATTACKER, IQN, &a.user, &a.secret),
+            status::AUTH_FAILURE
+        );
+        // Nor with another initiator name from the right address.
+        assert_eq!(
+            login(
+                &l,
+                SEAT_IP,
+                "iqn.1991-05.com.microsoft:evil",
+                &a.user,
+                &a.secret
+            ),
+            status::AUTH_FAILURE
+        );
+        // The long-lived secret is not a seat's credential off the server.
+        let seat = l.svc.state().seat("pc01").expect("seat");
+        assert_eq!(
+            login(&l, SEAT_IP, IQN, &seat.chap_user, &seat.chap_secret),
+            status::AUTH_FAILURE
+        );
+    }
+
+    #[test]
+    fn forged_fetch_gets_nothing_usable_against_the_running_seat() {
+        let l = lab();
+        let a = offer(&l, SEAT_IP);
+        assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
+        let resets = events(&l, "seat.reset");
+        // The attacker fetches the seat's script from its own address.
+        let f = offer(&l, ATTACKER);
+        assert_eq!(
+            events(&l, "seat.reset"),
+            resets,
+            "the forged fetch resets nothing"
+        );
+        // Its credentials do not open the seat from the seat's address...
+        assert_eq!(
+            login(&l, SEAT_IP, IQN, &f.user, &f.secret),
+            status::AUTH_FAILURE
+        );
+        // ...and the running seat keeps reconnecting with its own.
+        assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
+        assert_eq!(events(&l, "seat.reset"), resets);
+    }
+
+    #[test]
+    fn fenced_seat_is_refused_until_its_next_boot() {
+        let l = lab();
+        let a = offer(&l, SEAT_IP);
+        assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
+        l.svc
+            .reset_seat(&Actor::server(), "pc01")
+            .expect("admin reset");
+        assert!(l.svc.seat("pc01").expect("seat").seat.fenced);
+        // Windows reconnecting after the reset must not get the new overlay.
+        assert_eq!(
+            login(&l, SEAT_IP, IQN, &a.user, &a.secret),
+            status::AUTH_FAILURE
+        );
+        assert_eq!(events(&l, "iscsi.login.fenced"), 1);
+        // A fetch alone lifts nothing; the next boot's login does.
+        let b = offer(&l, SEAT_IP);
+        assert_eq!(
+            login(&l, SEAT_IP, IQN, &a.user, &a.secret),
+            status::AUTH_FAILURE
+        );
+        assert_eq!(login(&l, SEAT_IP, IQN, &b.user, &b.secret), status::SUCCESS);
+        assert!(!l.svc.seat("pc01").expect("seat").seat.fenced);
+        // The last boot's credentials are over.
+        assert_eq!(
+            login(&l, SEAT_IP, IQN, &a.user, &a.secret),
+            status::AUTH_FAILURE
+        );
+        assert_eq!(events(&l, "iscsi.login.expired"), 1);
+    }
+
+    #[test]
+    fn repeated_failures_from_one_address_back_off() {
+        let l = lab();
+        let a = offer(&l, ATTACKER);
+        for _ in 0..=BACKOFF_FREE {
+            assert_eq!(
+                login(&l, ATTACKER, IQN, &a.user, "wrong"),
+                status::AUTH_FAILURE
+            );
+        }
+        // Even the right credentials wait now (the same status, so a guesser
+        // cannot tell)...
+        assert_eq!(
+            login(&l, ATTACKER, IQN, &a.user, &a.secret),
+            status::AUTH_FAILURE
+        );
+        // ...while other addresses are untouched.
+        let s = offer(&l, SEAT_IP);
+        assert_eq!(login(&l, SEAT_IP, IQN, &s.user, &s.secret), status::SUCCESS);
     }
 }

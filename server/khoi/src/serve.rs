@@ -233,7 +233,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(pxe) = config.pxe.clone() {
         start_boot_services(
             pxe,
-            exports_boot(&service, &recorder, config.listen.iscsi, &prewarm),
+            exports_boot(&service, &recorder, config.listen.iscsi),
             &service,
             &shutdown,
             &mut tasks,
@@ -383,13 +383,11 @@ fn exports_boot(
     service: &Arc<Service>,
     recorder: &Recorder,
     portal: Option<std::net::SocketAddr>,
-    prewarm: &Arc<Prewarm>,
 ) -> Arc<dyn khoi_pxe::BootDirectory> {
     Arc::new(boot::Seats::new(
         Arc::clone(service),
         recorder.clone(),
         portal,
-        Arc::clone(prewarm),
     ))
 }
 
