@@ -33,6 +33,9 @@ pub enum SeatState {
     Booting,
     Online,
     Maintenance,
+    /// Fenced after a change of its disk: every login is refused until the
+    /// seat reboots.
+    Fenced,
 }
 
 impl SeatState {
@@ -42,6 +45,7 @@ impl SeatState {
             SeatState::Booting => "booting",
             SeatState::Online => "online",
             SeatState::Maintenance => "maintenance",
+            SeatState::Fenced => "fenced",
         }
     }
 }

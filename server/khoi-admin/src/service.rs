@@ -384,6 +384,9 @@ impl Service {
     }
 
     pub fn seat_state(&self, seat: &SeatView) -> SeatState {
+        if seat.fenced {
+            return SeatState::Fenced;
+        }
         self.activity.state(&seat.name, seat.maintenance)
     }
 
@@ -1156,6 +1159,11 @@ pub fn is_error_kind(kind: &str) -> bool {
         || kind.ends_with(".failed")
         || kind == "nightly.seat.failed"
         || kind == "login.failed"
+        // Signs of someone else on the boot path (issue 10).
+        || matches!(
+            kind,
+            "seat.boot.conflict" | "iscsi.login.stolen" | "iscsi.login.backoff"
+        )
 }
 
 #[cfg(test)]
@@ -1287,7 +1295,9 @@ mod tests {
             assert!(!svc.is_fenced("pc01"), "the boot's own reset: {what}");
             ended.lock().clear();
             change(&svc);
-            assert!(svc.seat("pc01").expect("seat").seat.fenced, "{what}");
+            let view = svc.seat("pc01").expect("seat").seat;
+            assert!(view.fenced, "{what}");
+            assert_eq!(svc.seat_state(&view), SeatState::Fenced, "{what}");
             assert_eq!(*ended.lock(), vec!["pc01".to_string()], "{what}");
         }
         // A change that leaves the disk alone fences nothing.

@@ -240,9 +240,9 @@ mod tests {
         // matches are exhaustive so a new variant fails to build here.
         use khoi_admin::SeatState as S;
         use khoi_state::ResetPolicy as P;
-        for s in [S::Offline, S::Booting, S::Online, S::Maintenance] {
+        for s in [S::Offline, S::Booting, S::Online, S::Maintenance, S::Fenced] {
             match s {
-                S::Offline | S::Booting | S::Online | S::Maintenance => {}
+                S::Offline | S::Booting | S::Online | S::Maintenance | S::Fenced => {}
             }
             keys.insert(s.as_str().to_string());
         }

@@ -280,7 +280,9 @@ impl TargetResolver for IscsiTargets {
         }
         // Bound by default to the initiator name the boot script set; tools on
         // the server itself keep the admin's explicit binding, if any.
-        let allowed_initiator = if local {
+        // (`auth` without an address is SendTargets' view of a logged-in
+        // session, which already passed this check.)
+        let allowed_initiator = if peer.is_none_or(|p| p.is_loopback()) {
             seat.initiator_iqn.clone()
         } else {
             Some(
@@ -370,38 +372,36 @@ impl TargetResolver for IscsiTargets {
         };
         let is = |c: &Option<BootCred>| c.as_ref().filter(|c| c.user == user).cloned();
         let user = user.chars().take(80).collect::<String>();
-        let (kind, detail) = if let Some(c) = is(&boot.current).or_else(|| is(&boot.pending)) {
+        let args = vec![("peer", from.clone()), ("user", user.clone())];
+        let seat = seat.to_string();
+        if let Some(c) = is(&boot.current).or_else(|| is(&boot.pending)) {
             if c.peer != from {
-                (
+                self.recorder.record_args(
                     "iscsi.login.stolen",
+                    seat,
                     format!(
                         "boot credentials of the seat used from {from}; they belong to {}",
                         c.peer
                     ),
-                )
+                    args,
+                );
             } else if boot.fenced.is_some() && boot.current.as_ref().is_some_and(|b| b.user == user)
             {
-                (
+                self.recorder.record_args(
                     "iscsi.login.fenced",
+                    seat,
                     format!("login from {from} refused: the seat waits for a reboot"),
-                )
-            } else {
-                return;
+                    args,
+                );
             }
         } else if boot.prev_chap_user.as_deref() == Some(user.as_str()) {
-            (
+            self.recorder.record_args(
                 "iscsi.login.expired",
+                seat,
                 format!("login from {from} with the previous boot's credentials"),
-            )
-        } else {
-            return;
-        };
-        self.recorder.record_args(
-            kind,
-            seat.to_string(),
-            detail,
-            vec![("peer", from), ("user", user)],
-        );
+                args,
+            );
+        }
     }
 
     fn open_lun0(&self, target: &str) -> Result<Checked, String> {

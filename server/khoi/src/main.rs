@@ -413,12 +413,12 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
             let seats: Vec<SeatView> = client.get("/v1/seats")?;
             out.print(&seats, |seats| {
                 println!(
-                    "{:<16} {:<17} {:<14} {:>6} {:>6} {:<10} {:>21}",
+                    "{:<16} {:<17} {:<14} {:>6} {:>6} {:<10} {:>21}  STATUS",
                     "SEAT", "MAC", "IMAGE", "PIN", "ACTIVE", "POLICY", "OVERLAY/QUOTA"
                 );
                 for s in seats {
                     println!(
-                        "{:<16} {:<17} {:<14} {:>6} {:>6} {:<10} {:>21}",
+                        "{:<16} {:<17} {:<14} {:>6} {:>6} {:<10} {:>21}  {}",
                         s.name,
                         s.mac,
                         s.image,
@@ -426,6 +426,7 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                         s.active_version.map_or("-".into(), |n| n.to_string()),
                         s.policy.as_str(),
                         format!("{}/{}", Size(s.overlay_bytes), Size(s.quota)),
+                        if s.fenced { "waiting for reboot" } else { "" },
                     );
                 }
             })
