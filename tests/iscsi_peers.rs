@@ -5,7 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{Options, Server, make_image, qemu_io, qemu_io_ok, require, run, run_ok};
+use common::{
+    Options, Server, make_image, qemu_io, qemu_io_mismatch, qemu_io_ok, require, run, run_ok,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -338,4 +340,95 @@ SCSI.Prefetch10.*,SCSI.Prefetch16.*,iSCSI.*";
         "iscsi-test-cu summary {counts:?}:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A server whose boot-script HTTP server answers on loopback (DHCP off), so a
+/// test can fetch a seat's script like iPXE does and log in with that boot's
+/// credentials from the same address.
+fn boot_server() -> (Server, u16) {
+    let http = common::free_port();
+    // TFTP is off; the root is never read.
+    let tftp = std::env::temp_dir().join("khoi-no-tftp");
+    let s = Server::start_with(Options {
+        iscsi: true,
+        extra_yaml: format!(
+            "pxe:\n  mode: off\n  interface: lo\n  server_ip: 127.0.0.1\n  http_port: {http}\n  \
+             tftp_root: {}\n  tftp_enabled: false\n",
+            tftp.display()
+        ),
+        ..Options::default()
+    });
+    let src = s.path("golden.img");
+    make_image(&src, 32 * MIB);
+    s.ok(&["image", "import", "img", src.to_str().expect("path")]);
+    (s, http)
+}
+
+/// GET the seat's iPXE script as iPXE would; returns this boot's CHAP user and
+/// secret from its `set username` / `set password` lines.
+fn fetch_boot(http: u16, mac: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", http)).expect("connect");
+    write!(
+        c,
+        "GET /boot/{mac}.ipxe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    c.read_to_string(&mut text).expect("read");
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k:?} in the script:\n{text}"))
+            .to_string()
+    };
+    (get("set username "), get("set password "))
+}
+
+fn boot_url(s: &Server, seat: &serde_json::Value, cred: &(String, String)) -> String {
+    format!(
+        "iscsi://{}%{}@127.0.0.1:{}/{}/0",
+        cred.0,
+        cred.1,
+        s.iscsi_port,
+        seat["target_iqn"].as_str().expect("iqn")
+    )
+}
+
+/// Issue 10/11: the script never carries the stored secret; a boot's
+/// credentials keep opening the same overlay across a `kill -9` and restart
+/// of Khoi (Windows reconnecting after a blip or an upgrade), with flushed
+/// writes intact and no second on-boot reset; after an admin reset the seat
+/// is fenced (those credentials refused) until its next boot, whose first
+/// login resets the on-boot overlay.
+#[test]
+fn boot_credentials_reconnect_after_kill_9_and_fence_until_next_boot() {
+    require("qemu-io");
+    let (mut s, http) = boot_server();
+    let seat = add_seat(&s, "pc01", 1, &["--policy", "on-boot"]);
+    let mac = "52-54-00-00-01-01";
+    let boot = fetch_boot(http, mac);
+    assert_ne!(boot.1, seat["chap_secret"].as_str().expect("secret"));
+    let u = boot_url(&s, &seat, &boot);
+    qemu_io_ok(&u, &["write -P 0x5a 2M 1M", "flush"]);
+    s.kill9();
+    s.spawn();
+    // The same boot reconnecting: same overlay, flushed data there.
+    qemu_io_ok(&u, &["read -P 0x5a 2M 1M", "write -P 0x5b 4M 64k", "flush"]);
+    qemu_io_ok(&u, &["read -P 0x5b 4M 64k"]);
+    // An admin reset fences the running boot: its logins are refused and the
+    // seat list says so.
+    s.ok(&["seat", "reset", "pc01"]);
+    let (ok, out) = qemu_io(&u, &["read 0 4k"]);
+    assert!(!ok, "a fenced boot logged in:\n{out}");
+    let list = s.ok(&["seat", "list"]);
+    assert!(list.contains("waiting for reboot"), "{list}");
+    // The next boot gets new credentials; the old ones stay dead.
+    let next = fetch_boot(http, mac);
+    assert_ne!(next, boot);
+    let v = boot_url(&s, &seat, &next);
+    qemu_io_mismatch(&v, "read -P 0x5a 2M 1M");
+    let (ok, _) = qemu_io(&u, &["read 0 4k"]);
+    assert!(!ok, "the previous boot's credentials still work");
+    assert!(!s.ok(&["seat", "list"]).contains("waiting for reboot"));
 }
