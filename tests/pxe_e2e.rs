@@ -769,3 +769,173 @@ fn reset_policies_with_real_reboots() {
         "(on-boot, persistent) per boot"
     );
 }
+
+/// Issue 10's boot-path attacks on the lab LAN, against a real iPXE seat. An
+/// attacker namespace on the same bridge fetches the seat's script, replays
+/// the seat's boot credentials (as read off the plain-HTTP script) from its
+/// own address and, once the seat is off, from the seat's own address around
+/// an admin reset.
+#[test]
+fn boot_path_attacks_from_the_lab_lan() {
+    if !lab_available() {
+        return;
+    }
+    test_disk();
+    let mut lab = Lab::new("attack", Mode::Authoritative);
+    lab.start_khoi(Mode::Authoritative);
+    let mac = lab.mac(6);
+    lab.add_seat("vict", &mac, "on-boot");
+    let target = "iqn.2025-07.vn.khoi:vict";
+    let seat_iqn = "iqn.2025-07.vn.khoi.initiator:vict";
+    // The attacker: its own namespace on the seats' bridge.
+    let att = format!("{}-a", lab.ns);
+    delete_netns(&att);
+    ip(&["netns", "add", &att]);
+    ip(&["-n", &att, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n", &lab.ns, "link", "add", "att0", "type", "veth", "peer", "name", "att0-br",
+    ]);
+    ip(&["-n", &lab.ns, "link", "set", "att0", "netns", &att]);
+    ip(&[
+        "-n", &lab.ns, "link", "set", "att0-br", "master", "br0", "up",
+    ]);
+    ip(&["-n", &att, "addr", "add", "10.77.0.66/24", "dev", "att0"]);
+    ip(&["-n", &att, "link", "set", "att0", "up"]);
+    let in_att = |argv: &[&str]| {
+        let out = run(Command::new("ip").args(["netns", "exec", &att]).args(argv));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let script_url = format!("http://{LAB_IP}:8077/boot/{}.ipxe", mac.replace(':', "-"));
+    let resets = |lab: &Lab| {
+        lab.khoi()
+            .json(&["events", "--limit", "500"])
+            .as_array()
+            .map_or(0, |a| {
+                a.iter()
+                    .filter(|e| e["kind"] == "seat.reset" && e["subject"] == "vict")
+                    .count()
+            })
+    };
+    let db = lab.khoi().data.join("khoi.db");
+    let running_cred = || {
+        let out = run_ok(
+            Command::new("sqlite3")
+                .arg(&db)
+                .arg("SELECT chap_user || ' ' || chap_secret FROM seat_boots WHERE seat = 'vict'"),
+        );
+        let (u, s) = out.trim().split_once(' ').expect("a running boot");
+        (u.to_string(), s.to_string())
+    };
+    let inq = |cred: &(String, String)| {
+        in_att(&[
+            "iscsi-inq",
+            "-i",
+            seat_iqn,
+            &format!("iscsi://{}%{}@{LAB_IP}:3260/{target}/0", cred.0, cred.1),
+        ])
+    };
+
+    // 1. A drive-by fetch of the seat's script (DHCP has not seen the seat
+    //    yet, so the address filter cannot help) changes nothing.
+    let (ok, text) = in_att(&["curl", "-sS", &script_url]);
+    assert!(ok && text.contains("set password"), "{text}");
+    assert!(
+        !text.contains(
+            &lab.khoi().json(&["seat", "show", "vict"])["chap_secret"]
+                .as_str()
+                .expect("secret")
+                .to_string()
+        ),
+        "the script carries the stored secret"
+    );
+    assert_eq!(resets(&lab), 0, "a script fetch reset the seat");
+
+    // 2. The real seat boots; its first login resets it (on-boot), once.
+    let vm = lab.start_vm("vict-1", &mac, Firmware::Bios);
+    let booted = lab.wait_booted(&[&vm]);
+    report("attack: first boot", &vm, booted[0].1);
+    assert_eq!(persist_line(&vm, &booted[0].0), "absent");
+    assert_eq!(resets(&lab), 1);
+
+    // 3. Its credentials, stolen, from the attacker's address: refused.
+    let cred = running_cred();
+    let (ok, text) = inq(&cred);
+    assert!(
+        !ok,
+        "stolen boot credentials opened the seat from another address:\n{text}"
+    );
+    // And the attacker's own fetch is now refused (DHCP gave the MAC another
+    // address): nothing usable.
+    let (_, text) = in_att(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &script_url,
+    ]);
+    assert_eq!(text.trim(), "403");
+
+    // 4. The seat is off; the attacker takes over its address. The running
+    //    boot's credentials still open the same overlay from there (a
+    //    reconnect) until an admin reset fences the seat.
+    ip(&["-n", &att, "addr", "flush", "dev", "att0"]);
+    let seat_ip = run_ok(
+        Command::new("sqlite3")
+            .arg(&db)
+            .arg("SELECT peer FROM seat_boots WHERE seat = 'vict'"),
+    );
+    ip(&[
+        "-n",
+        &att,
+        "addr",
+        "add",
+        &format!("{}/24", seat_ip.trim()),
+        "dev",
+        "att0",
+    ]);
+    let (ok, text) = inq(&cred);
+    assert!(ok, "the running boot's reconnect was refused:\n{text}");
+    assert_eq!(resets(&lab), 1, "a reconnect reset the seat");
+    lab.khoi().ok(&["seat", "reset", "vict"]);
+    let (ok, text) = inq(&cred);
+    assert!(!ok, "a fenced seat's login was accepted:\n{text}");
+    assert!(
+        lab.khoi()
+            .ok(&["seat", "list"])
+            .contains("waiting for reboot")
+    );
+    // A fetch alone does not lift the fence.
+    let (ok, _) = in_att(&["curl", "-sS", &script_url]);
+    assert!(ok);
+    let (ok, _) = inq(&cred);
+    assert!(!ok);
+    ip(&["-n", &att, "addr", "flush", "dev", "att0"]);
+
+    // 5. The seat's next boot begins normally and clears the fence.
+    let vm = lab.start_vm("vict-2", &mac, Firmware::Bios);
+    let booted = lab.wait_booted(&[&vm]);
+    report("attack: boot after fence", &vm, booted[0].1);
+    assert_eq!(persist_line(&vm, &booted[0].0), "absent");
+    assert!(
+        !lab.khoi()
+            .ok(&["seat", "list"])
+            .contains("waiting for reboot")
+    );
+    let events = lab.khoi().json(&["events", "--limit", "500"]);
+    for kind in ["iscsi.login.stolen", "iscsi.login.fenced", "seat.fence"] {
+        assert!(
+            events
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["kind"] == kind)),
+            "no {kind} event: {events:#}"
+        );
+    }
+    delete_netns(&att);
+}
