@@ -636,16 +636,24 @@ mod boot_path_tests {
         l.svc.state().offer_boot("pc01", from, IQN).expect("offer")
     }
 
-    fn events(l: &Lab, kind: &str) -> usize {
-        // The recorder writes from its own thread.
-        std::thread::sleep(Duration::from_millis(150));
-        l.svc
-            .state()
-            .events(Some("pc01"), 500)
-            .expect("events")
-            .iter()
-            .filter(|e| e.kind == kind)
-            .count()
+    /// How many `kind` events the seat has, waiting up to 5 s for `want`
+    /// (the recorder writes from its own thread).
+    fn events_reach(l: &Lab, kind: &str, want: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = l
+                .svc
+                .state()
+                .events(Some("pc01"), 500)
+                .expect("events")
+                .iter()
+                .filter(|e| e.kind == kind)
+                .count();
+            if n >= want || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     const SEAT_IP: &str = "10.0.0.5";
@@ -655,14 +663,22 @@ mod boot_path_tests {
     fn fetch_resets_nothing_first_login_resets_once() {
         let l = lab();
         let a = offer(&l, SEAT_IP);
-        assert_eq!(events(&l, "seat.reset"), 0, "a script fetch resets nothing");
+        assert_eq!(
+            events_reach(&l, "seat.reset", 0),
+            0,
+            "a script fetch resets nothing"
+        );
         assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
-        assert_eq!(events(&l, "seat.reset"), 1, "the boot's first login resets");
+        assert_eq!(
+            events_reach(&l, "seat.reset", 1),
+            1,
+            "the boot's first login resets"
+        );
         // Windows' re-logins after the hand-over, and reconnects, with the same
         // credentials: no further reset.
         assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
         assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
-        assert_eq!(events(&l, "seat.reset"), 1);
+        assert_eq!(events_reach(&l, "seat.reset", 1), 1);
     }
 
     #[test]
@@ -673,8 +689,8 @@ mod boot_path_tests {
             login(&l, ATTACKER, IQN, &a.user, &a.secret),
             status::AUTH_FAILURE
         );
-        assert_eq!(events(&l, "iscsi.login.stolen"), 1);
-        assert_eq!(events(&l, "seat.reset"), 0);
+        assert_eq!(events_reach(&l, "iscsi.login.stolen", 1), 1);
+        assert_eq!(events_reach(&l, "seat.reset", 0), 0);
         // The seat's own login still works, and then the stolen ones still not.
         assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
         assert_eq!(
@@ -705,11 +721,11 @@ mod boot_path_tests {
         let l = lab();
         let a = offer(&l, SEAT_IP);
         assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
-        let resets = events(&l, "seat.reset");
+        let resets = events_reach(&l, "seat.reset", 1);
         // The attacker fetches the seat's script from its own address.
         let f = offer(&l, ATTACKER);
         assert_eq!(
-            events(&l, "seat.reset"),
+            events_reach(&l, "seat.reset", resets),
             resets,
             "the forged fetch resets nothing"
         );
@@ -720,7 +736,7 @@ mod boot_path_tests {
         );
         // ...and the running seat keeps reconnecting with its own.
         assert_eq!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
-        assert_eq!(events(&l, "seat.reset"), resets);
+        assert_eq!(events_reach(&l, "seat.reset", resets), resets);
     }
 
     #[test]
@@ -737,7 +753,7 @@ mod boot_path_tests {
             login(&l, SEAT_IP, IQN, &a.user, &a.secret),
             status::AUTH_FAILURE
         );
-        assert_eq!(events(&l, "iscsi.login.fenced"), 1);
+        assert_eq!(events_reach(&l, "iscsi.login.fenced", 1), 1);
         // A fetch alone lifts nothing; the next boot's login does.
         let b = offer(&l, SEAT_IP);
         assert_eq!(
@@ -751,7 +767,7 @@ mod boot_path_tests {
             login(&l, SEAT_IP, IQN, &a.user, &a.secret),
             status::AUTH_FAILURE
         );
-        assert_eq!(events(&l, "iscsi.login.expired"), 1);
+        assert_eq!(events_reach(&l, "iscsi.login.expired", 1), 1);
     }
 
     #[test]
