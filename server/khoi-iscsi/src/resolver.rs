@@ -138,6 +138,13 @@ pub struct IscsiConfig {
     /// Largest transfer one command may ask for (bytes); bounds the memory a
     /// write can pin while its data arrives.
     pub max_transfer: u32,
+    /// Ping a session idle this long with a NOP-In; `None` never pings. A
+    /// session that has answered a ping and then misses one is closed;
+    /// one that never answered (iPXE) is never closed for it.
+    pub nop_interval: Option<std::time::Duration>,
+    /// `TCP_USER_TIMEOUT`, set once a session has answered a ping: how long
+    /// sent data may stay unacknowledged before the connection is dead.
+    pub tcp_user_timeout: std::time::Duration,
 }
 
 impl IscsiConfig {
@@ -151,6 +158,8 @@ impl IscsiConfig {
             max_connections: 1024,
             login_timeout: std::time::Duration::from_secs(30),
             max_transfer: 16 << 20,
+            nop_interval: Some(std::time::Duration::from_secs(30)),
+            tcp_user_timeout: std::time::Duration::from_secs(20),
         }
     }
 }

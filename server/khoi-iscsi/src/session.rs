@@ -97,6 +97,9 @@ pub enum Action {
     Drain,
     /// Close the connection after what was sent before.
     Close(String),
+    /// Abort the tasks of every other session of this LU and give them
+    /// this unit attention; the TMF response queued after it waits for them.
+    AbortOthers(Option<Sense>),
 }
 
 /// One Data-In PDU of a reply: its header, complete (DataSegmentLength
@@ -213,6 +216,11 @@ pub struct Session {
     text_rest: Option<(u32, Bytes)>,
     text_partial: Vec<u8>,
     cid: u16,
+    /// TTT of our unanswered NOP-In ping.
+    ping_out: Option<u32>,
+    /// The initiator has answered a ping: it runs a full stack that will
+    /// answer the next ones too (iPXE never does).
+    answers_pings: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -268,7 +276,47 @@ impl Session {
             text_rest: None,
             text_partial: Vec::new(),
             cid: login.cid,
+            ping_out: None,
+            answers_pings: false,
         }
+    }
+
+    /// A NOP-In ping (RFC 7143 §11.19: ITT FFFFFFFFh, a TTT the initiator
+    /// echoes in its NOP-Out). StatSN is shown, not advanced.
+    pub fn ping(&mut self) -> Out {
+        let ttt = self.alloc_ttt();
+        self.ping_out = Some(ttt);
+        let h = NopIn {
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt,
+            seq: SeqNums::default(),
+        }
+        .emit();
+        Out {
+            pdu: Pdu::new(h, Bytes::new()),
+            stamp: Stamp::Peek,
+        }
+    }
+
+    /// A ping is out and unanswered.
+    pub fn ping_pending(&self) -> bool {
+        self.ping_out.is_some()
+    }
+
+    pub fn answers_pings(&self) -> bool {
+        self.answers_pings
+    }
+
+    /// Another session of the LU reset it or aborted its task set: every
+    /// task of this one ends without status (SAM-5 5.6, TAS=0). Returns
+    /// true when jobs may still be running (drain them before acking).
+    pub fn abort_all(&mut self, ua: Option<Sense>) -> bool {
+        self.tasks.clear();
+        if ua.is_some() {
+            self.nexus.unit_attention = ua;
+        }
+        !self.in_flight.is_empty()
     }
 
     /// The transport reports that an Exec's reply has been queued.
@@ -335,9 +383,13 @@ impl Session {
         };
         match repr {
             InitiatorRepr::NopOut(n) => {
+                if n.itt == RESERVED_TAG && n.ttt != RESERVED_TAG && self.ping_out == Some(n.ttt) {
+                    self.ping_out = None;
+                    self.answers_pings = true;
+                }
                 if !self.accept_cmd_sn(n.cmd_sn, n.immediate) || n.itt == RESERVED_TAG {
-                    // ITT FFFFFFFFh answers our ping (we never send one) or
-                    // is a one-way keepalive: nothing to say.
+                    // ITT FFFFFFFFh answers our ping or is a one-way
+                    // keepalive: nothing to say.
                     return Vec::new();
                 }
                 let mut data = pdu.data.clone();
@@ -696,12 +748,23 @@ impl Session {
                 } else {
                     self.tasks.clear();
                     out.push(Action::Drain);
-                    if matches!(
+                    let reset = matches!(
                         t.function,
                         TmfFunction::LogicalUnitReset | TmfFunction::TargetWarmReset
-                    ) {
+                    );
+                    if reset {
                         self.nexus.unit_attention = Some(Sense::new(0x06, 0x29, 0x03));
                     }
+                    // The LU is shared by every session of the seat: a reset
+                    // (or an aborted task set) reaches the other sessions'
+                    // tasks too, which learn of it by unit attention: 29/03
+                    // BUS DEVICE RESET FUNCTION OCCURRED after a reset, 2F/00
+                    // COMMANDS CLEARED BY ANOTHER INITIATOR otherwise.
+                    out.push(Action::AbortOthers(Some(if reset {
+                        Sense::new(0x06, 0x29, 0x03)
+                    } else {
+                        Sense::new(0x06, 0x2f, 0x00)
+                    })));
                     TmfResponse::Complete
                 }
             }

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::frame::{self, Digests, FrameError};
 use crate::login::{Login, LoginOutcome, Step};
 use crate::pdu::{InitiatorRepr, Pdu, RejectReason};
-use crate::registry::Registry;
+use crate::registry::{Admission, Notice, Registry};
 use crate::resolver::{IscsiConfig, IscsiEvent, TargetResolver};
 use crate::scsi::{self, LuInfo};
 use crate::session::{self, Action, Out, ReadReply, Reply, Session, Stamp, Stamper};
@@ -40,8 +40,26 @@ pub async fn serve(
     config: IscsiConfig,
     shutdown: CancellationToken,
 ) {
+    serve_with_registry(
+        listener,
+        resolver,
+        config,
+        Arc::new(Registry::new()),
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve`] with a registry the caller keeps, to end a seat's sessions
+/// ([`Registry::end_sessions_of`]) when its disk changes.
+pub async fn serve_with_registry(
+    listener: TcpListener,
+    resolver: Arc<dyn TargetResolver>,
+    config: IscsiConfig,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) {
     let config = Arc::new(config);
-    let registry = Arc::new(Registry::new());
     let limits = Limits {
         max_connections: config.max_connections.max(1),
         ..Limits::default()
@@ -194,18 +212,36 @@ async fn connection(
         tsih: outcome.tsih,
     });
     let cancel = shutdown.child_token();
-    if target.is_some() {
-        registry.insert(
+    let mut admission = target.as_deref().map(|t| {
+        registry.admit(
             &outcome.initiator,
             outcome.isid,
+            t,
             outcome.tsih,
             cancel.clone(),
-        );
+        )
+    });
+    if let Some(a) = admission.as_mut()
+        && a.fencing() > 0
+    {
+        // The replaced session may still have writes in the pool: nothing
+        // of this session runs until they are done, so an old write never
+        // lands after a newer one. Our commands wait in the socket.
+        debug!(%peer, initiator = %outcome.initiator, "waiting for the replaced session to finish");
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = a.fenced() => {}
+        }
     }
-    let result = full_feature(stream, rbuf, &outcome, dev, &resolver, &config, cancel).await;
-    if target.is_some() {
-        registry.remove(&outcome.initiator, outcome.isid, outcome.tsih);
-    }
+    let ctx = SeatCtx {
+        registry: &registry,
+        admission: admission.as_mut(),
+        cancel,
+    };
+    let result = full_feature(stream, rbuf, &outcome, dev, &resolver, &config, ctx).await;
+    // Only now, with every job of this session finished, may a session
+    // that replaces it start.
+    drop(admission);
     resolver.event(IscsiEvent::SessionEnded {
         peer: peer_s,
         initiator: outcome.initiator.clone(),
@@ -213,6 +249,14 @@ async fn connection(
         tsih: outcome.tsih,
     });
     result
+}
+
+/// A session's place among the other sessions of its LU, and how it is
+/// told to end.
+struct SeatCtx<'a> {
+    registry: &'a Registry,
+    admission: Option<&'a mut Admission>,
+    cancel: CancellationToken,
 }
 
 async fn login_phase(
@@ -312,8 +356,9 @@ async fn full_feature(
     dev: Option<Checked>,
     resolver: &Arc<dyn TargetResolver>,
     config: &IscsiConfig,
-    cancel: CancellationToken,
+    mut seat: SeatCtx<'_>,
 ) -> Result<(), ConnError> {
+    let cancel = seat.cancel.clone();
     let params = outcome.params;
     let digests = Digests {
         header: params.header_digest,
@@ -363,7 +408,10 @@ async fn full_feature(
         initiator: outcome.initiator.as_str().into(),
     };
 
+    let mut last_rx = tokio::time::Instant::now();
+    let mut user_timeout_set = false;
     let result: Result<(), ConnError> = 'conn: loop {
+        let idle_at = last_rx + config.nop_interval.unwrap_or(Duration::MAX / 4);
         let pdu = tokio::select! {
             // Completions first, so the session forgets finished tags before
             // it reads a command that reuses one.
@@ -375,8 +423,27 @@ async fn full_feature(
                 }
                 continue;
             }
+            Some(n) = next_notice(&mut seat.admission) => {
+                obey(n, &mut session, &mut jobs).await;
+                continue;
+            }
+            _ = tokio::time::sleep_until(idle_at), if config.nop_interval.is_some() => {
+                last_rx = tokio::time::Instant::now();
+                if !session.ping_pending() {
+                    if tx.send(WriterMsg::Out(session.ping())).is_err() {
+                        break 'conn Ok(());
+                    }
+                } else if session.answers_pings() {
+                    info!(target = %done.target, initiator = %done.initiator,
+                        "no answer to NOP-In: closing iscsi connection");
+                    break 'conn Ok(());
+                }
+                // One that never answered (iPXE during INT13) is left to TCP.
+                continue;
+            }
             r = read_pdu(&mut rd, &mut rbuf, digests, max_data) => r,
         };
+        last_rx = tokio::time::Instant::now();
         let pdu = match pdu {
             Ok(Some(p)) => p,
             Ok(None) => break Ok(()),
@@ -403,6 +470,18 @@ async fn full_feature(
         let actions = session.on_pdu(&pdu);
         tracing::trace!(?actions, "actions");
         exp.store(session.exp_cmd_sn, Ordering::Release);
+        if session.answers_pings() && !user_timeout_set {
+            // A full initiator stack that answers pings: from now on a
+            // ping nobody acknowledges means the host is gone. Never set
+            // before, as iPXE acknowledges nothing between INT13 calls.
+            user_timeout_set = true;
+            if let Err(e) = rd
+                .sock()
+                .set_tcp_user_timeout(Some(config.tcp_user_timeout))
+            {
+                debug!(error = %e, "TCP_USER_TIMEOUT");
+            }
+        }
         for a in actions {
             match a {
                 Action::Send(o) => {
@@ -442,10 +521,21 @@ async fn full_feature(
                         }
                     }
                 }
-                Action::Drain => {
-                    while let Some(done) = jobs.join_next().await {
-                        if let Ok(itt) = done {
-                            session.exec_done(itt);
+                Action::Drain => drain(&mut jobs, &mut session).await,
+                Action::AbortOthers(ua) => {
+                    let (Some(t), Some(adm)) = (outcome.target(), seat.admission.as_mut()) else {
+                        continue;
+                    };
+                    let acks = seat.registry.abort_others(t, adm.tsih(), ua);
+                    for mut ack in acks {
+                        // Serve our own notices meanwhile: two sessions
+                        // resetting the LU at once must not wait on each other.
+                        loop {
+                            tokio::select! {
+                                _ = &mut ack => break,
+                                Some(n) = adm.notices.recv() => obey(n, &mut session, &mut jobs).await,
+                                _ = cancel.cancelled() => break 'conn Ok(()),
+                            }
                         }
                     }
                 }
@@ -474,6 +564,37 @@ async fn full_feature(
         }
     }
     result
+}
+
+/// The next notice from another session of the LU; never, without a LU.
+async fn next_notice(adm: &mut Option<&mut Admission>) -> Option<Notice> {
+    match adm {
+        Some(a) => a.notices.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Wait until every job issued so far has been answered.
+async fn drain(jobs: &mut JoinSet<u32>, session: &mut Session) {
+    while let Some(done) = jobs.join_next().await {
+        if let Ok(itt) = done {
+            session.exec_done(itt);
+        }
+    }
+}
+
+/// Carry out another session's task management on this one's tasks.
+async fn obey(n: Notice, session: &mut Session, jobs: &mut JoinSet<u32>) {
+    match n {
+        Notice::AbortAll { ua, ack } => {
+            if session.abort_all(ua) {
+                // Jobs already on the pool can't be recalled; the reset is
+                // complete once they are done.
+                drain(jobs, session).await;
+            }
+            let _ = ack.send(());
+        }
+    }
 }
 
 /// Where a finished job's reply goes.

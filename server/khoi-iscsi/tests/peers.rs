@@ -40,6 +40,10 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    start_with(|_| {})
+}
+
+fn start_with(tune: impl FnOnce(&mut IscsiConfig)) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let resolver = Arc::new(TestResolver::new(dir.path(), 64 << 20));
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -47,6 +51,8 @@ fn start() -> Server {
     let addr = std_listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     let (r, s) = (resolver.clone(), shutdown.clone());
+    let mut config = IscsiConfig::new(addr.to_string());
+    tune(&mut config);
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -55,7 +61,7 @@ fn start() -> Server {
             .expect("runtime");
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-            khoi_iscsi::serve(listener, r, IscsiConfig::new(addr.to_string()), s).await;
+            khoi_iscsi::serve(listener, r, config, s).await;
         });
     });
     Server {
@@ -336,6 +342,10 @@ fn login(addr: SocketAddr, target: &str, isid: [u8; 6]) -> Client {
 }
 
 fn login_with(addr: SocketAddr, target: &str, isid: [u8; 6], crc: bool) -> Client {
+    login_as(addr, "iqn.2025-01.test:raw", target, isid, crc)
+}
+
+fn login_as(addr: SocketAddr, initiator: &str, target: &str, isid: [u8; 6], crc: bool) -> Client {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -350,7 +360,7 @@ fn login_with(addr: SocketAddr, target: &str, isid: [u8; 6], crc: bool) -> Clien
     let keys = text::emit(&[
         ("HeaderDigest", digest),
         ("DataDigest", digest),
-        ("InitiatorName", "iqn.2025-01.test:raw"),
+        ("InitiatorName", initiator),
         ("TargetName", target),
         ("SessionType", "Normal"),
         ("AuthMethod", "None"),
@@ -488,8 +498,16 @@ const TUR: [u8; 6] = [0; 6];
 #[test]
 fn two_sessions_malformed_pdu_and_reinstatement() {
     let srv = start();
+    // Two hosts: sessions of one initiator to one target replace each
+    // other (see same_seat_new_session_fences_old).
     let mut a = login(srv.addr, OPEN, [0x40, 0, 0, 0, 0, 1]);
-    let mut b = login(srv.addr, OPEN, [0x40, 0, 0, 0, 0, 2]);
+    let mut b = login_as(
+        srv.addr,
+        "iqn.2025-01.test:raw-b",
+        OPEN,
+        [0x40, 0, 0, 0, 0, 2],
+        false,
+    );
     // Each new session's first command sees POWER ON OCCURRED, then GOOD.
     for c in [&mut a, &mut b] {
         let (st, sense, _) = c.command(&TUR, 0, None);
@@ -507,7 +525,13 @@ fn two_sessions_malformed_pdu_and_reinstatement() {
 
     // A malformed PDU (data segment far beyond what we declared) closes only
     // its own connection.
-    let mut c = login(srv.addr, OPEN, [0x40, 0, 0, 0, 0, 3]);
+    let mut c = login_as(
+        srv.addr,
+        "iqn.2025-01.test:raw-c",
+        OPEN,
+        [0x40, 0, 0, 0, 0, 3],
+        false,
+    );
     let mut bad = [0u8; 48];
     bad[0] = 0x01;
     Bhs::new_unchecked(&mut bad[..]).set_data_segment_len(0x00ff_ffff);
@@ -729,4 +753,244 @@ fn command_before_login_is_initiator_error() {
     let lr = LoginResponse::parse(&r.view()).unwrap();
     assert_eq!((lr.status_class, lr.status_detail, lr.itt), (2, 0, 5));
     assert!(c.recv().is_none());
+}
+
+impl Client {
+    /// Send a command without waiting: `data` goes as immediate data, and
+    /// the write may ask for more (EDTL beyond it) that never comes.
+    fn start_cmd(&mut self, cdb: &[u8], edtl: u32, write: bool, data: &[u8]) -> u32 {
+        let mut c = [0u8; 16];
+        c[..cdb.len()].copy_from_slice(cdb);
+        self.itt += 1;
+        let h = ScsiCommand {
+            immediate: false,
+            fin: true,
+            read: !write && edtl > 0,
+            write,
+            attr: 1,
+            lun: 0,
+            itt: self.itt,
+            edtl,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: 0,
+            cdb: c,
+        }
+        .emit();
+        self.cmd_sn += 1;
+        self.send(Pdu::new(h, Bytes::copy_from_slice(data)));
+        self.itt
+    }
+}
+
+/// WRITE(10) of one block at `lba`, FUA set so it runs on the blocking
+/// pool (where a slow disk keeps it in flight).
+fn write10_fua(lba: u8) -> [u8; 10] {
+    [0x2a, 0x08, 0, 0, 0, lba, 0, 0, 1, 0]
+}
+
+fn read_block(path: &std::path::Path, lba: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let mut b = vec![0u8; 512];
+    f.read_exact_at(&mut b, lba * 512).unwrap();
+    b
+}
+
+#[test]
+fn same_seat_new_session_fences_old() {
+    const INI: &str = "iqn.1991-05.com.microsoft:seat07";
+    let srv = start();
+    // iPXE's session: it clears its unit attention, then the disk turns slow.
+    let mut ipxe = login_as(srv.addr, INI, SLOW, [0x40, 0, 0x27, 0x23, 0, 1], false);
+    assert_eq!(ipxe.command(&TUR, 0, None).0, 2);
+    let slow = srv.resolver.slow.lock().clone().unwrap();
+    slow.set(
+        khoi_block::filters::OpKind::Write,
+        Duration::from_millis(1500),
+    );
+    // A write in the pool (FUA) and one still waiting for half its data.
+    ipxe.start_cmd(&write10_fua(5), 512, true, &[0xaa; 512]);
+    ipxe.start_cmd(&[0x2a, 0, 0, 0, 0, 6, 0, 0, 2, 0], 1024, true, &[0xaa; 512]);
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = std::time::Instant::now();
+
+    // Windows takes over: the same initiator under its own ISID.
+    let mut win = login_as(srv.addr, INI, SLOW, [0x40, 0, 0x01, 0x37, 0, 1], false);
+    slow.set(khoi_block::filters::OpKind::Write, Duration::ZERO);
+    // Commands sent right after login wait for the old session's writes.
+    assert_eq!(win.command(&TUR, 0, None).0, 2);
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1200),
+        "the new session ran a command while the old write was in flight ({:?})",
+        sent.elapsed()
+    );
+    for lba in [5u8, 6, 7] {
+        let (st, _, _) = win.command(
+            &[0x2a, 0, 0, 0, 0, lba, 0, 0, 1, 0],
+            512,
+            Some(&[0xbb; 512]),
+        );
+        assert_eq!(st, 0);
+    }
+    // R2T for the half-sent write, maybe the pool write's status, then EOF.
+    assert!(
+        (0..4).any(|_| ipxe.recv().is_none()),
+        "the replaced session must close"
+    );
+    std::thread::sleep(Duration::from_millis(1600));
+    let img = srv.resolver.dir.join("slow.img");
+    for lba in [5, 6, 7] {
+        assert_eq!(
+            read_block(&img, lba),
+            vec![0xbb; 512],
+            "LBA {lba}: an old write landed late"
+        );
+    }
+}
+
+#[test]
+fn reinstatement_waits_for_old_writes() {
+    let srv = start();
+    let isid = [0x40, 0, 0x01, 0x37, 0, 1];
+    let mut old = login(srv.addr, SLOW, isid);
+    assert_eq!(old.command(&TUR, 0, None).0, 2);
+    let slow = srv.resolver.slow.lock().clone().unwrap();
+    slow.set(
+        khoi_block::filters::OpKind::Write,
+        Duration::from_millis(1500),
+    );
+    old.start_cmd(&write10_fua(9), 512, true, &[0xaa; 512]);
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = std::time::Instant::now();
+    let mut new = login(srv.addr, SLOW, isid);
+    slow.set(khoi_block::filters::OpKind::Write, Duration::ZERO);
+    assert_eq!(new.command(&TUR, 0, None).0, 2);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "ran before the old write ended"
+    );
+    let (st, _, _) = new.command(&[0x2a, 0, 0, 0, 0, 9, 0, 0, 1, 0], 512, Some(&[0xbb; 512]));
+    assert_eq!(st, 0);
+    // Long enough for an unfenced old write to have landed.
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(
+        read_block(&srv.resolver.dir.join("slow.img"), 9),
+        vec![0xbb; 512]
+    );
+}
+
+#[test]
+fn lun_reset_reaches_other_sessions_with_unit_attention() {
+    use khoi_iscsi::pdu::{TaskMgmtRequest, TaskMgmtResponseRepr, TmfFunction, TmfResponse};
+    let srv = start();
+    let mut a = login_as(
+        srv.addr,
+        "iqn.2025-01.test:host-a",
+        SLOW,
+        [0x40, 0, 0, 0, 0, 1],
+        false,
+    );
+    let mut b = login_as(
+        srv.addr,
+        "iqn.2025-01.test:host-b",
+        SLOW,
+        [0x40, 0, 0, 0, 0, 2],
+        false,
+    );
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.command(&TUR, 0, None).0, 2);
+    }
+    let slow = srv.resolver.slow.lock().clone().unwrap();
+    slow.set(
+        khoi_block::filters::OpKind::Write,
+        Duration::from_millis(800),
+    );
+    // b has a write in the pool and one waiting for its data.
+    b.start_cmd(&write10_fua(3), 512, true, &[0xaa; 512]);
+    let pending = b.start_cmd(&[0x2a, 0, 0, 0, 0, 4, 0, 0, 2, 0], 1024, true, &[0xaa; 512]);
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = std::time::Instant::now();
+    let h = TaskMgmtRequest {
+        immediate: true,
+        function: TmfFunction::LogicalUnitReset,
+        lun: 0,
+        itt: 0x999,
+        referenced_tag: RESERVED_TAG,
+        cmd_sn: a.cmd_sn,
+        exp_stat_sn: 0,
+        ref_cmd_sn: 0,
+        exp_data_sn: 0,
+    }
+    .emit();
+    a.send(Pdu::new(h, Bytes::new()));
+    let r = a.recv().expect("tmf response");
+    let r = TaskMgmtResponseRepr::parse(&r.view()).expect("tmf response parses");
+    assert_eq!(r.response, TmfResponse::Complete);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "LUN RESET answered before the other session's write finished"
+    );
+    slow.set(khoi_block::filters::OpKind::Write, Duration::ZERO);
+    // b: its pool write completes; the pending one is gone (its Data-Out
+    // would be for a task that no longer exists).
+    let mut p = b.recv().expect("R2T or status");
+    if p.opcode() == Opcode::R2t {
+        assert_eq!(R2t::parse(&p.view()).unwrap().itt, pending);
+        p = b.recv().expect("status of the pool write");
+    }
+    assert_eq!(p.opcode(), Opcode::ScsiResponse);
+    assert_ne!(ScsiResponse::parse(&p.view()).unwrap().itt, pending);
+    // Each session's next command reports 29/03, then all is well.
+    for c in [&mut a, &mut b] {
+        let (st, sense, _) = c.command(&TUR, 0, None);
+        assert_eq!(st, 2);
+        assert_eq!((sense[2], sense[12], sense[13]), (0x06, 0x29, 0x03));
+        assert_eq!(c.command(&TUR, 0, None).0, 0);
+    }
+}
+
+#[test]
+fn idle_sessions_get_nop_in_and_silent_ones_are_closed() {
+    let srv = start_with(|c| {
+        c.nop_interval = Some(Duration::from_millis(300));
+    });
+    let mut c = login(srv.addr, OPEN, [0x40, 0, 0, 0, 0, 0x31]);
+    // An initiator that never answers (iPXE) is pinged once and kept.
+    let mut quiet = login_as(
+        srv.addr,
+        "iqn.2010-04.org.ipxe:quiet",
+        OPEN,
+        [0x40, 0, 0x27, 0x23, 0, 1],
+        false,
+    );
+    // Answer two pings.
+    for _ in 0..2 {
+        let p = c.recv().expect("NOP-In ping");
+        assert_eq!(p.opcode(), Opcode::NopIn);
+        let n = NopIn::parse(&p.view()).unwrap();
+        assert_eq!(n.itt, RESERVED_TAG);
+        assert_ne!(n.ttt, RESERVED_TAG);
+        let h = NopOut {
+            immediate: true,
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt: n.ttt,
+            cmd_sn: c.cmd_sn,
+            exp_stat_sn: 0,
+        }
+        .emit();
+        c.send(Pdu::new(h, Bytes::new()));
+    }
+    // Then go silent: the next unanswered ping ends the session.
+    let t0 = std::time::Instant::now();
+    let p = c.recv().expect("third ping");
+    assert_eq!(p.opcode(), Opcode::NopIn);
+    assert!(c.recv().is_none(), "a silent session must be closed");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    // The quiet one got one ping and still works.
+    let p = quiet.recv().expect("one ping");
+    assert_eq!(p.opcode(), Opcode::NopIn);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(quiet.command(&TUR, 0, None).0, 2);
+    assert_eq!(quiet.command(&TUR, 0, None).0, 0);
 }

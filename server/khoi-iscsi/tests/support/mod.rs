@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use khoi_block::filters::Delay;
 use khoi_block::{
     BlockDevice, BlockError, Caps, Checked, Extent, ExtentKind, ReadSegment, WriteFlags,
 };
@@ -154,6 +155,8 @@ pub const MUTUAL: &str = "iqn.2025-01.vn.khoi:mutual";
 pub const BOUND: &str = "iqn.2025-01.vn.khoi:bound";
 pub const FULL: &str = "iqn.2025-01.vn.khoi:full";
 pub const READONLY: &str = "iqn.2025-01.vn.khoi:readonly";
+/// A file behind a [`Delay`] the test tunes (see [`TestResolver::slow`]).
+pub const SLOW: &str = "iqn.2025-01.vn.khoi:slow";
 
 pub const CHAP_USER: &str = "seat01";
 pub const CHAP_SECRET: &str = "seat01-secret-12";
@@ -170,6 +173,8 @@ pub struct TestResolver {
     pub dir: std::path::PathBuf,
     pub size: u64,
     pub events: Mutex<Vec<IscsiEvent>>,
+    /// The delay filter of the [`SLOW`] target, once opened.
+    pub slow: Mutex<Option<Arc<Delay>>>,
 }
 
 impl TestResolver {
@@ -205,6 +210,7 @@ impl TestResolver {
             ),
             (FULL.to_owned(), TargetAuth::default()),
             (READONLY.to_owned(), TargetAuth::default()),
+            (SLOW.to_owned(), TargetAuth::default()),
         ];
         TestResolver {
             auth,
@@ -212,6 +218,7 @@ impl TestResolver {
             dir: dir.to_owned(),
             size,
             events: Mutex::new(Vec::new()),
+            slow: Mutex::new(None),
         }
     }
 
@@ -244,6 +251,12 @@ impl TargetResolver for TestResolver {
         }
         let dev: Arc<dyn BlockDevice> = if target == FULL {
             Arc::new(FullDevice(self.size))
+        } else if target == SLOW {
+            let file = FileDevice::create(&self.dir.join("slow.img"), self.size)
+                .map_err(|e| e.to_string())?;
+            let d = Arc::new(Delay::new(Arc::new(file)));
+            *self.slow.lock() = Some(d.clone());
+            d
         } else if target == READONLY {
             let size = usize::try_from(self.size).map_err(|e| e.to_string())?;
             Arc::new(khoi_block::MemDevice::read_only(vec![0; size]))
