@@ -994,3 +994,171 @@ fn idle_sessions_get_nop_in_and_silent_ones_are_closed() {
     assert_eq!(quiet.command(&TUR, 0, None).0, 2);
     assert_eq!(quiet.command(&TUR, 0, None).0, 0);
 }
+
+/// The Microsoft initiator's known wire behaviour, replayed byte for byte
+/// where a capture exists (the login of `win2003s`, see
+/// shared/reference/windows-initiator.md) and by its documented habits
+/// elsewhere: REPORT LUNS untagged first, new commands while a write waits
+/// for Data-Out, a wrong LUN field in Data-Out.
+#[test]
+fn windows_initiator_replay() {
+    use khoi_iscsi::pdu::DataOut;
+    let srv = start();
+    let s = TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut c = Client {
+        s,
+        buf: BytesMut::new(),
+        cmd_sn: 1,
+        itt: 1,
+        digests: Digests::default(),
+    };
+    // Security stage, as captured: immediate, T=1 CSG=0 NSG=1, ISID
+    // 40 00 01 37 00 00, TSIH 0, ITT 1, CID 1, CmdSN 1, ExpStatSN 0.
+    let mut data = Vec::new();
+    for kv in [
+        "InitiatorName=iqn.1991-05.com.microsoft:win2003s".to_owned(),
+        "SessionType=Normal".to_owned(),
+        format!("TargetName={OPEN}"),
+        "AuthMethod=None".to_owned(),
+    ] {
+        data.extend_from_slice(kv.as_bytes());
+        data.push(0);
+    }
+    let mut bhs: [u8; 48] = [
+        0x43, 0x81, 0x00, 0x00, 0x00, 0x00, 0x00, 0x8e, //
+        0x40, 0x00, 0x01, 0x37, 0x00, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, //
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    // Only the data length differs: our target's name is not the capture's.
+    bhs[7] = u8::try_from(data.len()).unwrap();
+    let mut wire = bhs.to_vec();
+    wire.extend_from_slice(&data);
+    wire.resize(wire.len().div_ceil(4) * 4, 0);
+    c.send_raw(&wire);
+    let r = c.recv().expect("security-stage response");
+    let lr = LoginResponse::parse(&r.view()).unwrap();
+    assert_eq!((lr.status_class, lr.status_detail), (0, 0));
+    assert!(lr.transit && lr.nsg == Stage::Operational);
+    assert_eq!(lr.isid, [0x40, 0x00, 0x01, 0x37, 0x00, 0x00]);
+    let keys = text::parse(&r.data, Default::default()).unwrap();
+    assert!(keys.iter().any(|(k, _)| k == "TargetPortalGroupTag"));
+
+    // Operational stage: no capture exists; these are RFC-legal values in
+    // the ranges Windows documents.
+    let ops = text::emit(&[
+        ("HeaderDigest", "None"),
+        ("DataDigest", "None"),
+        ("ErrorRecoveryLevel", "0"),
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "Yes"),
+        ("MaxBurstLength", "262144"),
+        ("FirstBurstLength", "65536"),
+        ("MaxConnections", "1"),
+        ("MaxOutstandingR2T", "1"),
+        ("DataPDUInOrder", "Yes"),
+        ("DataSequenceInOrder", "Yes"),
+        ("DefaultTime2Wait", "2"),
+        ("DefaultTime2Retain", "20"),
+        ("IFMarker", "No"),
+        ("OFMarker", "No"),
+        ("MaxRecvDataSegmentLength", "65536"),
+    ]);
+    let h = LoginRequest {
+        transit: true,
+        cont: false,
+        csg: Stage::Operational,
+        nsg: Stage::FullFeature,
+        version_max: 0,
+        version_min: 0,
+        isid: [0x40, 0x00, 0x01, 0x37, 0x00, 0x00],
+        tsih: 0,
+        itt: 1,
+        cid: 1,
+        cmd_sn: 1,
+        exp_stat_sn: lr.seq.stat_sn.wrapping_add(1),
+    }
+    .emit();
+    c.send(Pdu::new(h, Bytes::from(ops)));
+    let r = c.recv().expect("operational-stage response");
+    let lr = LoginResponse::parse(&r.view()).unwrap();
+    assert_eq!((lr.status_class, lr.status_detail), (0, 0));
+    assert!(lr.transit && lr.nsg == Stage::FullFeature);
+    assert_ne!(lr.tsih, 0);
+
+    // REPORT LUNS first, untagged (flags C0: F, R, attribute 0), EDTL 16.
+    let mut cdb = [0u8; 16];
+    cdb[..12].copy_from_slice(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0]);
+    let mut h = ScsiCommand {
+        immediate: false,
+        fin: true,
+        read: true,
+        write: false,
+        attr: 0,
+        lun: 0,
+        itt: 2,
+        edtl: 16,
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+        cdb,
+    }
+    .emit();
+    assert_eq!(h[1], 0xc0);
+    h[1] = 0xc0;
+    c.send(Pdu::new(h, Bytes::new()));
+    let mut got = Vec::new();
+    let status = loop {
+        let p = c.recv().expect("REPORT LUNS reply");
+        match p.opcode() {
+            Opcode::DataIn => {
+                got.extend_from_slice(&p.data);
+                if let Some(st) = DataIn::parse(&p.view()).unwrap().status {
+                    break st;
+                }
+            }
+            Opcode::ScsiResponse => break ScsiResponse::parse(&p.view()).unwrap().status,
+            o => panic!("unexpected {o:?}"),
+        }
+    };
+    // REPORT LUNS is answered despite the pending POWER ON unit attention.
+    assert_eq!(status, 0);
+    assert_eq!(got, [0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    c.cmd_sn = 2;
+    c.itt = 2;
+    let (st, sense, _) = c.command(&TUR, 0, None);
+    assert_eq!((st, sense[12]), (2, 0x29));
+
+    // A two-block WRITE with InitialR2T=Yes and no immediate data: R2T.
+    let w_itt = c.start_cmd(&[0x2a, 0, 0, 0, 0, 0x20, 0, 0, 2, 0], 1024, true, &[]);
+    let p = c.recv().expect("R2T");
+    let r2t = R2t::parse(&p.view()).expect("an R2T");
+    assert_eq!(
+        (r2t.itt, r2t.buffer_offset, r2t.desired_len),
+        (w_itt, 0, 1024)
+    );
+    // While it waits: a READ, a NOP-Out and a TEST UNIT READY, all answered.
+    let (st, _, data) = c.command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512, None);
+    assert_eq!((st, data.len()), (0, 512));
+    assert!(c.nop());
+    assert_eq!(c.command(&TUR, 0, None).0, 0);
+    // Now the data, with a LUN field Windows is known to get wrong.
+    let d = DataOut {
+        fin: true,
+        lun: 0x0001_0000_0000_0000,
+        itt: w_itt,
+        ttt: r2t.ttt,
+        exp_stat_sn: 0,
+        data_sn: 0,
+        buffer_offset: 0,
+    }
+    .emit();
+    c.send(Pdu::new(d, Bytes::from(vec![0x5a; 1024])));
+    let p = c.recv().expect("write status");
+    let resp = ScsiResponse::parse(&p.view()).expect("SCSI response");
+    assert_eq!((resp.itt, resp.status), (w_itt, 0));
+    let (st, _, data) = c.command(&[0x28, 0, 0, 0, 0, 0x20, 0, 0, 2, 0], 1024, None);
+    assert_eq!(st, 0);
+    assert_eq!(data, vec![0x5a; 1024]);
+}
