@@ -29,7 +29,7 @@
 //!   `meta.json`; files of other generations are removed at open.
 //! - deletes rename the directory into `trash/` first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -158,6 +158,9 @@ struct Inner {
     /// Keyed by version uuid, so every seat on a version shares one map and
     /// one set of layer file descriptors.
     versions: HashMap<String, Weak<VersionDevice>>,
+    /// Images whose draft is being published: it may not be opened again
+    /// while its files become a layer outside the lock.
+    publishing: HashSet<String>,
 }
 
 pub struct Store {
@@ -168,6 +171,11 @@ pub struct Store {
     opts: StoreOptions,
     space: Arc<SpaceGuard>,
     inner: Mutex<Inner>,
+    /// Serialises the slow admin operations (import, publish, draft and
+    /// image removal). They take `inner` only for their short bookkeeping
+    /// steps and fsync their data without it, so opening a seat's disk at
+    /// login never waits behind a multi-gigabyte sync.
+    admin: Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -292,6 +300,7 @@ impl Store {
             opts,
             space,
             inner: Mutex::new(Inner::default()),
+            admin: Mutex::new(()),
         };
         store.empty_trash();
         let images = store.load_images()?;
@@ -523,12 +532,9 @@ impl Store {
                 ),
             });
         }
-        let mut inner = self.inner.lock();
-        let mut rec = inner.images.get(name).cloned().unwrap_or(ImageRec {
-            current: 0,
-            last_number: 0,
-            versions: Vec::new(),
-        });
+        let _admin = self.admin.lock();
+        // The data is linked and made durable without the store lock: a
+        // 4 GiB sync_all must not hold up logins (seat_overlay).
         let layers_dir = self.image_dir(name).join("layers");
         fs::create_dir_all(&layers_dir).map_err(StoreError::io(&layers_dir))?;
         fsio::fsync_dir(&self.images_dir())?;
@@ -537,6 +543,8 @@ impl Store {
         // Link, not rename: until versions.json names the layer, a crash
         // leaves the staged file where the operator put it.
         fs::hard_link(&canon, &lp.data).map_err(StoreError::io(&lp.data))?;
+        #[cfg(test)]
+        hold_point("import:sync");
         fsio::open_ro(&lp.data)?
             .sync_all()
             .map_err(StoreError::io(&lp.data))?;
@@ -544,6 +552,12 @@ impl Store {
         fsio::set_mode(&lp.data, 0o444)?;
         fsio::set_mode(&lp.map, 0o444)?;
         fsio::fsync_dir(&layers_dir)?;
+        let mut inner = self.inner.lock();
+        let mut rec = inner.images.get(name).cloned().unwrap_or(ImageRec {
+            current: 0,
+            last_number: 0,
+            versions: Vec::new(),
+        });
         let number = rec.last_number + 1;
         let v = VersionRec {
             number,
@@ -563,9 +577,10 @@ impl Store {
             let _ = fs::remove_file(&lp.map);
             return Err(e);
         }
+        inner.images.insert(name.to_string(), rec);
+        drop(inner);
         fs::remove_file(&canon).map_err(StoreError::io(&canon))?;
         fsio::fsync_dir(&staging)?;
-        inner.images.insert(name.to_string(), rec);
         Ok(self.info(name, &v))
     }
 
@@ -666,6 +681,7 @@ impl Store {
 
     /// Deletes an image with all its versions and its draft.
     pub fn delete_image(&self, image: &str) -> Result<(), StoreError> {
+        let _admin = self.admin.lock();
         let mut inner = self.inner.lock();
         let rec = inner
             .images
@@ -750,6 +766,12 @@ impl Store {
         inner: &mut Inner,
         image: &str,
     ) -> Result<Option<Arc<Overlay>>, StoreError> {
+        if inner.publishing.contains(image) {
+            return Err(StoreError::InUse {
+                what: format!("draft of image {image:?}"),
+                reason: "it is being published".into(),
+            });
+        }
         if let Some(d) = inner.drafts.get(image).and_then(Weak::upgrade)
             && !d.is_gone()
         {
@@ -852,6 +874,7 @@ impl Store {
         note: &str,
         author: &str,
     ) -> Result<VersionInfo, StoreError> {
+        let _admin = self.admin.lock();
         let mut inner = self.inner.lock();
         let rec = inner
             .images
@@ -866,28 +889,65 @@ impl Store {
             .ok_or_else(|| not_found("base version of draft", image))?
             .clone();
         let (data_path, map_path) = overlay_files(&self.draft_dir(image), meta.generation);
-        if let Some(draft) = inner.drafts.remove(image).and_then(|w| w.upgrade()) {
+        let live = inner.drafts.remove(image).and_then(|w| w.upgrade());
+        if let Some(draft) = &live {
             // Stop writers first: the files are about to become an immutable
-            // layer. Then make everything written so far durable.
+            // layer.
             draft.mark_gone();
+        }
+        inner.publishing.insert(image.to_string());
+        drop(inner);
+        let r = self.publish_unlocked(
+            image, note, author, live, &base, &meta, &data_path, &map_path,
+        );
+        self.inner.lock().publishing.remove(image);
+        r
+    }
+
+    /// The slow half of [`Store::publish_draft`]: the draft's data is synced
+    /// and linked without the store lock (logins keep opening seats), and
+    /// the lock is taken again only to record the new version.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_unlocked(
+        &self,
+        image: &str,
+        note: &str,
+        author: &str,
+        live: Option<Arc<Overlay>>,
+        base: &VersionRec,
+        meta: &OverlayMeta,
+        data_path: &Path,
+        map_path: &Path,
+    ) -> Result<VersionInfo, StoreError> {
+        #[cfg(test)]
+        hold_point("publish:sync");
+        if let Some(draft) = live {
+            // Everything written so far becomes durable.
             draft.sync().map_err(|e| StoreError::Io {
-                path: data_path.clone(),
+                path: data_path.to_path_buf(),
                 source: std::io::Error::other(e.to_string()),
             })?;
         } else {
             // Nobody has it open: its files on disk are the draft, and
             // validating them keeps a damaged draft from becoming a layer.
-            if mapfile::check(&map_path, base.size)? {
-                return Err(StoreError::corrupt(&map_path, "draft map marked full"));
+            if mapfile::check(map_path, base.size)? {
+                return Err(StoreError::corrupt(map_path, "draft map marked full"));
             }
         }
         let id = fsio::random_hex();
         let lp = self.layer_paths(image, &id);
-        fs::hard_link(&data_path, &lp.data).map_err(StoreError::io(&lp.data))?;
-        fs::hard_link(&map_path, &lp.map).map_err(StoreError::io(&lp.map))?;
+        fs::hard_link(data_path, &lp.data).map_err(StoreError::io(&lp.data))?;
+        fs::hard_link(map_path, &lp.map).map_err(StoreError::io(&lp.map))?;
         fsio::fsync_dir(&self.image_dir(image).join("layers"))?;
         #[cfg(test)]
         crate::store::crash_point("publish:linked")?;
+        let mut inner = self.inner.lock();
+        // Re-read: set_current may have run while the lock was free.
+        let rec = inner
+            .images
+            .get(image)
+            .ok_or_else(|| not_found(IMAGE, image))?
+            .clone();
         let number = rec.last_number + 1;
         let mut layers = base.layers.clone();
         layers.push(id);
@@ -911,6 +971,7 @@ impl Store {
             return Err(e);
         }
         inner.images.insert(image.to_string(), new_rec);
+        drop(inner);
         #[cfg(test)]
         crate::store::crash_point("publish:committed")?;
         fsio::set_mode(&lp.data, 0o444)?;
@@ -922,6 +983,7 @@ impl Store {
     }
 
     pub fn discard_draft(&self, image: &str) -> Result<(), StoreError> {
+        let _admin = self.admin.lock();
         let mut inner = self.inner.lock();
         if !inner.images.contains_key(image) {
             return Err(not_found(IMAGE, image));
@@ -1124,6 +1186,41 @@ thread_local! {
 #[cfg(test)]
 pub(crate) fn set_crash_point(at: Option<&'static str>) {
     CRASH_AT.with(|c| *c.borrow_mut() = at);
+}
+
+#[cfg(test)]
+type Hold = (
+    &'static str,
+    std::sync::mpsc::Sender<()>,
+    std::sync::mpsc::Receiver<()>,
+);
+
+#[cfg(test)]
+thread_local! {
+    static HOLD_AT: std::cell::RefCell<Option<Hold>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Make this thread stop at `name`: it sends on `reached`, then waits for
+/// `release`. Tests use it to keep an admin operation in its slow part.
+#[cfg(test)]
+pub(crate) fn set_hold_point(
+    name: &'static str,
+    reached: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+) {
+    HOLD_AT.with(|h| *h.borrow_mut() = Some((name, reached, release)));
+}
+
+#[cfg(test)]
+fn hold_point(name: &'static str) {
+    HOLD_AT.with(|h| {
+        if let Some((at, reached, release)) = &*h.borrow()
+            && *at == name
+        {
+            let _ = reached.send(());
+            let _ = release.recv();
+        }
+    });
 }
 
 #[cfg(test)]

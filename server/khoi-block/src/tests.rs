@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use proptest::prelude::*;
 
-use crate::store::set_crash_point;
+use crate::store::{set_crash_point, set_hold_point};
 use crate::*;
 
 fn store(dir: &Path) -> Store {
@@ -517,6 +517,62 @@ fn publish_is_atomic_across_crashes() {
             }
         }
     }
+}
+
+/// Opening a seat (what a login does) while an import or a publish is in
+/// its slow sync: it must not wait for it.
+#[test]
+fn seat_opens_while_import_or_publish_syncs() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let st = Arc::new(store(tmp.path()));
+    let size = 16 * 4096;
+    let staged = stage(&st, "a.raw", &pattern(size, 1));
+    st.import_image("img", &staged, "", "").expect("import");
+    let d = st.open_draft("img").expect("draft");
+    d.write_at(&[7u8; 4096], 0, WriteFlags::NONE)
+        .expect("write");
+    drop(d);
+    let staged2 = stage(&st, "b.raw", &pattern(size, 2));
+    for (point, seat) in [("publish:sync", "s1"), ("import:sync", "s2")] {
+        let (reached_tx, reached) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let admin = {
+            let (st, staged2) = (Arc::clone(&st), staged2.clone());
+            std::thread::spawn(move || {
+                set_hold_point(point, reached_tx, release_rx);
+                if point == "publish:sync" {
+                    st.publish_draft("img", "", "").map(|_| ())
+                } else {
+                    st.import_image("other", &staged2, "", "").map(|_| ())
+                }
+            })
+        };
+        reached.recv().expect("admin operation reached its sync");
+        let (done_tx, done) = mpsc::channel();
+        let login = {
+            let st = Arc::clone(&st);
+            std::thread::spawn(move || {
+                let r = st.seat_overlay(seat, "img", 1, 0).map(|_| ());
+                let _ = done_tx.send(r.is_ok());
+            })
+        };
+        let opened = done.recv_timeout(Duration::from_secs(5));
+        let _ = release.send(());
+        admin
+            .join()
+            .expect("admin thread")
+            .expect("admin operation");
+        login.join().expect("login thread");
+        assert_eq!(opened, Ok(true), "seat open waited behind {point}");
+        if point == "publish:sync" {
+            // The draft could not be reopened mid-publish, and is gone now.
+            assert!(st.draft("img").is_none());
+        }
+    }
+    assert_eq!(st.current_version("img").expect("cur"), 2);
+    assert_eq!(st.current_version("other").expect("cur"), 1);
 }
 
 // ---- capacity ----------------------------------------------------------------
