@@ -51,6 +51,6 @@ pub use device::{
 pub use error::{NAME_RULE, StoreError, is_valid_new_name, validate_name};
 pub use event::{BlockEvent, EventSink, OverlayOwner};
 pub use mem::MemDevice;
-pub use overlay::{Overlay, OverlayUsage};
+pub use overlay::{Durability, Overlay, OverlayUsage};
 pub use store::{ImageInfo, Store, StoreOptions, VersionInfo};
 pub use version::VersionDevice;

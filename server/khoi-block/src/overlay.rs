@@ -44,6 +44,21 @@ const STRIPES: usize = 64;
 /// Blocks per map page, the unit of dirty tracking.
 const BLOCKS_PER_PAGE: u64 = BLOCKS_PER_WORD * WORDS_PER_PAGE as u64;
 
+/// What FLUSH and FUA promise for an overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// FLUSH and FUA `fdatasync` data and map: acknowledged writes survive
+    /// a crash of Khoi or of the server.
+    #[default]
+    Durable,
+    /// FLUSH and FUA return at once; the overlay reaches disk only when its
+    /// last handle closes. For overlays thrown away at the seat's next boot:
+    /// if Khoi stops uncleanly, the store reports the seat as needing a
+    /// reboot ([`crate::Store::seat_needs_reboot`]) rather than hand back an
+    /// overlay that may have lost acknowledged writes.
+    Volatile,
+}
+
 /// How full an overlay is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayUsage {
@@ -168,6 +183,10 @@ pub struct Overlay {
     version_uuid: String,
     space: Arc<SpaceGuard>,
     events: EventSink,
+    /// Set while the overlay runs [`Durability::Volatile`]: the marker file
+    /// that says so on disk, removed once a clean close made it durable.
+    volatile: Mutex<Option<PathBuf>>,
+    is_volatile: AtomicBool,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -284,6 +303,38 @@ impl Overlay {
             version_uuid: ctx.version_uuid,
             space: ctx.space,
             events: ctx.events,
+            volatile: Mutex::new(None),
+            is_volatile: AtomicBool::new(false),
+        }
+    }
+
+    /// Switch to volatile mode; `marker` already exists on disk (durably)
+    /// and is removed by the clean close that ends the mode.
+    pub(crate) fn set_volatile(&self, marker: PathBuf) {
+        *self.volatile.lock() = Some(marker);
+        self.is_volatile.store(true, Ordering::Release);
+    }
+
+    /// Back to durable: everything acknowledged so far is synced before the
+    /// marker goes.
+    pub(crate) fn set_durable(&self) -> Result<()> {
+        let mut g = self.volatile.lock();
+        if g.is_none() {
+            return Ok(());
+        }
+        self.is_volatile.store(false, Ordering::Release);
+        self.flush_inner()?;
+        if let Some(m) = g.take() {
+            remove_marker(&m)?;
+        }
+        Ok(())
+    }
+
+    pub fn durability(&self) -> Durability {
+        if self.is_volatile.load(Ordering::Acquire) {
+            Durability::Volatile
+        } else {
+            Durability::Durable
         }
     }
 
@@ -453,7 +504,7 @@ impl Overlay {
         }
         self.settle(reserved, delta);
         res?;
-        if flags.fua {
+        if flags.fua && !self.is_volatile.load(Ordering::Acquire) {
             self.flush_inner()?;
         }
         Ok(())
@@ -589,12 +640,39 @@ impl Drop for Overlay {
     fn drop(&mut self) {
         // The last handle going away (seat disconnected, draft closed) is a
         // natural point to persist: the next open reads only what is durable.
-        if !self.is_gone()
-            && let Err(e) = self.flush_inner()
-        {
-            tracing::warn!(overlay = %self.owner, error = %e, "flush on close failed");
+        if self.is_gone() {
+            return;
+        }
+        match self.flush_inner() {
+            Err(e) => {
+                tracing::warn!(overlay = %self.owner, error = %e, "flush on close failed");
+            }
+            Ok(()) => {
+                // Durable now: a volatile overlay closed cleanly may be
+                // handed out again.
+                if let Some(m) = self.volatile.get_mut().take()
+                    && let Err(e) = remove_marker(&m)
+                {
+                    tracing::warn!(overlay = %self.owner, error = %e, "cannot clear volatile marker");
+                }
+            }
         }
     }
+}
+
+/// Remove a volatile marker durably (its directory is synced).
+fn remove_marker(m: &Path) -> Result<()> {
+    match std::fs::remove_file(m) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(BlockError::Io(e)),
+    }
+    if let Some(dir) = m.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(BlockError::Io)?;
+    }
+    Ok(())
 }
 
 fn to_usize(v: u64) -> usize {
@@ -661,6 +739,9 @@ impl BlockDevice for Overlay {
 
     fn flush(&self) -> Result<()> {
         self.check()?;
+        if self.is_volatile.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.flush_inner()
     }
 

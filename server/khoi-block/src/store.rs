@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::SECTOR;
 use crate::error::{IMAGE, SEAT, StoreError, validate_name};
 use crate::event::{BlockEvent, EventSink, OverlayOwner};
-use crate::overlay::{Overlay, OverlayCtx, OverlayUsage, SpaceGuard};
+use crate::overlay::{Durability, Overlay, OverlayCtx, OverlayUsage, SpaceGuard};
 use crate::version::{LayerPaths, VersionDevice};
 use crate::{fsio, mapfile};
 
@@ -1016,6 +1016,81 @@ impl Store {
         version: u32,
         quota: u64,
     ) -> Result<Arc<Overlay>, StoreError> {
+        self.seat_overlay_with(seat, image, version, quota, Durability::Durable)
+    }
+
+    /// [`Store::seat_overlay`] in the given durability mode. Volatile is for
+    /// overlays reset at the seat's next boot: a marker file in the seat's
+    /// folder says the overlay on disk may lack acknowledged writes until a
+    /// clean close removes it. An overlay found with the marker is refused
+    /// (see [`Store::seat_needs_reboot`]) until the seat is reset.
+    pub fn seat_overlay_with(
+        &self,
+        seat: &str,
+        image: &str,
+        version: u32,
+        quota: u64,
+        durability: Durability,
+    ) -> Result<Arc<Overlay>, StoreError> {
+        let o = self.seat_overlay_open(seat, image, version, quota)?;
+        match durability {
+            Durability::Durable => o.set_durable().map_err(|e| StoreError::Io {
+                path: self.volatile_marker(seat),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+            Durability::Volatile if o.durability() == Durability::Volatile => {}
+            Durability::Volatile => {
+                let m = self.volatile_marker(seat);
+                fs::write(&m, b"").map_err(StoreError::io(&m))?;
+                fsio::fsync_dir(&self.seat_dir(seat))?;
+                o.set_volatile(m);
+            }
+        }
+        Ok(o)
+    }
+
+    fn volatile_marker(&self, seat: &str) -> PathBuf {
+        self.seat_dir(seat).join("volatile")
+    }
+
+    /// The seat's overlay ran volatile when Khoi stopped without closing it:
+    /// writes it acknowledged may be lost, so the running OS must not get
+    /// it back. The seat needs a reboot (whose reset clears this).
+    pub fn seat_needs_reboot(&self, seat: &str) -> bool {
+        if validate_name(SEAT, seat).is_err() {
+            return false;
+        }
+        let live = self
+            .inner
+            .lock()
+            .seats
+            .get(seat)
+            .and_then(Weak::upgrade)
+            .is_some_and(|o| !o.is_gone());
+        !live && self.volatile_marker(seat).exists()
+    }
+
+    /// Every seat for which [`Store::seat_needs_reboot`] holds; at startup,
+    /// these are the seats to fence.
+    pub fn seats_needing_reboot(&self) -> Vec<String> {
+        let Ok(rd) = fs::read_dir(self.dir.join("seats")) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = rd
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|s| self.seat_needs_reboot(s))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn seat_overlay_open(
+        &self,
+        seat: &str,
+        image: &str,
+        version: u32,
+        quota: u64,
+    ) -> Result<Arc<Overlay>, StoreError> {
         validate_name(SEAT, seat)?;
         validate_name(IMAGE, image)?;
         let mut inner = self.inner.lock();
@@ -1044,6 +1119,14 @@ impl Store {
         if let Some(meta) = self.seat_meta(seat) {
             next_gen = meta.generation + 1;
             if meta.version_uuid == v.uuid && meta.image == image {
+                if self.volatile_marker(seat).exists() {
+                    return Err(StoreError::InUse {
+                        what: format!("seat {seat:?}'s overlay"),
+                        reason: "Khoi stopped while it ran in volatile mode, so writes it \
+                                 acknowledged may be lost: the seat must reboot"
+                            .into(),
+                    });
+                }
                 let (data, map) = overlay_files(&dir, meta.generation);
                 match Overlay::open(
                     &data,
@@ -1075,6 +1158,8 @@ impl Store {
             }
         }
         fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        // A fresh overlay has lost nothing.
+        let _ = fs::remove_file(self.volatile_marker(seat));
         let (data, map) = overlay_files(&dir, next_gen);
         let _ = fs::remove_file(&data);
         let _ = fs::remove_file(&map);
@@ -1118,6 +1203,11 @@ impl Store {
             ..meta.clone()
         };
         write_json(&dir.join("meta.json"), &new_meta)?;
+        // The new generation is empty: whatever the old one lost is moot.
+        let marker = self.volatile_marker(seat);
+        if fs::remove_file(&marker).is_ok() {
+            fsio::fsync_dir(&dir)?;
+        }
         let (old_data, old_map) = overlay_files(&dir, meta.generation);
         remove_in_background(vec![old_data, old_map]);
         Ok(())

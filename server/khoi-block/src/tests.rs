@@ -477,6 +477,77 @@ fn crash_keeps_flushed_writes_and_never_shows_garbage() {
 }
 
 #[test]
+fn volatile_overlay_skips_syncs_and_needs_reboot_after_a_crash() {
+    use crate::Durability;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("store");
+    let size = 64 * 4096;
+    let st = store(&dir);
+    let staged = stage(&st, "b.raw", &pattern(size, 1));
+    st.import_image("img", &staged, "", "").expect("import");
+    let seat = st
+        .seat_overlay_with("s", "img", 1, 0, Durability::Volatile)
+        .expect("seat");
+    assert_eq!(seat.durability(), Durability::Volatile);
+    assert!(!st.seat_needs_reboot("s"), "a live volatile seat is fine");
+    seat.write_at(&[0xA1u8; 4096], 0, WriteFlags::NONE)
+        .expect("write");
+    seat.flush().expect("flush");
+    seat.write_at(&[0xA2u8; 4096], 4096, WriteFlags { fua: true })
+        .expect("fua write");
+    // A power cut now: the flush and the FUA write did not reach the map.
+    let copy = tmp.path().join("copy");
+    copy_dir(&dir, &copy);
+    match crate::mapfile::read(&copy.join("seats/s/overlay.0.map"), size as u64).expect("map") {
+        crate::mapfile::MapBody::States(m) => assert_eq!(
+            m.count_present(),
+            0,
+            "volatile FLUSH and FUA must not have synced the map"
+        ),
+        crate::mapfile::MapBody::Full => panic!("map marked full"),
+    }
+    {
+        let st = store(&copy);
+        assert!(st.seat_needs_reboot("s"));
+        assert_eq!(st.seats_needing_reboot(), vec!["s".to_string()]);
+        let refused = st.seat_overlay("s", "img", 1, 0);
+        assert!(
+            matches!(refused, Err(StoreError::InUse { .. })),
+            "an overlay that may have lost writes is never handed back"
+        );
+        let fresh = st
+            .seat_overlay("s2", "img", 1, 0)
+            .expect("other seats work");
+        drop(fresh);
+        // The reboot's reset clears it.
+        st.reset_seat("s").expect("reset");
+        assert!(!st.seat_needs_reboot("s"));
+        let seat = st.seat_overlay("s", "img", 1, 0).expect("after reset");
+        assert_eq!(read_all(&*seat)[..4096], pattern(size, 1)[..4096]);
+    }
+    // A clean close makes it durable and clears the marker.
+    drop(seat);
+    assert!(!st.seat_needs_reboot("s"));
+    drop(st);
+    let st = store(&dir);
+    assert!(st.seats_needing_reboot().is_empty());
+    let seat = st.seat_overlay("s", "img", 1, 0).expect("reopen");
+    assert_eq!(seat.durability(), Durability::Durable);
+    let got = read_all(&*seat);
+    assert_eq!(got[..4096], [0xA1u8; 4096]);
+    assert_eq!(got[4096..8192], [0xA2u8; 4096]);
+    // Volatile then durable on a live overlay: the marker goes at once.
+    let v = st
+        .seat_overlay_with("s", "img", 1, 0, Durability::Volatile)
+        .expect("volatile");
+    assert!(dir.join("seats/s/volatile").exists());
+    let d = st.seat_overlay("s", "img", 1, 0).expect("durable");
+    assert!(!dir.join("seats/s/volatile").exists());
+    assert_eq!(v.durability(), Durability::Durable);
+    drop((v, d));
+}
+
+#[test]
 fn publish_is_atomic_across_crashes() {
     for point in ["publish:linked", "publish:committed"] {
         let tmp = tempfile::tempdir().expect("tmp");
