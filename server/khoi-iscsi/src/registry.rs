@@ -95,6 +95,29 @@ impl Drop for Admission {
     }
 }
 
+/// Sessions told to end; see [`Registry::cancel_sessions_of`].
+#[derive(Debug)]
+#[must_use = "the sessions are ending; wait() to know they have"]
+pub struct SessionsEnding(Vec<CancellationToken>);
+
+impl SessionsEnding {
+    /// How many sessions were told to end.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Resolves once every one of them has finished its in-flight work.
+    pub async fn wait(self) {
+        for d in self.0 {
+            d.cancelled().await;
+        }
+    }
+}
+
 impl Registry {
     pub fn new() -> Self {
         Registry::default()
@@ -157,8 +180,15 @@ impl Registry {
     /// in-flight work: after this returns, nothing they started touches the
     /// disk. Sessions logging in meanwhile are the caller's to refuse.
     pub async fn end_sessions_of(&self, target: &str) {
-        let waits: Vec<CancellationToken> = {
-            let g = self.inner.lock();
+        self.cancel_sessions_of(target).wait().await;
+    }
+
+    /// The synchronous half of [`Registry::end_sessions_of`], for callers
+    /// that are not async (a fence callback): the sessions are told to end
+    /// now; [`SessionsEnding::wait`] resolves once they have.
+    pub fn cancel_sessions_of(&self, target: &str) -> SessionsEnding {
+        let g = self.inner.lock();
+        SessionsEnding(
             g.live
                 .values()
                 .filter(|e| e.target == target)
@@ -166,11 +196,8 @@ impl Registry {
                     e.cancel.cancel();
                     e.done.clone()
                 })
-                .collect()
-        };
-        for d in waits {
-            d.cancelled().await;
-        }
+                .collect(),
+        )
     }
 
     /// Ask every other session of `target` to abort its tasks (and report
