@@ -52,6 +52,9 @@ pub struct StoreOptions {
     /// 0 disables the check.
     pub free_space_floor: u64,
     pub events: EventSink,
+    /// The durability mode [`Store::seat_overlay`] opens a seat's overlay
+    /// in (the server's policy: volatile only for overlays reset on boot).
+    pub seat_durability: Arc<dyn Fn(&str) -> Durability + Send + Sync>,
 }
 
 impl Default for StoreOptions {
@@ -59,6 +62,7 @@ impl Default for StoreOptions {
         StoreOptions {
             free_space_floor: 0,
             events: Arc::new(|_| {}),
+            seat_durability: Arc::new(|_| Durability::Durable),
         }
     }
 }
@@ -1005,7 +1009,8 @@ impl Store {
         read_json(&self.seat_dir(seat).join("meta.json")).ok()
     }
 
-    /// The seat's overlay over `image` version `version`, opened or created.
+    /// The seat's overlay over `image` version `version`, opened or created,
+    /// in the durability mode [`StoreOptions::seat_durability`] gives it.
     /// The same `Arc` is returned while one is alive (NBD multi-conn needs all
     /// connections on one object). An overlay made against another version is
     /// never applied: it is discarded and a fresh one created.
@@ -1016,7 +1021,8 @@ impl Store {
         version: u32,
         quota: u64,
     ) -> Result<Arc<Overlay>, StoreError> {
-        self.seat_overlay_with(seat, image, version, quota, Durability::Durable)
+        let durability = (self.opts.seat_durability)(seat);
+        self.seat_overlay_with(seat, image, version, quota, durability)
     }
 
     /// [`Store::seat_overlay`] in the given durability mode. Volatile is for

@@ -26,6 +26,7 @@ fn recording_store(dir: &Path, floor: u64) -> (Store, Arc<Mutex<Vec<BlockEvent>>
     let opts = StoreOptions {
         free_space_floor: floor,
         events: Arc::new(move |e| sink.lock().push(e)),
+        ..StoreOptions::default()
     };
     (Store::open(dir, opts).expect("open store"), events)
 }

@@ -294,6 +294,18 @@ pub struct Storage {
     pub free_space_floor: Size,
     /// Overlay quota for seats that do not set their own (0 = unlimited).
     pub default_seat_quota: Size,
+    /// What FLUSH/SYNCHRONIZE CACHE/FUA do for overlays reset at every boot
+    /// (policy on-boot): `durable` syncs them to disk; `volatile` skips the
+    /// sync, and a Khoi that stops uncleanly then makes those seats reboot.
+    pub on_boot_durability: DurabilityMode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    #[default]
+    Durable,
+    Volatile,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -301,6 +313,11 @@ pub struct Storage {
 pub struct Iscsi {
     /// Target IQNs are `<target_prefix>:<seat>`.
     pub target_prefix: String,
+    /// Seconds a session may be idle before it gets a NOP-In ping (0: never).
+    /// A session that answered one and then misses one is closed, so a
+    /// powered-off Windows seat is gone within a minute; iPXE never answers
+    /// and is never closed for it.
+    pub nop_interval: u64,
 }
 
 impl Default for Config {
@@ -334,6 +351,7 @@ impl Default for Storage {
         Storage {
             free_space_floor: Size(2 << 30),
             default_seat_quota: Size(20 << 30),
+            on_boot_durability: DurabilityMode::default(),
         }
     }
 }
@@ -342,6 +360,7 @@ impl Default for Iscsi {
     fn default() -> Self {
         Iscsi {
             target_prefix: "iqn.2025-07.vn.khoi".into(),
+            nop_interval: 30,
         }
     }
 }
@@ -873,5 +892,17 @@ mod tests {
         let c =
             parse("storage:\n  default_seat_quota: 0\n  free_space_floor: 1GiB\n").expect("sizes");
         assert_eq!(c.storage.free_space_floor, Size(1 << 30));
+    }
+
+    #[test]
+    fn durability_and_nop_interval() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.storage.on_boot_durability, DurabilityMode::Durable);
+        assert_eq!(c.iscsi.nop_interval, 30);
+        let c = parse("storage:\n  on_boot_durability: volatile\niscsi:\n  nop_interval: 0\n")
+            .expect("set");
+        assert_eq!(c.storage.on_boot_durability, DurabilityMode::Volatile);
+        assert_eq!(c.iscsi.nop_interval, 0);
+        parse("storage:\n  on_boot_durability: maybe\n").expect_err("unknown mode");
     }
 }

@@ -5,11 +5,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context;
 use khoi_admin::{Metrics, Service, ServiceConfig};
-use khoi_block::{BlockEvent, OverlayOwner, Store, StoreOptions};
-use khoi_state::{NewEvent, State};
+use khoi_block::{BlockEvent, Durability, OverlayOwner, Store, StoreOptions};
+use khoi_state::{NewEvent, ResetPolicy, State};
 use khoi_web::api::{ApiState, socket_router};
 
 use crate::recorder::Recorder;
@@ -25,6 +26,22 @@ const CONTROL_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_se
 
 pub fn control_socket(data_dir: &Path) -> PathBuf {
     data_dir.join("khoi.sock")
+}
+
+/// Volatile overlays only for seats whose overlay is thrown away at the
+/// next boot, and only when the configuration asks for it.
+fn seat_durability(
+    config: &Config,
+    state: &Arc<State>,
+) -> Arc<dyn Fn(&str) -> Durability + Send + Sync> {
+    if config.storage.on_boot_durability != crate::config::DurabilityMode::Volatile {
+        return Arc::new(|_| Durability::Durable);
+    }
+    let state = Arc::clone(state);
+    Arc::new(move |seat| match state.seat(seat) {
+        Ok(s) if s.policy == ResetPolicy::OnBoot => Durability::Volatile,
+        _ => Durability::Durable,
+    })
 }
 
 fn record_block_event(recorder: &Recorder, ev: BlockEvent) {
@@ -177,6 +194,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             StoreOptions {
                 free_space_floor: config.storage.free_space_floor.0,
                 events: Arc::new(move |ev| record_block_event(&block_recorder, ev)),
+                seat_durability: seat_durability(&config, &state),
             },
         )
         .context("opening the image store")?,
@@ -224,7 +242,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Arc::clone(&prewarm),
         ));
         let token = shutdown.clone();
-        let cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
+        let mut cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
+        cfg.nop_interval =
+            (config.iscsi.nop_interval > 0).then(|| Duration::from_secs(config.iscsi.nop_interval));
         tasks.spawn(async move {
             khoi_iscsi::serve(listener, targets, cfg, token).await;
         });
