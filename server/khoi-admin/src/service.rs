@@ -506,7 +506,8 @@ impl Service {
                 ),
             ));
         }
-        let _g = self.admin.lock();
+        // Not under `admin`: open_seat (every login) takes it, and the store
+        // serialises imports itself while it syncs the whole image.
         let v = self.store.import_image(name, &path, note, &actor.name)?;
         self.audit_args(
             actor,
@@ -521,7 +522,6 @@ impl Service {
                 note,
             ),
         );
-        drop(_g);
         self.version(name, v.number)
     }
 
@@ -677,7 +677,8 @@ impl Service {
                 "say what changed in this version (it goes into the version list and the audit log)",
             ));
         }
-        let _g = self.admin.lock();
+        // Not under `admin`, as for import: the store serialises publishes
+        // and refuses to reopen the draft meanwhile.
         let v = self.store.publish_draft(image, note, &actor.name)?;
         // A forced publish turns a running maintenance seat's disk into a
         // read-only version under it.
@@ -691,7 +692,6 @@ impl Service {
             &format!("version {}: {note}", v.number),
             &with_note(&[("version", &v.number.to_string())], note),
         );
-        drop(_g);
         self.version(image, v.number)
     }
 
