@@ -7,6 +7,8 @@
 #   ./scripts/bench-iscsi.sh               # 1 GiB image, median of 3 runs of 10 s per row
 #   SIZE_MIB=2048 RUNTIME=20 REPS=5 ./scripts/bench-iscsi.sh
 #   KHOI_BIN=path/to/khoi ./scripts/bench-iscsi.sh   # a binary built elsewhere
+#   FLUSH_STORM=1 ./scripts/bench-iscsi.sh  # add the flush storm in both durability modes
+#   FLUSH_STORM=only ./scripts/bench-iscsi.sh   # only that (no tgt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,9 @@ SIZE_MIB=${SIZE_MIB:-1024}
 RUNTIME=${RUNTIME:-10}
 REPS=${REPS:-3}
 STORM=${STORM:-40}
+FLUSH_STORM=${FLUSH_STORM:-}
+# Writes per session in the flush storm (4 KiB, QD4, a flush every 64).
+FLUSH_WRITES=${FLUSH_WRITES:-4096}
 TGT_CTL=${TGT_CTL:-191}
 
 # shellcheck source=scripts/bench-lib.sh
@@ -62,6 +67,75 @@ for _ in $(seq 200); do [ -S "$work/khoi/khoi.sock" ] && break; sleep 0.05; done
 khoi_url=$("$KHOI" --config "$work/khoi.yaml" --json seat show bench | python3 -c '
 import json, sys; s = json.load(sys.stdin)
 print("iscsi://%s%%%s@%s/%s/0" % (s["chap_user"], s["chap_secret"], s["portal"], s["target_iqn"]))')
+
+# Flush storm: STORM on-boot seats at once, each writing 4 KiB blocks at
+# QD4 with a SYNCHRONIZE CACHE every 64 writes (qemu-img bench
+# --flush-interval), against a Khoi whose on-boot overlays are durable and
+# one where they are volatile. Prints "writes/s MiB/s cpu_s_per_GiB" rows.
+flush_storm_rows() {
+    local mode port2 pid2 conf dir n url urls t0 t1 secs
+    for mode in durable volatile; do
+        port2=$(port)
+        dir=$work/khoi-$mode
+        conf=$work/khoi-$mode.yaml
+        cat >"$conf" <<EOF2
+data_dir: $dir
+listen:
+  nbd: null
+  iscsi: 127.0.0.1:$port2
+storage:
+  free_space_floor: 0
+  default_seat_quota: 0
+  on_boot_durability: $mode
+EOF2
+        "$KHOI" serve --config "$conf" >"$work/khoi-$mode.log" 2>&1 &
+        pid2=$!; pids+=("$pid2")
+        for _ in $(seq 200); do [ -S "$dir/khoi.sock" ] && break; sleep 0.05; done
+        cp --reflink=auto "$img" "$work/fs-$mode.img"
+        "$KHOI" --config "$conf" image import fs "$work/fs-$mode.img" >/dev/null
+        urls=()
+        for n in $(seq "$STORM"); do
+            "$KHOI" --config "$conf" seat add "f$n" \
+                --mac "$(printf '02:00:00:01:%02x:%02x' $((n / 256)) $((n % 256)))" --image fs >/dev/null
+            urls+=("$("$KHOI" --config "$conf" --json seat show "f$n" | python3 -c '
+import json, sys; s = json.load(sys.stdin)
+print("iscsi://%s%%%s@%s/%s/0" % (s["chap_user"], s["chap_secret"], s["portal"], s["target_iqn"]))')")
+        done
+        wait_port "$port2"
+        sync
+        t0=$(cpu_ticks "$pid2")
+        local s0; s0=$(date +%s%N)
+        local cps=()
+        for url in "${urls[@]}"; do
+            qemu-img bench -f raw -w -c "$FLUSH_WRITES" -d 4 -s 4096 --flush-interval=64 \
+                -S $((SIZE_MIB * 1048576 / FLUSH_WRITES / 4096 * 4096)) "$url" >/dev/null 2>&1 &
+            cps+=($!)
+        done
+        for p in "${cps[@]}"; do wait "$p" || echo "a flush-storm client failed" >&2; done
+        local s1; s1=$(date +%s%N)
+        t1=$(cpu_ticks "$pid2")
+        secs=$(awk -v a="$s0" -v b="$s1" 'BEGIN{print (b - a) / 1e9}')
+        awk -v n=$((STORM * FLUSH_WRITES)) -v s="$secs" -v t=$((t1 - t0)) -v hz="$hz" -v m="$mode" 'BEGIN {
+            w = n / s; mib = w * 4096 / 1048576; gib = n * 4096 / 1073741824
+            printf "%s %d %.1f %.2f %.1f\n", m, w, mib, (t / hz) / gib, s
+        }'
+        kill "$pid2"; wait "$pid2" 2>/dev/null || true
+    done
+}
+print_flush_storm() {
+    printf '\nFlush storm: %s on-boot seats, 4 KiB writes QD4, SYNCHRONIZE CACHE every 64 writes, %s writes each, %s\n' \
+        "$STORM" "$FLUSH_WRITES" "$(date -u +%F)"
+    printf '%-10s | %10s | %8s | %10s | %8s\n' "durability" "writes/s" "MiB/s" "CPU s/GiB" "wall s"
+    printf '%s\n' "-----------+------------+----------+------------+---------"
+    while read -r m w mib c s; do
+        printf '%-10s | %10s | %8s | %10s | %8s\n' "$m" "$w" "$mib" "$c" "$s"
+    done <<<"$1"
+}
+if [ "$FLUSH_STORM" = only ]; then
+    echo "running: flush storm, $STORM sessions, both durability modes" >&2
+    print_flush_storm "$(flush_storm_rows)"
+    exit 0
+fi
 
 # --- tgt, backed by the same file (its LUN 0 is the controller, the disk is LUN 1) ---
 tport=$(port)
@@ -270,3 +344,7 @@ printf '\nloopback TCP (iperf3 -l 1M): %s Gbit/s = %.0f MiB/s; Khoi 1M QD8 reach
     "$(awk -v g="$gbit" -v k="$kb" 'BEGIN{c = g * 1e9 / 8 / 1048576; print (c > 0) ? 100 * k / c : 0}')"
 printf 'the warm boot storm reaches %.0f%% of it\n' \
     "$(awk -v g="$gbit" -v k="$sb" 'BEGIN{c = g * 1e9 / 8 / 1048576; print (c > 0) ? 100 * k / c : 0}')"
+if [ -n "$FLUSH_STORM" ]; then
+    echo "running: flush storm, $STORM sessions, both durability modes" >&2
+    print_flush_storm "$(flush_storm_rows)"
+fi

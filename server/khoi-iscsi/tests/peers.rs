@@ -44,9 +44,13 @@ fn start() -> Server {
 }
 
 fn start_with(tune: impl FnOnce(&mut IscsiConfig)) -> Server {
+    start_on("127.0.0.1:0", tune)
+}
+
+fn start_on(bind: &str, tune: impl FnOnce(&mut IscsiConfig)) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let resolver = Arc::new(TestResolver::new(dir.path(), 64 << 20));
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let std_listener = std::net::TcpListener::bind(bind).expect("bind");
     std_listener.set_nonblocking(true).expect("nonblocking");
     let addr = std_listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
@@ -1161,4 +1165,155 @@ fn windows_initiator_replay() {
     let (st, _, data) = c.command(&[0x28, 0, 0, 0, 0, 0x20, 0, 0, 2, 0], 1024, None);
     assert_eq!(st, 0);
     assert_eq!(data, vec![0x5a; 1024]);
+}
+
+/// A network namespace with a veth pair to it, removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+impl Netns {
+    /// `None` (and the test passes with a note) without root or `ip`.
+    fn new(octet: u8) -> Option<Netns> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !have("ip") {
+            eprintln!("note: needs root and ip(8) for a network namespace; skipped");
+            return None;
+        }
+        let id = std::process::id() % 100_000;
+        let n = Netns {
+            name: format!("khoiil{id}"),
+            host_if: format!("kil{id}h"),
+        };
+        let peer = format!("kil{id}n");
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&["netns", "add", &n.name]);
+        ip(&[
+            "link", "add", &n.host_if, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &n.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.251.{octet}.1/30"),
+            "dev",
+            &n.host_if,
+        ]);
+        ip(&["link", "set", &n.host_if, "up"]);
+        let inside = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", &n.name, "ip"];
+            a.extend_from_slice(args);
+            ip(&a);
+        };
+        inside(&["addr", "add", &format!("10.251.{octet}.2/30"), "dev", &peer]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        Some(n)
+    }
+
+    /// Run `f` on a thread whose sockets live in the namespace.
+    fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(&path).expect("netns file");
+            // SAFETY: setns on a namespace fd we hold; it changes only this
+            // thread's network namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns");
+            f()
+        })
+    }
+
+    /// Drop every packet between the two ends, as a powered-off seat does.
+    fn cut(&self) {
+        let _ = Command::new("ip")
+            .args(["link", "set", &self.host_if, "down"])
+            .status();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A Windows-like initiator that answers pings, then its host loses power
+/// (every packet dropped): its session must end within the ping interval
+/// plus TCP_USER_TIMEOUT (30 s + 20 s by default; scaled down here).
+#[test]
+fn vanished_peer_is_cleaned_up() {
+    let Some(ns) = Netns::new(7) else { return };
+    let srv = start_on("10.251.7.1:0", |c| {
+        c.nop_interval = Some(Duration::from_millis(500));
+        c.tcp_user_timeout = Duration::from_secs(2);
+    });
+    let addr = srv.addr;
+    let (answered_tx, answered) = std::sync::mpsc::channel();
+    let client = ns.spawn(move || {
+        let mut c = login_as(
+            addr,
+            "iqn.1991-05.com.microsoft:gone",
+            OPEN,
+            [0x40, 0, 1, 0x37, 0, 1],
+            false,
+        );
+        let p = c.recv().expect("ping");
+        let n = NopIn::parse(&p.view()).expect("NOP-In");
+        let h = NopOut {
+            immediate: true,
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt: n.ttt,
+            cmd_sn: c.cmd_sn,
+            exp_stat_sn: 0,
+        }
+        .emit();
+        c.send(Pdu::new(h, Bytes::new()));
+        answered_tx.send(()).expect("signal");
+        // Hold the socket open (never closed cleanly) until the test ends.
+        std::thread::sleep(Duration::from_secs(8));
+        drop(c);
+    });
+    answered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the client answered a ping");
+    std::thread::sleep(Duration::from_millis(100));
+    ns.cut();
+    let t0 = std::time::Instant::now();
+    let ended = loop {
+        let gone = srv
+            .resolver
+            .events
+            .lock()
+            .iter()
+            .any(|e| matches!(e, IscsiEvent::SessionEnded { .. }));
+        if gone || t0.elapsed() > Duration::from_secs(6) {
+            break gone;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        ended,
+        "the vanished seat's session is still there after {:?}",
+        t0.elapsed()
+    );
+    eprintln!("vanished session ended after {:?}", t0.elapsed());
+    let _ = client.join();
 }
