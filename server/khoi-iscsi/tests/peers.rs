@@ -628,6 +628,11 @@ fn boot_sector() -> [u8; 512] {
 /// Boot iPXE under QEMU/TCG with `script` and wait for the boot sector's
 /// serial output. Returns None when QEMU or the iPXE image is missing.
 fn ipxe_boots(script_body: &str) -> Option<(bool, String)> {
+    ipxe_boots_then(script_body, || {})
+}
+
+/// Boot iPXE; `after_boot` runs while the booted machine is still up.
+fn ipxe_boots_then(script_body: &str, after_boot: impl FnOnce()) -> Option<(bool, String)> {
     let lkrn = "/usr/lib/ipxe/ipxe.lkrn";
     if !have("qemu-system-x86_64") || !std::path::Path::new(lkrn).exists() {
         return None;
@@ -664,6 +669,9 @@ fn ipxe_boots(script_body: &str) -> Option<(bool, String)> {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+    if booted {
+        after_boot();
     }
     let _ = qemu.kill();
     let _ = qemu.wait();
@@ -1316,4 +1324,43 @@ fn vanished_peer_is_cleaned_up() {
     );
     eprintln!("vanished session ended after {:?}", t0.elapsed());
     let _ = client.join();
+}
+
+/// iPXE ignores NOP-In pings, and once the boot sector has halted it polls
+/// the network no more (no INT13 call): pinged every 100 ms, its session
+/// must stay.
+#[test]
+fn ipxe_is_never_dropped_for_ignoring_nop_in() {
+    let srv = start_with(|c| c.nop_interval = Some(Duration::from_millis(100)));
+    let mut c = login(srv.addr, OPEN, [0x40, 0, 0, 0, 0, 0x21]);
+    let _ = c.command(&TUR, 0, None);
+    let (st, _, _) = c.command(
+        &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+        512,
+        Some(&boot_sector()),
+    );
+    assert_eq!(st, 0);
+    drop(c);
+    let script = format!(
+        "dhcp\nsanboot iscsi:10.0.2.2::{}::{OPEN}\n",
+        srv.addr.port()
+    );
+    let ipxe_ended = || {
+        srv.resolver.events.lock().iter().any(|e| {
+            matches!(e, IscsiEvent::SessionEnded { initiator, .. } if initiator.starts_with("iqn.2010-04.org.ipxe"))
+        })
+    };
+    let mut ended_while_up = true;
+    let Some((booted, out)) = ipxe_boots_then(&script, || {
+        std::thread::sleep(Duration::from_secs(2));
+        ended_while_up = ipxe_ended();
+    }) else {
+        return;
+    };
+    assert!(booted, "iPXE did not boot from the target:\n{out}");
+    assert!(ipxe_logged_in(&srv), "no iPXE login recorded");
+    assert!(
+        !ended_while_up,
+        "iPXE's session was dropped for ignoring NOP-In"
+    );
 }
