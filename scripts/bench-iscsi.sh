@@ -87,6 +87,8 @@ storage:
   free_space_floor: 0
   default_seat_quota: 0
   on_boot_durability: $mode
+admin:
+  listen: null
 EOF2
         "$KHOI" serve --config "$conf" >"$work/khoi-$mode.log" 2>&1 &
         pid2=$!; pids+=("$pid2")

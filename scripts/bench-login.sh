@@ -37,6 +37,8 @@ listen:
 storage:
   free_space_floor: 0
   default_seat_quota: 0
+admin:
+  listen: null
 EOF
 "$KHOI" serve --config "$work/khoi.yaml" >"$work/khoi.log" 2>&1 &
 pids+=("$!")
