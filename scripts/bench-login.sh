@@ -88,8 +88,10 @@ wait "$ipid"
 
 echo "publish of a draft with $DRAFT_MIB MiB written" >&2
 k draft open seatimg >/dev/null
-qemu-io -f raw -c "write -P 0x5a 0 ${DRAFT_MIB}M" \
-    "nbd+unix:///draft/seatimg?socket=$work/khoi/nbd.sock" >/dev/null
+# In 32 MiB requests: one request of the whole size is refused by NBD.
+wr=()
+for ((off = 0; off < DRAFT_MIB; off += 32)); do wr+=(-c "write -P 0x5a ${off}M 32M"); done
+qemu-io -f raw "${wr[@]}" "nbd+unix:///draft/seatimg?socket=$work/khoi/nbd.sock" >/dev/null
 ( k draft publish seatimg --note "bench" >/dev/null ) &
 ppid=$!
 logins "$work/publish" while "$ppid"
