@@ -44,7 +44,9 @@ EOF
 pids+=("$!")
 for _ in $(seq 200); do [ -S "$work/khoi/khoi.sock" ] && break; sleep 0.05; done
 k() { "$KHOI" --config "$work/khoi.yaml" "$@"; }
-head -c $((64 << 20)) /dev/urandom >"$work/small.img"
+# The seat's image is as large as the draft written later (sparse).
+head -c $((1 << 20)) /dev/urandom >"$work/small.img"
+truncate -s "${DRAFT_MIB}M" "$work/small.img"
 k image import seatimg "$work/small.img" >/dev/null
 k seat add s1 --mac 02:00:00:00:00:01 --image seatimg >/dev/null
 url=$(k --json seat show s1 | python3 -c '
