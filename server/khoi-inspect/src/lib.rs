@@ -22,6 +22,8 @@
 
 mod browser;
 mod check;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 #[doc(hidden)]
 pub mod fuzz;
 mod hive;
