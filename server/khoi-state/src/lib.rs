@@ -8,12 +8,13 @@
 //! One connection behind a mutex: every statement here is a small indexed
 //! lookup or insert, far off the block path, so there is no pool to tune.
 //!
-//! One module per table (`seats`, `events`, `users`, `settings`), the
+//! One module per table (`seats`, `events`, `users`, `settings`, `gate`), the
 //! migrations in `schema`, and the typed names in `names`; everything is
 //! re-exported here so callers keep writing `khoi_state::Seat`.
 
 mod boots;
 mod events;
+mod gate;
 mod names;
 mod schema;
 mod seats;
@@ -28,6 +29,7 @@ use rusqlite::Connection;
 
 pub use boots::{BOOT_SECRET_LEN, Boot, BootCred, random_token};
 pub use events::{Event, EventFilter, NewEvent, UnknownMac};
+pub use gate::{GateResult, GateSettings};
 pub use names::{Mac, validate_name};
 pub use seats::{NewSeat, ResetPolicy, Seat, SeatUpdate};
 pub use users::{User, validate_user_name};

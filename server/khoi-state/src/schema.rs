@@ -76,6 +76,26 @@ CREATE TABLE seat_boots (
     pending_started INTEGER
 );
 "#,
+    // The image gate: each image's profile and policy (JSON), and the
+    // result of the check per version with any admin override.
+    r#"
+CREATE TABLE image_gate (
+    image TEXT PRIMARY KEY,
+    profile TEXT NOT NULL CHECK (profile IN ('counter', 'kiosk')),
+    policy TEXT NOT NULL
+);
+CREATE TABLE gate_results (
+    image TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('passed', 'warnings', 'failed')),
+    report TEXT NOT NULL,
+    checked INTEGER NOT NULL,
+    checked_by TEXT NOT NULL,
+    override_by TEXT,
+    override_reason TEXT,
+    PRIMARY KEY (image, version)
+);
+"#,
 ];
 
 /// Runs the migrations `conn` has not seen yet, each in its own transaction
