@@ -1,10 +1,11 @@
 //! What an admin can do with Khoi, each operation audited: images, versions,
-//! drafts and seats ([`service`]), accounts ([`users`]), the nightly reset
+//! drafts and seats ([`service`]), the image gate ([`gate`]), accounts ([`users`]), the nightly reset
 //! ([`schedule`]), staging images for import ([`staging`]), seat activity
 //! ([`activity`]) and the metrics registry it feeds ([`metrics`]). The HTTP
 //! front ends (web page, JSON API, control socket) are in `khoi-web`.
 
 pub mod activity;
+pub mod gate;
 pub mod metrics;
 pub mod schedule;
 pub mod service;

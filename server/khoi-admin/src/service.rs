@@ -63,6 +63,12 @@ pub enum ServiceError {
     Invalid { field: String, reason: String },
     #[error("{0}")]
     Internal(String),
+    /// The caller's role may not do this (an operator overriding the gate).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The image gate found blocking findings (HTTP 409 with them).
+    #[error("{0}")]
+    Gate(Box<crate::gate::GateRefusal>),
 }
 
 impl ServiceError {
@@ -159,6 +165,9 @@ pub struct VersionView {
     pub layers: usize,
     /// Seats whose overlay is on this version or that are pinned to it.
     pub used_by: Vec<String>,
+    /// The image gate's badge (absent from older servers).
+    #[serde(default)]
+    pub gate: crate::gate::GateStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -235,6 +244,9 @@ pub struct PublishRequest {
     /// unflushed writes may be lost).
     #[serde(default)]
     pub force: bool,
+    /// An admin's written reason to publish despite blocking findings.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -300,6 +312,8 @@ pub struct Service {
     admin: Mutex<()>,
     import_limits: parking_lot::RwLock<crate::staging::Limits>,
     end_sessions: Ender,
+    /// Off only in tests whose images are not Windows disks.
+    gate_enforced: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
@@ -322,6 +336,7 @@ impl Service {
             admin: Mutex::new(()),
             import_limits: parking_lot::RwLock::new(crate::staging::Limits::default()),
             end_sessions: Ender::default(),
+            gate_enforced: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -361,6 +376,20 @@ impl Service {
             .ok()
             .flatten()
             .is_some_and(|b| b.fenced.is_some())
+    }
+
+    /// Whether a failed gate refuses publish and rollback, and keeps a
+    /// failed import from becoming current. Always on in the server; tests
+    /// whose images are blank disks (every one fails `no-windows-volume`)
+    /// turn it off. The checks still run and their results are kept.
+    pub fn set_gate_enforced(&self, on: bool) {
+        self.gate_enforced
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn gate_enforced(&self) -> bool {
+        self.gate_enforced
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Size caps and the free-space floor for imports and uploads (from the
@@ -508,7 +537,31 @@ impl Service {
         }
         // Not under `admin`: open_seat (every login) takes it, and the store
         // serialises imports itself while it syncs the whole image.
+        let before = self.store.current_version(name).ok();
         let v = self.store.import_image(name, &path, note, &actor.name)?;
+        // The import itself stands (the image is the officer's data, to be
+        // fixed in a draft); what the gate decides is whether the new
+        // version becomes what seats boot.
+        let report = self.check_new_version(actor, name, v.number);
+        if let (Some(prev), Some(r)) = (before, &report)
+            && !r.passed()
+            && self.gate_enforced()
+        {
+            self.store.set_current(name, prev)?;
+            self.audit_args(
+                actor,
+                "image.gate.held",
+                name,
+                &format!(
+                    "version {} failed the gate; version {prev} stays current",
+                    v.number
+                ),
+                &[
+                    ("version", &v.number.to_string()),
+                    ("current", &prev.to_string()),
+                ],
+            );
+        }
         self.audit_args(
             actor,
             "image.import",
@@ -525,6 +578,24 @@ impl Service {
         self.version(name, v.number)
     }
 
+    /// Check a version just made; a failure to check is logged, not fatal
+    /// (the version is then `not-checked` and checked before it can become
+    /// current again).
+    fn check_new_version(
+        &self,
+        actor: &Actor,
+        image: &str,
+        n: u32,
+    ) -> Option<khoi_inspect::Report> {
+        match self.check_version(actor, image, n) {
+            Ok(r) => r.report,
+            Err(e) => {
+                tracing::warn!(image, version = n, "gate check failed: {e}");
+                None
+            }
+        }
+    }
+
     fn version(&self, image: &str, n: u32) -> Result<VersionView> {
         self.versions(image)?
             .into_iter()
@@ -535,6 +606,7 @@ impl Service {
     pub fn versions(&self, image: &str) -> Result<Vec<VersionView>> {
         let current = self.store.current_version(image)?;
         let seats = self.state.seats_on_image(image)?;
+        let gate = self.gate_badges(image)?;
         Ok(self
             .store
             .versions(image)?
@@ -555,6 +627,10 @@ impl Service {
                     })
                     .map(|s| s.name.clone())
                     .collect(),
+                gate: gate
+                    .get(&v.number)
+                    .copied()
+                    .unwrap_or(crate::gate::GateStatus::NotChecked),
             })
             .collect())
     }
@@ -562,6 +638,35 @@ impl Service {
     /// Make version `n` current again; seats following the image pick it up
     /// at their next reset, never under a running system.
     pub fn rollback(&self, actor: &Actor, image: &str, n: u32) -> Result<VersionView> {
+        self.rollback_with(actor, image, n, None)
+    }
+
+    /// [`Service::rollback`]; a version that failed the gate needs an
+    /// admin's written `override_reason` (it would reach every seat).
+    pub fn rollback_with(
+        &self,
+        actor: &Actor,
+        image: &str,
+        n: u32,
+        override_reason: Option<&str>,
+    ) -> Result<VersionView> {
+        self.store
+            .versions(image)?
+            .iter()
+            .find(|v| v.number == n)
+            .ok_or_else(|| ServiceError::NotFound(format!("image {image:?} has no version {n}")))?;
+        let (report, overridden) = self.gate_version_report(image, n)?;
+        if self.gate_enforced() && !overridden {
+            if let Some(o) = self.gate_decide(
+                actor,
+                image,
+                &format!("rollback to version {n}"),
+                &report,
+                override_reason,
+            )? {
+                self.state.set_gate_override(image, n, &o.by, &o.reason)?;
+            }
+        }
         let _g = self.admin.lock();
         let before = self.store.current_version(image)?;
         self.store.set_current(image, n)?;
@@ -592,6 +697,7 @@ impl Service {
             )));
         }
         self.store.delete_version(image, n)?;
+        self.state.forget_gate_result(image, n)?;
         self.audit_args(
             actor,
             "image.version.delete",
@@ -613,6 +719,7 @@ impl Service {
             )));
         }
         self.store.delete_image(image)?;
+        self.state.forget_gate(image)?;
         self.audit(actor, "image.delete", image, "");
         Ok(())
     }
@@ -643,6 +750,7 @@ impl Service {
             &PublishRequest {
                 note: note.into(),
                 force: false,
+                override_reason: None,
             },
         )
     }
@@ -679,6 +787,20 @@ impl Service {
         }
         // Not under `admin`, as for import: the store serialises publishes
         // and refuses to reopen the draft meanwhile.
+        // The gate reads the draft before it becomes a version: a refused
+        // publish leaves the draft open for the fix.
+        let report = self.check_draft(image)?;
+        let accepted = if self.gate_enforced() {
+            self.gate_decide(
+                actor,
+                image,
+                "publish",
+                &report,
+                req.override_reason.as_deref(),
+            )?
+        } else {
+            None
+        };
         let v = self.store.publish_draft(image, note, &actor.name)?;
         // A forced publish turns a running maintenance seat's disk into a
         // read-only version under it.
@@ -692,6 +814,12 @@ impl Service {
             &format!("version {}: {note}", v.number),
             &with_note(&[("version", &v.number.to_string())], note),
         );
+        // The published version holds exactly the draft's blocks.
+        self.keep_result(actor, image, v.number, &report)?;
+        if let Some(o) = accepted {
+            self.state
+                .set_gate_override(image, v.number, &o.by, &o.reason)?;
+        }
         self.version(image, v.number)
     }
 
@@ -1139,6 +1267,29 @@ impl Service {
                     .set(i64::try_from(s.overlay_bytes).unwrap_or(i64::MAX));
             }
         }
+    }
+}
+
+impl Service {
+    /// Each version's badge, from the kept results.
+    fn gate_badges(
+        &self,
+        image: &str,
+    ) -> Result<std::collections::HashMap<u32, crate::gate::GateStatus>> {
+        Ok(self
+            .state
+            .gate_results(image)?
+            .into_iter()
+            .map(|r| {
+                let s = match r.status.as_str() {
+                    "passed" => crate::gate::GateStatus::Passed,
+                    "warnings" => crate::gate::GateStatus::Warnings,
+                    _ if r.override_reason.is_some() => crate::gate::GateStatus::Overridden,
+                    _ => crate::gate::GateStatus::Failed,
+                };
+                (r.version, s)
+            })
+            .collect())
     }
 }
 
