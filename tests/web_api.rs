@@ -38,6 +38,9 @@ fn harness() -> H {
             import_roots: vec![dir.path().to_path_buf()],
         },
     ));
+    // These images are blank disks, which the image gate fails
+    // (`no-windows-volume`); the gate has its own tests (web_gate.rs).
+    svc.set_gate_enforced(false);
     let auth = Auth::new(Arc::clone(&svc), Some("admin-pass-1")).expect("auth");
     auth.add_user(&Actor::server(), "op", "operator", "operator-pass")
         .expect("op");

@@ -105,6 +105,21 @@ pub struct GateResult {
 }
 
 impl GateResult {
+    /// An on-demand check of a draft (not kept: the draft still changes).
+    pub fn of_draft(image: &str, report: Report, by: &str) -> GateResult {
+        GateResult {
+            image: image.into(),
+            version: None,
+            status: GateStatus::of(&report),
+            report: Some(report),
+            checked: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            checked_by: by.into(),
+            r#override: None,
+        }
+    }
+
     fn not_checked(image: &str, version: Option<u32>) -> GateResult {
         GateResult {
             image: image.into(),
@@ -209,6 +224,13 @@ impl Service {
         image: &str,
         new: &GateSettings,
     ) -> Result<GateSettings> {
+        // Turning a rule off or allowing an administrator decides what
+        // reaches every seat: the same role as an override.
+        if self.role_of(actor) != Some(Role::Admin) {
+            return Err(ServiceError::Forbidden(
+                "only an admin can change an image's gate profile or policy".into(),
+            ));
+        }
         let old = self.gate_settings(image)?;
         for a in &new.policy.admin_allow {
             if a.trim().is_empty() || a.len() > 256 {

@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use khoi_admin::gate::{GateResult, GateSettings};
 use khoi_admin::schedule::{RunReport, ScheduleSettings, ScheduleView, Scheduler};
 use khoi_admin::service::{
     Actor, AddSeat, Health, ImageView, PublishRequest as PublishWith, ResetReport, SeatDetails,
@@ -219,6 +220,20 @@ pub struct ImportRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RollbackRequest {
     pub to: u32,
+    /// An admin's written reason to make a version that failed the image
+    /// gate current.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
+}
+
+/// What to check on demand: a version, or the draft (`version` absent and
+/// `draft` set), or the current version (both absent).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CheckRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub draft: bool,
 }
 
 /// What the CLI sends to publish; the API also takes `force` (see
@@ -226,6 +241,9 @@ pub struct RollbackRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PublishRequest {
     pub note: String,
+    /// An admin's written reason to publish despite blocking findings.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +340,11 @@ pub fn router(state: ApiState) -> Router {
             post(draft_open).delete(draft_discard),
         )
         .route("/v1/images/{name}/draft/publish", post(draft_publish))
+        .route(
+            "/v1/images/{name}/gate",
+            get(gate_settings).put(gate_settings_set),
+        )
+        .route("/v1/images/{name}/check", post(gate_check))
         .route("/v1/seats", get(seats).post(add_seat))
         .route(
             "/v1/seats/{name}",
@@ -395,7 +418,50 @@ async fn rollback(
     Path(name): Path<String>,
     Body422(req): Body422<RollbackRequest>,
 ) -> ApiResult<VersionView> {
-    blocking(move || st.service.rollback(&who, &name, req.to)).await
+    blocking(move || {
+        st.service
+            .rollback_with(&who, &name, req.to, req.override_reason.as_deref())
+    })
+    .await
+}
+
+async fn gate_settings(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<GateSettings> {
+    blocking(move || st.service.gate_settings(&name)).await
+}
+
+async fn gate_settings_set(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+    Body422(req): Body422<GateSettings>,
+) -> ApiResult<GateSettings> {
+    blocking(move || st.service.set_gate_settings(&who, &name, &req)).await
+}
+
+/// Run the gate now. The check reads the image for up to seconds: it runs
+/// on the blocking pool like every service call.
+async fn gate_check(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+    Body422(req): Body422<Option<CheckRequest>>,
+) -> ApiResult<GateResult> {
+    let req = req.unwrap_or_default();
+    blocking(move || {
+        if req.draft && req.version.is_none() {
+            let report = st.service.check_draft(&name)?;
+            return Ok(GateResult::of_draft(&name, report, &who.name));
+        }
+        let n = match req.version {
+            Some(n) => n,
+            None => st.service.store().current_version(&name)?,
+        };
+        st.service.check_version(&who, &name, n)
+    })
+    .await
 }
 
 async fn draft_open(

@@ -24,6 +24,8 @@ pub struct WebError {
     status: StatusCode,
     msg: Msg,
     field: Option<String>,
+    /// The image gate's findings behind a refused publish or rollback.
+    findings: Option<Vec<khoi_inspect::Finding>>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,9 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub field: Option<String>,
+    /// What the image gate found, when it refused (HTTP 409).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub findings: Option<Vec<khoi_inspect::Finding>>,
 }
 
 impl WebError {
@@ -50,6 +55,7 @@ impl WebError {
             status,
             msg: Msg::Key(key),
             field: None,
+            findings: None,
         }
     }
 
@@ -68,7 +74,13 @@ impl WebError {
             status,
             msg: Msg::Shown(reason),
             field,
+            findings: None,
         }
+    }
+
+    /// The gate's findings, when this is a gate refusal.
+    pub fn findings(&self) -> Option<&[khoi_inspect::Finding]> {
+        self.findings.as_deref()
     }
 
     pub fn status(&self) -> StatusCode {
@@ -90,6 +102,7 @@ impl WebError {
             let body = ErrorBody {
                 error: text,
                 field: self.field.clone(),
+                findings: self.findings.clone(),
             };
             (self.status, Json(body)).into_response()
         } else {
@@ -100,8 +113,18 @@ impl WebError {
 
 impl From<ServiceError> for WebError {
     fn from(e: ServiceError) -> WebError {
+        if let ServiceError::Gate(g) = &e {
+            return WebError {
+                status: StatusCode::CONFLICT,
+                msg: Msg::Shown(e.to_string()),
+                field: None,
+                findings: Some(g.findings.clone()),
+            };
+        }
         let (status, field) = match &e {
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, None),
+            ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, None),
+            ServiceError::Gate(_) => (StatusCode::CONFLICT, None),
             ServiceError::Conflict(_) => (StatusCode::CONFLICT, None),
             ServiceError::Invalid { field, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, Some(field.clone()))
@@ -112,6 +135,7 @@ impl From<ServiceError> for WebError {
             status,
             msg: Msg::Shown(e.to_string()),
             field,
+            findings: None,
         }
     }
 }

@@ -165,6 +165,7 @@ async fn draft_publish(
     let req = PublishRequest {
         note: field(&f, "note").to_string(),
         force: field(&f, "force") == "on",
+        override_reason: Some(field(&f, "override").trim().to_string()).filter(|r| !r.is_empty()),
     };
     let n = name.clone();
     let r = call(move || svc.draft_publish_with(&who, &n, &req)).await;
