@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use khoi_inspect::{Finding, Policy, Profile, Report, RuleId, Severity};
+pub use khoi_inspect::{Finding, Policy, Profile, Report, RuleId, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::service::{Actor, Result, Service, ServiceError};

@@ -151,6 +151,10 @@ pub struct ImageView {
     pub latest: u32,
     pub versions: usize,
     pub has_draft: bool,
+    /// The image gate's badge of the current version (absent from older
+    /// servers).
+    #[serde(default)]
+    pub gate: crate::gate::GateStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -482,6 +486,9 @@ impl Service {
             .list_images()
             .into_iter()
             .map(|i| ImageView {
+                gate: self
+                    .gate_result(&i.name, i.current)
+                    .map_or(crate::gate::GateStatus::NotChecked, |r| r.status),
                 name: i.name,
                 size: i.size,
                 current: i.current,

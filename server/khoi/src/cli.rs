@@ -85,6 +85,28 @@ pub enum ImageCmd {
         name: String,
         #[arg(long)]
         to: u32,
+        /// Admin only: make current a version that failed the image gate,
+        /// with the reason (kept in the audit log with the findings).
+        #[arg(long = "override", value_name = "REASON")]
+        override_reason: Option<String>,
+    },
+    /// Run the image gate now on a version (NAME@N), the draft (NAME@draft)
+    /// or the current version (NAME) and print what it found.
+    Check { target: String },
+    /// Set the image's gate profile: counter (TTHC workstation) or kiosk
+    /// (public computer, no enabled administrator at all).
+    Profile {
+        name: String,
+        #[arg(value_parser = ["counter", "kiosk"])]
+        profile: String,
+    },
+    /// Allow an account (user name, SID or RID) in Administrators on a
+    /// counter image; --remove takes it off the allow-list.
+    AllowAdmin {
+        name: String,
+        user: String,
+        #[arg(long)]
+        remove: bool,
     },
     /// Delete one version (refused while a seat uses it or it is current).
     DeleteVersion { name: String, version: u32 },
@@ -101,6 +123,10 @@ pub enum DraftCmd {
         image: String,
         #[arg(long)]
         note: String,
+        /// Admin only: publish despite blocking findings of the image gate,
+        /// with the reason (kept in the audit log with the findings).
+        #[arg(long = "override", value_name = "REASON")]
+        override_reason: Option<String>,
     },
     /// Throw the draft away.
     Discard { image: String },

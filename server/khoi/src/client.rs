@@ -50,6 +50,14 @@ impl Client {
         self.call("POST", path, Some(body))
     }
 
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.call("PUT", path, Some(body))
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.call("DELETE", path, None::<&()>)
     }
@@ -84,7 +92,11 @@ impl Client {
         let (status, body) = parse_response(&raw)?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<khoi_web::api::ErrorBody>(&body)
-                .map(|e| e.error)
+                .map(|e| match e.findings {
+                    // The gate's refusal: what it found is the point.
+                    Some(f) => format!("{}\n{}", e.error, crate::findings_text(&f)),
+                    None => e.error,
+                })
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
             return Err(ApiFailure { message }.into());
         }

@@ -19,8 +19,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use khoi_admin::gate::GateResult;
 use khoi_admin::service::{AddSeat, ImageView, ResetReport, SeatDetails, SeatView, VersionView};
-use khoi_web::api::{ImportRequest, Info, PublishRequest, RollbackRequest};
+use khoi_web::api::{CheckRequest, ImportRequest, Info, PublishRequest, RollbackRequest};
 use serde::Serialize;
 
 use crate::cli::{Cli, Command, ConfigCmd, DraftCmd, ImageCmd, SeatCmd};
@@ -263,18 +264,40 @@ impl Out {
     }
 }
 
+/// The image gate's findings, one per line, for the terminal (English, like
+/// the rest of the CLI): severity, rule, subject, the rule's sentence and fix.
+pub(crate) fn findings_text(findings: &[khoi_admin::gate::Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        let sev = match f.severity {
+            khoi_admin::gate::Severity::Blocking => "BLOCKING",
+            khoi_admin::gate::Severity::Warning => "warning",
+        };
+        let info = f.info();
+        out.push_str(&format!(
+            "  {sev:<8} {}: {}\n           {}\n           fix: {}\n",
+            khoi_admin::gate::rule_name(f.rule),
+            f.subject,
+            info.title_en,
+            info.fix_en
+        ));
+    }
+    out
+}
+
 fn print_versions(versions: &[VersionView]) {
     println!(
-        "{:>4} {:<3} {:>10} {:>10}  {:<16} {:<12} NOTE",
-        "VER", "CUR", "SIZE", "DELTA", "AUTHOR", "USED BY"
+        "{:>4} {:<3} {:>10} {:>10}  {:<11} {:<16} {:<12} NOTE",
+        "VER", "CUR", "SIZE", "DELTA", "GATE", "AUTHOR", "USED BY"
     );
     for v in versions {
         println!(
-            "{:>4} {:<3} {:>10} {:>10}  {:<16} {:<12} {}",
+            "{:>4} {:<3} {:>10} {:>10}  {:<11} {:<16} {:<12} {}",
             v.number,
             if v.current { "*" } else { "" },
             Size(v.size).to_string(),
             Size(v.delta_bytes).to_string(),
+            v.gate.as_str(),
             v.author,
             v.used_by.join(","),
             v.note
@@ -307,17 +330,18 @@ fn image(client: &Client, out: &Out, cmd: ImageCmd) -> anyhow::Result<()> {
             let images: Vec<ImageView> = client.get("/v1/images")?;
             out.print(&images, |images| {
                 println!(
-                    "{:<20} {:>10} {:>8} {:>7} DRAFT",
-                    "IMAGE", "SIZE", "CURRENT", "LATEST"
+                    "{:<20} {:>10} {:>8} {:>7} {:<5} GATE",
+                    "IMAGE", "SIZE", "CURRENT", "LATEST", "DRAFT"
                 );
                 for i in images {
                     println!(
-                        "{:<20} {:>10} {:>8} {:>7} {}",
+                        "{:<20} {:>10} {:>8} {:>7} {:<5} {}",
                         i.name,
                         Size(i.size).to_string(),
                         i.current,
                         i.latest,
-                        if i.has_draft { "open" } else { "-" }
+                        if i.has_draft { "open" } else { "-" },
+                        i.gate.as_str()
                     );
                 }
             })
@@ -327,16 +351,85 @@ fn image(client: &Client, out: &Out, cmd: ImageCmd) -> anyhow::Result<()> {
                 client.get(&format!("/v1/images/{}/versions", urlencode(&name)))?;
             out.print(&v, |v| print_versions(v))
         }
-        ImageCmd::Rollback { name, to } => {
+        ImageCmd::Rollback {
+            name,
+            to,
+            override_reason,
+        } => {
             let v: VersionView = client.post(
                 &format!("/v1/images/{}/rollback", urlencode(&name)),
-                &RollbackRequest { to },
+                &RollbackRequest {
+                    to,
+                    override_reason,
+                },
             )?;
             out.print(&v, |v| {
                 println!(
                     "{name}: version {} is current; seats following it move at their next reset",
                     v.number
                 );
+            })
+        }
+        ImageCmd::Check { target } => {
+            let (name, req) = match target.rsplit_once('@') {
+                Some((n, "draft")) => (
+                    n.to_string(),
+                    CheckRequest {
+                        version: None,
+                        draft: true,
+                    },
+                ),
+                Some((n, v)) => (
+                    n.to_string(),
+                    CheckRequest {
+                        version: Some(v.parse().map_err(|_| {
+                            anyhow::anyhow!("{target}: expected NAME, NAME@VERSION or NAME@draft")
+                        })?),
+                        draft: false,
+                    },
+                ),
+                None => (target.clone(), CheckRequest::default()),
+            };
+            let r: GateResult =
+                client.post(&format!("/v1/images/{}/check", urlencode(&name)), &req)?;
+            out.print(&r, |r| {
+                let what = r
+                    .version
+                    .map_or_else(|| "draft".to_string(), |n| format!("version {n}"));
+                println!("{name} {what}: {}", r.status.as_str());
+                if let Some(o) = &r.r#override {
+                    println!("overridden by {}: {}", o.by, o.reason);
+                }
+                if let Some(rep) = &r.report {
+                    print!("{}", findings_text(&rep.findings));
+                }
+            })
+        }
+        ImageCmd::Profile { name, profile } => {
+            let path = format!("/v1/images/{}/gate", urlencode(&name));
+            let mut g: serde_json::Value = client.get(&path)?;
+            g["profile"] = profile.into();
+            let g: serde_json::Value = client.put(&path, &g)?;
+            out.print(&g, |g| {
+                println!(
+                    "{name}: profile {}; the current version is checked again in the background",
+                    g["profile"].as_str().unwrap_or("?")
+                );
+            })
+        }
+        ImageCmd::AllowAdmin { name, user, remove } => {
+            let path = format!("/v1/images/{}/gate", urlencode(&name));
+            let mut g: serde_json::Value = client.get(&path)?;
+            let mut list: Vec<String> =
+                serde_json::from_value(g["admin_allow"].take()).unwrap_or_default();
+            list.retain(|u| !u.eq_ignore_ascii_case(&user));
+            if !remove {
+                list.push(user);
+            }
+            g["admin_allow"] = list.into();
+            let g: serde_json::Value = client.put(&path, &g)?;
+            out.print(&g, |g| {
+                println!("{name}: administrators allowed: {}", g["admin_allow"]);
             })
         }
         ImageCmd::DeleteVersion { name, version } => {
@@ -361,10 +454,17 @@ fn draft(client: &Client, out: &Out, cmd: DraftCmd) -> anyhow::Result<()> {
                 println!("draft of {image} is open: NBD export draft/{image}");
             })
         }
-        DraftCmd::Publish { image, note } => {
+        DraftCmd::Publish {
+            image,
+            note,
+            override_reason,
+        } => {
             let v: VersionView = client.post(
                 &format!("/v1/images/{}/draft/publish", urlencode(&image)),
-                &PublishRequest { note },
+                &PublishRequest {
+                    note,
+                    override_reason,
+                },
             )?;
             out.print(&v, |v| println!("published {image} version {}", v.number))
         }
