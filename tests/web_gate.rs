@@ -341,3 +341,42 @@ async fn wait_badge(s: &S, want: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_badges_findings_and_a_seat_on_a_failed_version() {
+    let (_, dirty) = images();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (app, svc) = make_app(dir.path());
+    // The first version of an image has nothing to fall back to: it is
+    // current, marked failed, and a seat on it is flagged.
+    import(&svc, dirty);
+    svc.add_seat(
+        &Actor::server(),
+        &khoi_admin::service::AddSeat {
+            name: "quay-01".into(),
+            mac: "02:00:00:00:00:01".into(),
+            image: "win".into(),
+            version: None,
+            policy: None,
+            quota: None,
+            initiator_iqn: None,
+            mutual_chap: false,
+        },
+    )
+    .expect("seat");
+    let admin = login(&app, "admin", "admin-pass-1").await;
+    let (st, page) = admin.call(Method::GET, "/images/win", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(page.contains("badge gate-failed"), "badge on the page");
+    assert!(
+        page.contains("data-rule=\"saved-browser-password\"") && page.contains("dichvucong.gov.vn"),
+        "findings listed"
+    );
+    let (_, dash) = admin.call(Method::GET, "/", None).await;
+    let row = dash
+        .split("data-seat=\"quay-01\"")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .expect("seat row");
+    assert!(row.contains("gate-failed"), "{row}");
+}

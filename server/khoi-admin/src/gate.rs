@@ -64,6 +64,17 @@ impl GateStatus {
         }
     }
 
+    /// The translation key of the badge.
+    pub fn key(self) -> &'static str {
+        match self {
+            GateStatus::Passed => "gate.passed",
+            GateStatus::Warnings => "gate.warnings",
+            GateStatus::Failed => "gate.failed",
+            GateStatus::Overridden => "gate.overridden",
+            GateStatus::NotChecked => "gate.not-checked",
+        }
+    }
+
     /// What the check alone says (before any override).
     pub fn of(report: &Report) -> GateStatus {
         if !report.passed() {

@@ -252,6 +252,19 @@ mod tests {
             }
             keys.insert(p.as_str().to_string());
         }
+        use khoi_admin::gate::GateStatus as G;
+        for g in [
+            G::Passed,
+            G::Warnings,
+            G::Failed,
+            G::Overridden,
+            G::NotChecked,
+        ] {
+            match g {
+                G::Passed | G::Warnings | G::Failed | G::Overridden | G::NotChecked => {}
+            }
+            keys.insert(g.key().to_string());
+        }
         keys
     }
 

@@ -29,6 +29,8 @@ pub struct SeatRow {
     pub usage_pct: u64,
     pub read_rate: u64,
     pub write_rate: u64,
+    /// The seat runs a version that failed the image gate (no override).
+    pub gate_failed: bool,
 }
 
 pub(super) fn seat_rows(svc: &Service) -> Result<Vec<SeatRow>, ServiceError> {
@@ -50,7 +52,13 @@ pub(super) fn seat_rows(svc: &Service) -> Result<Vec<SeatRow>, ServiceError> {
                 .saturating_mul(100)
                 .checked_div(s.quota)
                 .map_or(0, |p| p.min(100));
+            let gate_failed = !s.maintenance
+                && s.active_version.is_some_and(|v| {
+                    svc.gate_result(&s.image, v)
+                        .is_ok_and(|r| r.status.blocks())
+                });
             SeatRow {
+                gate_failed,
                 state,
                 version,
                 peers: live.peers.join(", "),

@@ -17,6 +17,7 @@ use crate::WebState;
 use crate::form::{FormMap, field, invalid};
 use crate::guard::Ctx;
 use crate::i18n::t;
+use khoi_admin::gate::rule_name;
 
 pub fn router() -> Router<WebState> {
     Router::new()
@@ -28,6 +29,8 @@ pub fn router() -> Router<WebState> {
         .route("/images/{name}/draft/publish", post(draft_publish))
         .route("/images/{name}/draft/discard", post(draft_discard))
         .route("/images/{name}/rollback", post(rollback))
+        .route("/images/{name}/gate", post(gate_save))
+        .route("/images/{name}/check", post(gate_check))
         .route("/images/{name}/versions/{n}/delete", post(version_delete))
 }
 
@@ -81,6 +84,79 @@ struct ImageTpl {
     image: ImageView,
     versions: Vec<VersionView>,
     maintenance: Vec<SeatRow>,
+    gate: GateView,
+}
+
+/// The image gate's part of the page: the settings and what the last check
+/// of the current version found, worded in the reader's language.
+struct GateView {
+    profile: &'static str,
+    admin_allow: String,
+    disabled: String,
+    status: &'static str,
+    status_key: &'static str,
+    checked: i64,
+    override_reason: String,
+    findings: Vec<FindingRow>,
+}
+
+struct FindingRow {
+    blocking: bool,
+    rule: String,
+    subject: String,
+    title: &'static str,
+    fix: &'static str,
+}
+
+fn gate_view(
+    svc: &khoi_admin::Service,
+    image: &ImageView,
+    lang: crate::i18n::Lang,
+) -> Result<GateView, ServiceError> {
+    let s = svc.gate_settings(&image.name)?;
+    let r = svc.gate_result(&image.name, image.current)?;
+    let vi = lang == crate::i18n::Lang::Vi;
+    let findings = r
+        .report
+        .as_ref()
+        .map(|rep| {
+            rep.findings
+                .iter()
+                .map(|f| {
+                    let info = f.info();
+                    FindingRow {
+                        blocking: f.severity == khoi_admin::gate::Severity::Blocking,
+                        rule: rule_name(f.rule),
+                        subject: f.subject.clone(),
+                        title: if vi { info.title_vi } else { info.title_en },
+                        fix: if vi { info.fix_vi } else { info.fix_en },
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(GateView {
+        profile: match s.profile {
+            khoi_admin::gate::Profile::Counter => "counter",
+            khoi_admin::gate::Profile::Kiosk => "kiosk",
+        },
+        admin_allow: s.policy.admin_allow.join(", "),
+        disabled: s
+            .policy
+            .disabled
+            .iter()
+            .map(|r| rule_name(*r))
+            .collect::<Vec<_>>()
+            .join(", "),
+        status: r.status.as_str(),
+        status_key: r.status.key(),
+        checked: r.checked,
+        override_reason: r
+            .r#override
+            .map(|o| format!("{}: {}", o.by, o.reason))
+            .unwrap_or_default(),
+        findings,
+    })
 }
 
 async fn image_page(
@@ -89,6 +165,7 @@ async fn image_page(
     Path(name): Path<String>,
 ) -> PageResult {
     let svc = Arc::clone(&st.service);
+    let lang = ctx.lang;
     let r = call(move || {
         let image = svc
             .images()
@@ -101,15 +178,17 @@ async fn image_page(
             .into_iter()
             .filter(|r| r.seat.image == name && r.seat.maintenance)
             .collect();
-        Ok((image, versions, maintenance))
+        let gate = gate_view(&svc, &image, lang)?;
+        Ok((image, versions, maintenance, gate))
     })
     .await;
     match r {
-        Ok((image, versions, maintenance)) => render(&ImageTpl {
+        Ok((image, versions, maintenance, gate)) => render(&ImageTpl {
             p: Page::new(&st, &ctx, "images"),
             image,
             versions,
             maintenance,
+            gate,
         }),
         Err(e) => Err(e.into()),
     }
@@ -208,7 +287,8 @@ async fn rollback(
         let to: u32 = to
             .parse()
             .map_err(|_| invalid("to", "must be a version number"))?;
-        svc.rollback(&who, &n, to)
+        let reason = Some(field(&f, "override").trim().to_string()).filter(|r| !r.is_empty());
+        svc.rollback_with(&who, &n, to, reason.as_deref())
     })
     .await;
     done(
@@ -239,5 +319,89 @@ async fn version_delete(
         &ctx,
         &format!("/images/{name}"),
         r.map(|n| format!("{} v{n}", t(ctx.lang, "msg.deleted"))),
+    )
+}
+
+/// Save the image's gate profile and policy (the service refuses anyone but
+/// an admin); the current version is re-checked in the background.
+async fn gate_save(
+    State(st): State<WebState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(name): Path<String>,
+    Form(f): FormMap,
+) -> Response {
+    let svc = Arc::clone(&st.service);
+    let who = ctx.actor();
+    let n = name.clone();
+    let (profile, allow, disabled) = (
+        field(&f, "profile").to_string(),
+        field(&f, "admin_allow").to_string(),
+        field(&f, "disabled").to_string(),
+    );
+    let r = call(move || {
+        let list = |s: &str| -> Vec<String> {
+            s.split([',', '\n'])
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let disabled = list(&disabled)
+            .into_iter()
+            .map(|r| {
+                serde_json::from_value(serde_json::Value::String(r.clone()))
+                    .map_err(|_| invalid("disabled", &format!("{r:?} is not a rule id")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let settings = khoi_admin::gate::GateSettings {
+            profile: khoi_admin::gate::parse_profile(&profile)?,
+            policy: khoi_admin::gate::Policy {
+                admin_allow: list(&allow),
+                disabled,
+            },
+        };
+        svc.set_gate_settings(&who, &n, &settings).map(|_| ())
+    })
+    .await;
+    done(
+        &st,
+        &ctx,
+        &format!("/images/{name}"),
+        r.map(|()| ok_msg(&ctx, "msg.gate_saved", &name)),
+    )
+}
+
+/// Check the current version (or the draft) now; the check runs on the
+/// blocking pool like every service call.
+async fn gate_check(
+    State(st): State<WebState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(name): Path<String>,
+    Form(f): FormMap,
+) -> Response {
+    let svc = Arc::clone(&st.service);
+    let who = ctx.actor();
+    let n = name.clone();
+    let draft = field(&f, "draft") == "1";
+    let r = call(move || {
+        if draft {
+            let rep = svc.check_draft(&n)?;
+            return Ok(khoi_admin::gate::GateStatus::of(&rep));
+        }
+        let v = svc.store().current_version(&n)?;
+        svc.check_version(&who, &n, v).map(|r| r.status)
+    })
+    .await;
+    done(
+        &st,
+        &ctx,
+        &format!("/images/{name}"),
+        r.map(|s| {
+            format!(
+                "{} {}",
+                t(ctx.lang, "msg.gate_checked"),
+                t(ctx.lang, s.key())
+            )
+        }),
     )
 }
