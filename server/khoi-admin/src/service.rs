@@ -663,16 +663,17 @@ impl Service {
             .find(|v| v.number == n)
             .ok_or_else(|| ServiceError::NotFound(format!("image {image:?} has no version {n}")))?;
         let (report, overridden) = self.gate_version_report(image, n)?;
-        if self.gate_enforced() && !overridden {
-            if let Some(o) = self.gate_decide(
+        if self.gate_enforced()
+            && !overridden
+            && let Some(o) = self.gate_decide(
                 actor,
                 image,
                 &format!("rollback to version {n}"),
                 &report,
                 override_reason,
-            )? {
-                self.state.set_gate_override(image, n, &o.by, &o.reason)?;
-            }
+            )?
+        {
+            self.state.set_gate_override(image, n, &o.by, &o.reason)?;
         }
         let _g = self.admin.lock();
         let before = self.store.current_version(image)?;
