@@ -72,6 +72,7 @@ fn make_app(dir: &Path) -> (Router, Arc<Service>) {
         auth: Arc::new(auth),
         scheduler: Arc::new(scheduler),
         secure_cookies: false,
+        policy: Default::default(),
     });
     (app, svc)
 }
