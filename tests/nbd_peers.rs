@@ -267,12 +267,25 @@ fn draft_publish_rollback_and_reset_through_the_cli() {
     let (s, _) = server_with_seat(Options::default());
     s.ok(&["draft", "open", "img"]);
     qemu_io_ok(&s.nbd_uri("draft/img"), &["write -P 0x77 0 64k", "flush"]);
+    // The test disk has no Windows in it: the image gate refuses the
+    // publish and the CLI prints what it found; the local CLI user is an
+    // admin and overrides with a reason.
+    let err = s.fails(&[
+        "draft",
+        "publish",
+        "img",
+        "--note",
+        "install printer driver",
+    ]);
+    assert!(err.contains("no-windows-volume"), "{err}");
     let v = s.json(&[
         "draft",
         "publish",
         "img",
         "--note",
         "install printer driver",
+        "--override",
+        "test disk without Windows",
     ]);
     assert_eq!(v["number"], 2);
     assert_eq!(v["note"], "install printer driver");
@@ -286,7 +299,15 @@ fn draft_publish_rollback_and_reset_through_the_cli() {
     qemu_io_ok(&a, &["read -P 0x77 0 64k"]);
     qemu_io_mismatch(&a, "read -P 0x42 1M 4k");
     // Roll back: version 1 is current again, and the seat moves at reset.
-    s.ok(&["image", "rollback", "img", "--to", "1"]);
+    s.ok(&[
+        "image",
+        "rollback",
+        "img",
+        "--to",
+        "1",
+        "--override",
+        "test disk without Windows",
+    ]);
     s.ok(&["seat", "reset", "a"]);
     qemu_io_mismatch(&a, "read -P 0x77 0 64k");
     let versions = s.json(&["image", "versions", "img"]);
@@ -308,6 +329,8 @@ fn draft_publish_rollback_and_reset_through_the_cli() {
         "draft.publish",
         "image.rollback",
         "image.version.delete",
+        "image.gate.check",
+        "image.gate.override",
     ] {
         assert!(
             kinds.iter().any(|x| x == k),
