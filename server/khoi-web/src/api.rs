@@ -377,8 +377,9 @@ async fn info(State(st): State<ApiState>) -> Json<Info> {
     })
 }
 
-async fn images(State(st): State<ApiState>) -> Json<Vec<ImageView>> {
-    Json(st.service.images())
+/// On the blocking pool: each image's badge is a database read.
+async fn images(State(st): State<ApiState>) -> ApiResult<Vec<ImageView>> {
+    blocking(move || Ok(st.service.images())).await
 }
 
 async fn import(

@@ -43,9 +43,12 @@ struct ImagesTpl {
 }
 
 async fn images_page(State(st): State<WebState>, Extension(ctx): Extension<Ctx>) -> PageResult {
+    let svc = Arc::clone(&st.service);
+    // Each image's gate badge is a database read: off the async threads.
+    let images = call(move || Ok(svc.images())).await?;
     render(&ImagesTpl {
         p: Page::new(&st, &ctx, "images"),
-        images: st.service.images(),
+        images,
         staging: st.service.staging_dir().display().to_string(),
     })
 }
