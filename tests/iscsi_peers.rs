@@ -432,3 +432,74 @@ fn boot_credentials_reconnect_after_kill_9_and_fence_until_next_boot() {
     assert!(!ok, "the previous boot's credentials still work");
     assert!(!s.ok(&["seat", "list"]).contains("waiting for reboot"));
 }
+
+/// Issue 11: a fence ends the seat's live sessions, not only its future
+/// logins. A maintenance toggle changes what the seat's disk is without
+/// making the old overlay fail, so only the fence can stop a running
+/// initiator from carrying on over it: iscsi-perf's session, reading for a
+/// minute, must end within seconds, and its reconnects must be refused.
+#[test]
+fn a_fence_ends_the_seats_live_sessions() {
+    require("iscsi-perf");
+    require("curl");
+    let (s, http) = boot_server();
+    let seat = add_seat(&s, "pc02", 2, &["--policy", "persistent"]);
+    let boot = fetch_boot(http, "52-54-00-00-01-02");
+    let u = boot_url(&s, &seat, &boot);
+    let mut perf = std::process::Command::new("iscsi-perf")
+        .args(["-m", "1", "-b", "8", "-t", "60", &u])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("iscsi-perf");
+    // Its boot's credentials log in and it reads; still running after a
+    // few seconds means the session is up.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        perf.try_wait().expect("wait").is_none(),
+        "iscsi-perf could not log in with the boot's credentials"
+    );
+    let sock = s.data.join("khoi.sock");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--unix-socket"])
+        .arg(&sock)
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"on":true}"#,
+            "http://khoi/v1/seats/pc02/maintenance",
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "maintenance on: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The session ends at once; libiscsi (like Windows) keeps trying to log
+    // back in, and every attempt is refused.
+    let fenced_at = std::time::Instant::now();
+    let events = loop {
+        let ev = s.ok(&["events"]);
+        let after_fence = ev.split("seat.fence").nth(1).unwrap_or("").to_string();
+        if after_fence.contains("iscsi.session.end") && after_fence.contains("iscsi.login.fenced") {
+            break ev;
+        }
+        if fenced_at.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = perf.kill();
+            let _ = perf.wait();
+            panic!("the fenced seat's session kept running; events:\n{ev}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        perf.try_wait()
+            .expect("wait")
+            .is_none_or(|st| !st.success()),
+        "{events}"
+    );
+    let _ = perf.kill();
+    let _ = perf.wait();
+    assert!(s.ok(&["seat", "list"]).contains("waiting for reboot"));
+}

@@ -350,6 +350,26 @@ impl Service {
         let _ = self.end_sessions.0.set(Box::new(end_sessions));
     }
 
+    /// Seats whose overlay ran in volatile durability mode when Khoi stopped
+    /// without a clean close may have lost acknowledged writes: they are
+    /// fenced, so their Windows reboots onto a reset disk instead of carrying
+    /// on over a damaged one. Called once at start.
+    pub fn fence_after_unclean_stop(&self) -> Vec<String> {
+        let actor = Actor {
+            name: "khoi".into(),
+            source: "start".into(),
+        };
+        let seats = self.store.seats_needing_reboot();
+        for seat in &seats {
+            self.fence(
+                &actor,
+                seat,
+                "Khoi stopped while the seat's overlay was not synced (volatile durability)",
+            );
+        }
+        seats
+    }
+
     /// After a change of what a seat's disk is, a running Windows must never
     /// reconnect to the new disk under its live NTFS: the seat's boot is
     /// fenced (its credentials refused until the next boot begins) and its

@@ -214,6 +214,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     service.set_import_limits(config.import_limits());
 
     seed_last_boots(&service);
+    let unclean = service.fence_after_unclean_stop();
+    if !unclean.is_empty() {
+        tracing::warn!(seats = ?unclean, "seats whose unsynced overlays may have lost writes wait for a reboot");
+    }
 
     let prewarm = Arc::new(
         Prewarm::new(
@@ -245,8 +249,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let mut cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
         cfg.nop_interval =
             (config.iscsi.nop_interval > 0).then(|| Duration::from_secs(config.iscsi.nop_interval));
+        // A fence ends the seat's live sessions at once (their in-flight work
+        // drains in the background); its logins are refused from then on.
+        let registry = Arc::new(khoi_iscsi::registry::Registry::new());
+        let (r, prefix) = (Arc::clone(&registry), config.iscsi.target_prefix.clone());
+        service.on_fence(move |seat| {
+            drop(r.cancel_sessions_of(&format!("{prefix}:{seat}")));
+        });
         tasks.spawn(async move {
-            khoi_iscsi::serve(listener, targets, cfg, token).await;
+            khoi_iscsi::transport::serve_with_registry(listener, targets, cfg, registry, token)
+                .await;
         });
     }
 
