@@ -494,7 +494,7 @@ fn the_data_folder_is_owner_only_and_the_setup_token_stays_off_the_log() {
                 stack.push(e.path());
             }
             let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 && !read_only_layer(&e.path(), mode) {
+            if mode & 0o077 != 0 {
                 open.push(format!("{} {mode:o}", e.path().display()));
             }
         }
@@ -506,12 +506,6 @@ fn the_data_folder_is_owner_only_and_the_setup_token_stays_off_the_log() {
         !log.contains("token="),
         "the setup token reached the log:\n{log}"
     );
-}
-
-/// khoi-block keeps published layers read-only for everyone (0444); that
-/// is its file mode to change, not this crate's (reported on issue 10).
-fn read_only_layer(path: &std::path::Path, mode: u32) -> bool {
-    mode & 0o222 == 0 && path.components().any(|c| c.as_os_str() == "images")
 }
 
 /// Attack 4's other half: when the seats have used the data filesystem down

@@ -9,8 +9,8 @@
 //!   images/<image>/
 //!     versions.json                 versions, their layer stacks, `current`
 //!                                   (replaced atomically: tmp, fsync, rename, fsync dir)
-//!     layers/<id>.data              sparse layer data, offset == disk offset, mode 0444
-//!     layers/<id>.map               block map (see `mapfile`), mode 0444
+//!     layers/<id>.data              sparse layer data, offset == disk offset, mode 0400
+//!     layers/<id>.map               block map (see `mapfile`), mode 0400
 //!     draft/meta.json               the maintenance draft: base version uuid, generation
 //!     draft/overlay.<gen>.data|map  the draft's overlay files
 //!   seats/<seat>/
@@ -433,7 +433,7 @@ impl Store {
                             format!("layer of {image} v{} is missing", v.number),
                         ));
                     }
-                    fsio::set_mode(p, 0o444)?;
+                    fsio::set_mode(p, 0o400)?;
                 }
             }
         }
@@ -553,8 +553,8 @@ impl Store {
             .sync_all()
             .map_err(StoreError::io(&lp.data))?;
         mapfile::create(&lp.map, size, true)?;
-        fsio::set_mode(&lp.data, 0o444)?;
-        fsio::set_mode(&lp.map, 0o444)?;
+        fsio::set_mode(&lp.data, 0o400)?;
+        fsio::set_mode(&lp.map, 0o400)?;
         fsio::fsync_dir(&layers_dir)?;
         let mut inner = self.inner.lock();
         let mut rec = inner.images.get(name).cloned().unwrap_or(ImageRec {
@@ -978,8 +978,8 @@ impl Store {
         drop(inner);
         #[cfg(test)]
         crate::store::crash_point("publish:committed")?;
-        fsio::set_mode(&lp.data, 0o444)?;
-        fsio::set_mode(&lp.map, 0o444)?;
+        fsio::set_mode(&lp.data, 0o400)?;
+        fsio::set_mode(&lp.map, 0o400)?;
         let dir = self.draft_dir(image);
         fs::remove_dir_all(&dir).map_err(StoreError::io(&dir))?;
         fsio::fsync_dir(&self.image_dir(image))?;

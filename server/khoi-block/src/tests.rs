@@ -585,7 +585,7 @@ fn publish_is_atomic_across_crashes() {
             assert_eq!(read_all(&*v), expect);
             for e in fs::read_dir(tmp.path().join("images/img/layers")).expect("dir") {
                 let mode = e.expect("e").metadata().expect("meta").permissions().mode();
-                assert_eq!(mode & 0o777, 0o444);
+                assert_eq!(mode & 0o777, 0o400);
             }
         }
     }
@@ -757,7 +757,7 @@ fn golden_layers_never_change() {
     st.publish_draft("img", "v2", "t").expect("publish");
     let before = layer_snapshot(tmp.path());
     assert_eq!(before.len(), 4);
-    assert!(before.iter().all(|(_, _, mode)| *mode == 0o444));
+    assert!(before.iter().all(|(_, _, mode)| *mode == 0o400));
     for v in [1, 2] {
         let seat = st
             .seat_overlay(&format!("s{v}"), "img", v, 0)

@@ -2,7 +2,7 @@
 //! data folder, copied consistently while the server runs: the state
 //! database (seats, users, schedule, audit log) through SQLite's own
 //! `VACUUM INTO`, and each image's `versions.json` (which versions exist and
-//! which is current). Layer files are immutable once written (mode 0444), so
+//! which is current). Layer files are immutable once written (mode 0400), so
 //! a plain copy of `images/` at any time is already consistent; overlays are
 //! thrown away at the next reset anyway. See docs/operations.md.
 
