@@ -180,8 +180,10 @@ fn idle_connections_from_one_address_do_not_lock_out_others() {
     let held: Vec<TcpStream> = (0..4).map(|_| connect(&s, "127.0.0.1")).collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut extra = connect(&s, "127.0.0.1");
+    // Generous: under a loaded test run the accept loop may be slow to
+    // reach the fifth connection, but it must close it, not serve it.
     assert!(
-        closed_within(&mut extra, Duration::from_secs(3)),
+        closed_within(&mut extra, Duration::from_secs(15)),
         "the connection over the per-address cap was kept"
     );
     let (status, answer) = request(&s, "127.0.0.2", "GET /login HTTP/1.1", b"");
