@@ -2,7 +2,7 @@
 //! must see every byte (TLS).
 //!
 //! Raw sockets take file ranges with `sendfile(2)` and hold partial
-//! segments back with `MSG_MORE`/`TCP_CORK`; a TLS stream encrypts in user
+//! segments back with `MSG_MORE`; a TLS stream encrypts in user
 //! space, so file ranges are read into memory first (the writer does that,
 //! with its cold-page care, when [`Sink::zero_copy`] is false).
 
@@ -42,12 +42,6 @@ pub trait Sink: Send + 'static {
         stall: Duration,
     ) -> impl Future<Output = io::Result<()>> + Send;
 
-    /// Holds partial segments back until uncorked; returns whether it did
-    /// anything (sinks without a cork return false).
-    fn cork(&mut self, _on: bool) -> bool {
-        false
-    }
-
     /// Ends the stream after the last reply (FIN, TLS close_notify).
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -69,12 +63,6 @@ impl Sink for tokio::net::tcp::OwnedWriteHalf {
         stall: Duration,
     ) -> io::Result<()> {
         sock::send_file(self.as_ref(), file, offset, len, stall).await
-    }
-
-    fn cork(&mut self, on: bool) -> bool {
-        socket2::SockRef::from(self.as_ref())
-            .set_tcp_cork(on)
-            .is_ok()
     }
 
     async fn finish(&mut self) {
