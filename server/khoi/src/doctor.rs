@@ -1200,64 +1200,7 @@ mod tests {
         assert_eq!(nft_allows(&some, "eno1", &ports), Err(vec![3260]));
     }
 
-    /// Two namespaces joined by a veth pair, removed on drop.
-    struct Lan {
-        server: String,
-        other: String,
-    }
-
-    impl Lan {
-        fn new(tag: &str) -> Option<Lan> {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                eprintln!("skipping: namespaces need root");
-                return None;
-            }
-            let id = std::process::id();
-            let lan = Lan {
-                server: format!("khoi-doc-{tag}-a-{id}"),
-                other: format!("khoi-doc-{tag}-b-{id}"),
-            };
-            let (a, b) = (lan.server.as_str(), lan.other.as_str());
-            for cmd in [
-                vec!["netns", "add", a],
-                vec!["netns", "add", b],
-                vec![
-                    "-n", a, "link", "add", "boot0", "type", "veth", "peer", "name", "lan0",
-                    "netns", b,
-                ],
-                vec!["-n", a, "addr", "add", "10.77.8.1/24", "dev", "boot0"],
-                vec!["-n", b, "addr", "add", "10.77.8.254/24", "dev", "lan0"],
-                vec!["-n", a, "link", "set", "boot0", "up"],
-                vec!["-n", b, "link", "set", "lan0", "up"],
-            ] {
-                let st = std::process::Command::new("ip")
-                    .args(&cmd)
-                    .status()
-                    .expect("ip");
-                assert!(st.success(), "ip {cmd:?}");
-            }
-            Some(lan)
-        }
-    }
-
-    impl Drop for Lan {
-        fn drop(&mut self) {
-            for ns in [&self.server, &self.other] {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", ns])
-                    .status();
-            }
-        }
-    }
-
-    fn enter(ns: &str) {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
-        // SAFETY: setns on a namespace fd we hold; affects this thread only.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-    }
+    use crate::testlan::{Lan, enter};
 
     fn pxe(mode: &str, iface: &str, ip: &str) -> PxeConfig {
         serde_saphyr::from_str(&format!(
@@ -1278,9 +1221,11 @@ mod tests {
 
     #[test]
     fn interface_checks_in_a_namespace() {
-        let Some(lan) = Lan::new("if") else { return };
+        let Some(lan) = Lan::new("doc-if", 8, "lan0", 254) else {
+            return;
+        };
         let statuses = |p: PxeConfig| {
-            in_ns(&lan.server, move || {
+            in_ns(&lan.a, move || {
                 interface(&p, Lang::En)
                     .into_iter()
                     .map(|c| (c.id, c.status))
@@ -1308,7 +1253,7 @@ mod tests {
         // The other end down: no carrier on ours (the kernel notes it
         // within a second or so).
         let st = std::process::Command::new("ip")
-            .args(["-n", &lan.other, "link", "set", "lan0", "down"])
+            .args(["-n", &lan.b, "link", "set", "lan0", "down"])
             .status()
             .expect("ip");
         assert!(st.success());
@@ -1322,11 +1267,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
         }
         let st = std::process::Command::new("ip")
-            .args(["-n", &lan.server, "link", "set", "boot0", "down"])
+            .args(["-n", &lan.a, "link", "set", "boot0", "down"])
             .status()
             .expect("ip");
         assert!(st.success());
-        let down = in_ns(&lan.server, || {
+        let down = in_ns(&lan.a, || {
             interface(&pxe("proxy", "boot0", "10.77.8.1"), Lang::Vi)
         });
         assert_eq!(down[0].status, Status::Fail);
@@ -1366,9 +1311,11 @@ mod tests {
 
     #[test]
     fn a_second_dhcp_server_on_the_boot_lan_is_found() {
-        let Some(lan) = Lan::new("dhcp") else { return };
+        let Some(lan) = Lan::new("doc-dhcp", 8, "lan0", 254) else {
+            return;
+        };
         let run = |mode: &'static str| {
-            in_ns(&lan.server, move || {
+            in_ns(&lan.a, move || {
                 dhcp_servers(
                     &pxe(mode, "boot0", "10.77.8.1"),
                     Lang::En,
@@ -1376,23 +1323,23 @@ mod tests {
                 )
             })
         };
-        let rogue = rogue_dhcp(&lan.other, true);
+        let rogue = rogue_dhcp(&lan.b, true);
         let c = run("authoritative");
         rogue.join().expect("rogue");
         assert_eq!(c.status, Status::Fail, "{c:?}");
         assert!(c.message.contains("10.77.8.254"), "{c:?}");
 
-        let rogue = rogue_dhcp(&lan.other, true);
+        let rogue = rogue_dhcp(&lan.b, true);
         let c = run("proxy");
         rogue.join().expect("rogue");
         assert_eq!(c.status, Status::Ok, "{c:?}");
 
         // Nobody answers: fine when authoritative, a problem in proxy mode.
-        let quiet = rogue_dhcp(&lan.other, false);
+        let quiet = rogue_dhcp(&lan.b, false);
         let c = run("authoritative");
         quiet.join().expect("quiet");
         assert_eq!(c.status, Status::Ok, "{c:?}");
-        let quiet = rogue_dhcp(&lan.other, false);
+        let quiet = rogue_dhcp(&lan.b, false);
         let c = run("proxy");
         quiet.join().expect("quiet");
         assert_eq!(c.status, Status::Warn, "{c:?}");

@@ -13,6 +13,8 @@ mod prewarm;
 mod recorder;
 mod sdnotify;
 mod serve;
+#[cfg(test)]
+mod testlan;
 mod wake;
 
 use std::process::ExitCode;

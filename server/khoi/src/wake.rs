@@ -218,69 +218,13 @@ mod tests {
         }
     }
 
-    /// Two network namespaces joined by a veth pair, removed on drop.
-    struct Lan {
-        sender: String,
-        listener: String,
-    }
-
-    impl Lan {
-        fn new() -> Option<Lan> {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                eprintln!("skipping: namespaces need root");
-                return None;
-            }
-            let id = std::process::id();
-            let lan = Lan {
-                sender: format!("khoi-wol-a-{id}"),
-                listener: format!("khoi-wol-b-{id}"),
-            };
-            let (a, b) = (lan.sender.as_str(), lan.listener.as_str());
-            for cmd in [
-                vec!["netns", "add", a],
-                vec!["netns", "add", b],
-                vec![
-                    "-n", a, "link", "add", "boot0", "type", "veth", "peer", "name", "seats0",
-                    "netns", b,
-                ],
-                vec!["-n", a, "addr", "add", "10.77.9.1/24", "dev", "boot0"],
-                vec!["-n", b, "addr", "add", "10.77.9.2/24", "dev", "seats0"],
-                vec!["-n", a, "link", "set", "boot0", "up"],
-                vec!["-n", b, "link", "set", "seats0", "up"],
-            ] {
-                let st = std::process::Command::new("ip")
-                    .args(&cmd)
-                    .status()
-                    .expect("ip");
-                assert!(st.success(), "ip {cmd:?}");
-            }
-            Some(lan)
-        }
-    }
-
-    impl Drop for Lan {
-        fn drop(&mut self) {
-            for ns in [&self.sender, &self.listener] {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", ns])
-                    .status();
-            }
-        }
-    }
-
-    /// Moves the calling thread (network namespaces are per thread) into `ns`.
-    fn enter(ns: &str) {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
-        // SAFETY: setns on a namespace fd we hold open; affects this thread only.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-    }
+    use crate::testlan::{Lan, enter};
 
     #[test]
     fn wake_sends_the_magic_packet_on_the_boot_lan_and_records_it() {
-        let Some(lan) = Lan::new() else { return };
+        let Some(lan) = Lan::new("wol", 9, "seats0", 2) else {
+            return;
+        };
         let dir = tempfile::tempdir().expect("tmp");
         let store = Arc::new(
             khoi_block::Store::open(dir.path(), khoi_block::StoreOptions::default())
@@ -324,7 +268,7 @@ mod tests {
             .expect_err("no pxe");
         assert!(e.to_string().contains("pxe.interface"), "{e}");
 
-        let listener_ns = lan.listener.clone();
+        let listener_ns = lan.b.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let listener = std::thread::spawn(move || {
             enter(&listener_ns);
@@ -344,7 +288,7 @@ mod tests {
         });
         ready_rx.recv().expect("listener up");
 
-        let sender_ns = lan.sender.clone();
+        let sender_ns = lan.a.clone();
         let waker = Arc::new(Waker::new(Arc::clone(&service), Some("boot0".into())));
         let w = Arc::clone(&waker);
         let sent = std::thread::spawn(move || {
