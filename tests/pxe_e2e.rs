@@ -395,9 +395,15 @@ impl Lab {
     }
 
     fn add_seat(&self, name: &str, mac: &str, policy: &str) {
-        self.khoi().ok(&[
+        self.add_seat_with(name, mac, policy, &[]);
+    }
+
+    fn add_seat_with(&self, name: &str, mac: &str, policy: &str, extra: &[&str]) {
+        let mut args = vec![
             "seat", "add", name, "--mac", mac, "--image", "e2e", "--policy", policy,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        self.khoi().ok(&args);
     }
 
     fn mac(&self, i: u32) -> String {
@@ -750,7 +756,10 @@ fn reset_policies_with_real_reboots() {
     lab.start_khoi(Mode::Authoritative);
     let (fresh_mac, kept_mac) = (lab.mac(4), lab.mac(5));
     lab.add_seat("fresh", &fresh_mac, "on-boot");
-    lab.add_seat("kept", &kept_mac, "persistent");
+    // With mutual CHAP: iPXE checks the target's answer with the per-boot
+    // secret its script carried, and the test disk's re-login from the iBFT
+    // does the same, so each round proves a fresh target secret works.
+    lab.add_seat_with("kept", &kept_mac, "persistent", &["--mutual-chap"]);
     let mut seen = Vec::new();
     for round in 1..=2 {
         let a = lab.start_vm(&format!("fresh-{round}"), &fresh_mac, Firmware::Bios);

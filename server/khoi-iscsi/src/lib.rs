@@ -16,5 +16,7 @@ pub mod session;
 pub mod text;
 pub mod transport;
 
-pub use resolver::{ChapSecret, IscsiConfig, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
+pub use resolver::{
+    ChapSecret, Credential, IscsiConfig, IscsiEvent, LunIdentity, TargetAuth, TargetResolver,
+};
 pub use transport::serve;

@@ -11,7 +11,7 @@ use rand::Rng as _;
 
 use crate::chap;
 use crate::pdu::{LoginRequest, LoginResponse, Pdu, SeqNums, Stage};
-use crate::resolver::{ChapSecret, TargetAuth, TargetResolver};
+use crate::resolver::{ChapSecret, Credential, TargetAuth, TargetResolver};
 use crate::text::{self, Answer, Offer, Params, TextLimits};
 
 /// Login status codes (class << 8 | detail), RFC 7143 §11.13.5.
@@ -500,7 +500,7 @@ impl Login {
         if let Some(allowed) = &auth.allowed_initiator
             && *allowed != initiator
         {
-            if auth.chap.is_none() {
+            if !auth.requires_chap() {
                 return Err(self.failure(
                     status::AUTH_FAILURE,
                     "initiator is not allowed on this target",
@@ -515,7 +515,10 @@ impl Login {
 
     fn chap_required(&self) -> bool {
         match self.kind {
-            Kind::Normal => self.target_auth.as_ref().is_some_and(|a| a.chap.is_some()),
+            Kind::Normal => self
+                .target_auth
+                .as_ref()
+                .is_some_and(TargetAuth::requires_chap),
             // Discovery never requires CHAP: unauthenticated initiators just
             // see the targets that need no credentials.
             Kind::Discovery => false,
@@ -536,7 +539,7 @@ impl Login {
                 let any_chap = self.resolver.targets().iter().any(|t| {
                     self.resolver
                         .auth_from(t, self.peer)
-                        .is_some_and(|a| a.chap.is_some())
+                        .is_some_and(|a| a.requires_chap())
                 });
                 if any_chap && offered("CHAP") {
                     Some("CHAP")
@@ -591,13 +594,13 @@ impl Login {
         match self.kind {
             Kind::Normal => {
                 let auth = self.target_auth.clone().unwrap_or_default();
-                let ok = auth.chap.as_ref().is_some_and(|c| {
-                    // Every credential is checked, so the time does not say
-                    // which one (or whether any) matched.
-                    let extra = auth.more_chap.iter().fold(false, |a, s| proves(s) | a);
-                    proves(c) | extra
+                // Every credential is checked, so the time does not say which
+                // one (or whether any) matched.
+                let matched = auth.chap.iter().fold(None, |found, c| {
+                    let ok = proves(&c.initiator);
+                    found.or(ok.then_some(c))
                 });
-                if !ok || self.deny.is_some() {
+                let Some(matched) = matched.filter(|_| self.deny.is_none()) else {
                     // One status for every refusal (RFC 7143 §11.13.5: class 2
                     // tells the initiator not to retry as is); the reason stays
                     // in the event log.
@@ -605,19 +608,21 @@ impl Login {
                     self.resolver.chap_refused(&target, name, self.peer);
                     let reason = self.deny.unwrap_or("CHAP response does not verify");
                     return Err(self.failure(status::AUTH_FAILURE, reason));
-                }
+                };
                 let target = self.target.clone().unwrap_or_default();
                 self.resolver.chap_accepted(&target, name, self.peer);
-                mutual = auth.mutual;
+                mutual = matched.target.clone();
             }
             Kind::Discovery => {
                 let mut first_mutual = None;
                 for t in self.resolver.targets() {
-                    if let Some(a) = self.resolver.auth_from(&t, self.peer)
-                        && a.chap.as_ref().is_some_and(proves)
+                    let auth = self.resolver.auth_from(&t, self.peer);
+                    if let Some(c) = auth
+                        .as_ref()
+                        .and_then(|a| a.chap.iter().find(|c| proves(&c.initiator)))
                     {
                         if first_mutual.is_none() {
-                            first_mutual = a.mutual.clone();
+                            first_mutual = c.target.clone();
                         }
                         self.chap_targets.push(t);
                     }
@@ -664,9 +669,10 @@ fn decoy_auth() -> TargetAuth {
     let mut secret = [0u8; 16];
     rand::rng().fill(&mut secret[..]);
     TargetAuth {
-        chap: Some(ChapSecret::new("", chap::encode_hex(&secret))),
-        more_chap: Vec::new(),
-        mutual: None,
+        chap: vec![Credential::one_way(ChapSecret::new(
+            "",
+            chap::encode_hex(&secret),
+        ))],
         allowed_initiator: None,
     }
 }
@@ -727,19 +733,21 @@ pub(crate) mod tests {
                 (
                     "iqn.2025-01.vn.khoi:seat01".into(),
                     TargetAuth {
-                        chap: Some(ChapSecret::new("seat01", "secret-seat-01")),
-                        mutual: Some(ChapSecret::new("khoi", "target-secret-1")),
+                        chap: vec![Credential::mutual(
+                            ChapSecret::new("seat01", "secret-seat-01"),
+                            ChapSecret::new("khoi", "target-secret-1"),
+                        )],
                         allowed_initiator: None,
-                        more_chap: Vec::new(),
                     },
                 ),
                 (
                     "iqn.2025-01.vn.khoi:seat02".into(),
                     TargetAuth {
-                        chap: Some(ChapSecret::new("seat02", "secret-seat-02")),
-                        mutual: None,
+                        chap: vec![Credential::one_way(ChapSecret::new(
+                            "seat02",
+                            "secret-seat-02",
+                        ))],
                         allowed_initiator: Some("iqn.2010-04.org.ipxe:seat02".into()),
-                        more_chap: Vec::new(),
                     },
                 ),
                 ("iqn.2025-01.vn.khoi:open".into(), TargetAuth::default()),
@@ -960,16 +968,24 @@ pub(crate) mod tests {
     }
 
     /// A seat's running boot and the boot its script fetch offered both open
-    /// it; the resolver learns which one logged in, before the LU opens.
+    /// it; the resolver learns which one logged in, before the LU opens, and
+    /// the target proves itself with the secret of the boot that logged in.
     #[test]
     fn any_of_a_targets_credentials_and_which_one_is_reported() {
         let mut r = FakeResolver::default();
         r.targets.push((
             "iqn.2025-01.vn.khoi:seat01".into(),
             TargetAuth {
-                chap: Some(ChapSecret::new("seat01.a", "running-boot-1")),
-                more_chap: vec![ChapSecret::new("seat01.b", "offered-boot-2")],
-                mutual: None,
+                chap: vec![
+                    Credential::mutual(
+                        ChapSecret::new("seat01.a", "running-boot-1"),
+                        ChapSecret::new("iqn.2025-01.vn.khoi:seat01", "target-of-boot-1"),
+                    ),
+                    Credential::mutual(
+                        ChapSecret::new("seat01.b", "offered-boot-2"),
+                        ChapSecret::new("iqn.2025-01.vn.khoi:seat01", "target-of-boot-2"),
+                    ),
+                ],
                 allowed_initiator: None,
             },
         ));
@@ -993,10 +1009,20 @@ pub(crate) mod tests {
             let rr = chap::encode_hex(&chap::response(id, secret.as_bytes(), &c));
             let step = l.on_pdu(
                 &req(Stage::Security, Stage::Operational, true),
-                format!("CHAP_N={user}\0CHAP_R={rr}\0").as_bytes(),
+                format!("CHAP_N={user}\0CHAP_R={rr}\0CHAP_I=9\0CHAP_C=0x0102030405060708\0")
+                    .as_bytes(),
             );
             if ok {
-                assert!(cont(step).0.transit, "{user}");
+                let (resp, pairs) = cont(step);
+                assert!(resp.transit, "{user}");
+                let theirs = chap::decode_binary("0x0102030405060708").unwrap();
+                let target_secret = if user == "seat01.a" {
+                    "target-of-boot-1"
+                } else {
+                    "target-of-boot-2"
+                };
+                let want = chap::encode_hex(&chap::response(9, target_secret.as_bytes(), &theirs));
+                assert_eq!(get(&pairs, "CHAP_R"), Some(want.as_str()), "{user}");
             } else {
                 assert_eq!(fail_status(step), status::AUTH_FAILURE);
             }

@@ -29,19 +29,47 @@ impl std::fmt::Debug for ChapSecret {
     }
 }
 
+/// One set of credentials that opens a target: what the initiator proves,
+/// and what the target answers with when the initiator asks for mutual CHAP.
+/// Each boot carries its own pair, so the target's answer to one boot's
+/// initiator proves nothing to a login with another boot's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub initiator: ChapSecret,
+    pub target: Option<ChapSecret>,
+}
+
+impl Credential {
+    /// One-way CHAP: the target does not prove itself.
+    pub fn one_way(initiator: ChapSecret) -> Self {
+        Credential {
+            initiator,
+            target: None,
+        }
+    }
+
+    pub fn mutual(initiator: ChapSecret, target: ChapSecret) -> Self {
+        Credential {
+            initiator,
+            target: Some(target),
+        }
+    }
+}
+
 /// Who may log in to a target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetAuth {
-    /// Required initiator credentials (one-way CHAP).
-    pub chap: Option<ChapSecret>,
-    /// Further credentials that also open the target while `chap` is set
-    /// (a seat's running boot and the boot its last script fetch offered).
-    pub more_chap: Vec<ChapSecret>,
-    /// Credentials the target answers with when the initiator asks for
-    /// mutual CHAP.
-    pub mutual: Option<ChapSecret>,
+    /// Credentials any one of which opens the target (a seat's running boot
+    /// and the boot its last script fetch offered). Empty: no CHAP.
+    pub chap: Vec<Credential>,
     /// Only this InitiatorName may log in.
     pub allowed_initiator: Option<String>,
+}
+
+impl TargetAuth {
+    pub fn requires_chap(&self) -> bool {
+        !self.chap.is_empty()
+    }
 }
 
 /// Stable identity of the LU behind a target (VPD 80h and 83h).

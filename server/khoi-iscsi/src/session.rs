@@ -835,7 +835,7 @@ impl Session {
                     .filter(|t| value.is_empty() || value == "All" || value == t)
                     .filter(|t| {
                         self.resolver.auth(t).is_some_and(|a| {
-                            (a.chap.is_none() || chap_targets.contains(t))
+                            (!a.requires_chap() || chap_targets.contains(t))
                                 && a.allowed_initiator
                                     .as_ref()
                                     .is_none_or(|i| *i == self.initiator)

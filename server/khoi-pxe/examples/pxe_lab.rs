@@ -30,8 +30,17 @@ impl BootDirectory for LabSeats {
     fn booting(&self, seat: &SeatBoot) {
         eprintln!("LAB: seat {} is booting", seat.seat);
     }
-    fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, _at: SystemTime) {
-        eprintln!("LAB: unknown MAC {} arch {arch:?}", mac_colon(mac));
+    fn unknown_mac(
+        &self,
+        mac: [u8; 6],
+        arch: Option<u16>,
+        from: Option<std::net::IpAddr>,
+        _at: SystemTime,
+    ) {
+        eprintln!(
+            "LAB: unknown MAC {} arch {arch:?} from {from:?}",
+            mac_colon(mac)
+        );
     }
     fn leases(&self) -> Vec<Lease> {
         Vec::new()

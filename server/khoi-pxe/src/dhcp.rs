@@ -253,11 +253,15 @@ impl DhcpCore {
         now: SystemTime,
         mac: [u8; 6],
         req: &Message,
+        src: SocketAddrV4,
     ) -> Event {
         let arch = client_arch(&req.options);
         let reported = self.state.reporter.should_report(mac, now);
         if reported {
-            dir.unknown_mac(mac, arch, now);
+            let from = Some(*src.ip())
+                .filter(|ip| !ip.is_unspecified())
+                .map(std::net::IpAddr::V4);
+            dir.unknown_mac(mac, arch, from, now);
         }
         Event::UnknownMac {
             mac,
@@ -342,7 +346,7 @@ impl DhcpCore {
             return (None, Event::Ignored("proxy: not a PXE client"));
         }
         let Some(seat) = dir.seat_by_mac(mac) else {
-            return (None, self.unknown(dir, now, mac, req));
+            return (None, self.unknown(dir, now, mac, req, rx.src));
         };
         let arch = client_arch(&req.options).unwrap_or(0);
         let file = match self.boot_file(req, mac) {
@@ -417,7 +421,7 @@ impl DhcpCore {
             return (None, Event::Ignored("4011: not a PXE client"));
         }
         let Some(seat) = dir.seat_by_mac(mac) else {
-            return (None, self.unknown(dir, now, mac, req));
+            return (None, self.unknown(dir, now, mac, req, rx.src));
         };
         let file = match self.boot_file(req, mac) {
             Ok(f) => f,
@@ -492,7 +496,7 @@ impl DhcpCore {
         let Some(seat) = dir.seat_by_mac(mac) else {
             return match kind {
                 MessageType::Discover | MessageType::Request | MessageType::Inform => {
-                    (None, self.unknown(dir, now, mac, req))
+                    (None, self.unknown(dir, now, mac, req, rx.src))
                 }
                 _ => (None, Event::Ignored("unknown MAC")),
             };

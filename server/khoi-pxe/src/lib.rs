@@ -97,8 +97,15 @@ pub trait BootDirectory: Send + Sync + 'static {
         Ok(seat)
     }
     /// An unregistered MAC asked to boot. Rate-limited here: at most once per MAC per
-    /// `unknown_report_secs`.
-    fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, at: SystemTime);
+    /// `unknown_report_secs`. `from` is the requester's address: none for a DHCP
+    /// broadcast from a client that has no address yet.
+    fn unknown_mac(
+        &self,
+        mac: [u8; 6],
+        arch: Option<u16>,
+        from: Option<std::net::IpAddr>,
+        at: SystemTime,
+    );
     /// All stored leases (authoritative mode), read once at start.
     fn leases(&self) -> Vec<Lease>;
     fn save_lease(&self, lease: &Lease);
@@ -270,20 +277,7 @@ impl UnknownMacReporter {
         now: SystemTime,
     ) {
         if self.should_report_from(mac, source, now) {
-            dir.unknown_mac(mac, arch, now);
-        }
-    }
-
-    /// Reports to `dir` if due.
-    pub fn report(
-        &self,
-        dir: &dyn BootDirectory,
-        mac: [u8; 6],
-        arch: Option<u16>,
-        now: SystemTime,
-    ) {
-        if self.should_report(mac, now) {
-            dir.unknown_mac(mac, arch, now);
+            dir.unknown_mac(mac, arch, source, now);
         }
     }
 }

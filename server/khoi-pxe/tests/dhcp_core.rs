@@ -350,13 +350,28 @@ fn unknown_mac_no_reply_reported_once_per_period() {
                 .is_none()
         );
     }
-    assert_eq!(r.dir.unknown.lock().clone(), vec![(MAC, Some(7), t0())]);
+    assert_eq!(
+        r.dir.unknown.lock().clone(),
+        vec![(MAC, Some(7), None, t0())]
+    );
     let later = t0() + Duration::from_secs(600);
     assert!(r.send_at(later, 67, src, BIOS_DISCOVER).0.is_none());
     let reports = r.dir.unknown.lock().clone();
     assert_eq!(reports.len(), 2);
-    assert_eq!(reports[1], (MAC, Some(0), later));
+    assert_eq!(reports[1], (MAC, Some(0), None, later));
     assert_eq!(r.core.stats().unknown_mac, 11);
+}
+
+/// A client that already has an address (here asking the boot server on
+/// 4011) is named in the report; a broadcast from 0.0.0.0 names nobody.
+#[test]
+fn unknown_mac_report_names_a_configured_requester() {
+    let mut r = Rig::new(&proxy_cfg(), FakeDir::default());
+    let (tx, _) = r.send(4011, SocketAddrV4::new(CLIENT, 4011), OVMF_REQUEST_4011);
+    assert!(tx.is_none());
+    let reports = r.dir.unknown.lock().clone();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].2, Some(std::net::IpAddr::V4(CLIENT)));
 }
 
 #[test]

@@ -130,6 +130,11 @@ fn unknown_mac_script_and_single_report() {
     let reports = dir.unknown.lock().clone();
     assert_eq!(reports.len(), 1);
     assert_eq!((reports[0].0, reports[0].1), ([2, 0, 0, 0, 0, 0x2a], None));
+    assert_eq!(
+        reports[0].2,
+        Some(std::net::IpAddr::from([127, 0, 0, 1])),
+        "the report names who asked"
+    );
     assert!(dir.booted.lock().is_empty());
     for bad in [
         "/boot/nonsense.ipxe",
@@ -184,8 +189,14 @@ impl BootDirectory for SlowDir {
         std::thread::sleep(Duration::from_millis(300));
         self.0.booting(seat);
     }
-    fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, at: std::time::SystemTime) {
-        self.0.unknown_mac(mac, arch, at);
+    fn unknown_mac(
+        &self,
+        mac: [u8; 6],
+        arch: Option<u16>,
+        from: Option<std::net::IpAddr>,
+        at: std::time::SystemTime,
+    ) {
+        self.0.unknown_mac(mac, arch, from, at);
     }
     fn leases(&self) -> Vec<Lease> {
         vec![]

@@ -34,6 +34,9 @@ pub struct BootCred {
     /// Unix seconds: the fetch for a pending boot, the first login for the
     /// current one.
     pub started: i64,
+    /// For a seat with mutual CHAP: the secret the target answers this boot's
+    /// initiator with (as the target's IQN).
+    pub target_secret: Option<String>,
 }
 
 impl std::fmt::Debug for BootCred {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for BootCred {
             .field("peer", &self.peer)
             .field("initiator", &self.initiator)
             .field("started", &self.started)
+            .field("mutual", &self.target_secret.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -90,9 +94,10 @@ pub fn random_token(n: usize) -> Result<String> {
 
 const COLUMNS: &str = "seat, boot_id, chap_user, chap_secret, peer, initiator, started, \
                        fenced, fence_reason, prev_chap_user, pending_user, pending_secret, \
-                       pending_peer, pending_initiator, pending_started";
+                       pending_peer, pending_initiator, pending_started, \
+                       target_secret, pending_target_secret";
 
-fn cred(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<BootCred>> {
+fn cred(r: &Row<'_>, at: usize, target_at: usize) -> rusqlite::Result<Option<BootCred>> {
     let user: Option<String> = r.get(at)?;
     let Some(user) = user else {
         return Ok(None);
@@ -103,6 +108,7 @@ fn cred(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<BootCred>> {
         peer: r.get::<_, Option<String>>(at + 2)?.unwrap_or_default(),
         initiator: r.get::<_, Option<String>>(at + 3)?.unwrap_or_default(),
         started: r.get::<_, Option<i64>>(at + 4)?.unwrap_or_default(),
+        target_secret: r.get(target_at)?,
     }))
 }
 
@@ -112,10 +118,10 @@ fn row(r: &Row<'_>) -> rusqlite::Result<Boot> {
     Ok(Boot {
         seat: r.get(0)?,
         boot_id: r.get(1)?,
-        current: cred(r, 2)?,
+        current: cred(r, 2, 15)?,
         fenced: fenced.map(|t| (t, reason.unwrap_or_default())),
         prev_chap_user: r.get(9)?,
-        pending: cred(r, 10)?,
+        pending: cred(r, 10, 16)?,
     })
 }
 
@@ -123,30 +129,39 @@ impl State {
     /// A script fetch of `seat` from `peer`, whose script sets `initiator`:
     /// fresh credentials for the boot it offers, replacing an earlier offer
     /// that never logged in. The running boot is left alone.
+    /// A seat with mutual CHAP also gets a fresh target secret for the boot.
     pub fn offer_boot(&self, seat: &str, peer: &str, initiator: &str) -> Result<BootCred> {
+        let mutual = self.seat(seat)?.mutual_secret.is_some();
         let cred = BootCred {
             user: format!("{seat}.{}", random_token(8)?),
             secret: random_token(BOOT_SECRET_LEN)?,
             peer: peer.to_string(),
             initiator: initiator.to_string(),
             started: now(),
+            target_secret: if mutual {
+                Some(random_token(BOOT_SECRET_LEN)?)
+            } else {
+                None
+            },
         };
         let n = self.conn.lock().execute(
             "INSERT INTO seat_boots (seat, pending_user, pending_secret, pending_peer,
-                                     pending_initiator, pending_started)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM seats WHERE name = ?1)
+                                     pending_initiator, pending_started, pending_target_secret)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM seats WHERE name = ?1)
              ON CONFLICT (seat) DO UPDATE SET
                pending_user = excluded.pending_user, pending_secret = excluded.pending_secret,
                pending_peer = excluded.pending_peer,
                pending_initiator = excluded.pending_initiator,
-               pending_started = excluded.pending_started",
+               pending_started = excluded.pending_started,
+               pending_target_secret = excluded.pending_target_secret",
             params![
                 seat,
                 cred.user,
                 cred.secret,
                 cred.peer,
                 cred.initiator,
-                cred.started
+                cred.started,
+                cred.target_secret
             ],
         )?;
         if n == 0 {
@@ -166,9 +181,10 @@ impl State {
                boot_id = boot_id + 1, prev_chap_user = chap_user,
                chap_user = pending_user, chap_secret = pending_secret, peer = pending_peer,
                initiator = pending_initiator, started = ?3,
+               target_secret = pending_target_secret,
                fenced = NULL, fence_reason = NULL,
                pending_user = NULL, pending_secret = NULL, pending_peer = NULL,
-               pending_initiator = NULL, pending_started = NULL
+               pending_initiator = NULL, pending_started = NULL, pending_target_secret = NULL
              WHERE seat = ?1 AND pending_user = ?2",
             params![seat, user, now()],
         )?;
@@ -325,6 +341,39 @@ mod tests {
         assert_eq!(st.seat_boot("pc01").expect("q"), before);
         st.remove_seat("pc01").expect("rm");
         assert_eq!(st.boots().expect("list"), vec![]);
+    }
+
+    #[test]
+    fn mutual_seats_get_a_target_secret_per_boot() {
+        let st = db();
+        let mut m = seat("pc02", "02:00:00:00:00:02");
+        m.mutual_chap = true;
+        let m = st.add_seat(&m).expect("add");
+        let long_lived = m.mutual_secret.expect("mutual seat");
+        let a = st
+            .offer_boot("pc02", "10.0.0.5", "iqn.x:pc02")
+            .expect("offer");
+        let ta = a.target_secret.clone().expect("a target secret");
+        assert_eq!(ta.len(), super::BOOT_SECRET_LEN);
+        assert_ne!(ta, long_lived, "never the long-lived target secret");
+        assert_ne!(ta, a.secret);
+        let b = st
+            .offer_boot("pc02", "10.0.0.5", "iqn.x:pc02")
+            .expect("offer");
+        assert_ne!(b.target_secret, a.target_secret, "fresh per offer");
+        let running = st
+            .begin_boot("pc02", &b.user)
+            .expect("begin")
+            .expect("once");
+        assert_eq!(
+            running.current.and_then(|c| c.target_secret),
+            b.target_secret,
+            "the boot keeps the secret its script carried"
+        );
+        let one_way = st
+            .offer_boot("pc01", "10.0.0.6", "iqn.x:pc01")
+            .expect("offer");
+        assert_eq!(one_way.target_secret, None);
     }
 
     #[test]

@@ -96,6 +96,13 @@ CREATE TABLE gate_results (
     PRIMARY KEY (image, version)
 );
 "#,
+    // Mutual CHAP per boot: the secret the target proves itself with is
+    // minted with each boot's credentials, so a script never carries a
+    // long-lived one.
+    r#"
+ALTER TABLE seat_boots ADD COLUMN target_secret TEXT;
+ALTER TABLE seat_boots ADD COLUMN pending_target_secret TEXT;
+"#,
 ];
 
 /// Runs the migrations `conn` has not seen yet, each in its own transaction

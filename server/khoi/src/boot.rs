@@ -87,10 +87,11 @@ impl BootDirectory for Seats {
             mac,
             portal,
             initiator_iqn,
-            // The long-lived secret is never sent to a seat: `offer_boot` fills in the
-            // credentials of the boot the script is for.
+            // The long-lived secrets are never sent to a seat: `offer_boot` fills in
+            // the credentials (and the target's mutual secret) of the boot the
+            // script is for.
             chap: None,
-            mutual_chap: seat.mutual_secret.clone().map(|s| (target_iqn.clone(), s)),
+            mutual_chap: None,
             target_iqn,
             reserved_ip: None,
             seat: seat.name,
@@ -140,10 +141,11 @@ impl BootDirectory for Seats {
             );
         }
         boot.chap = Some((cred.user, cred.secret));
+        boot.mutual_chap = cred.target_secret.map(|s| (boot.target_iqn.clone(), s));
         Ok(boot)
     }
 
-    fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, at: SystemTime) {
+    fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, from: Option<IpAddr>, at: SystemTime) {
         let arch = match arch {
             Some(0) => "BIOS".to_string(),
             Some(6) => "UEFI IA32".to_string(),
@@ -152,11 +154,16 @@ impl BootDirectory for Seats {
             None => "unknown architecture".to_string(),
         };
         let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // A DHCP broadcast comes from a client with no address yet.
+        let from = from.map_or_else(
+            || "DHCP broadcast".to_string(),
+            |p| p.to_canonical().to_string(),
+        );
         self.recorder.record_args(
             "pxe.unknown_mac",
             mac_text(mac),
-            format!("unregistered machine asked to boot ({arch}) at {secs}"),
-            vec![("arch", arch)],
+            format!("unregistered machine asked to boot ({arch}) from {from} at {secs}"),
+            vec![("arch", arch), ("peer", from)],
         );
     }
 

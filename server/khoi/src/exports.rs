@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use khoi_admin::{Actor, ExportName, Opened, Service, ServiceError};
 use khoi_block::Checked;
 use khoi_block::filters::Metered;
-use khoi_iscsi::{ChapSecret, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
+use khoi_iscsi::{ChapSecret, Credential, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
 use khoi_nbd::{ExportInfo, ExportResolver, OpenError};
 use khoi_state::{BootCred, ResetPolicy};
 
@@ -264,19 +264,28 @@ impl TargetResolver for IscsiTargets {
         let waiting = peer.is_some_and(|p| self.backoff.waiting(p, Instant::now()));
         if let (Some(p), Some(b), false) = (peer, &boot, waiting) {
             let from = |c: &&BootCred| c.peer == p.to_string();
+            // Each boot answers mutual CHAP with its own target secret, the
+            // one its script carried.
+            let pair = |c: &BootCred| Credential {
+                initiator: ChapSecret::new(c.user.clone(), c.secret.clone()),
+                target: c.target_secret.clone().map(|s| ChapSecret::new(target, s)),
+            };
             if let Some(c) = b.current.as_ref().filter(from).filter(|_| !fenced) {
-                creds.push(ChapSecret::new(c.user.clone(), c.secret.clone()));
+                creds.push(pair(c));
             }
             if let Some(c) = b.pending.as_ref().filter(from) {
-                creds.push(ChapSecret::new(c.user.clone(), c.secret.clone()));
+                creds.push(pair(c));
             }
         }
         let local = peer.is_some_and(|p| p.is_loopback());
         if local && !fenced && !waiting {
-            creds.push(ChapSecret::new(
-                seat.chap_user.clone(),
-                seat.chap_secret.clone(),
-            ));
+            creds.push(Credential {
+                initiator: ChapSecret::new(seat.chap_user.clone(), seat.chap_secret.clone()),
+                target: seat
+                    .mutual_secret
+                    .clone()
+                    .map(|secret| ChapSecret::new(target, secret)),
+            });
         }
         // Bound by default to the initiator name the boot script set; tools on
         // the server itself keep the admin's explicit binding, if any.
@@ -291,13 +300,11 @@ impl TargetResolver for IscsiTargets {
                     .unwrap_or_else(|| khoi_pxe::default_initiator_iqn(name)),
             )
         };
-        let mut creds = creds.into_iter();
+        if creds.is_empty() {
+            creds.push(Credential::one_way(decoy()));
+        }
         Some(TargetAuth {
-            chap: Some(creds.next().unwrap_or_else(decoy)),
-            more_chap: creds.collect(),
-            mutual: seat
-                .mutual_secret
-                .map(|secret| ChapSecret::new(target, secret)),
+            chap: creds,
             allowed_initiator,
         })
     }
@@ -524,6 +531,10 @@ mod boot_path_tests {
     }
 
     fn lab() -> Lab {
+        lab_with(false)
+    }
+
+    fn lab_with(mutual_chap: bool) -> Lab {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("store"));
         let state = Arc::new(State::open(&dir.path().join("khoi.db")).expect("state"));
@@ -554,7 +565,7 @@ mod boot_path_tests {
                 policy: None,
                 quota: None,
                 initiator_iqn: None,
-                mutual_chap: false,
+                mutual_chap,
             },
         )
         .expect("seat");
@@ -597,6 +608,19 @@ mod boot_path_tests {
 
     /// An iPXE-style CHAP login; the login status (0 = reached full feature).
     fn login(l: &Lab, from: &str, initiator: &str, user: &str, secret: &str) -> u16 {
+        login_with(l, from, initiator, user, secret, None)
+    }
+
+    /// `login` with mutual CHAP: the target's answer must verify against
+    /// `target_secret`, as iPXE and the Microsoft initiator check it.
+    fn login_with(
+        l: &Lab,
+        from: &str,
+        initiator: &str,
+        user: &str,
+        secret: &str,
+        target_secret: Option<&str>,
+    ) -> u16 {
         let peer: IpAddr = from.parse().expect("ip");
         let resolver: Arc<dyn khoi_iscsi::TargetResolver> = l.targets.clone();
         let mut lg = Login::new(resolver, Offer::default(), 1, 128).with_peer(Some(peer));
@@ -620,12 +644,33 @@ mod boot_path_tests {
         let c = khoi_iscsi::chap::decode_binary(&get("CHAP_C").expect("c")).expect("c");
         let r =
             khoi_iscsi::chap::encode_hex(&khoi_iscsi::chap::response(id, secret.as_bytes(), &c));
-        let step = lg.on_pdu(&sec(), format!("CHAP_N={user}\0CHAP_R={r}\0").as_bytes());
+        let mut answer = format!("CHAP_N={user}\0CHAP_R={r}\0");
+        let ours = [0x5au8; 16];
+        if target_secret.is_some() {
+            answer.push_str(&format!(
+                "CHAP_I=3\0CHAP_C={}\0",
+                khoi_iscsi::chap::encode_hex(&ours)
+            ));
+        }
+        let step = lg.on_pdu(&sec(), answer.as_bytes());
         let Step::Continue(p) = step else {
             return fail(step);
         };
         let resp = LoginResponse::parse(&Bhs::new_unchecked(&p.bhs[..])).expect("resp");
         assert!(resp.transit);
+        if let Some(ts) = target_secret {
+            let kv = pairs(&p);
+            let got = kv
+                .iter()
+                .find(|(k, _)| k == "CHAP_R")
+                .map(|(_, v)| v.clone());
+            let want = khoi_iscsi::chap::response(3, ts.as_bytes(), &ours);
+            assert_eq!(
+                got,
+                Some(khoi_iscsi::chap::encode_hex(&want)),
+                "the target answered with another secret"
+            );
+        }
         match lg.on_pdu(&req(Stage::Operational, Stage::FullFeature), b"") {
             Step::Ready { .. } => status::SUCCESS,
             other => fail(other),
@@ -658,6 +703,31 @@ mod boot_path_tests {
 
     const SEAT_IP: &str = "10.0.0.5";
     const ATTACKER: &str = "10.0.0.66";
+
+    /// Mutual CHAP per boot: the script carries a target secret minted for
+    /// that boot (never the seat's stored one), the target answers each boot
+    /// with its own, and the running boot keeps its answer while a later
+    /// fetch is only offered.
+    #[test]
+    fn mutual_chap_answers_each_boot_with_its_own_target_secret() {
+        let l = lab_with(true);
+        let stored = l.svc.state().seat("pc01").expect("seat").mutual_secret;
+        let a = offer(&l, SEAT_IP);
+        let ta = a.target_secret.clone().expect("a mutual seat's boot");
+        assert_ne!(Some(&ta), stored.as_ref());
+        let ok = login_with(&l, SEAT_IP, IQN, &a.user, &a.secret, Some(&ta));
+        assert_eq!(ok, status::SUCCESS);
+        let b = offer(&l, SEAT_IP);
+        let tb = b.target_secret.clone().expect("fresh");
+        assert_ne!(ta, tb);
+        // Both open the seat until b begins; each gets its own answer.
+        let ok = login_with(&l, SEAT_IP, IQN, &a.user, &a.secret, Some(&ta));
+        assert_eq!(ok, status::SUCCESS);
+        let ok = login_with(&l, SEAT_IP, IQN, &b.user, &b.secret, Some(&tb));
+        assert_eq!(ok, status::SUCCESS);
+        // b began: a's credentials are dead.
+        assert_ne!(login(&l, SEAT_IP, IQN, &a.user, &a.secret), status::SUCCESS);
+    }
 
     #[test]
     fn fetch_resets_nothing_first_login_resets_once() {

@@ -12,7 +12,7 @@ use khoi_block::filters::Delay;
 use khoi_block::{
     BlockDevice, BlockError, Caps, Checked, Extent, ExtentKind, ReadSegment, WriteFlags,
 };
-use khoi_iscsi::{ChapSecret, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
+use khoi_iscsi::{ChapSecret, Credential, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
 use parking_lot::Mutex;
 
 /// A plain file as a block device. Reads are planned as file ranges so the
@@ -184,27 +184,24 @@ impl TestResolver {
             (
                 CHAP.to_owned(),
                 TargetAuth {
-                    more_chap: Vec::new(),
-                    chap: Some(ChapSecret::new(CHAP_USER, CHAP_SECRET)),
-                    mutual: None,
+                    chap: vec![Credential::one_way(ChapSecret::new(CHAP_USER, CHAP_SECRET))],
                     allowed_initiator: None,
                 },
             ),
             (
                 MUTUAL.to_owned(),
                 TargetAuth {
-                    more_chap: Vec::new(),
-                    chap: Some(ChapSecret::new(MUTUAL_USER, MUTUAL_SECRET)),
-                    mutual: Some(ChapSecret::new(TARGET_USER, TARGET_SECRET)),
+                    chap: vec![Credential::mutual(
+                        ChapSecret::new(MUTUAL_USER, MUTUAL_SECRET),
+                        ChapSecret::new(TARGET_USER, TARGET_SECRET),
+                    )],
                     allowed_initiator: None,
                 },
             ),
             (
                 BOUND.to_owned(),
                 TargetAuth {
-                    more_chap: Vec::new(),
-                    chap: None,
-                    mutual: None,
+                    chap: Vec::new(),
                     allowed_initiator: Some("iqn.2010-04.org.ipxe:nobody".to_owned()),
                 },
             ),

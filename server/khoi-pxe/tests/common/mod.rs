@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 pub const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x77, 0x00, 0x01];
 /// One `unknown_mac` call.
-pub type UnknownReport = ([u8; 6], Option<u16>, SystemTime);
+pub type UnknownReport = ([u8; 6], Option<u16>, Option<std::net::IpAddr>, SystemTime);
 
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 
@@ -53,8 +53,14 @@ impl BootDirectory for FakeDir {
     fn booting(&self, seat: &SeatBoot) {
         self.booted.lock().push(seat.seat.clone());
     }
-    fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, at: SystemTime) {
-        self.unknown.lock().push((mac, arch, at));
+    fn unknown_mac(
+        &self,
+        mac: [u8; 6],
+        arch: Option<u16>,
+        from: Option<std::net::IpAddr>,
+        at: SystemTime,
+    ) {
+        self.unknown.lock().push((mac, arch, from, at));
     }
     fn leases(&self) -> Vec<Lease> {
         self.leases.lock().values().copied().collect()
