@@ -24,6 +24,38 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// How much of the event log is kept. Events are small, but some come from
+/// anyone on the LAN (unknown MACs, failed logins, boot-script fetches), so
+/// the log needs a bound that holds whatever the LAN sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimits {
+    /// Events older than this many days go. The default keeps a year and a
+    /// month, so a yearly compliance report still finds its period.
+    pub keep_days: u32,
+    /// At most this many events. Above it the oldest LAN-side events go
+    /// first (see `is_lan_noise`); admin actions go only when those alone
+    /// cannot make room.
+    pub max_rows: u64,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        EventLimits {
+            keep_days: 400,
+            max_rows: 200_000,
+        }
+    }
+}
+
+/// Pruning runs every this many inserts, so a flood is cut back while it
+/// lasts and a quiet server never pays for it.
+const PRUNE_EVERY: u32 = 512;
+
+/// Event kinds anyone on the LAN can cause, in SQL: the first to go when the
+/// log is over its row limit.
+const LAN_NOISE: &str = "(kind LIKE 'pxe.%' OR kind LIKE 'iscsi.%' OR kind LIKE 'seat.boot.%' \
+                          OR kind = 'login.failed')";
+
 /// A MAC that asked to boot but belongs to no seat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnknownMac {
@@ -145,7 +177,42 @@ impl State {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Sets how much of the log is kept and prunes to it now.
+    pub fn set_event_limits(&self, limits: EventLimits) -> Result<usize> {
+        *self.event_limits.lock() = limits;
+        self.prune_events()
+    }
+
+    /// Removes what the limits say must go; returns how many events went.
+    pub fn prune_events(&self) -> Result<usize> {
+        let limits = *self.event_limits.lock();
+        let cutoff = now().saturating_sub(i64::from(limits.keep_days).saturating_mul(86_400));
+        let max = i64::try_from(limits.max_rows).unwrap_or(i64::MAX);
+        let conn = self.conn.lock();
+        let mut gone = conn.execute("DELETE FROM events WHERE ts < ?1", [cutoff])?;
+        for only in [LAN_NOISE, "1"] {
+            let over: i64 =
+                conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))? - max;
+            if over <= 0 {
+                break;
+            }
+            gone += conn.execute(
+                &format!(
+                    "DELETE FROM events WHERE id IN
+                       (SELECT id FROM events WHERE {only} ORDER BY id LIMIT ?1)"
+                ),
+                [over],
+            )?;
+        }
+        Ok(gone)
+    }
+
     pub fn record(&self, ev: &NewEvent<'_>) -> Result<i64> {
+        use std::sync::atomic::Ordering;
+        if self.since_prune.fetch_add(1, Ordering::Relaxed) + 1 >= PRUNE_EVERY {
+            self.since_prune.store(0, Ordering::Relaxed);
+            self.prune_events()?;
+        }
         let conn = self.conn.lock();
         conn.execute(
             "INSERT INTO events (ts, kind, actor, source, subject, detail, args)
@@ -209,6 +276,100 @@ mod tests {
         // The API keeps its shape for events without values.
         let json = serde_json::to_value(&ev[0]).expect("json");
         assert!(json.get("args").is_none(), "{json}");
+    }
+
+    fn ev(st: &State, kind: &str) {
+        st.record(&NewEvent {
+            kind,
+            actor: "khoi",
+            source: "-",
+            subject: "s",
+            detail: "",
+            args: &[],
+        })
+        .expect("record");
+    }
+
+    /// A flood from the LAN (unknown MACs, failed logins) cannot grow the log
+    /// past its row limit, and it pushes out its own kind before any admin
+    /// action.
+    #[test]
+    fn a_flood_is_bounded_and_admin_actions_outlive_it() {
+        let st = State::open_in_memory().expect("db");
+        st.set_event_limits(EventLimits {
+            keep_days: 400,
+            max_rows: 600,
+        })
+        .expect("limits");
+        for _ in 0..50 {
+            ev(&st, "seat.add");
+        }
+        for i in 0..5000 {
+            ev(
+                &st,
+                if i % 2 == 0 {
+                    "pxe.unknown_mac"
+                } else {
+                    "login.failed"
+                },
+            );
+        }
+        let count = |kind: &str| {
+            st.events_filtered(&EventFilter {
+                kind: Some(kind.into()),
+                limit: 100_000,
+                ..EventFilter::default()
+            })
+            .expect("q")
+            .len()
+        };
+        let all = st.events(None, 100_000).expect("all").len();
+        assert!(
+            all <= 600 + super::PRUNE_EVERY as usize,
+            "{all} events kept"
+        );
+        assert_eq!(count("seat.add"), 50, "admin actions stay");
+        // The newest of the flood are still there to be seen.
+        assert_eq!(st.events(None, 1).expect("one")[0].kind, "login.failed");
+
+        // A limit below the admin actions alone: the whole flood goes, then
+        // the oldest admin actions.
+        st.set_event_limits(EventLimits {
+            keep_days: 400,
+            max_rows: 20,
+        })
+        .expect("limits");
+        assert_eq!(st.events(None, 100_000).expect("all").len(), 20);
+        assert_eq!(
+            count("login.failed") + count("pxe."),
+            0,
+            "the flood went first"
+        );
+        assert_eq!(count("seat.add"), 20);
+    }
+
+    #[test]
+    fn old_events_go_after_keep_days() {
+        let st = State::open_in_memory().expect("db");
+        ev(&st, "seat.add");
+        st.conn
+            .lock()
+            .execute(
+                "INSERT INTO events (ts, kind, actor, source, subject, detail)
+                 VALUES (?1, 'seat.reset', 'khoi', '-', 'pc02', 'long ago')",
+                [crate::now() - 31 * 86_400],
+            )
+            .expect("insert");
+        let gone = st
+            .set_event_limits(EventLimits {
+                keep_days: 30,
+                max_rows: 1000,
+            })
+            .expect("limits");
+        assert_eq!(gone, 1);
+        let left = st.events(None, 10).expect("events");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].kind, "seat.add");
     }
 
     #[test]

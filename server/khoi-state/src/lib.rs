@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 
 pub use boots::{BOOT_SECRET_LEN, Boot, BootCred, random_token};
-pub use events::{Event, EventFilter, NewEvent, UnknownMac};
+pub use events::{Event, EventFilter, EventLimits, NewEvent, UnknownMac};
 pub use gate::{GateResult, GateSettings};
 pub use names::{Mac, validate_name};
 pub use seats::{NewSeat, ResetPolicy, Seat, SeatUpdate};
@@ -62,6 +62,10 @@ pub type Result<T, E = StateError> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub struct State {
     conn: Mutex<Connection>,
+    /// How long and how many events are kept (see `events::EventLimits`).
+    event_limits: Mutex<EventLimits>,
+    /// Inserts since the event log was last pruned.
+    since_prune: std::sync::atomic::AtomicU32,
 }
 
 fn now() -> i64 {
@@ -95,6 +99,8 @@ impl State {
         schema::migrate(&mut conn)?;
         Ok(State {
             conn: Mutex::new(conn),
+            event_limits: Mutex::new(EventLimits::default()),
+            since_prune: std::sync::atomic::AtomicU32::new(0),
         })
     }
 }

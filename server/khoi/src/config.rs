@@ -84,6 +84,7 @@ pub struct Admin {
     pub import_roots: Vec<PathBuf>,
     pub nightly: Nightly,
     pub import: Import,
+    pub events: Events,
     /// HTTPS for the page: `auto` (on unless the page is on loopback),
     /// `enabled` or `disabled`.
     pub tls: TlsMode,
@@ -190,6 +191,37 @@ impl Admin {
     }
 }
 
+/// How much of the event and audit log is kept.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// Events older than this many days are removed.
+    pub keep_days: u32,
+    /// At most this many events; above it the oldest events anyone on the LAN
+    /// can cause (unknown machines, failed logins, boot-script fetches) go
+    /// first, admin actions only when those alone cannot make room.
+    pub max_rows: u64,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        let d = khoi_state::EventLimits::default();
+        Events {
+            keep_days: d.keep_days,
+            max_rows: d.max_rows,
+        }
+    }
+}
+
+impl Events {
+    pub fn limits(&self) -> khoi_state::EventLimits {
+        khoi_state::EventLimits {
+            keep_days: self.keep_days,
+            max_rows: self.max_rows,
+        }
+    }
+}
+
 /// Limits on what an import (CLI, path or upload) may take.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -248,6 +280,7 @@ impl Default for Admin {
             import_roots: vec![PathBuf::from("/media"), PathBuf::from("/mnt")],
             nightly: Nightly::default(),
             import: Import::default(),
+            events: Events::default(),
             tls: TlsMode::Auto,
             tls_cert: None,
             tls_key: None,
@@ -519,6 +552,22 @@ impl Config {
                 ));
             }
         }
+        let ev = &self.admin.events;
+        if ev.keep_days == 0 {
+            return Err(fail(
+                "keep_days",
+                "0 would drop the audit log as it is written: expected at least 1 day".into(),
+            ));
+        }
+        if ev.max_rows < 1000 {
+            return Err(fail(
+                "max_rows",
+                format!(
+                    "{}: expected at least 1000 events (a busy morning's boots)",
+                    ev.max_rows
+                ),
+            ));
+        }
         if !(1..=120).contains(&self.prewarm.learn_minutes) {
             return Err(fail(
                 "prewarm.learn_minutes",
@@ -762,6 +811,24 @@ mod tests {
         let text = include_str!("../../../config/khoi.example.yaml");
         let c = parse(text).expect("the shipped example must be valid");
         assert_eq!(c.import_limits(), Config::default().import_limits());
+    }
+
+    #[test]
+    fn event_limits_come_from_admin_events_and_are_checked() {
+        let c = parse("admin:\n  events:\n    keep_days: 30\n    max_rows: 5000\n")
+            .expect("events keys");
+        assert_eq!(
+            c.admin.events.limits(),
+            khoi_state::EventLimits {
+                keep_days: 30,
+                max_rows: 5000
+            }
+        );
+        let e = parse("admin:\n  events:\n    keep_days: 30\n    max_rows: 10\n")
+            .expect_err("too few rows");
+        assert_eq!((e.line, e.key.as_deref()), (4, Some("max_rows")));
+        let e = parse("admin:\n  events:\n    keep_days: 0\n").expect_err("zero days");
+        assert_eq!((e.line, e.key.as_deref()), (3, Some("keep_days")));
     }
 
     #[test]

@@ -173,6 +173,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     restrict_data_folder(&dir)?;
 
     let state = Arc::new(State::open(&dir.join("khoi.db")).context("opening the state database")?);
+    let pruned = state
+        .set_event_limits(config.admin.events.limits())
+        .context("pruning the event log")?;
+    if pruned > 0 {
+        tracing::info!(pruned, "old events removed from the log");
+    }
     let recorder = Recorder::start(Arc::clone(&state));
     let block_recorder = recorder.clone();
     // The state database lives on the same filesystem as the overlays but
