@@ -1,153 +1,16 @@
-//! A file-backed device and a fixed resolver, shared by the `memtarget`
-//! example and the integration tests (included with `#[path]`).
+//! A fixed resolver over `khoi_block::testing`'s doubles, shared by the
+//! `memtarget` example and the integration tests (included with `#[path]`).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use khoi_block::filters::Delay;
-use khoi_block::{
-    BlockDevice, BlockError, Caps, Checked, Extent, ExtentKind, ReadSegment, WriteFlags,
-};
+use khoi_block::filters::{Delay, Fault, FaultError, FaultRule, OpKind};
+use khoi_block::testing::{FileDisk, MemDisk};
+use khoi_block::{BlockDevice, Checked};
 use khoi_iscsi::{ChapSecret, Credential, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
 use parking_lot::Mutex;
-
-/// A plain file as a block device. Reads are planned as file ranges so the
-/// transport's sendfile path is exercised.
-#[derive(Debug)]
-pub struct FileDevice {
-    file: Arc<File>,
-    size: u64,
-}
-
-impl FileDevice {
-    pub fn create(path: &Path, size: u64) -> std::io::Result<FileDevice> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        file.set_len(size)?;
-        Ok(FileDevice {
-            file: Arc::new(file),
-            size,
-        })
-    }
-}
-
-impl BlockDevice for FileDevice {
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn caps(&self) -> Caps {
-        Caps {
-            read_only: false,
-            flush: true,
-            fua: false,
-            trim: true,
-            zero: true,
-            extents: false,
-            multi_conn: true,
-        }
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> khoi_block::device::Result<()> {
-        Ok(self.file.read_exact_at(buf, offset)?)
-    }
-    fn read_plan(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<ReadSegment>> {
-        Ok(vec![ReadSegment::File {
-            file: self.file.clone(),
-            offset,
-            len,
-        }])
-    }
-    fn write_at(
-        &self,
-        buf: &[u8],
-        offset: u64,
-        _flags: WriteFlags,
-    ) -> khoi_block::device::Result<()> {
-        Ok(self.file.write_all_at(buf, offset)?)
-    }
-    fn flush(&self) -> khoi_block::device::Result<()> {
-        Ok(self.file.sync_data()?)
-    }
-    fn trim(&self, offset: u64, len: u64, flags: WriteFlags) -> khoi_block::device::Result<()> {
-        self.write_zeroes(offset, len, flags)
-    }
-    fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        _flags: WriteFlags,
-    ) -> khoi_block::device::Result<()> {
-        let zero = vec![0u8; 1 << 20];
-        let mut done = 0;
-        while done < len {
-            let n = usize::try_from((len - done).min(zero.len() as u64)).unwrap_or(zero.len());
-            self.file.write_all_at(&zero[..n], offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
-    }
-    fn extents(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<Extent>> {
-        Ok(vec![Extent {
-            offset,
-            len,
-            kind: ExtentKind::Overlay,
-        }])
-    }
-}
-
-/// A device that fails every write with NoSpace (a full overlay).
-#[derive(Debug)]
-pub struct FullDevice(pub u64);
-
-impl BlockDevice for FullDevice {
-    fn size(&self) -> u64 {
-        self.0
-    }
-    fn caps(&self) -> Caps {
-        Caps {
-            read_only: false,
-            flush: true,
-            fua: true,
-            trim: false,
-            zero: false,
-            extents: false,
-            multi_conn: true,
-        }
-    }
-    fn read_at(&self, buf: &mut [u8], _offset: u64) -> khoi_block::device::Result<()> {
-        buf.fill(0);
-        Ok(())
-    }
-    fn read_plan(&self, _offset: u64, len: u64) -> khoi_block::device::Result<Vec<ReadSegment>> {
-        Ok(vec![ReadSegment::Zero { len }])
-    }
-    fn write_at(&self, _: &[u8], _: u64, _: WriteFlags) -> khoi_block::device::Result<()> {
-        Err(BlockError::NoSpace("overlay quota reached".into()))
-    }
-    fn flush(&self) -> khoi_block::device::Result<()> {
-        Ok(())
-    }
-    fn trim(&self, _: u64, _: u64, _: WriteFlags) -> khoi_block::device::Result<()> {
-        Err(BlockError::NoSpace("overlay quota reached".into()))
-    }
-    fn write_zeroes(&self, _: u64, _: u64, _: WriteFlags) -> khoi_block::device::Result<()> {
-        Err(BlockError::NoSpace("overlay quota reached".into()))
-    }
-    fn extents(&self, offset: u64, len: u64) -> khoi_block::device::Result<Vec<Extent>> {
-        Ok(vec![Extent {
-            offset,
-            len,
-            kind: ExtentKind::Zero,
-        }])
-    }
-}
 
 pub const OPEN: &str = "iqn.2025-01.vn.khoi:open";
 pub const CHAP: &str = "iqn.2025-01.vn.khoi:chap";
@@ -247,9 +110,15 @@ impl TargetResolver for TestResolver {
             return Ok(d.clone());
         }
         let dev: Arc<dyn BlockDevice> = if target == FULL {
-            Arc::new(FullDevice(self.size))
+            // A full overlay: reads work, every allocating request fails.
+            let rule = FaultRule::new(FaultError::NoSpace).ops(&[
+                OpKind::Write,
+                OpKind::Trim,
+                OpKind::Zero,
+            ]);
+            Arc::new(Fault::new(Arc::new(MemDisk::new(self.size)), rule))
         } else if target == SLOW {
-            let file = FileDevice::create(&self.dir.join("slow.img"), self.size)
+            let file = FileDisk::create(&self.dir.join("slow.img"), self.size)
                 .map_err(|e| e.to_string())?;
             let d = Arc::new(Delay::new(Arc::new(file)));
             *self.slow.lock() = Some(d.clone());
@@ -259,8 +128,9 @@ impl TargetResolver for TestResolver {
             Arc::new(khoi_block::MemDevice::read_only(vec![0; size]))
         } else {
             let name = target.rsplit(':').next().unwrap_or("lun");
+            // A file, so reads take the transport's sendfile path.
             Arc::new(
-                FileDevice::create(&self.dir.join(format!("{name}.img")), self.size)
+                FileDisk::create(&self.dir.join(format!("{name}.img")), self.size)
                     .map_err(|e| e.to_string())?,
             )
         };
