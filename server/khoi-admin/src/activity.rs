@@ -56,15 +56,18 @@ pub enum IoOp {
     Write,
     Flush,
     Trim,
+    /// Write-zeroes: changes data without carrying any.
+    Zero,
     Other,
 }
 
 impl IoOp {
-    const ALL: [IoOp; 5] = [
+    const ALL: [IoOp; 6] = [
         IoOp::Read,
         IoOp::Write,
         IoOp::Flush,
         IoOp::Trim,
+        IoOp::Zero,
         IoOp::Other,
     ];
 
@@ -74,7 +77,8 @@ impl IoOp {
             IoOp::Write => 1,
             IoOp::Flush => 2,
             IoOp::Trim => 3,
-            IoOp::Other => 4,
+            IoOp::Zero => 4,
+            IoOp::Other => 5,
         }
     }
 
@@ -84,6 +88,7 @@ impl IoOp {
             IoOp::Write => "write",
             IoOp::Flush => "flush",
             IoOp::Trim => "trim",
+            IoOp::Zero => "zero",
             IoOp::Other => "other",
         }
     }
@@ -412,7 +417,7 @@ pub struct IoMeter {
     seat: String,
     read_bytes: Counter,
     written_bytes: Counter,
-    per_op: [(Counter, Histogram); 5],
+    per_op: [(Counter, Histogram); 6],
     pending_read: AtomicU64,
     pending_written: AtomicU64,
     born: Instant,
@@ -427,10 +432,15 @@ impl IoMeter {
         &self.seat
     }
 
-    pub fn record(&self, op: IoOp, bytes: u64, latency: Duration) {
+    /// One request; `latency` is `None` when the layer that saw it cannot
+    /// know how long it took (a planned read: its bytes move later), so the
+    /// latency histogram only holds real measurements.
+    pub fn record(&self, op: IoOp, bytes: u64, latency: Option<Duration>) {
         let (ops, hist) = &self.per_op[op.index()];
         ops.inc();
-        hist.observe(latency.as_secs_f64());
+        if let Some(l) = latency {
+            hist.observe(l.as_secs_f64());
+        }
         match op {
             IoOp::Read => {
                 self.read_bytes.inc_by(bytes);

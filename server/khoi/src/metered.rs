@@ -37,9 +37,8 @@ impl SeatMeter {
 fn io_op(op: OpKind) -> IoOp {
     match op {
         OpKind::Read => IoOp::Read,
-        // IoOp has no zeroing kind yet. A zero request changes data, so it
-        // counts as a write (of no payload bytes), never as a trim.
-        OpKind::Write | OpKind::Zero => IoOp::Write,
+        OpKind::Write => IoOp::Write,
+        OpKind::Zero => IoOp::Zero,
         OpKind::Flush => IoOp::Flush,
         OpKind::Trim => IoOp::Trim,
         OpKind::Extents => IoOp::Other,
@@ -48,12 +47,7 @@ fn io_op(op: OpKind) -> IoOp {
 
 impl IoSink for SeatMeter {
     fn record(&self, op: OpKind, bytes: u64, latency: Option<Duration>) {
-        // IoMeter can only count a request together with a latency sample.
-        // A planned read's time is not known here (the bytes move later, in
-        // the frontend's reply writer), so it is filed as zero rather than as
-        // the lookup's time; the serving seam will supply the real figure.
-        self.meter
-            .record(io_op(op), bytes, latency.unwrap_or(Duration::ZERO));
+        self.meter.record(io_op(op), bytes, latency);
     }
 }
 
@@ -83,7 +77,7 @@ mod tests {
     }
 
     #[test]
-    fn zeroing_counts_as_a_write_not_a_trim() {
+    fn zeroing_is_its_own_kind_not_a_write_or_a_trim() {
         let activity = Arc::new(Activity::new(Arc::new(Metrics::new())));
         let dev = Metered::new(
             Arc::new(MemDevice::new(8192)),
@@ -96,12 +90,43 @@ mod tests {
             let label = format!("op=\"{op}\"");
             sample(&text, &["ops", "seat=\"s1\"", &label])
         };
-        assert_eq!(ops("write"), Some(1.0), "{text}");
+        assert_eq!(ops("zero"), Some(1.0), "{text}");
+        assert_eq!(ops("write").unwrap_or(0.0), 0.0, "{text}");
         assert_eq!(ops("trim").unwrap_or(0.0), 0.0, "{text}");
         assert_eq!(
-            sample(&text, &["bytes_written", "seat=\"s1\""]).unwrap_or(0.0),
-            0.0,
+            sample(&text, &["written_bytes_total", "seat=\"s1\""]),
+            Some(0.0),
             "zeroing moves no payload: {text}"
+        );
+    }
+
+    /// A planned read is counted with its bytes, but its latency is not known
+    /// at planning time, so the histogram gets no (zero) sample for it.
+    #[test]
+    fn planned_reads_count_without_a_latency_sample() {
+        let activity = Arc::new(Activity::new(Arc::new(Metrics::new())));
+        let dev = Metered::new(
+            Arc::new(MemDevice::new(8192)),
+            SeatMeter::new(&activity, "s1", "nbd"),
+        );
+        dev.read_plan(0, 4096).expect("plan");
+        let mut buf = [0u8; 512];
+        dev.read_at(&mut buf, 0).expect("read");
+        let text = activity.metrics().encode();
+        let read = "op=\"read\"";
+        assert_eq!(
+            sample(&text, &["ops", "seat=\"s1\"", read]),
+            Some(1.0 + 1.0)
+        );
+        assert_eq!(
+            sample(&text, &["read_bytes_total", "seat=\"s1\""]),
+            Some(4096.0 + 512.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &["request_latency_seconds_count", read]),
+            Some(1.0),
+            "only the read_at was timed: {text}"
         );
     }
 
@@ -117,7 +142,7 @@ mod tests {
     #[test]
     fn kinds_map_onto_the_admin_meter() {
         assert_eq!(io_op(OpKind::Read), IoOp::Read);
-        assert_eq!(io_op(OpKind::Zero), IoOp::Write);
+        assert_eq!(io_op(OpKind::Zero), IoOp::Zero);
         assert_eq!(io_op(OpKind::Trim), IoOp::Trim);
         assert_eq!(io_op(OpKind::Extents), IoOp::Other);
     }
