@@ -28,7 +28,10 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{BootFiles, ConfigError, DhcpMode, Pool, PxeConfig};
+pub use config::{
+    BootFiles, BootNetworks, ConfigError, DhcpMode, ListError, NetworkKind, NetworksError, Pool,
+    PxeConfig,
+};
 pub use dhcp::{DhcpCore, DhcpStats, Received, Transmit};
 pub use net::{DhcpSockets, NetError};
 
@@ -385,13 +388,10 @@ pub async fn run(
     } else {
         None
     };
-    let http_addr = std::net::SocketAddr::from((config.server_ip, config.http_port));
-    let listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .map_err(|source| PxeError::Http {
-            addr: http_addr,
-            source,
-        })?;
+    let http_v4 = SocketAddrV4::new(config.server_ip, config.http_port);
+    let http_addr = std::net::SocketAddr::V4(http_v4);
+    let listener = net::bind_tcp_on(&config.interface, http_v4, "boot scripts (HTTP)")
+        .and_then(|l| tokio::net::TcpListener::from_std(l).map_err(NetError::Io))?;
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some((sockets, core)) = dhcp {

@@ -119,6 +119,34 @@ pub fn bind_udp_on(
     Ok(s.into())
 }
 
+/// A TCP listener on `addr` that takes connections arriving on interface `iface` only.
+///
+/// Linux answers for any of its addresses on any interface (the weak host model), so a
+/// listener bound to one boot network's address alone would also take a connection a
+/// host on another network sends to that address; bound to the device as well, such a
+/// connection is refused. This is what keeps a seat's boot script and iSCSI login on its
+/// own network.
+pub fn bind_tcp_on(
+    iface: &str,
+    addr: SocketAddrV4,
+    what: &'static str,
+) -> Result<std::net::TcpListener, NetError> {
+    let err = |source| NetError::Bind {
+        what,
+        iface: iface.to_string(),
+        addr,
+        source,
+    };
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    // A restarted server must get its port back while old connections sit in TIME_WAIT.
+    s.set_reuse_address(true).map_err(err)?;
+    s.bind_device(Some(iface.as_bytes())).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&SocketAddr::V4(addr).into()).map_err(err)?;
+    s.listen(1024).map_err(err)?;
+    Ok(s.into())
+}
+
 /// The DHCP sockets (ports 67 and 4011), bound to the boot interface.
 #[derive(Debug)]
 pub struct DhcpSockets {

@@ -103,6 +103,10 @@ CREATE TABLE gate_results (
 ALTER TABLE seat_boots ADD COLUMN target_secret TEXT;
 ALTER TABLE seat_boots ADD COLUMN pending_target_secret TEXT;
 "#,
+    // The boot network each seat is answered on (NULL: the config's first).
+    r#"
+ALTER TABLE seats ADD COLUMN network TEXT;
+"#,
 ];
 
 /// Runs the migrations `conn` has not seen yet, each in its own transaction

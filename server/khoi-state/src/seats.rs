@@ -74,6 +74,9 @@ pub struct Seat {
     /// The seat boots its image's draft (maintenance overlay) instead of its
     /// own overlay, so an admin can change the golden image from it.
     pub maintenance: bool,
+    /// The boot network the seat is answered on; `None`: the config's first.
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +107,9 @@ pub struct SeatUpdate {
     pub quota: Option<u64>,
     #[serde(default)]
     pub maintenance: Option<bool>,
+    /// Moves the seat to this boot network.
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// Tells an absent field (keep) from an explicit `null` (clear).
@@ -151,7 +157,26 @@ fn seat_from_row(row: &Row<'_>) -> rusqlite::Result<Seat> {
         mutual_secret: row.get("mutual_secret")?,
         created: row.get("created")?,
         maintenance: row.get::<_, i64>("maintenance")? != 0,
+        network: row.get("network")?,
     })
+}
+
+/// The same rule as the config's network names (`khoi_pxe::valid_network_name`).
+fn validate_network(n: &str) -> Result<()> {
+    if n.is_empty()
+        || n.len() > 32
+        || !n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(StateError::Invalid {
+            field: "network",
+            reason: format!(
+                "{n:?} is not a network name (letters, digits, - and _, at most 32)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn quota_param(q: u64) -> i64 {
@@ -160,7 +185,15 @@ fn quota_param(q: u64) -> i64 {
 
 impl State {
     pub fn add_seat(&self, new: &NewSeat) -> Result<Seat> {
+        self.add_seat_on(new, None)
+    }
+
+    /// [`State::add_seat`] on boot network `network` (`None`: the first).
+    pub fn add_seat_on(&self, new: &NewSeat, network: Option<&str>) -> Result<Seat> {
         validate_name("name", &new.name)?;
+        if let Some(n) = network {
+            validate_network(n)?;
+        }
         if let Some(iqn) = &new.initiator_iqn
             && (!(iqn.starts_with("iqn.") || iqn.starts_with("eui.") || iqn.starts_with("naa."))
                 || iqn.len() > 223
@@ -191,8 +224,9 @@ impl State {
         }
         let inserted = conn.execute(
             "INSERT INTO seats (name, mac, image, pinned_version, active_version, policy, quota,
-                                chap_user, chap_secret, created, initiator_iqn, mutual_secret)
-             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                chap_user, chap_secret, created, initiator_iqn, mutual_secret,
+                                network)
+             VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT (name) DO NOTHING",
             params![
                 new.name,
@@ -205,7 +239,8 @@ impl State {
                 secret,
                 now(),
                 new.initiator_iqn,
-                mutual
+                mutual,
+                network
             ],
         )?;
         if inserted == 0 {
@@ -285,6 +320,9 @@ impl State {
                 .to_string(),
             None => old.mac.clone(),
         };
+        if let Some(n) = &up.network {
+            validate_network(n)?;
+        }
         let conn = self.conn.lock();
         if mac != old.mac
             && let Some(seat) = conn
@@ -297,7 +335,7 @@ impl State {
         }
         conn.execute(
             "UPDATE seats SET mac = ?2, image = ?3, pinned_version = ?4, policy = ?5, quota = ?6,
-                              maintenance = ?7
+                              maintenance = ?7, network = ?8
              WHERE name = ?1",
             params![
                 name,
@@ -307,6 +345,7 @@ impl State {
                 up.policy.unwrap_or(old.policy).as_str(),
                 quota_param(up.quota.unwrap_or(old.quota)),
                 i64::from(up.maintenance.unwrap_or(old.maintenance)),
+                up.network.as_ref().or(old.network.as_ref()),
             ],
         )?;
         drop(conn);
@@ -429,5 +468,39 @@ mod tests {
         assert_eq!(st.update_seat("PC_01", &up).expect("update").quota, 1 << 30);
         st.set_active_version("PC_01", Some(2)).expect("active");
         st.remove_seat("PC_01").expect("remove");
+    }
+
+    #[test]
+    fn network_defaults_to_none_and_is_kept() {
+        let st = State::open_in_memory().expect("db");
+        let a = st
+            .add_seat(&seat("quay-01", "52:54:00:00:00:01"))
+            .expect("add");
+        assert_eq!(a.network, None, "no network named: the config's first");
+        let k = st
+            .add_seat_on(&seat("kiosk-01", "52:54:00:00:00:02"), Some("public"))
+            .expect("add on a network");
+        assert_eq!(k.network.as_deref(), Some("public"));
+        let e = st
+            .add_seat_on(&seat("x", "52:54:00:00:00:03"), Some("bad name"))
+            .expect_err("bad network name");
+        assert!(matches!(e, StateError::Invalid { field: "network", .. }), "{e}");
+        let up = SeatUpdate {
+            network: Some("quay".into()),
+            ..SeatUpdate::default()
+        };
+        assert_eq!(
+            st.update_seat("quay-01", &up).expect("move").network.as_deref(),
+            Some("quay")
+        );
+        // Other changes keep the network.
+        let up = SeatUpdate {
+            quota: Some(1),
+            ..SeatUpdate::default()
+        };
+        assert_eq!(
+            st.update_seat("quay-01", &up).expect("quota").network.as_deref(),
+            Some("quay")
+        );
     }
 }

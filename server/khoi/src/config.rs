@@ -16,9 +16,10 @@ pub struct Config {
     pub listen: Listen,
     pub storage: Storage,
     pub iscsi: Iscsi,
-    /// Network boot (DHCP/proxyDHCP, TFTP, iPXE scripts). Absent: no boot
-    /// services, so a fresh install never answers DHCP on a LAN by surprise.
-    pub pxe: Option<khoi_pxe::PxeConfig>,
+    /// Network boot (DHCP/proxyDHCP, TFTP, iPXE scripts): one boot network or
+    /// a list of them. Absent: no boot services, so a fresh install never
+    /// answers DHCP on a LAN by surprise.
+    pub pxe: Option<khoi_pxe::BootNetworks>,
     pub admin: Admin,
     pub prewarm: Prewarm,
     /// TLS for NBD over TCP (`listen.nbd`); required off loopback.
@@ -620,9 +621,26 @@ impl Config {
             return Err(fail("data_dir", "must not be empty".into()));
         }
         self.validate_nbd(&fail)?;
-        if let Some(pxe) = &self.pxe {
-            pxe.validate().map_err(|e| fail("pxe", e.to_string()))?;
-            if pxe.mode != khoi_pxe::DhcpMode::Off
+        if let Some(nets) = &self.pxe {
+            nets.validate().map_err(|e| {
+                let line = find_network_key_line(text, e.index, e.key);
+                let which = match nets.0.get(e.index) {
+                    Some(n) if nets.len() > 1 => format!("boot network {:?}: ", n.network_name()),
+                    _ => String::new(),
+                };
+                ConfigError {
+                    file: path.to_path_buf(),
+                    line,
+                    column: 1,
+                    key: Some(if e.key == "pxe" {
+                        "pxe".into()
+                    } else {
+                        format!("pxe.{}", e.key)
+                    }),
+                    message: format!("{which}{e}"),
+                }
+            })?;
+            if nets.iter().any(|n| n.mode != khoi_pxe::DhcpMode::Off)
                 && !matches!(self.listen.iscsi, Some(std::net::SocketAddr::V4(_)))
             {
                 return Err(fail(
@@ -631,9 +649,96 @@ impl Config {
                         .into(),
                 ));
             }
+            if let Some(addr) = self.listen.iscsi
+                && !addr.ip().is_loopback()
+                && !addr.ip().is_unspecified()
+                && !nets.iter().any(|n| std::net::IpAddr::V4(n.server_ip) == addr.ip())
+            {
+                return Err(fail(
+                    "iscsi",
+                    format!(
+                        "{addr} is neither loopback nor a boot network's server_ip: seats log in \
+                         on their own network's address (Khoi listens there on this port), so \
+                         use one of those, 0.0.0.0 or a loopback address"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
+
+    /// Where each boot network's iSCSI portal listens: its `server_ip` at the
+    /// port of `listen.iscsi`, with its interface; none without a portal.
+    pub fn network_portals(&self) -> Vec<(String, String, std::net::SocketAddrV4)> {
+        let Some(port) = self.listen.iscsi.map(|a| a.port()) else {
+            return Vec::new();
+        };
+        self.pxe
+            .iter()
+            .flat_map(|nets| nets.iter())
+            .map(|n| {
+                (
+                    n.network_name().to_string(),
+                    n.interface.clone(),
+                    std::net::SocketAddrV4::new(n.server_ip, port),
+                )
+            })
+            .collect()
+    }
+
+    /// The iSCSI listener besides the boot networks' own: `listen.iscsi`
+    /// itself when it is loopback (tools on the server), or loopback at its
+    /// port when it is 0.0.0.0, which with boot networks means "each boot
+    /// network, and this machine" so no login arrives on a network the seat
+    /// is not on. Without boot networks, `listen.iscsi` as it is.
+    pub fn local_iscsi_listen(&self) -> Option<std::net::SocketAddr> {
+        let addr = self.listen.iscsi?;
+        if self.pxe.is_none() || addr.ip().is_loopback() {
+            return Some(addr);
+        }
+        if addr.ip().is_unspecified() {
+            return Some(std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())));
+        }
+        None
+    }
+}
+
+/// The line of `key` in boot network `index` of the `pxe` section (a list
+/// entry, or the section itself in the one-network form); the section's line
+/// when the key is not written (a default), 0 without a section.
+fn find_network_key_line(text: &str, index: usize, key: &str) -> u64 {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.starts_with("pxe:")) else {
+        return 0;
+    };
+    let line_no = |i: usize| u64::try_from(i + 1).unwrap_or(0);
+    let mut entry: Option<usize> = None;
+    let mut entry_start = start;
+    for (i, l) in lines.iter().enumerate().skip(start + 1) {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if !l.starts_with(' ') && !l.starts_with('-') {
+            break;
+        }
+        let mut body = t;
+        if let Some(rest) = t.strip_prefix("- ").or_else(|| (t == "-").then_some("")) {
+            entry = Some(entry.map_or(0, |e| e + 1));
+            if entry == Some(index) {
+                entry_start = i;
+            }
+            body = rest.trim_start();
+        }
+        let here = entry.unwrap_or(0) == index;
+        if here && body.starts_with(&format!("{key}:")) {
+            return line_no(i);
+        }
+    }
+    if key == "pxe" {
+        return line_no(start);
+    }
+    line_no(entry_start)
 }
 
 impl Config {
