@@ -243,6 +243,9 @@ impl Service {
             ));
         }
         let old = self.gate_settings(image)?;
+        if new.profile != old.profile {
+            self.check_profile_on_networks(image, new.profile)?;
+        }
         for a in &new.policy.admin_allow {
             if a.trim().is_empty() || a.len() > 256 {
                 return Err(ServiceError::Invalid {

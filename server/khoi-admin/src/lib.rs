@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod gate;
 pub mod metrics;
+pub mod networks;
 pub mod schedule;
 pub mod service;
 pub mod staging;
@@ -14,4 +15,5 @@ pub mod users;
 
 pub use activity::{Activity, IoMeter, IoOp, SeatState};
 pub use metrics::Metrics;
+pub use networks::BootNetwork;
 pub use service::{Actor, ExportName, Opened, Service, ServiceConfig, ServiceError};

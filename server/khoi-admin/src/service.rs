@@ -191,6 +191,9 @@ pub struct SeatView {
     /// Fenced after a change of its disk: refused until it reboots.
     #[serde(default)]
     pub fenced: bool,
+    /// The boot network it is on; `null`: the config's first.
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -318,6 +321,8 @@ pub struct Service {
     end_sessions: Ender,
     /// Off only in tests whose images are not Windows disks.
     gate_enforced: std::sync::atomic::AtomicBool,
+    /// The config's boot networks (`networks`).
+    pub(crate) networks: parking_lot::RwLock<Vec<crate::networks::BootNetwork>>,
 }
 
 impl Service {
@@ -341,6 +346,7 @@ impl Service {
             import_limits: parking_lot::RwLock::new(crate::staging::Limits::default()),
             end_sessions: Ender::default(),
             gate_enforced: std::sync::atomic::AtomicBool::new(true),
+            networks: parking_lot::RwLock::new(Vec::new()),
         }
     }
 
@@ -895,10 +901,21 @@ impl Service {
             overlay_bytes,
             maintenance: seat.maintenance,
             fenced,
+            network: seat.network,
         }
     }
 
     pub fn add_seat(&self, actor: &Actor, req: &AddSeat) -> Result<SeatView> {
+        self.add_seat_on(actor, req, None)
+    }
+
+    /// [`Service::add_seat`] on boot network `network` (`None`: the first).
+    pub fn add_seat_on(
+        &self,
+        actor: &Actor,
+        req: &AddSeat,
+        network: Option<&str>,
+    ) -> Result<SeatView> {
         let mac: Mac = req
             .mac
             .parse()
@@ -913,7 +930,8 @@ impl Service {
                 format!("image {:?} has no version {n}", req.image),
             ));
         }
-        let seat = self.state.add_seat(&NewSeat {
+        self.check_seat_network(&req.image, network)?;
+        let seat = self.state.add_seat_on(&NewSeat {
             name: req.name.clone(),
             mac,
             image: req.image.clone(),
@@ -922,7 +940,7 @@ impl Service {
             quota: req.quota.unwrap_or(0),
             initiator_iqn: req.initiator_iqn.clone(),
             mutual_chap: req.mutual_chap,
-        })?;
+        }, network)?;
         // A new seat starts clean on its target version, so `seat list`
         // shows what it will boot before it ever does.
         let target = self.target_version(&seat)?;
@@ -932,12 +950,17 @@ impl Service {
             .pinned_version
             .map_or_else(|| "latest".to_string(), |n| n.to_string());
         let policy = seat.policy.to_string();
+        let on = seat
+            .network
+            .as_deref()
+            .map(|n| format!(" network {n}"))
+            .unwrap_or_default();
         self.audit_args(
             actor,
             "seat.add",
             &seat.name,
             &format!(
-                "mac {} image {} version {version} policy {policy}",
+                "mac {} image {} version {version} policy {policy}{on}",
                 seat.mac, seat.image
             ),
             &[
@@ -1166,6 +1189,10 @@ impl Service {
                 format!("image {image:?} has no version {n}"),
             ));
         }
+        if up.image.is_some() || up.network.is_some() {
+            let network = up.network.as_deref().or(old.network.as_deref());
+            self.check_seat_network(&image, network)?;
+        }
         if up.maintenance == Some(true) && !old.maintenance {
             // The draft must exist before the seat boots into it.
             self.store.open_draft(&image)?;
@@ -1198,16 +1225,31 @@ impl Service {
                 if seat.maintenance { "on" } else { "off" }
             ));
         }
+        if seat.network != old.network {
+            let show = |n: &Option<String>| n.clone().unwrap_or_else(|| "(first)".into());
+            changes.push(format!(
+                "network {} -> {}",
+                show(&old.network),
+                show(&seat.network)
+            ));
+        }
         if !changes.is_empty() {
             self.audit(actor, "seat.update", name, &changes.join(", "));
         }
         // What a reconnect would open: the draft or an overlay of another
         // image or version.
+        // A seat moved to another network boots anew there: its running
+        // boot belongs to an address on the old one.
         if seat.maintenance != old.maintenance
             || seat.image != old.image
             || seat.pinned_version != old.pinned_version
+            || seat.network != old.network
         {
-            self.fence(actor, name, "its image, version or maintenance changed");
+            self.fence(
+                actor,
+                name,
+                "its image, version, maintenance or network changed",
+            );
         }
         Ok(self.view(seat))
     }
