@@ -125,6 +125,26 @@ pub struct DhcpStats {
     pub informs: u64,
 }
 
+impl DhcpStats {
+    /// Both counters added, for one total over several boot networks.
+    pub fn sum(&self, o: &DhcpStats) -> DhcpStats {
+        DhcpStats {
+            received: self.received + o.received,
+            garbage: self.garbage + o.garbage,
+            ignored: self.ignored + o.ignored,
+            unknown_mac: self.unknown_mac + o.unknown_mac,
+            no_boot_file: self.no_boot_file + o.no_boot_file,
+            pool_exhausted: self.pool_exhausted + o.pool_exhausted,
+            offers: self.offers + o.offers,
+            acks: self.acks + o.acks,
+            naks: self.naks + o.naks,
+            declines: self.declines + o.declines,
+            releases: self.releases + o.releases,
+            informs: self.informs + o.informs,
+        }
+    }
+}
+
 /// The sans-I/O DHCP state machine.
 #[derive(Debug)]
 pub struct DhcpCore {

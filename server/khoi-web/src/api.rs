@@ -495,12 +495,25 @@ async fn seats(State(st): State<ApiState>) -> ApiResult<Vec<SeatView>> {
     blocking(move || st.service.seats()).await
 }
 
+/// A new seat, optionally on a named boot network (default: the first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddSeatRequest {
+    #[serde(flatten)]
+    pub seat: AddSeat,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
 async fn add_seat(
     State(st): State<ApiState>,
     Who(who): Who,
-    Body422(req): Body422<AddSeat>,
+    Body422(req): Body422<AddSeatRequest>,
 ) -> ApiResult<SeatView> {
-    blocking(move || st.service.add_seat(&who, &req)).await
+    blocking(move || {
+        st.service
+            .add_seat_on(&who, &req.seat, req.network.as_deref())
+    })
+    .await
 }
 
 async fn seat(

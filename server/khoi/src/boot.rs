@@ -7,9 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use khoi_admin::Service;
+use khoi_admin::gate::Profile;
+use khoi_admin::{BootNetwork, Service};
 use khoi_pxe::{BootDirectory, Lease, SeatBoot};
-use khoi_state::Mac;
+use khoi_state::{Mac, Seat};
 use parking_lot::Mutex;
 
 use crate::recorder::Recorder;
@@ -19,12 +20,125 @@ use crate::recorder::Recorder;
 /// table consistent without a schema of its own.
 const LEASES_KEY: &str = "dhcp.leases";
 
+/// The seats of one boot network: its DHCP, TFTP and boot scripts answer
+/// these and no others.
 #[derive(Debug)]
 pub struct Seats {
     service: Arc<Service>,
     recorder: Recorder,
     portal: Option<SocketAddrV4>,
+    network: BootNetwork,
     leases: Mutex<BTreeMap<String, (String, u64)>>,
+}
+
+/// Why a registered seat is not served on a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// It belongs to another network (named), or to one the config lacks.
+    WrongNetwork { seat: String, own: Option<String> },
+    /// Its image's gate profile is not this network's kind.
+    WrongProfile {
+        seat: String,
+        image: String,
+        profile: Profile,
+    },
+}
+
+impl Refusal {
+    /// Whether `seat` may be served on `network`, as the boot path and the
+    /// iSCSI login both ask it.
+    pub fn check(service: &Service, network: &BootNetwork, seat: &Seat) -> Option<Refusal> {
+        let own = service.network_of(seat.network.as_deref());
+        if own.as_ref().map(|n| n.name.as_str()) != Some(network.name.as_str()) {
+            return Some(Refusal::WrongNetwork {
+                seat: seat.name.clone(),
+                own: own.map(|n| n.name).or_else(|| seat.network.clone()),
+            });
+        }
+        let profile = match service.gate_settings(&seat.image) {
+            Ok(g) => g.profile,
+            Err(e) => {
+                // Not knowing the image's profile must not let it through.
+                tracing::error!(seat = %seat.name, "cannot read the image's gate profile: {e}");
+                return Some(Refusal::WrongProfile {
+                    seat: seat.name.clone(),
+                    image: seat.image.clone(),
+                    profile: if network.profile == Profile::Counter {
+                        Profile::Kiosk
+                    } else {
+                        Profile::Counter
+                    },
+                });
+            }
+        };
+        (profile != network.profile).then(|| Refusal::WrongProfile {
+            seat: seat.name.clone(),
+            image: seat.image.clone(),
+            profile,
+        })
+    }
+
+    /// Records the refusal of `what` (a boot request, a login) on `network`
+    /// as `pxe.*` or, for a login, `iscsi.login.*`.
+    pub fn record(&self, recorder: &Recorder, login: bool, network: &BootNetwork, what: &str) {
+        let (subject, detail, args) = self.event(network, what);
+        match (self, login) {
+            (Refusal::WrongNetwork { .. }, false) => {
+                recorder.record_args("pxe.wrong_network", subject, detail, args);
+            }
+            (Refusal::WrongProfile { .. }, false) => {
+                recorder.record_args("pxe.wrong_profile", subject, detail, args);
+            }
+            (Refusal::WrongNetwork { .. }, true) => {
+                recorder.record_args("iscsi.login.wrong_network", subject, detail, args);
+            }
+            (Refusal::WrongProfile { .. }, true) => {
+                recorder.record_args("iscsi.login.wrong_profile", subject, detail, args);
+            }
+        }
+    }
+
+    /// The subject, the English detail and its values.
+    fn event(
+        &self,
+        network: &BootNetwork,
+        what: &str,
+    ) -> (String, String, Vec<(&'static str, String)>) {
+        let here = network.name.clone();
+        match self {
+            Refusal::WrongNetwork { seat, own } => {
+                let own = own.clone().unwrap_or_else(|| "-".into());
+                (
+                    seat.clone(),
+                    format!("{what} on network {here} refused: the seat is on network {own}"),
+                    vec![("network", here), ("own", own)],
+                )
+            }
+            Refusal::WrongProfile {
+                seat,
+                image,
+                profile,
+            } => {
+                let profile = match profile {
+                    Profile::Counter => "counter",
+                    Profile::Kiosk => "kiosk",
+                };
+                (
+                    seat.clone(),
+                    format!(
+                        "{what} on network {here} refused: image {image} has the {profile} \
+                         profile, which is never served on a {} network",
+                        khoi_admin::networks::kind_name(network.profile)
+                    ),
+                    vec![
+                        ("network", here),
+                        ("image", image.clone()),
+                        ("profile", profile.to_string()),
+                    ],
+                )
+            }
+        }
+    }
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
@@ -32,7 +146,13 @@ fn mac_text(mac: [u8; 6]) -> String {
 }
 
 impl Seats {
-    pub fn new(service: Arc<Service>, recorder: Recorder, portal: Option<SocketAddr>) -> Seats {
+    /// The seats of `network`, whose iSCSI portal is `portal`.
+    pub fn new(
+        service: Arc<Service>,
+        recorder: Recorder,
+        portal: Option<SocketAddr>,
+        network: BootNetwork,
+    ) -> Seats {
         let portal = match portal {
             Some(SocketAddr::V4(a)) => Some(a),
             _ => None,
@@ -48,6 +168,7 @@ impl Seats {
             service,
             recorder,
             portal,
+            network,
             leases: Mutex::new(leases),
         }
     }
@@ -78,6 +199,12 @@ impl BootDirectory for Seats {
                 return None;
             }
         };
+        // A seat of another network, or whose image is not for this one, gets
+        // what an unregistered machine gets: silence from DHCP, no script.
+        // `unknown_mac` then says which it was.
+        if Refusal::check(&self.service, &self.network, &seat).is_some() {
+            return None;
+        }
         let target_iqn = self.service.target_iqn(&seat.name);
         let initiator_iqn = seat
             .initiator_iqn
@@ -146,6 +273,20 @@ impl BootDirectory for Seats {
     }
 
     fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, from: Option<IpAddr>, at: SystemTime) {
+        if let Ok(Some(seat)) = self.service.state().seat_by_mac(Mac(mac))
+            && let Some(refusal) = Refusal::check(&self.service, &self.network, &seat)
+        {
+            refusal.record(
+                &self.recorder,
+                false,
+                &self.network,
+                &match from {
+                    Some(ip) => format!("boot request from {} at {ip}", mac_text(mac)),
+                    None => format!("boot request from {}", mac_text(mac)),
+                },
+            );
+            return;
+        }
         let arch = match arch {
             Some(0) => "BIOS".to_string(),
             Some(6) => "UEFI IA32".to_string(),

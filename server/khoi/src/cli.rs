@@ -147,14 +147,17 @@ pub enum SeatCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Power a seat on with Wake-on-LAN (or every seat with --all), on the
-    /// boot network (`pxe.interface`).
+    /// Power a seat on with Wake-on-LAN (or every seat with --all), on its
+    /// boot network's interface (`pxe.interface`).
     Wake {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
         #[arg(long)]
         all: bool,
     },
+    /// Move a seat to another boot network (a `name` under `pxe`); it is
+    /// answered only there from its next boot on.
+    Network { name: String, network: String },
     /// Remove a seat and its overlay.
     Remove { name: String },
 }
@@ -180,6 +183,9 @@ pub struct SeatAdd {
     /// Mutual CHAP: the target proves itself to the seat with its own secret.
     #[arg(long)]
     pub mutual_chap: bool,
+    /// The boot network the seat is answered on (default: the first under `pxe`).
+    #[arg(long)]
+    pub network: Option<String>,
 }
 
 fn parse_policy(s: &str) -> Result<ResetPolicy, String> {

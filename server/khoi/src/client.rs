@@ -58,6 +58,14 @@ impl Client {
         self.call("PUT", path, Some(body))
     }
 
+    pub fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.call("PATCH", path, Some(body))
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.call("DELETE", path, None::<&()>)
     }

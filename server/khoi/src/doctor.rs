@@ -157,15 +157,17 @@ pub fn run(config: &Config, lang: Lang) -> Report {
                 "add the pxe section (interface, server_ip, mode) to /etc/khoi/khoi.yaml, then: sudo systemctl restart khoi",
             ),
         )),
-        Some(pxe) => {
-            let iface = interface(pxe, lang);
-            let usable = iface.iter().all(|c| c.status != Status::Fail);
-            checks.extend(iface);
-            if usable {
-                checks.push(dhcp_servers(pxe, lang, Duration::from_secs(3)));
+        Some(nets) => {
+            for pxe in nets.iter() {
+                let iface = interface(pxe, lang);
+                let usable = iface.iter().all(|c| c.status != Status::Fail);
+                checks.extend(iface);
+                if usable {
+                    checks.push(dhcp_servers(pxe, lang, Duration::from_secs(3)));
+                }
+                checks.push(firewall(pxe, config, lang));
+                checks.push(ipxe_files(pxe, lang));
             }
-            checks.push(firewall(pxe, config, lang));
-            checks.push(ipxe_files(pxe, lang));
         }
     }
     checks.extend(ports(config, lang));
@@ -932,13 +934,16 @@ fn ports(config: &Config, lang: Lang) -> Vec<Check> {
             lang,
         ));
     }
-    if let Some(a) = config.listen.iscsi {
+    if let Some(a) = config.local_iscsi_listen() {
         out.push(port_check("iSCSI", Proto::Tcp, a, running, lang));
+    }
+    for (_, _, a) in config.network_portals() {
+        out.push(port_check("iSCSI", Proto::Tcp, SocketAddr::V4(a), running, lang));
     }
     if let Some(a) = config.listen.nbd {
         out.push(port_check("NBD", Proto::Tcp, a, running, lang));
     }
-    if let Some(pxe) = &config.pxe {
+    for pxe in config.pxe.iter().flat_map(|n| n.iter()) {
         let ip = std::net::IpAddr::V4(pxe.server_ip);
         out.push(port_check(
             &lang.pick("kịch bản khởi động", "boot scripts"),

@@ -492,6 +492,95 @@ impl TargetResolver for IscsiTargets {
     }
 }
 
+/// One boot network's iSCSI portal: the seats of that network, and only
+/// those whose image is for its kind, may log in here. Another seat's target
+/// gets the decoy exchange every refusal gets (status 0x0201, nothing told
+/// apart on the wire) and an event says why.
+#[derive(Debug)]
+pub struct NetworkTargets {
+    inner: Arc<IscsiTargets>,
+    network: khoi_admin::BootNetwork,
+}
+
+impl NetworkTargets {
+    pub fn new(inner: Arc<IscsiTargets>, network: khoi_admin::BootNetwork) -> Self {
+        NetworkTargets { inner, network }
+    }
+
+    /// Why `target`'s seat may not log in on this network, if it may not.
+    fn refusal(&self, target: &str) -> Option<crate::boot::Refusal> {
+        let svc = &self.inner.service;
+        let seat = svc.state().seat(svc.seat_of_target(target)?).ok()?;
+        crate::boot::Refusal::check(svc, &self.network, &seat)
+    }
+}
+
+impl TargetResolver for NetworkTargets {
+    fn targets(&self) -> Vec<String> {
+        self.inner
+            .targets()
+            .into_iter()
+            .filter(|t| self.refusal(t).is_none())
+            .collect()
+    }
+
+    fn auth(&self, target: &str) -> Option<TargetAuth> {
+        if self.refusal(target).is_some() {
+            return None;
+        }
+        self.inner.auth(target)
+    }
+
+    fn auth_from(&self, target: &str, peer: Option<IpAddr>) -> Option<TargetAuth> {
+        let auth = self.inner.auth_from(target, peer)?;
+        match self.refusal(target) {
+            None => Some(auth),
+            Some(r) => {
+                let from = peer.map_or_else(|| "-".into(), |p| p.to_canonical().to_string());
+                r.record(
+                    &self.inner.recorder,
+                    true,
+                    &self.network,
+                    &format!("login from {from}"),
+                );
+                Some(TargetAuth {
+                    chap: Some(decoy()),
+                    more_chap: Vec::new(),
+                    ..auth
+                })
+            }
+        }
+    }
+
+    fn chap_accepted(&self, target: &str, user: &str, peer: Option<IpAddr>) {
+        // Only reachable with this network's own credentials (`auth_from`).
+        self.inner.chap_accepted(target, user, peer);
+    }
+
+    fn chap_refused(&self, target: &str, user: &str, peer: Option<IpAddr>) {
+        self.inner.chap_refused(target, user, peer);
+    }
+
+    fn open_lun0(&self, target: &str) -> Result<Checked, String> {
+        // Checked again: the seat may have moved since its login began.
+        if self.refusal(target).is_some() {
+            return Err(format!(
+                "{target} is not served on boot network {}",
+                self.network.name
+            ));
+        }
+        self.inner.open_lun0(target)
+    }
+
+    fn identity(&self, target: &str) -> LunIdentity {
+        self.inner.identity(target)
+    }
+
+    fn event(&self, ev: IscsiEvent) {
+        self.inner.event(ev);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

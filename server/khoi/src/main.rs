@@ -488,15 +488,18 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--quota: {e}"))?;
             let s: SeatView = client.post(
                 "/v1/seats",
-                &AddSeat {
-                    name: a.name,
-                    mac: a.mac,
-                    image: a.image,
-                    version: a.version,
-                    policy: Some(a.policy),
-                    quota: quota.map(|q| q.0),
-                    initiator_iqn: a.initiator_iqn,
-                    mutual_chap: a.mutual_chap,
+                &khoi_web::api::AddSeatRequest {
+                    seat: AddSeat {
+                        name: a.name,
+                        mac: a.mac,
+                        image: a.image,
+                        version: a.version,
+                        policy: Some(a.policy),
+                        quota: quota.map(|q| q.0),
+                        initiator_iqn: a.initiator_iqn,
+                        mutual_chap: a.mutual_chap,
+                    },
+                    network: a.network,
                 },
             )?;
             out.print(&s, |s| {
@@ -547,6 +550,9 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                     d.seat.active_version.map_or("-".into(), |n| n.to_string())
                 );
                 println!("policy:      {}", d.seat.policy);
+                if let Some(n) = &d.seat.network {
+                    println!("network:     {n}");
+                }
                 println!(
                     "overlay:     {} of {}",
                     Size(d.seat.overlay_bytes),
@@ -607,6 +613,22 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                 if woken.is_empty() {
                     println!("no seats to wake");
                 }
+            })
+        }
+        SeatCmd::Network { name, network } => {
+            let s: SeatView = client.patch(
+                &format!("/v1/seats/{}", urlencode(&name)),
+                &khoi_state::SeatUpdate {
+                    network: Some(network),
+                    ..Default::default()
+                },
+            )?;
+            out.print(&s, |s| {
+                println!(
+                    "seat {} is on boot network {} from its next boot",
+                    s.name,
+                    s.network.as_deref().unwrap_or("-")
+                );
             })
         }
         SeatCmd::Remove { name } => {

@@ -239,40 +239,70 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let nbd_socket = start_nbd(&config, &service, &prewarm, &shutdown, &mut tasks).await?;
 
-    if let Some(addr) = config.listen.iscsi {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for iSCSI on {addr}"))?;
-        let portal = listener.local_addr()?;
-        tracing::info!("iSCSI portal on {portal}");
+    service.set_networks(boot_networks(&config));
+    warn_seats_off_networks(&service);
+
+    if config.listen.iscsi.is_some() {
         let targets = Arc::new(exports::IscsiTargets::new(
             Arc::clone(&service),
             recorder.clone(),
             state.server_id()?,
             Arc::clone(&prewarm),
         ));
-        let token = shutdown.clone();
-        let mut cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
-        cfg.nop_interval =
-            (config.iscsi.nop_interval > 0).then(|| Duration::from_secs(config.iscsi.nop_interval));
         // A fence ends the seat's live sessions at once (their in-flight work
         // drains in the background); its logins are refused from then on.
+        // One registry for every portal: a seat's sessions are one set
+        // whichever listener they came through.
         let registry = Arc::new(khoi_iscsi::registry::Registry::new());
         let (r, prefix) = (Arc::clone(&registry), config.iscsi.target_prefix.clone());
         service.on_fence(move |seat| {
             drop(r.cancel_sessions_of(&format!("{prefix}:{seat}")));
         });
-        tasks.spawn(async move {
-            khoi_iscsi::transport::serve_with_registry(listener, targets, cfg, registry, token)
+        let mut portals: Vec<(TcpListener, Arc<dyn khoi_iscsi::TargetResolver>)> = Vec::new();
+        if let Some(addr) = config.local_iscsi_listen() {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for iSCSI on {addr}"))?;
+            portals.push((listener, targets.clone()));
+        }
+        // Each boot network's portal takes connections arriving on its own
+        // interface only, and logs in that network's seats only.
+        for ((name, iface, addr), net) in config
+            .network_portals()
+            .into_iter()
+            .zip(service.networks())
+        {
+            let listener = khoi_pxe::net::bind_tcp_on(&iface, addr, "iSCSI")
+                .map_err(anyhow::Error::from)
+                .and_then(|l| Ok(TcpListener::from_std(l)?))
+                .with_context(|| format!("cannot listen for iSCSI on boot network {name}"))?;
+            portals.push((
+                listener,
+                Arc::new(exports::NetworkTargets::new(targets.clone(), net)),
+            ));
+        }
+        for (listener, resolver) in portals {
+            let portal = listener.local_addr()?;
+            tracing::info!("iSCSI portal on {portal}");
+            let mut cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
+            cfg.nop_interval = (config.iscsi.nop_interval > 0)
+                .then(|| Duration::from_secs(config.iscsi.nop_interval));
+            let (registry, token) = (Arc::clone(&registry), shutdown.clone());
+            tasks.spawn(async move {
+                khoi_iscsi::transport::serve_with_registry(
+                    listener, resolver, cfg, registry, token,
+                )
                 .await;
-        });
+            });
+        }
     }
 
-    if let Some(pxe) = config.pxe.clone() {
+    if let Some(nets) = config.pxe.clone() {
         start_boot_services(
-            pxe,
-            exports_boot(&service, &recorder, config.listen.iscsi),
+            &config,
+            nets,
             &service,
+            &recorder,
             &shutdown,
             &mut tasks,
         )
@@ -300,9 +330,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let setup_link = khoi_web::SetupLink::default();
     let mut socket_api = ApiState::new(Arc::clone(&service), "control-socket");
     socket_api.setup_link = Some(setup_link.clone());
-    let waker = Arc::new(crate::wake::Waker::new(
+    let waker = Arc::new(crate::wake::Waker::on_networks(
         Arc::clone(&service),
-        config.pxe.as_ref().map(|p| p.interface.clone()),
+        config
+            .pxe
+            .iter()
+            .flat_map(|n| n.iter())
+            .map(|n| (n.network_name().to_string(), n.interface.clone()))
+            .collect(),
     ));
     if let Some(cron) = config.power.wake_cron.as_deref() {
         // Config::load checked it; a config built otherwise is told here.
@@ -417,42 +452,88 @@ fn seed_last_boots(service: &Service) {
     }
 }
 
-fn exports_boot(
-    service: &Arc<Service>,
-    recorder: &Recorder,
-    portal: Option<std::net::SocketAddr>,
-) -> Arc<dyn khoi_pxe::BootDirectory> {
-    Arc::new(boot::Seats::new(
-        Arc::clone(service),
-        recorder.clone(),
-        portal,
-    ))
+/// The config's boot networks as the service knows them: a counter network
+/// serves counter-profile images, a public one kiosk images.
+fn boot_networks(config: &Config) -> Vec<khoi_admin::BootNetwork> {
+    config
+        .pxe
+        .iter()
+        .flat_map(|n| n.iter())
+        .map(|n| khoi_admin::BootNetwork {
+            name: n.network_name().to_string(),
+            profile: match n.kind {
+                khoi_pxe::NetworkKind::Counter => khoi_admin::gate::Profile::Counter,
+                khoi_pxe::NetworkKind::Public => khoi_admin::gate::Profile::Kiosk,
+            },
+        })
+        .collect()
 }
 
-/// Bind every boot socket before serving any, so a missing boot interface or
-/// a port in use stops `khoi serve` with a clear error instead of leaving a
-/// half-working boot LAN.
+/// A seat naming a network the config no longer has boots nowhere; say so
+/// at start rather than refuse to start (the admin moves it with the CLI,
+/// which needs the server).
+fn warn_seats_off_networks(service: &Service) {
+    if service.networks().is_empty() {
+        return;
+    }
+    for seat in service.state().seats().unwrap_or_default() {
+        if let Some(n) = seat.network.as_deref()
+            && service.network_of(Some(n)).is_none()
+        {
+            tracing::error!(
+                seat = %seat.name,
+                "seat is on boot network {n:?}, which the config does not have: it cannot boot \
+                 until it is moved (khoi seat network {} NAME) or the network is added",
+                seat.name
+            );
+        }
+    }
+}
+
+/// Bind every boot socket of every network before serving any, so a missing
+/// boot interface or a port in use stops `khoi serve` with a clear error
+/// instead of leaving a half-working boot LAN.
 async fn start_boot_services(
-    pxe: khoi_pxe::PxeConfig,
-    dir: Arc<dyn khoi_pxe::BootDirectory>,
+    config: &Config,
+    nets: khoi_pxe::BootNetworks,
     service: &Arc<Service>,
+    recorder: &Recorder,
     shutdown: &CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> anyhow::Result<()> {
     use khoi_pxe::{BootState, DhcpCore, DhcpMode, DhcpSockets, http, net, tftp};
-    let state = Arc::new(BootState::new(&pxe));
-    let dhcp = if pxe.mode == DhcpMode::Off {
-        None
-    } else {
-        let sockets = DhcpSockets::bind(&pxe)
-            .with_context(|| format!("cannot start DHCP on interface {}", pxe.interface))?;
-        Some((
-            sockets,
-            DhcpCore::new(&pxe, Arc::clone(&state), dir.leases()),
-        ))
-    };
-    let tftp_socket =
-        if pxe.tftp_enabled {
+    type Dhcp = Option<(DhcpSockets, DhcpCore)>;
+    let mut bound: Vec<(
+        khoi_pxe::PxeConfig,
+        Arc<dyn khoi_pxe::BootDirectory>,
+        Arc<BootState>,
+        Dhcp,
+        Option<std::net::UdpSocket>,
+        TcpListener,
+    )> = Vec::new();
+    for (pxe, network) in nets.0.into_iter().zip(service.networks()) {
+        let portal = config
+            .listen
+            .iscsi
+            .map(|a| std::net::SocketAddr::from((pxe.server_ip, a.port())));
+        let dir: Arc<dyn khoi_pxe::BootDirectory> = Arc::new(boot::Seats::new(
+            Arc::clone(service),
+            recorder.clone(),
+            portal,
+            network,
+        ));
+        let state = Arc::new(BootState::new(&pxe));
+        let dhcp = if pxe.mode == DhcpMode::Off {
+            None
+        } else {
+            let sockets = DhcpSockets::bind(&pxe)
+                .with_context(|| format!("cannot start DHCP on interface {}", pxe.interface))?;
+            Some((
+                sockets,
+                DhcpCore::new(&pxe, Arc::clone(&state), dir.leases()),
+            ))
+        };
+        let tftp_socket = if pxe.tftp_enabled {
             let files: Vec<&str> = [
                 Some(pxe.boot_files.bios.as_str()),
                 Some(pxe.boot_files.efi_x64.as_str()),
@@ -469,49 +550,64 @@ async fn start_boot_services(
         } else {
             None
         };
-    let http_addr = std::net::SocketAddr::from((pxe.server_ip, pxe.http_port));
-    let http_listener = TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("cannot serve boot scripts on {http_addr}"))?;
-    tracing::info!(
-        mode = ?pxe.mode,
-        interface = %pxe.interface,
-        "network boot: scripts on http://{http_addr}/boot/<mac>.ipxe"
-    );
-    if let Some((sockets, core)) = dhcp {
-        let (dir, token) = (Arc::clone(&dir), shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(e) = net::serve_dhcp(sockets, core, dir, token).await {
-                tracing::error!("DHCP stopped: {e}");
-            }
-        });
+        let http_addr = std::net::SocketAddrV4::new(pxe.server_ip, pxe.http_port);
+        let http_listener = net::bind_tcp_on(&pxe.interface, http_addr, "boot scripts (HTTP)")
+            .map_err(anyhow::Error::from)
+            .and_then(|l| Ok(TcpListener::from_std(l)?))
+            .with_context(|| format!("cannot serve boot scripts on {http_addr}"))?;
+        bound.push((pxe, dir, state, dhcp, tftp_socket, http_listener));
     }
     let tftp_stats = Arc::new(tftp::TftpStats::default());
-    if let Some(socket) = tftp_socket {
-        let (root, token, stats) = (
-            pxe.tftp_root.clone(),
-            shutdown.clone(),
-            Arc::clone(&tftp_stats),
+    let mut states = Vec::new();
+    for (pxe, dir, state, dhcp, tftp_socket, http_listener) in bound {
+        tracing::info!(
+            network = %pxe.network_name(),
+            kind = %pxe.kind,
+            mode = ?pxe.mode,
+            interface = %pxe.interface,
+            "network boot: scripts on http://{}:{}/boot/<mac>.ipxe",
+            pxe.server_ip,
+            pxe.http_port
         );
+        if let Some((sockets, core)) = dhcp {
+            let (dir, token) = (Arc::clone(&dir), shutdown.clone());
+            tasks.spawn(async move {
+                if let Err(e) = net::serve_dhcp(sockets, core, dir, token).await {
+                    tracing::error!("DHCP stopped: {e}");
+                }
+            });
+        }
+        if let Some(socket) = tftp_socket {
+            let (root, token, stats) = (
+                pxe.tftp_root.clone(),
+                shutdown.clone(),
+                Arc::clone(&tftp_stats),
+            );
+            tasks.spawn(async move {
+                if let Err(e) = tftp::serve_with_stats(socket, &root, stats, token).await {
+                    tracing::error!("TFTP stopped: {e}");
+                }
+            });
+        }
+        states.push(Arc::clone(&state));
+        let router = http::router(dir, state);
+        let token = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = tftp::serve_with_stats(socket, &root, stats, token).await {
-                tracing::error!("TFTP stopped: {e}");
+            if let Err(e) = http::serve(http_listener, router, token).await {
+                tracing::error!("boot-script HTTP server stopped: {e}");
             }
         });
     }
-    let dhcp_state = Arc::clone(&state);
     register_boot_metrics(
         service.metrics(),
-        move || dhcp_state.dhcp_stats(),
+        move || {
+            states
+                .iter()
+                .map(|s| s.dhcp_stats())
+                .fold(khoi_pxe::DhcpStats::default(), |a, b| a.sum(&b))
+        },
         tftp_stats,
     );
-    let router = http::router(dir, state);
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = http::serve(http_listener, router, token).await {
-            tracing::error!("boot-script HTTP server stopped: {e}");
-        }
-    });
     Ok(())
 }
 

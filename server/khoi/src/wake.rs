@@ -50,43 +50,73 @@ pub struct Woken {
 #[derive(Debug)]
 pub struct Waker {
     service: Arc<Service>,
-    /// The boot interface (`pxe.interface`); `None` without network boot.
-    interface: Option<String>,
+    /// Each boot network's (name, interface), the first being the default
+    /// of a seat that names none; empty without network boot.
+    networks: Vec<(String, String)>,
     port: u16,
 }
 
 impl Waker {
+    /// One boot network on `interface` (`None`: no network boot).
+    #[cfg(test)]
     pub fn new(service: Arc<Service>, interface: Option<String>) -> Waker {
+        let networks = interface.map(|i| (i.clone(), i)).into_iter().collect();
+        Self::on_networks(service, networks)
+    }
+
+    /// Boot networks as (name, interface): a seat is woken on its own.
+    pub fn on_networks(service: Arc<Service>, networks: Vec<(String, String)>) -> Waker {
         Waker {
             service,
-            interface,
+            networks,
             port: WOL_PORT,
         }
     }
 
-    fn interface(&self) -> anyhow::Result<&str> {
-        self.interface.as_deref().ok_or_else(|| {
-            anyhow::anyhow!(
+    /// The interface of the seat's network.
+    fn interface_of(&self, seat: &khoi_state::Seat) -> anyhow::Result<&str> {
+        if self.networks.is_empty() {
+            anyhow::bail!(
                 "Wake-on-LAN needs the boot network: set pxe.interface in the config (no pxe section, so Khoi does not know which network the seats are on)"
+            );
+        }
+        let found = match seat.network.as_deref() {
+            Some(n) => self.networks.iter().find(|(name, _)| name == n),
+            None => self.networks.first(),
+        };
+        found.map(|(_, i)| i.as_str()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "seat {} is on boot network {:?}, which the config (pxe) does not have",
+                seat.name,
+                seat.network.as_deref().unwrap_or_default()
             )
         })
     }
 
+    fn interface(&self) -> anyhow::Result<()> {
+        if self.networks.is_empty() {
+            anyhow::bail!(
+                "Wake-on-LAN needs the boot network: set pxe.interface in the config (no pxe section, so Khoi does not know which network the seats are on)"
+            );
+        }
+        Ok(())
+    }
+
     /// Wakes one seat and records who asked.
     pub fn wake(&self, name: &str, actor: &str) -> anyhow::Result<Woken> {
-        let interface = self.interface()?;
+        self.interface()?;
         let seat = self
             .service
             .state()
             .seat(name)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.send(&seat, interface, actor)
+        self.send(&seat, self.interface_of(&seat)?, actor)
     }
 
-    /// Wakes every seat; stops at the first failure to send (the interface
-    /// is the same for all, so the next would fail the same way).
+    /// Wakes every seat, each on its network; stops at the first failure
+    /// to send (the next on that interface would fail the same way).
     pub fn wake_all(&self, actor: &str) -> anyhow::Result<Vec<Woken>> {
-        let interface = self.interface()?;
+        self.interface()?;
         let seats = self
             .service
             .state()
@@ -94,7 +124,7 @@ impl Waker {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         seats
             .iter()
-            .map(|s| self.send(s, interface, actor))
+            .map(|s| self.send(s, self.interface_of(s)?, actor))
             .collect()
     }
 

@@ -39,6 +39,12 @@ struct SeatsTpl {
     images: Vec<ImageView>,
     unknown: Vec<UnknownMac>,
     mac: String,
+    /// The boot networks' names, the default first; empty: no choice.
+    networks: Vec<String>,
+}
+
+fn network_names(svc: &khoi_admin::Service) -> Vec<String> {
+    svc.networks().into_iter().map(|n| n.name).collect()
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -67,6 +73,7 @@ async fn seats_page(
             images,
             unknown,
             mac: q.mac.unwrap_or_default(),
+            networks: network_names(&st.service),
         }),
         Err(e) => Err(e.into()),
     }
@@ -92,7 +99,11 @@ async fn seat_add(
 ) -> Response {
     let svc = Arc::clone(&st.service);
     let who = ctx.actor();
-    let r = call(move || svc.add_seat(&who, &add_seat_req(&f)?)).await;
+    let r = call(move || {
+        let network = Some(field(&f, "network")).filter(|s| !s.is_empty());
+        svc.add_seat_on(&who, &add_seat_req(&f)?, network)
+    })
+    .await;
     let to = match &r {
         Ok(s) => format!("/seats/{}", s.name),
         Err(_) => "/seats".into(),
@@ -183,6 +194,7 @@ struct SeatTpl {
     events: Vec<Event>,
     quota_gib: u64,
     pinned: String,
+    networks: Vec<String>,
 }
 
 async fn seat_page(
@@ -214,6 +226,7 @@ async fn seat_page(
                 images,
                 versions,
                 events,
+                networks: network_names(&st.service),
             })
         }
         Err(e) => Err(e.into()),
@@ -237,6 +250,7 @@ async fn seat_edit(
             policy: parse_policy(&f)?,
             quota: parse_gib(&f, "quota_gib")?,
             maintenance: None,
+            network: Some(field(&f, "network").to_string()).filter(|s| !s.is_empty()),
         };
         svc.update_seat(&who, &n, &up)
     })
