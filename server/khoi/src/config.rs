@@ -980,7 +980,7 @@ mod tests {
             "pxe:\n  mode: proxy\n  interface: br0\n  server_ip: 10.77.0.1\n  tftp_root: /srv/tftp\n",
         )
         .expect("pxe");
-        assert_eq!(ok.pxe.expect("pxe").interface, "br0");
+        assert_eq!(ok.pxe.expect("pxe")[0].interface, "br0");
         let e = parse("pxe:\n  mode: proxy\n  interface: br0\n  server_ip: 10.77.0.1\n  tftp_root: /t\n  bogus: 1\n")
             .expect_err("unknown pxe key");
         assert_eq!(e.line, 6);
@@ -989,6 +989,84 @@ mod tests {
         )
         .expect_err("boot without a portal");
         assert_eq!(e.key.as_deref(), Some("iscsi"));
+    }
+
+    const TWO: &str = "listen:\n  iscsi: 0.0.0.0:3260\npxe:\n  - name: quay\n    interface: br-quay\n    \
+         server_ip: 10.77.1.1\n    tftp_root: /t\n  - name: public\n    kind: kiosk\n    \
+         interface: br-pub\n    server_ip: 10.77.2.1\n    tftp_root: /t\n";
+
+    #[test]
+    fn pxe_as_a_list_of_networks() {
+        let c = parse(TWO).expect("two networks");
+        let nets = c.pxe.as_ref().expect("pxe");
+        assert_eq!(nets.len(), 2);
+        assert_eq!(nets[1].kind, khoi_pxe::NetworkKind::Public);
+        // Each network's portal on its own address; 0.0.0.0 becomes loopback
+        // for tools on the server, so no login arrives on another network.
+        let portals: Vec<String> = c
+            .network_portals()
+            .iter()
+            .map(|(n, i, a)| format!("{n} {i} {a}"))
+            .collect();
+        assert_eq!(
+            portals,
+            ["quay br-quay 10.77.1.1:3260", "public br-pub 10.77.2.1:3260"]
+        );
+        assert_eq!(
+            c.local_iscsi_listen(),
+            Some("127.0.0.1:3260".parse().expect("addr"))
+        );
+        // The one-network form keeps its portal on the network's address.
+        let one = parse(
+            "listen:\n  iscsi: 10.77.0.1:3260\npxe:\n  interface: br0\n  server_ip: 10.77.0.1\n  tftp_root: /t\n",
+        )
+        .expect("one");
+        assert_eq!(one.local_iscsi_listen(), None);
+        assert_eq!(one.network_portals().len(), 1);
+        // Without boot networks, listen.iscsi is what it says.
+        let none = parse("listen:\n  iscsi: 0.0.0.0:3260\n").expect("none");
+        assert_eq!(none.local_iscsi_listen(), none.listen.iscsi);
+        assert!(none.network_portals().is_empty());
+    }
+
+    /// A bad entry of the list names the file, the entry's own line and key.
+    #[test]
+    fn pxe_list_errors_name_line_and_key() {
+        let e = parse(&TWO.replace("br-pub", "br-quay")).expect_err("one interface twice");
+        assert_eq!((e.line, e.key.as_deref()), (10, Some("pxe.interface")), "{e}");
+        assert!(e.to_string().starts_with("khoi.yaml:10:"), "{e}");
+        assert!(e.message.contains("public") && e.message.contains("quay"), "{e}");
+        let e = parse(&TWO.replace("10.77.2.1", "10.77.1.1")).expect_err("one address twice");
+        assert_eq!((e.line, e.key.as_deref()), (11, Some("pxe.server_ip")), "{e}");
+        let e = parse(&TWO.replace("name: public", "name: quay")).expect_err("one name twice");
+        assert_eq!((e.line, e.key.as_deref()), (8, Some("pxe.name")), "{e}");
+        let e = parse(&TWO.replace("name: public", "name: 'pub lic'")).expect_err("bad name");
+        assert_eq!((e.line, e.key.as_deref()), (8, Some("pxe.name")), "{e}");
+        let e = parse(&TWO.replace("kind: kiosk", "kind: lobby")).expect_err("bad kind");
+        assert_eq!((e.line, e.key.as_deref()), (9, Some("kind")), "{e}");
+        let e = parse(&TWO.replace("    tftp_root: /t\n  - name: public", "    bogus: 1\n    tftp_root: /t\n  - name: public"))
+            .expect_err("unknown key in an entry");
+        assert_eq!(e.line, 7, "{e}");
+        // Overlapping pools in authoritative mode, the second entry named.
+        let auth = |ip: &str, pool: &str| {
+            format!(
+                "mode: authoritative\n    subnet_mask: 255.255.0.0\n    pool: {{ start: {pool}.100, end: {pool}.199 }}\n    server_ip: {ip}"
+            )
+        };
+        let text = TWO
+            .replace("server_ip: 10.77.1.1", &auth("10.77.1.1", "10.77.1"))
+            .replace("server_ip: 10.77.2.1", &auth("10.77.2.1", "10.77.1"));
+        let e = parse(&text).expect_err("pools overlap");
+        assert_eq!(e.key.as_deref(), Some("pxe.pool"), "{e}");
+        assert_eq!(e.line, 16, "{e}");
+        assert!(e.message.contains("overlaps the pool"), "{e}");
+        // A portal on an address that is no boot network's would take
+        // logins from whichever network routes to it.
+        let e = parse(&TWO.replace("iscsi: 0.0.0.0:3260", "iscsi: 10.77.9.1:3260"))
+            .expect_err("portal off the networks");
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("iscsi")), "{e}");
+        let e = parse("pxe: []\n").expect_err("empty list");
+        assert_eq!((e.line, e.key.as_deref()), (1, Some("pxe")), "{e}");
     }
 
     #[test]

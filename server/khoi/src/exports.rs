@@ -710,12 +710,25 @@ mod boot_path_tests {
         secret: &str,
         target_secret: Option<&str>,
     ) -> u16 {
-        let peer: IpAddr = from.parse().expect("ip");
         let resolver: Arc<dyn khoi_iscsi::TargetResolver> = l.targets.clone();
+        login_on(resolver, SEAT, from, initiator, user, secret, target_secret)
+    }
+
+    /// [`login_with`] through `resolver` (a network's portal) to `target`.
+    fn login_on(
+        resolver: Arc<dyn khoi_iscsi::TargetResolver>,
+        target: &str,
+        from: &str,
+        initiator: &str,
+        user: &str,
+        secret: &str,
+        target_secret: Option<&str>,
+    ) -> u16 {
+        let peer: IpAddr = from.parse().expect("ip");
         let mut lg = Login::new(resolver, Offer::default(), 1, 128).with_peer(Some(peer));
         let sec = || req(Stage::Security, Stage::Operational);
         let first = format!(
-            "InitiatorName={initiator}\0TargetName={SEAT}\0SessionType=Normal\0AuthMethod=CHAP,None\0"
+            "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=CHAP,None\0"
         );
         let fail = |s: Step| match s {
             Step::Fail(_, f) => f.status,
@@ -948,5 +961,93 @@ mod boot_path_tests {
         // ...while other addresses are untouched.
         let s = offer(&l, SEAT_IP);
         assert_eq!(login(&l, SEAT_IP, IQN, &s.user, &s.secret), status::SUCCESS);
+    }
+
+    /// Issue 14: a seat logs in only through its own network's portal, and
+    /// only with an image of that network's kind; the boot path (DHCP and
+    /// scripts) answers it only there, and each refusal leaves an event.
+    #[test]
+    fn seats_are_served_only_on_their_own_network() {
+        use khoi_admin::BootNetwork;
+        use khoi_admin::gate::Profile;
+        use khoi_pxe::BootDirectory;
+
+        let l = lab();
+        let quay = BootNetwork {
+            name: "quay".into(),
+            profile: Profile::Counter,
+        };
+        let public = BootNetwork {
+            name: "public".into(),
+            profile: Profile::Kiosk,
+        };
+        l.svc.set_networks(vec![quay.clone(), public.clone()]);
+        let recorder = Recorder::start(Arc::clone(l.svc.state()));
+        let portal = |net: &BootNetwork| -> Arc<dyn khoi_iscsi::TargetResolver> {
+            Arc::new(NetworkTargets::new(l.targets.clone(), net.clone()))
+        };
+        let seats = |net: &BootNetwork| {
+            crate::boot::Seats::new(
+                Arc::clone(&l.svc),
+                recorder.clone(),
+                Some("10.0.0.1:3260".parse().expect("portal")),
+                net.clone(),
+            )
+        };
+        let mac = [2, 0, 0, 0, 0, 1];
+
+        // pc01 names no network: it is on the first, the counter LAN.
+        assert!(seats(&quay).seat_by_mac(mac).is_some());
+        assert_eq!(seats(&public).seat_by_mac(mac), None, "DHCP and scripts stay silent");
+        seats(&public).unknown_mac(mac, Some(0), std::time::SystemTime::now());
+        assert_eq!(events_reach(&l, "pxe.wrong_network", 1), 1);
+        assert!(
+            l.svc.state().unknown_macs(10).expect("unknown").is_empty(),
+            "a registered seat is not offered for enrolment"
+        );
+        assert_eq!(portal(&public).targets(), Vec::<String>::new());
+        assert_eq!(portal(&quay).targets(), vec![SEAT.to_string()]);
+
+        let a = offer(&l, SEAT_IP);
+        assert_eq!(
+            login_on(portal(&public), SEAT, SEAT_IP, IQN, &a.user, &a.secret, None),
+            status::AUTH_FAILURE,
+            "its own credentials, on the wrong network"
+        );
+        assert_eq!(events_reach(&l, "iscsi.login.wrong_network", 1), 1);
+        assert_eq!(events_reach(&l, "seat.reset", 0), 0, "nothing began");
+        assert_eq!(
+            login_on(portal(&quay), SEAT, SEAT_IP, IQN, &a.user, &a.secret, None),
+            status::SUCCESS
+        );
+        assert!(portal(&public).open_lun0(SEAT).is_err());
+
+        // An image that became kiosk under the seat (the profile changed
+        // behind the service, or a network changed kind in the config) is
+        // not served on the counter LAN either.
+        l.svc
+            .state()
+            .set_gate_settings(
+                "win10",
+                &khoi_state::GateSettings {
+                    profile: "kiosk".into(),
+                    policy: "{}".into(),
+                },
+            )
+            .expect("profile");
+        assert_eq!(
+            l.svc.gate_settings("win10").expect("settings").profile,
+            Profile::Kiosk
+        );
+        assert_eq!(seats(&quay).seat_by_mac(mac), None);
+        seats(&quay).unknown_mac(mac, Some(0), std::time::SystemTime::now());
+        assert_eq!(events_reach(&l, "pxe.wrong_profile", 1), 1);
+        let b = offer(&l, SEAT_IP);
+        assert_eq!(
+            login_on(portal(&quay), SEAT, SEAT_IP, IQN, &b.user, &b.secret, None),
+            status::AUTH_FAILURE
+        );
+        assert_eq!(events_reach(&l, "iscsi.login.wrong_profile", 1), 1);
+        assert!(portal(&quay).open_lun0(SEAT).is_err());
     }
 }
