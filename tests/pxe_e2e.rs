@@ -175,6 +175,8 @@ struct Lab {
     children: Vec<Child>,
     taps: u32,
     server: Option<Server>,
+    /// Namespaces made by [`Lab::add_host`].
+    hosts: Vec<String>,
     _lock: BootLock,
 }
 
@@ -205,6 +207,7 @@ impl Lab {
             children: Vec::new(),
             taps: 0,
             server: None,
+            hosts: Vec::new(),
             _lock: lock,
         };
         ip(&["netns", "add", &ns]);
@@ -345,6 +348,67 @@ impl Lab {
         self.children.len() - 1
     }
 
+    /// A second LAN: bridge `name` in the lab namespace at `cidr`, with an
+    /// RA-only dnsmasq (no DHCPv4) so iPXE does not wait for IPv6 on it.
+    fn add_bridge(&mut self, name: &str, cidr: &str, v6: &str) {
+        let ns = self.ns.clone();
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            name,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "stp_state",
+            "0",
+        ]);
+        ip(&["-n", &ns, "addr", "add", cidr, "dev", name]);
+        ip(&["-n", &ns, "addr", "add", v6, "dev", name, "nodad"]);
+        ip(&["-n", &ns, "link", "set", name, "up"]);
+        let iface = format!("--interface={name}");
+        let range = format!("--dhcp-range=::,constructor:{name},ra-only");
+        self.spawn_in(
+            &ns,
+            &format!("ra-dnsmasq-{name}"),
+            &[
+                "dnsmasq",
+                "-k",
+                "--conf-file=/dev/null",
+                "--port=0",
+                &iface,
+                "--bind-interfaces",
+                "--user=root",
+                "--group=root",
+                "--pid-file",
+                "--enable-ra",
+                &range,
+            ],
+        );
+    }
+
+    /// A host namespace `<lab>-<tag>` on `bridge` at `cidr` (via a veth),
+    /// its default route through `gw`; removed with the lab's namespaces.
+    fn add_host(&mut self, tag: &str, bridge: &str, cidr: &str, gw: &str) -> String {
+        let host = format!("{}-{tag}", self.ns);
+        delete_netns(&host);
+        ip(&["netns", "add", &host]);
+        ip(&["-n", &host, "link", "set", "lo", "up"]);
+        let (inner, outer) = (format!("{tag}0"), format!("{tag}0-br"));
+        ip(&[
+            "-n", &self.ns, "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+        ]);
+        ip(&["-n", &self.ns, "link", "set", &inner, "netns", &host]);
+        ip(&["-n", &self.ns, "link", "set", &outer, "master", bridge, "up"]);
+        ip(&["-n", &host, "addr", "add", cidr, "dev", &inner]);
+        ip(&["-n", &host, "link", "set", &inner, "up"]);
+        ip(&["-n", &host, "route", "add", "default", "via", gw]);
+        self.hosts.push(host.clone());
+        host
+    }
+
     fn wait_udp(&self, ns: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -376,9 +440,15 @@ impl Lab {
                  subnet_mask: 255.255.255.0\n",
             );
         }
+        self.start_khoi_yaml(pxe, &format!("{LAB_IP}:3260"))
+    }
+
+    /// Khoi with this `pxe:` section and iSCSI portal, the test disk
+    /// imported as image `e2e`.
+    fn start_khoi_yaml(&mut self, pxe: String, iscsi: &str) -> &Server {
         let server = Server::start_with(Options {
             iscsi: true,
-            iscsi_addr: Some(format!("{LAB_IP}:3260")),
+            iscsi_addr: Some(iscsi.to_string()),
             extra_yaml: pxe,
             netns: Some(self.ns.clone()),
             ..Options::default()
@@ -411,11 +481,16 @@ impl Lab {
     }
 
     fn start_vm(&mut self, name: &str, mac: &str, fw: Firmware) -> Vm {
+        self.start_vm_on("br0", name, mac, fw)
+    }
+
+    /// A guest on `bridge` (`br0`, or one added with [`Lab::add_bridge`]).
+    fn start_vm_on(&mut self, bridge: &str, name: &str, mac: &str, fw: Firmware) -> Vm {
         self.taps += 1;
         let tap = format!("tap{}", self.taps);
         let ns = self.ns.clone();
         ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"]);
-        ip(&["-n", &ns, "link", "set", &tap, "master", "br0", "up"]);
+        ip(&["-n", &ns, "link", "set", &tap, "master", bridge, "up"]);
         let serial = self.dir.path().join(format!("{name}.serial.log"));
         File::create(&serial).expect("serial log");
         let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
@@ -562,6 +637,9 @@ impl Drop for Lab {
         // Khoi runs in the namespace too: stop it before the bridge goes.
         if let Some(mut s) = self.server.take() {
             s.kill9();
+        }
+        for h in &self.hosts {
+            delete_netns(h);
         }
         delete_netns(&self.router_ns);
         delete_netns(&self.ns);
@@ -947,4 +1025,225 @@ fn boot_path_attacks_from_the_lab_lan() {
         );
     }
     delete_netns(&att);
+}
+
+/// One DHCPDISCOVER as a BIOS PXE ROM with `mac` sends it, broadcast from
+/// the calling thread's namespace on `iface`; the server ids of the offers
+/// that answer within `wait`.
+fn dhcp_offers(ns: &str, iface: &str, mac: [u8; 6], wait: Duration) -> Vec<std::net::Ipv4Addr> {
+    let (ns, iface) = (ns.to_string(), iface.to_string());
+    std::thread::spawn(move || {
+        let f = File::open(format!("/run/netns/{ns}")).expect("netns");
+        // SAFETY: setns on a namespace fd we hold; it moves this thread only.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        use std::net::{Ipv4Addr, SocketAddrV4};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+        s.set_broadcast(true).expect("broadcast");
+        s.bind_device(Some(iface.as_bytes())).expect("bind device");
+        s.bind(&SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)))
+            .expect("bind :68");
+        let xid = std::process::id() ^ 0x6e65_7473;
+        let mut p = vec![0u8; 240];
+        p[0] = 1;
+        p[1] = 1;
+        p[2] = 6;
+        p[4..8].copy_from_slice(&xid.to_be_bytes());
+        p[10] = 0x80; // broadcast the answer: the probe has no lease
+        p[28..34].copy_from_slice(&mac);
+        p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        p.extend_from_slice(&[53, 1, 1]);
+        let class = b"PXEClient:Arch:00000:UNDI:002001";
+        p.extend_from_slice(&[60, u8::try_from(class.len()).expect("short")]);
+        p.extend_from_slice(class);
+        p.extend_from_slice(&[93, 2, 0, 0, 94, 3, 1, 2, 1]);
+        p.extend_from_slice(&[255]);
+        p.resize(300, 0);
+        s.send_to(
+            &p,
+            &SockAddr::from(SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)),
+        )
+        .expect("send DISCOVER");
+        let sock: std::net::UdpSocket = s.into();
+        let deadline = Instant::now() + wait;
+        let mut servers = Vec::new();
+        let mut buf = [0u8; 1500];
+        while let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        {
+            sock.set_read_timeout(Some(left)).expect("timeout");
+            let Ok(n) = sock.recv(&mut buf) else { break };
+            let r = &buf[..n];
+            if n < 240 || r[0] != 2 || r[4..8] != xid.to_be_bytes() {
+                continue;
+            }
+            let mut i = 240;
+            while i + 1 < n && r[i] != 255 {
+                if r[i] == 0 {
+                    i += 1;
+                    continue;
+                }
+                let len = usize::from(r[i + 1]);
+                if r[i] == 54 && len == 4 && i + 6 <= n {
+                    servers.push(Ipv4Addr::new(r[i + 2], r[i + 3], r[i + 4], r[i + 5]));
+                }
+                i += 2 + len;
+            }
+        }
+        servers
+    })
+    .join()
+    .expect("probe thread")
+}
+
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let v: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    v.try_into().expect("six bytes")
+}
+
+/// Issue 14: the TTHC counter LAN and the public kiosk network on one
+/// server. A counter seat boots real iPXE on its bridge and a kiosk seat on
+/// the other; then, from a host on each network, the other network's seat
+/// gets no DHCP answer, no boot script, and no iSCSI login, and a kiosk
+/// image is refused for a seat on the counter LAN.
+#[test]
+fn counter_and_kiosk_networks_serve_only_their_own_seats() {
+    if !lab_available() {
+        return;
+    }
+    test_disk();
+    const PUB_IP: &str = "10.77.5.1";
+    let mut lab = Lab::new("nets", Mode::Authoritative);
+    lab.add_bridge("br1", &format!("{PUB_IP}/24"), "fd75::1/64");
+    let tftp = lab.tftp_root();
+    let pxe = format!(
+        "pxe:\n\
+         \x20 - name: quay\n    kind: counter\n    mode: authoritative\n    interface: br0\n    \
+         server_ip: {LAB_IP}\n    tftp_root: {t}\n    \
+         pool: {{ start: 10.77.0.100, end: 10.77.0.199 }}\n    subnet_mask: 255.255.255.0\n\
+         \x20 - name: public\n    kind: public\n    mode: authoritative\n    interface: br1\n    \
+         server_ip: {PUB_IP}\n    tftp_root: {t}\n    \
+         pool: {{ start: 10.77.5.100, end: 10.77.5.199 }}\n    subnet_mask: 255.255.255.0\n",
+        t = tftp.display()
+    );
+    lab.start_khoi_yaml(pxe, "0.0.0.0:3260");
+    let disk = test_disk();
+    let k = lab.khoi();
+    k.ok(&["image", "import", "e2e-kiosk", &disk.image.to_string_lossy()]);
+    k.ok(&["image", "profile", "e2e-kiosk", "kiosk"]);
+
+    let (q_mac, p_mac) = (lab.mac(0x21), lab.mac(0x22));
+    lab.add_seat("quay-1", &q_mac, "on-boot");
+    // A kiosk image for a seat on the counter LAN (the default network) is
+    // refused, naming both.
+    let out = lab.khoi().khoi(&[
+        "seat", "add", "kiosk-1", "--mac", &p_mac, "--image", "e2e-kiosk",
+    ]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "kiosk image on the counter LAN");
+    assert!(text.contains("kiosk") && text.contains("quay"), "{text}");
+    lab.khoi().ok(&[
+        "seat", "add", "kiosk-1", "--mac", &p_mac, "--image", "e2e-kiosk", "--network", "public",
+    ]);
+
+    // 1. Each seat boots with real iPXE on its own network.
+    let vm = lab.start_vm_on("br0", "quay-1", &q_mac, Firmware::Bios);
+    let booted = lab.wait_booted(&[&vm]);
+    report("networks: counter seat", &vm, booted[0].1);
+    assert!(booted[0].0.contains("Khoi: seat quay-1"), "{}", tail(&booted[0].0, 40));
+    let vm = lab.start_vm_on("br1", "kiosk-1", &p_mac, Firmware::Bios);
+    let booted = lab.wait_booted(&[&vm]);
+    report("networks: kiosk seat", &vm, booted[0].1);
+    assert!(booted[0].0.contains("Khoi: seat kiosk-1"), "{}", tail(&booted[0].0, 40));
+    assert!(
+        booted[0].0.contains(PUB_IP),
+        "the kiosk did not boot from the public network's address:\n{}",
+        tail(&booted[0].0, 40)
+    );
+
+    // 2. A host on each network asks for the other network's seat.
+    let q_host = lab.add_host("q", "br0", "10.77.0.66/24", LAB_IP);
+    let p_host = lab.add_host("p", "br1", "10.77.5.66/24", PUB_IP);
+    let lab_ip: std::net::Ipv4Addr = LAB_IP.parse().expect("ip");
+    let pub_ip: std::net::Ipv4Addr = PUB_IP.parse().expect("ip");
+    let wait = Duration::from_secs(3);
+    // DHCP: each network answers its own seat and is silent for the other.
+    assert_eq!(dhcp_offers(&q_host, "q0", mac_bytes(&q_mac), wait), [lab_ip]);
+    assert_eq!(dhcp_offers(&p_host, "p0", mac_bytes(&p_mac), wait), [pub_ip]);
+    let none: Vec<std::net::Ipv4Addr> = Vec::new();
+    assert_eq!(dhcp_offers(&p_host, "p0", mac_bytes(&q_mac), wait), none);
+    assert_eq!(dhcp_offers(&q_host, "q0", mac_bytes(&p_mac), wait), none);
+
+    let in_ns = |ns: &str, argv: &[&str]| {
+        let out = run(Command::new("ip").args(["netns", "exec", ns]).args(argv));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let script = |server: &str, mac: &str| {
+        format!("http://{server}:8077/boot/{}.ipxe", mac.replace(':', "-"))
+    };
+    for (host, own_ip, other_ip, seat_mac) in [
+        (&p_host, PUB_IP, LAB_IP, &q_mac),
+        (&q_host, LAB_IP, PUB_IP, &p_mac),
+    ] {
+        // Scripts: the host's own network's server has no script for the
+        // other network's seat...
+        let (ok, text) = in_ns(host, &["curl", "-sS", "-m", "5", &script(own_ip, seat_mac)]);
+        assert!(ok, "{text}");
+        assert!(
+            !text.contains("set password") && !text.contains("sanboot"),
+            "a seat's script was served on the wrong network:\n{text}"
+        );
+        // ...and the other network's address, routed to the server from
+        // here, takes no connection from this network at all.
+        let (ok, text) = in_ns(host, &["curl", "-sS", "-m", "5", &script(other_ip, seat_mac)]);
+        assert!(!ok, "boot scripts answered across networks:\n{text}");
+    }
+
+    // 3. iSCSI: the seats' running credentials, used from the other
+    //    network, open nothing, on either address.
+    let db = lab.khoi().data.join("khoi.db");
+    let cred = |seat: &str| {
+        let out = run_ok(Command::new("sqlite3").arg(&db).arg(format!(
+            "SELECT chap_user || ' ' || chap_secret FROM seat_boots WHERE seat = '{seat}'"
+        )));
+        let (u, s) = out.trim().split_once(' ').expect("a running boot");
+        (u.to_string(), s.to_string())
+    };
+    for (host, own_ip, other_ip, seat) in [
+        (&p_host, PUB_IP, LAB_IP, "quay-1"),
+        (&q_host, LAB_IP, PUB_IP, "kiosk-1"),
+    ] {
+        let (user, secret) = cred(seat);
+        let initiator = format!("iqn.2025-07.vn.khoi.initiator:{seat}");
+        for portal in [own_ip, other_ip] {
+            let url = format!("iscsi://{user}%{secret}@{portal}:3260/iqn.2025-07.vn.khoi:{seat}/0");
+            let (ok, text) = in_ns(host, &["iscsi-inq", "-i", &initiator, &url]);
+            assert!(!ok, "{seat} logged in from the wrong network via {portal}:\n{text}");
+        }
+    }
+    let events = lab.khoi().json(&["events", "--limit", "1000"]);
+    let has = |kind: &str, subject: &str| {
+        events
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["kind"] == kind && e["subject"] == subject))
+    };
+    for seat in ["quay-1", "kiosk-1"] {
+        for kind in ["pxe.wrong_network", "iscsi.login.wrong_network"] {
+            assert!(has(kind, seat), "no {kind} event for {seat}: {events:#}");
+        }
+    }
+    assert!(
+        !has("pxe.unknown_mac", "52:54:00:77:01:21"),
+        "a registered seat was reported as unknown"
+    );
 }
