@@ -1246,4 +1246,24 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
         !has("pxe.unknown_mac", "52:54:00:77:01:21"),
         "a registered seat was reported as unknown"
     );
+
+    // 4. `config check` of a file without the public network, while this
+    //    server runs: kiosk-1 would boot nowhere, and is named.
+    let text = std::fs::read_to_string(&lab.khoi().config).expect("config");
+    let one = text
+        .split("  - name: public")
+        .next()
+        .expect("first part")
+        .to_string();
+    let file = lab.khoi().dir.path().join("one-network.yaml");
+    std::fs::write(&file, one).expect("write");
+    let out = run(Command::new("ip").args(["netns", "exec", &lab.ns]).args([
+        common::KHOI,
+        "config",
+        "check",
+        &file.to_string_lossy(),
+    ]));
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "config check passed a seat's missing network");
+    assert!(text.contains("kiosk-1 (on public)"), "{text}");
 }

@@ -918,6 +918,28 @@ mod tests {
         assert_eq!(c.import_limits(), Config::default().import_limits());
     }
 
+    /// The example's commented `pxe` list, uncommented, is a valid config.
+    #[test]
+    fn example_boot_networks_parse() {
+        let text = include_str!("../../../config/khoi.example.yaml");
+        let block: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("#pxe:"))
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&format!("listen:\n  iscsi: 0.0.0.0:3260\n{block}"))
+            .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let nets = c.pxe.expect("pxe");
+        assert_eq!(
+            nets.iter().map(|n| n.network_name()).collect::<Vec<_>>(),
+            ["quay", "public"]
+        );
+        assert_eq!(nets[1].kind, khoi_pxe::NetworkKind::Public);
+    }
+
     #[test]
     fn event_limits_come_from_admin_events_and_are_checked() {
         let c = parse("admin:\n  events:\n    keep_days: 30\n    max_rows: 5000\n")

@@ -102,6 +102,48 @@ fn nbd_uri(address: Option<&str>, export: &str) -> String {
     }
 }
 
+/// Seats (name, network) whose network `config` does not define.
+fn seats_off_networks(config: &Config, seats: &[(String, Option<String>)]) -> Vec<String> {
+    let Some(nets) = &config.pxe else {
+        return seats
+            .iter()
+            .filter_map(|(s, n)| n.as_ref().map(|n| format!("{s} (on {n})")))
+            .collect();
+    };
+    seats
+        .iter()
+        .filter_map(|(s, n)| {
+            let n = n.as_deref()?;
+            nets.get(n).is_none().then(|| format!("{s} (on {n})"))
+        })
+        .collect()
+}
+
+/// `config check` with the server of that data folder running: its seats'
+/// networks must all be in the file, or those seats would boot nowhere
+/// after a restart. The seats come from the server (the control socket),
+/// never from opening its database.
+fn check_seat_networks(config: &Config) -> anyhow::Result<()> {
+    let sock = serve::control_socket(&config.data_dir);
+    if std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        println!("seats: not checked (no server running on {})", sock.display());
+        return Ok(());
+    }
+    let seats: Vec<SeatView> = Client::new(&sock).get("/v1/seats")?;
+    let seats: Vec<(String, Option<String>)> =
+        seats.into_iter().map(|s| (s.name, s.network)).collect();
+    let off = seats_off_networks(config, &seats);
+    if !off.is_empty() {
+        anyhow::bail!(
+            "seats on boot networks this file does not have (they could not boot): {}; add the \
+             networks under pxe, or move the seats first (khoi seat network SEAT NETWORK)",
+            off.join(", ")
+        );
+    }
+    println!("seats: {} checked, each on a boot network of this file", seats.len());
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Config(ConfigCmd::Check { file }) = &cli.command {
         let config = Config::load(file)?;
@@ -113,6 +155,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.listen.iscsi.map_or("off".into(), |a| a.to_string()),
         );
         println!("admin page: {}", admin_summary(&config));
+        for n in config.pxe.iter().flat_map(|n| n.iter()) {
+            println!(
+                "boot network {}: {} on {} ({}), DHCP {:?}",
+                n.network_name(),
+                n.kind,
+                n.interface,
+                n.server_ip,
+                n.mode
+            );
+        }
+        check_seat_networks(&config)?;
         return Ok(());
     }
     let config = load_config(&cli)?;
@@ -635,5 +688,32 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
             let r: () = client.delete(&format!("/v1/seats/{}", urlencode(&name)))?;
             out.print(&r, |_| println!("removed seat {name}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod network_check_tests {
+    use super::*;
+
+    #[test]
+    fn seats_on_networks_the_file_lacks_are_named() {
+        let config = Config::parse(
+            std::path::Path::new("khoi.yaml"),
+            "listen:\n  iscsi: 0.0.0.0:3260\npxe:\n  - name: quay\n    interface: br0\n    \
+             server_ip: 10.77.0.1\n    tftp_root: /t\n",
+        )
+        .expect("config");
+        let seats = [
+            ("pc01".to_string(), None),
+            ("pc02".to_string(), Some("quay".to_string())),
+            ("kiosk-1".to_string(), Some("public".to_string())),
+        ];
+        assert_eq!(seats_off_networks(&config, &seats), ["kiosk-1 (on public)"]);
+        // Without a pxe section, every seat that names a network is off.
+        let bare = Config::default();
+        assert_eq!(
+            seats_off_networks(&bare, &seats),
+            ["pc02 (on quay)", "kiosk-1 (on public)"]
+        );
     }
 }
