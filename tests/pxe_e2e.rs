@@ -401,7 +401,9 @@ impl Lab {
             "-n", &self.ns, "link", "add", &inner, "type", "veth", "peer", "name", &outer,
         ]);
         ip(&["-n", &self.ns, "link", "set", &inner, "netns", &host]);
-        ip(&["-n", &self.ns, "link", "set", &outer, "master", bridge, "up"]);
+        ip(&[
+            "-n", &self.ns, "link", "set", &outer, "master", bridge, "up",
+        ]);
         ip(&["-n", &host, "addr", "add", cidr, "dev", &inner]);
         ip(&["-n", &host, "link", "set", &inner, "up"]);
         ip(&["-n", &host, "route", "add", "default", "via", gw]);
@@ -1042,8 +1044,11 @@ fn dhcp_offers(ns: &str, iface: &str, mac: [u8; 6], wait: Duration) -> Vec<std::
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
         s.set_broadcast(true).expect("broadcast");
         s.bind_device(Some(iface.as_bytes())).expect("bind device");
-        s.bind(&SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)))
-            .expect("bind :68");
+        s.bind(&SockAddr::from(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            68,
+        )))
+        .expect("bind :68");
         let xid = std::process::id() ^ 0x6e65_7473;
         let mut p = vec![0u8; 240];
         p[0] = 1;
@@ -1134,7 +1139,12 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
     lab.start_khoi_yaml(pxe, "0.0.0.0:3260");
     let disk = test_disk();
     let k = lab.khoi();
-    k.ok(&["image", "import", "e2e-kiosk", &disk.image.to_string_lossy()]);
+    k.ok(&[
+        "image",
+        "import",
+        "e2e-kiosk",
+        &disk.image.to_string_lossy(),
+    ]);
     k.ok(&["image", "profile", "e2e-kiosk", "kiosk"]);
 
     let (q_mac, p_mac) = (lab.mac(0x21), lab.mac(0x22));
@@ -1142,24 +1152,46 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
     // A kiosk image for a seat on the counter LAN (the default network) is
     // refused, naming both.
     let out = lab.khoi().khoi(&[
-        "seat", "add", "kiosk-1", "--mac", &p_mac, "--image", "e2e-kiosk",
+        "seat",
+        "add",
+        "kiosk-1",
+        "--mac",
+        &p_mac,
+        "--image",
+        "e2e-kiosk",
     ]);
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "kiosk image on the counter LAN");
     assert!(text.contains("kiosk") && text.contains("quay"), "{text}");
     lab.khoi().ok(&[
-        "seat", "add", "kiosk-1", "--mac", &p_mac, "--image", "e2e-kiosk", "--network", "public",
+        "seat",
+        "add",
+        "kiosk-1",
+        "--mac",
+        &p_mac,
+        "--image",
+        "e2e-kiosk",
+        "--network",
+        "public",
     ]);
 
     // 1. Each seat boots with real iPXE on its own network.
     let vm = lab.start_vm_on("br0", "quay-1", &q_mac, Firmware::Bios);
     let booted = lab.wait_booted(&[&vm]);
     report("networks: counter seat", &vm, booted[0].1);
-    assert!(booted[0].0.contains("Khoi: seat quay-1"), "{}", tail(&booted[0].0, 40));
+    assert!(
+        booted[0].0.contains("Khoi: seat quay-1"),
+        "{}",
+        tail(&booted[0].0, 40)
+    );
     let vm = lab.start_vm_on("br1", "kiosk-1", &p_mac, Firmware::Bios);
     let booted = lab.wait_booted(&[&vm]);
     report("networks: kiosk seat", &vm, booted[0].1);
-    assert!(booted[0].0.contains("Khoi: seat kiosk-1"), "{}", tail(&booted[0].0, 40));
+    assert!(
+        booted[0].0.contains("Khoi: seat kiosk-1"),
+        "{}",
+        tail(&booted[0].0, 40)
+    );
     assert!(
         booted[0].0.contains(PUB_IP),
         "the kiosk did not boot from the public network's address:\n{}",
@@ -1173,8 +1205,14 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
     let pub_ip: std::net::Ipv4Addr = PUB_IP.parse().expect("ip");
     let wait = Duration::from_secs(3);
     // DHCP: each network answers its own seat and is silent for the other.
-    assert_eq!(dhcp_offers(&q_host, "q0", mac_bytes(&q_mac), wait), [lab_ip]);
-    assert_eq!(dhcp_offers(&p_host, "p0", mac_bytes(&p_mac), wait), [pub_ip]);
+    assert_eq!(
+        dhcp_offers(&q_host, "q0", mac_bytes(&q_mac), wait),
+        [lab_ip]
+    );
+    assert_eq!(
+        dhcp_offers(&p_host, "p0", mac_bytes(&p_mac), wait),
+        [pub_ip]
+    );
     let none: Vec<std::net::Ipv4Addr> = Vec::new();
     assert_eq!(dhcp_offers(&p_host, "p0", mac_bytes(&q_mac), wait), none);
     assert_eq!(dhcp_offers(&q_host, "q0", mac_bytes(&p_mac), wait), none);
@@ -1205,7 +1243,10 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
         );
         // ...and the other network's address, routed to the server from
         // here, takes no connection from this network at all.
-        let (ok, text) = in_ns(host, &["curl", "-sS", "-m", "5", &script(other_ip, seat_mac)]);
+        let (ok, text) = in_ns(
+            host,
+            &["curl", "-sS", "-m", "5", &script(other_ip, seat_mac)],
+        );
         assert!(!ok, "boot scripts answered across networks:\n{text}");
     }
 
@@ -1228,14 +1269,18 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
         for portal in [own_ip, other_ip] {
             let url = format!("iscsi://{user}%{secret}@{portal}:3260/iqn.2025-07.vn.khoi:{seat}/0");
             let (ok, text) = in_ns(host, &["iscsi-inq", "-i", &initiator, &url]);
-            assert!(!ok, "{seat} logged in from the wrong network via {portal}:\n{text}");
+            assert!(
+                !ok,
+                "{seat} logged in from the wrong network via {portal}:\n{text}"
+            );
         }
     }
     let events = lab.khoi().json(&["events", "--limit", "1000"]);
     let has = |kind: &str, subject: &str| {
-        events
-            .as_array()
-            .is_some_and(|a| a.iter().any(|e| e["kind"] == kind && e["subject"] == subject))
+        events.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|e| e["kind"] == kind && e["subject"] == subject)
+        })
     };
     for seat in ["quay-1", "kiosk-1"] {
         for kind in ["pxe.wrong_network", "iscsi.login.wrong_network"] {
@@ -1264,6 +1309,9 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
         &file.to_string_lossy(),
     ]));
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "config check passed a seat's missing network");
+    assert!(
+        !out.status.success(),
+        "config check passed a seat's missing network"
+    );
     assert!(text.contains("kiosk-1 (on public)"), "{text}");
 }

@@ -1294,3 +1294,133 @@ async fn the_web_api_does_not_give_the_setup_link() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Issue 14: a seat's boot network through the JSON API and the seat form:
+/// set at add and by a change, refused when it does not exist or when the
+/// image is not for the network's kind, with the reason.
+#[tokio::test]
+async fn a_seats_boot_network_is_set_and_checked_through_api_and_page() {
+    use khoi_admin::BootNetwork;
+    use khoi_admin::gate::Profile;
+    let h = harness();
+    h.svc.set_networks(vec![
+        BootNetwork {
+            name: "quay".into(),
+            profile: Profile::Counter,
+        },
+        BootNetwork {
+            name: "public".into(),
+            profile: Profile::Kiosk,
+        },
+    ]);
+    stage(&h, "a.raw", 1, 1);
+    let s = login(&h, "admin", "admin-pass-1").await;
+    for image in ["win10", "kiosk"] {
+        stage(&h, "a.raw", 1, 1);
+        let r = s
+            .post(
+                "/api/v1/images",
+                json!({"name": image, "staged": "a.raw", "note": "base"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let r = s
+        .json(
+            Method::PUT,
+            "/api/v1/images/kiosk/gate",
+            json!({"profile": "kiosk", "admin_allow": [], "disabled": []}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    let r = s
+        .post(
+            "/api/v1/seats",
+            json!({"name": "k1", "mac": "02:00:00:00:00:11", "image": "kiosk", "network": "lobby"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("network")),
+        "{}",
+        r.body
+    );
+    let r = s
+        .post(
+            "/api/v1/seats",
+            json!({"name": "k1", "mac": "02:00:00:00:00:11", "image": "kiosk"}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "kiosk image on the counter LAN: {}",
+        r.body
+    );
+    let r = s
+        .post(
+            "/api/v1/seats",
+            json!({"name": "k1", "mac": "02:00:00:00:00:11", "image": "kiosk", "network": "public"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["network"].clone()),
+        (StatusCode::OK, json!("public")),
+        "{}",
+        r.body
+    );
+    let r = s
+        .json(
+            Method::PATCH,
+            "/api/v1/seats/k1",
+            json!({"network": "quay"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+
+    // The page: a network select on the add form, and the seat's own.
+    let page = s.get("/seats").await;
+    assert!(page.body.contains("name=\"network\""), "no network field");
+    let r = s
+        .form(
+            "/seats",
+            &[
+                ("name", "pc1"),
+                ("mac", "02:00:00:00:00:21"),
+                ("image", "win10"),
+                ("policy", "on-boot"),
+                ("network", "quay"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(
+        h.svc.state().seat("pc1").expect("seat").network.as_deref(),
+        Some("quay")
+    );
+    let r = s
+        .form(
+            "/seats/pc1",
+            &[("image", "kiosk"), ("version", ""), ("network", "public")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let seat = h.svc.state().seat("pc1").expect("seat");
+    assert_eq!(
+        (seat.network.as_deref(), seat.image.as_str()),
+        (Some("public"), "kiosk")
+    );
+    let page = s.get("/seats/pc1").await;
+    assert!(
+        page.body.contains("<option value=\"public\" selected>"),
+        "the seat page shows its network"
+    );
+    let audit = h.svc.state().events(Some("pc1"), 20).expect("events");
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.kind == "seat.update" && e.detail.contains("network quay -> public")),
+        "{audit:?}"
+    );
+}

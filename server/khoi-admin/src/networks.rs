@@ -222,15 +222,29 @@ mod tests {
         let e = svc
             .add_seat(&a, &seat("k01", "02:00:00:00:00:02", "kiosk"))
             .expect_err("kiosk image on the counter LAN");
-        assert!(matches!(e, ServiceError::Conflict(ref m) if m.contains("kiosk") && m.contains("quay")), "{e}");
+        assert!(
+            matches!(e, ServiceError::Conflict(ref m) if m.contains("kiosk") && m.contains("quay")),
+            "{e}"
+        );
         let k = svc
-            .add_seat_on(&a, &seat("k01", "02:00:00:00:00:02", "kiosk"), Some("public"))
+            .add_seat_on(
+                &a,
+                &seat("k01", "02:00:00:00:00:02", "kiosk"),
+                Some("public"),
+            )
             .expect("kiosk seat on the public network");
         assert_eq!(k.network.as_deref(), Some("public"));
         let e = svc
-            .add_seat_on(&a, &seat("k02", "02:00:00:00:00:03", "kiosk"), Some("lobby"))
+            .add_seat_on(
+                &a,
+                &seat("k02", "02:00:00:00:00:03", "kiosk"),
+                Some("lobby"),
+            )
             .expect_err("no such network");
-        assert!(matches!(e, ServiceError::Invalid { ref field, .. } if field == "network"), "{e}");
+        assert!(
+            matches!(e, ServiceError::Invalid { ref field, .. } if field == "network"),
+            "{e}"
+        );
         assert!(svc.state().seat("k02").is_err(), "nothing was added");
 
         let to = |network: Option<&str>, image: Option<&str>| SeatUpdate {
@@ -264,7 +278,10 @@ mod tests {
         let e = svc
             .set_gate_settings(&admin(), "kiosk", &GateSettings::default())
             .expect_err("profile change under seats of the other kind");
-        assert!(matches!(e, ServiceError::Conflict(ref m) if m.contains("public")), "{e}");
+        assert!(
+            matches!(e, ServiceError::Conflict(ref m) if m.contains("public")),
+            "{e}"
+        );
         assert_eq!(
             svc.gate_settings("kiosk").expect("settings").profile,
             Profile::Kiosk
@@ -279,7 +296,10 @@ mod tests {
         let e = svc
             .add_seat_on(&a, &seat("pc01", "02:00:00:00:00:01", "quay"), Some("quay"))
             .expect_err("no networks configured");
-        assert!(matches!(e, ServiceError::Invalid { ref field, .. } if field == "network"), "{e}");
+        assert!(
+            matches!(e, ServiceError::Invalid { ref field, .. } if field == "network"),
+            "{e}"
+        );
         // Without boot networks a kiosk image may be given to any seat (NBD,
         // tools): the rule is about networks.
         make_kiosk(&svc);

@@ -931,16 +931,19 @@ impl Service {
             ));
         }
         self.check_seat_network(&req.image, network)?;
-        let seat = self.state.add_seat_on(&NewSeat {
-            name: req.name.clone(),
-            mac,
-            image: req.image.clone(),
-            pinned_version: req.version,
-            policy: req.policy.unwrap_or(ResetPolicy::OnBoot),
-            quota: req.quota.unwrap_or(0),
-            initiator_iqn: req.initiator_iqn.clone(),
-            mutual_chap: req.mutual_chap,
-        }, network)?;
+        let seat = self.state.add_seat_on(
+            &NewSeat {
+                name: req.name.clone(),
+                mac,
+                image: req.image.clone(),
+                pinned_version: req.version,
+                policy: req.policy.unwrap_or(ResetPolicy::OnBoot),
+                quota: req.quota.unwrap_or(0),
+                initiator_iqn: req.initiator_iqn.clone(),
+                mutual_chap: req.mutual_chap,
+            },
+            network,
+        )?;
         // A new seat starts clean on its target version, so `seat list`
         // shows what it will boot before it ever does.
         let target = self.target_version(&seat)?;

@@ -287,8 +287,7 @@ impl PxeConfig {
 pub fn valid_network_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 32
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -341,12 +340,15 @@ impl BootNetworks {
         }
         for (index, n) in self.0.iter().enumerate() {
             for earlier in &self.0[..index] {
-                let clash = |key: &'static str, error: ListError| {
-                    Err(NetworksError { index, key, error })
-                };
+                let clash =
+                    |key: &'static str, error: ListError| Err(NetworksError { index, key, error });
                 if n.network_name() == earlier.network_name() {
                     return clash(
-                        if n.name.is_some() { "name" } else { "interface" },
+                        if n.name.is_some() {
+                            "name"
+                        } else {
+                            "interface"
+                        },
                         ListError::SameName(n.network_name().to_string()),
                     );
                 }
@@ -409,7 +411,10 @@ impl<'de> Deserialize<'de> for BootNetworks {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a boot network (interface, server_ip, ...) or a list of them")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
                 PxeConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(|n| BootNetworks(vec![n]))
             }
@@ -541,7 +546,10 @@ mod list_tests {
         assert_eq!(one[0].network_name(), "br-quay");
         assert_eq!(one[0].kind, NetworkKind::Counter);
         one.validate().unwrap();
-        assert_eq!(one.of_seat(None).map(|n| n.interface.as_str()), Some("br-quay"));
+        assert_eq!(
+            one.of_seat(None).map(|n| n.interface.as_str()),
+            Some("br-quay")
+        );
         assert!(one.of_seat(Some("public")).is_none());
     }
 
@@ -600,7 +608,11 @@ mod list_tests {
             });
             n
         };
-        let a16 = auth(a.clone(), [255, 255, 0, 0], ([10, 77, 1, 100], [10, 77, 1, 199]));
+        let a16 = auth(
+            a.clone(),
+            [255, 255, 0, 0],
+            ([10, 77, 1, 100], [10, 77, 1, 199]),
+        );
         let b = auth(
             base("public", "br-pub", [10, 77, 2, 1]),
             [255, 255, 255, 0],

@@ -171,9 +171,7 @@ fn validate_network(n: &str) -> Result<()> {
     {
         return Err(StateError::Invalid {
             field: "network",
-            reason: format!(
-                "{n:?} is not a network name (letters, digits, - and _, at most 32)"
-            ),
+            reason: format!("{n:?} is not a network name (letters, digits, - and _, at most 32)"),
         });
     }
     Ok(())
@@ -484,13 +482,25 @@ mod tests {
         let e = st
             .add_seat_on(&seat("x", "52:54:00:00:00:03"), Some("bad name"))
             .expect_err("bad network name");
-        assert!(matches!(e, StateError::Invalid { field: "network", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                StateError::Invalid {
+                    field: "network",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let up = SeatUpdate {
             network: Some("quay".into()),
             ..SeatUpdate::default()
         };
         assert_eq!(
-            st.update_seat("quay-01", &up).expect("move").network.as_deref(),
+            st.update_seat("quay-01", &up)
+                .expect("move")
+                .network
+                .as_deref(),
             Some("quay")
         );
         // Other changes keep the network.
@@ -499,7 +509,10 @@ mod tests {
             ..SeatUpdate::default()
         };
         assert_eq!(
-            st.update_seat("quay-01", &up).expect("quota").network.as_deref(),
+            st.update_seat("quay-01", &up)
+                .expect("quota")
+                .network
+                .as_deref(),
             Some("quay")
         );
     }

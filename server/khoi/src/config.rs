@@ -652,7 +652,9 @@ impl Config {
             if let Some(addr) = self.listen.iscsi
                 && !addr.ip().is_loopback()
                 && !addr.ip().is_unspecified()
-                && !nets.iter().any(|n| std::net::IpAddr::V4(n.server_ip) == addr.ip())
+                && !nets
+                    .iter()
+                    .any(|n| std::net::IpAddr::V4(n.server_ip) == addr.ip())
             {
                 return Err(fail(
                     "iscsi",
@@ -693,7 +695,17 @@ impl Config {
     /// is not on. Without boot networks, `listen.iscsi` as it is.
     pub fn local_iscsi_listen(&self) -> Option<std::net::SocketAddr> {
         let addr = self.listen.iscsi?;
-        if self.pxe.is_none() || addr.ip().is_loopback() {
+        let Some(nets) = &self.pxe else {
+            return Some(addr);
+        };
+        // That network's own portal is this address already.
+        if nets
+            .iter()
+            .any(|n| std::net::IpAddr::V4(n.server_ip) == addr.ip())
+        {
+            return None;
+        }
+        if addr.ip().is_loopback() {
             return Some(addr);
         }
         if addr.ip().is_unspecified() {
@@ -1032,7 +1044,10 @@ mod tests {
             .collect();
         assert_eq!(
             portals,
-            ["quay br-quay 10.77.1.1:3260", "public br-pub 10.77.2.1:3260"]
+            [
+                "quay br-quay 10.77.1.1:3260",
+                "public br-pub 10.77.2.1:3260"
+            ]
         );
         assert_eq!(
             c.local_iscsi_listen(),
@@ -1045,6 +1060,13 @@ mod tests {
         .expect("one");
         assert_eq!(one.local_iscsi_listen(), None);
         assert_eq!(one.network_portals().len(), 1);
+        // A boot network on loopback (a lab) has its portal there, once.
+        let lo = parse(
+            "listen:\n  iscsi: 127.0.0.1:3260\npxe:\n  interface: lo\n  server_ip: 127.0.0.1\n  tftp_root: /t\n",
+        )
+        .expect("lo");
+        assert_eq!(lo.local_iscsi_listen(), None);
+        assert_eq!(lo.network_portals().len(), 1);
         // Without boot networks, listen.iscsi is what it says.
         let none = parse("listen:\n  iscsi: 0.0.0.0:3260\n").expect("none");
         assert_eq!(none.local_iscsi_listen(), none.listen.iscsi);
@@ -1055,19 +1077,33 @@ mod tests {
     #[test]
     fn pxe_list_errors_name_line_and_key() {
         let e = parse(&TWO.replace("br-pub", "br-quay")).expect_err("one interface twice");
-        assert_eq!((e.line, e.key.as_deref()), (10, Some("pxe.interface")), "{e}");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (10, Some("pxe.interface")),
+            "{e}"
+        );
         assert!(e.to_string().starts_with("khoi.yaml:10:"), "{e}");
-        assert!(e.message.contains("public") && e.message.contains("quay"), "{e}");
+        assert!(
+            e.message.contains("public") && e.message.contains("quay"),
+            "{e}"
+        );
         let e = parse(&TWO.replace("10.77.2.1", "10.77.1.1")).expect_err("one address twice");
-        assert_eq!((e.line, e.key.as_deref()), (11, Some("pxe.server_ip")), "{e}");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (11, Some("pxe.server_ip")),
+            "{e}"
+        );
         let e = parse(&TWO.replace("name: public", "name: quay")).expect_err("one name twice");
         assert_eq!((e.line, e.key.as_deref()), (8, Some("pxe.name")), "{e}");
         let e = parse(&TWO.replace("name: public", "name: 'pub lic'")).expect_err("bad name");
         assert_eq!((e.line, e.key.as_deref()), (8, Some("pxe.name")), "{e}");
         let e = parse(&TWO.replace("kind: kiosk", "kind: lobby")).expect_err("bad kind");
         assert_eq!((e.line, e.key.as_deref()), (9, Some("kind")), "{e}");
-        let e = parse(&TWO.replace("    tftp_root: /t\n  - name: public", "    bogus: 1\n    tftp_root: /t\n  - name: public"))
-            .expect_err("unknown key in an entry");
+        let e = parse(&TWO.replace(
+            "    tftp_root: /t\n  - name: public",
+            "    bogus: 1\n    tftp_root: /t\n  - name: public",
+        ))
+        .expect_err("unknown key in an entry");
         assert_eq!(e.line, 7, "{e}");
         // Overlapping pools in authoritative mode, the second entry named.
         let auth = |ip: &str, pool: &str| {

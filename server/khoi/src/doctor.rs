@@ -938,7 +938,13 @@ fn ports(config: &Config, lang: Lang) -> Vec<Check> {
         out.push(port_check("iSCSI", Proto::Tcp, a, running, lang));
     }
     for (_, _, a) in config.network_portals() {
-        out.push(port_check("iSCSI", Proto::Tcp, SocketAddr::V4(a), running, lang));
+        out.push(port_check(
+            "iSCSI",
+            Proto::Tcp,
+            SocketAddr::V4(a),
+            running,
+            lang,
+        ));
     }
     if let Some(a) = config.listen.nbd {
         out.push(port_check("NBD", Proto::Tcp, a, running, lang));

@@ -998,7 +998,11 @@ mod boot_path_tests {
 
         // pc01 names no network: it is on the first, the counter LAN.
         assert!(seats(&quay).seat_by_mac(mac).is_some());
-        assert_eq!(seats(&public).seat_by_mac(mac), None, "DHCP and scripts stay silent");
+        assert_eq!(
+            seats(&public).seat_by_mac(mac),
+            None,
+            "DHCP and scripts stay silent"
+        );
         seats(&public).unknown_mac(mac, Some(0), std::time::SystemTime::now());
         assert_eq!(events_reach(&l, "pxe.wrong_network", 1), 1);
         assert!(

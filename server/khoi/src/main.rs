@@ -126,7 +126,10 @@ fn seats_off_networks(config: &Config, seats: &[(String, Option<String>)]) -> Ve
 fn check_seat_networks(config: &Config) -> anyhow::Result<()> {
     let sock = serve::control_socket(&config.data_dir);
     if std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        println!("seats: not checked (no server running on {})", sock.display());
+        println!(
+            "seats: not checked (no server running on {})",
+            sock.display()
+        );
         return Ok(());
     }
     let seats: Vec<SeatView> = Client::new(&sock).get("/v1/seats")?;
@@ -140,7 +143,10 @@ fn check_seat_networks(config: &Config) -> anyhow::Result<()> {
             off.join(", ")
         );
     }
-    println!("seats: {} checked, each on a boot network of this file", seats.len());
+    println!(
+        "seats: {} checked, each on a boot network of this file",
+        seats.len()
+    );
     Ok(())
 }
 

@@ -267,10 +267,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         // Each boot network's portal takes connections arriving on its own
         // interface only, and logs in that network's seats only.
-        for ((name, iface, addr), net) in config
-            .network_portals()
-            .into_iter()
-            .zip(service.networks())
+        for ((name, iface, addr), net) in
+            config.network_portals().into_iter().zip(service.networks())
         {
             let listener = khoi_pxe::net::bind_tcp_on(&iface, addr, "iSCSI")
                 .map_err(anyhow::Error::from)
@@ -298,15 +296,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     if let Some(nets) = config.pxe.clone() {
-        start_boot_services(
-            &config,
-            nets,
-            &service,
-            &recorder,
-            &shutdown,
-            &mut tasks,
-        )
-        .await?;
+        start_boot_services(&config, nets, &service, &recorder, &shutdown, &mut tasks).await?;
     }
 
     {
@@ -502,15 +492,16 @@ async fn start_boot_services(
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> anyhow::Result<()> {
     use khoi_pxe::{BootState, DhcpCore, DhcpMode, DhcpSockets, http, net, tftp};
-    type Dhcp = Option<(DhcpSockets, DhcpCore)>;
-    let mut bound: Vec<(
-        khoi_pxe::PxeConfig,
-        Arc<dyn khoi_pxe::BootDirectory>,
-        Arc<BootState>,
-        Dhcp,
-        Option<std::net::UdpSocket>,
-        TcpListener,
-    )> = Vec::new();
+    /// One network's sockets, bound before any is served.
+    struct Bound {
+        pxe: khoi_pxe::PxeConfig,
+        dir: Arc<dyn khoi_pxe::BootDirectory>,
+        state: Arc<BootState>,
+        dhcp: Option<(DhcpSockets, DhcpCore)>,
+        tftp: Option<std::net::UdpSocket>,
+        http: TcpListener,
+    }
+    let mut bound: Vec<Bound> = Vec::new();
     for (pxe, network) in nets.0.into_iter().zip(service.networks()) {
         let portal = config
             .listen
@@ -555,11 +546,26 @@ async fn start_boot_services(
             .map_err(anyhow::Error::from)
             .and_then(|l| Ok(TcpListener::from_std(l)?))
             .with_context(|| format!("cannot serve boot scripts on {http_addr}"))?;
-        bound.push((pxe, dir, state, dhcp, tftp_socket, http_listener));
+        bound.push(Bound {
+            pxe,
+            dir,
+            state,
+            dhcp,
+            tftp: tftp_socket,
+            http: http_listener,
+        });
     }
     let tftp_stats = Arc::new(tftp::TftpStats::default());
     let mut states = Vec::new();
-    for (pxe, dir, state, dhcp, tftp_socket, http_listener) in bound {
+    for Bound {
+        pxe,
+        dir,
+        state,
+        dhcp,
+        tftp: tftp_socket,
+        http: http_listener,
+    } in bound
+    {
         tracing::info!(
             network = %pxe.network_name(),
             kind = %pxe.kind,
