@@ -544,8 +544,7 @@ impl TargetResolver for NetworkTargets {
                     &format!("login from {from}"),
                 );
                 Some(TargetAuth {
-                    chap: Some(decoy()),
-                    more_chap: Vec::new(),
+                    chap: vec![Credential::one_way(decoy())],
                     ..auth
                 })
             }
@@ -1003,7 +1002,7 @@ mod boot_path_tests {
             None,
             "DHCP and scripts stay silent"
         );
-        seats(&public).unknown_mac(mac, Some(0), std::time::SystemTime::now());
+        seats(&public).unknown_mac(mac, Some(0), None, std::time::SystemTime::now());
         assert_eq!(events_reach(&l, "pxe.wrong_network", 1), 1);
         assert!(
             l.svc.state().unknown_macs(10).expect("unknown").is_empty(),
@@ -1014,7 +1013,15 @@ mod boot_path_tests {
 
         let a = offer(&l, SEAT_IP);
         assert_eq!(
-            login_on(portal(&public), SEAT, SEAT_IP, IQN, &a.user, &a.secret, None),
+            login_on(
+                portal(&public),
+                SEAT,
+                SEAT_IP,
+                IQN,
+                &a.user,
+                &a.secret,
+                None
+            ),
             status::AUTH_FAILURE,
             "its own credentials, on the wrong network"
         );
@@ -1044,7 +1051,7 @@ mod boot_path_tests {
             Profile::Kiosk
         );
         assert_eq!(seats(&quay).seat_by_mac(mac), None);
-        seats(&quay).unknown_mac(mac, Some(0), std::time::SystemTime::now());
+        seats(&quay).unknown_mac(mac, Some(0), None, std::time::SystemTime::now());
         assert_eq!(events_reach(&l, "pxe.wrong_profile", 1), 1);
         let b = offer(&l, SEAT_IP);
         assert_eq!(
