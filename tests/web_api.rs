@@ -274,7 +274,7 @@ async fn metrics_scrape_declares_each_family_once_with_its_type() {
     h.svc.activity().meter("seat-1", "nbd").record(
         khoi_admin::IoOp::Read,
         4096,
-        std::time::Duration::from_micros(80),
+        Some(std::time::Duration::from_micros(80)),
     );
     let r = send(
         &h.app,
