@@ -1174,6 +1174,17 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
         "--network",
         "public",
     ]);
+    // Each seat is told the portal of its own network, and the list shows
+    // which network each seat is on.
+    let show = lab.khoi().json(&["seat", "show", "kiosk-1"]);
+    assert_eq!(show["portal"], format!("{PUB_IP}:3260"), "{show}");
+    let show = lab.khoi().json(&["seat", "show", "quay-1"]);
+    assert_eq!(show["portal"], format!("{LAB_IP}:3260"), "{show}");
+    let list = lab.khoi().ok(&["seat", "list"]);
+    assert!(
+        list.lines().any(|l| l.starts_with("kiosk-1") && l.contains(" public ")),
+        "{list}"
+    );
 
     // 1. Each seat boots with real iPXE on its own network.
     let vm = lab.start_vm_on("br0", "quay-1", &q_mac, Firmware::Bios);

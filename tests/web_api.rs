@@ -1307,10 +1307,12 @@ async fn a_seats_boot_network_is_set_and_checked_through_api_and_page() {
         BootNetwork {
             name: "quay".into(),
             profile: Profile::Counter,
+            portal: None,
         },
         BootNetwork {
             name: "public".into(),
             profile: Profile::Kiosk,
+            portal: None,
         },
     ]);
     stage(&h, "a.raw", 1, 1);

@@ -14,6 +14,8 @@ use crate::service::{Result, Service, ServiceError};
 pub struct BootNetwork {
     pub name: String,
     pub profile: Profile,
+    /// The iSCSI portal seats on this network log in to (`address:port`).
+    pub portal: Option<String>,
 }
 
 /// What the network is called by kind, in refusals.
@@ -186,10 +188,12 @@ mod tests {
             BootNetwork {
                 name: "quay".into(),
                 profile: Profile::Counter,
+                portal: None,
             },
             BootNetwork {
                 name: "public".into(),
                 profile: Profile::Kiosk,
+                portal: None,
             },
         ]);
     }
@@ -286,6 +290,39 @@ mod tests {
             svc.gate_settings("kiosk").expect("settings").profile,
             Profile::Kiosk
         );
+    }
+
+    /// `seat show` (and the API) give each seat its own network's portal:
+    /// the one it can log in at.
+    #[test]
+    fn a_seat_is_shown_its_own_networks_portal() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        svc.set_networks(vec![
+            BootNetwork {
+                name: "quay".into(),
+                profile: Profile::Counter,
+                portal: Some("10.10.0.1:3260".into()),
+            },
+            BootNetwork {
+                name: "public".into(),
+                profile: Profile::Kiosk,
+                portal: Some("10.20.0.1:3260".into()),
+            },
+        ]);
+        make_kiosk(&svc);
+        let a = Actor::server();
+        svc.add_seat(&a, &seat("pc01", "02:00:00:00:00:01", "quay"))
+            .expect("counter seat");
+        svc.add_seat_on(
+            &a,
+            &seat("k01", "02:00:00:00:00:02", "kiosk"),
+            Some("public"),
+        )
+        .expect("kiosk seat");
+        let portal = |s: &str| svc.seat(s).expect("seat").portal;
+        assert_eq!(portal("pc01").as_deref(), Some("10.10.0.1:3260"));
+        assert_eq!(portal("k01").as_deref(), Some("10.20.0.1:3260"));
     }
 
     #[test]

@@ -1005,10 +1005,15 @@ impl Service {
         let mutual_chap_user = mutual_chap_secret.as_ref().map(|_| target_iqn.clone());
         let initiator_iqn = seat.initiator_iqn.clone();
         let nbd_export = format!("seat/{}", seat.name);
+        // With boot networks a seat logs in only at its own network's portal.
+        let portal = self
+            .network_of(seat.network.as_deref())
+            .and_then(|n| n.portal)
+            .or_else(|| self.config.iscsi_portal.clone());
         Ok(SeatDetails {
             seat: self.view(seat),
             target_iqn,
-            portal: self.config.iscsi_portal.clone(),
+            portal,
             lun: 0,
             chap_user,
             chap_secret,

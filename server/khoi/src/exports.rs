@@ -975,10 +975,12 @@ mod boot_path_tests {
         let quay = BootNetwork {
             name: "quay".into(),
             profile: Profile::Counter,
+            portal: None,
         };
         let public = BootNetwork {
             name: "public".into(),
             profile: Profile::Kiosk,
+            portal: None,
         };
         l.svc.set_networks(vec![quay.clone(), public.clone()]);
         let recorder = Recorder::start(Arc::clone(l.svc.state()));

@@ -576,15 +576,32 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
         SeatCmd::List => {
             let seats: Vec<SeatView> = client.get("/v1/seats")?;
             out.print(&seats, |seats| {
+                // The network column only when some seat names one.
+                let nets = seats.iter().any(|s| s.network.is_some());
+                let net = |n: Option<&str>| {
+                    if nets {
+                        format!("{:<12} ", n.unwrap_or("(first)"))
+                    } else {
+                        String::new()
+                    }
+                };
                 println!(
-                    "{:<16} {:<17} {:<14} {:>6} {:>6} {:<10} {:>21}  STATUS",
-                    "SEAT", "MAC", "IMAGE", "PIN", "ACTIVE", "POLICY", "OVERLAY/QUOTA"
+                    "{:<16} {:<17} {}{:<14} {:>6} {:>6} {:<10} {:>21}  STATUS",
+                    "SEAT",
+                    "MAC",
+                    net(Some("NETWORK")),
+                    "IMAGE",
+                    "PIN",
+                    "ACTIVE",
+                    "POLICY",
+                    "OVERLAY/QUOTA"
                 );
                 for s in seats {
                     println!(
-                        "{:<16} {:<17} {:<14} {:>6} {:>6} {:<10} {:>21}  {}",
+                        "{:<16} {:<17} {}{:<14} {:>6} {:>6} {:<10} {:>21}  {}",
                         s.name,
                         s.mac,
+                        net(s.network.as_deref()),
                         s.image,
                         s.pinned_version.map_or("latest".into(), |n| n.to_string()),
                         s.active_version.map_or("-".into(), |n| n.to_string()),

@@ -445,16 +445,25 @@ fn seed_last_boots(service: &Service) {
 /// The config's boot networks as the service knows them: a counter network
 /// serves counter-profile images, a public one kiosk images.
 fn boot_networks(config: &Config) -> Vec<khoi_admin::BootNetwork> {
+    let portals = config.network_portals();
     config
         .pxe
         .iter()
         .flat_map(|n| n.iter())
-        .map(|n| khoi_admin::BootNetwork {
-            name: n.network_name().to_string(),
-            profile: match n.kind {
-                khoi_pxe::NetworkKind::Counter => khoi_admin::gate::Profile::Counter,
-                khoi_pxe::NetworkKind::Public => khoi_admin::gate::Profile::Kiosk,
-            },
+        .map(|n| {
+            let name = n.network_name().to_string();
+            let portal = portals
+                .iter()
+                .find(|(net, _, _)| *net == name)
+                .map(|(_, _, addr)| addr.to_string());
+            khoi_admin::BootNetwork {
+                name,
+                profile: match n.kind {
+                    khoi_pxe::NetworkKind::Counter => khoi_admin::gate::Profile::Counter,
+                    khoi_pxe::NetworkKind::Public => khoi_admin::gate::Profile::Kiosk,
+                },
+                portal,
+            }
         })
         .collect()
 }
