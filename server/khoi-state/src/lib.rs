@@ -12,6 +12,7 @@
 //! migrations in `schema`, and the typed names in `names`; everything is
 //! re-exported here so callers keep writing `khoi_state::Seat`.
 
+mod boot_times;
 mod boots;
 mod events;
 mod gate;
@@ -27,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
+pub use boot_times::{BOOT_HISTORY, BootPhase, BootStep, BootTiming};
 pub use boots::{BOOT_SECRET_LEN, Boot, BootCred, random_token};
 pub use events::{Event, EventFilter, EventLimits, NewEvent, UnknownMac};
 pub use gate::{GateResult, GateSettings};

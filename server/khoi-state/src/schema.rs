@@ -107,6 +107,23 @@ ALTER TABLE seat_boots ADD COLUMN pending_target_secret TEXT;
     r#"
 ALTER TABLE seats ADD COLUMN network TEXT;
 "#,
+    // Each seat's recent boots: when each step happened (unix ms) and the
+    // bytes read (see `boot_times`); bounded per seat, gone with the seat.
+    r#"
+CREATE TABLE boot_times (
+    id INTEGER PRIMARY KEY,
+    seat TEXT NOT NULL REFERENCES seats (name) ON DELETE CASCADE,
+    started INTEGER NOT NULL,
+    dhcp INTEGER,
+    tftp INTEGER,
+    script INTEGER,
+    login INTEGER,
+    handover INTEGER,
+    bytes_read INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX boot_times_seat ON boot_times (seat, started);
+CREATE INDEX boot_times_started ON boot_times (started);
+"#,
 ];
 
 /// Runs the migrations `conn` has not seen yet, each in its own transaction
