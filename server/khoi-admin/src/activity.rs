@@ -126,14 +126,21 @@ pub struct LiveView {
 pub struct Activity {
     seats: Mutex<HashMap<String, Live>>,
     metrics: Arc<Metrics>,
+    boots: crate::boot_times::BootClock,
 }
 
 impl Activity {
     pub fn new(metrics: Arc<Metrics>) -> Activity {
         Activity {
             seats: Mutex::new(HashMap::new()),
+            boots: crate::boot_times::BootClock::new(Arc::clone(&metrics)),
             metrics,
         }
+    }
+
+    /// The seats' boots in progress (boot times).
+    pub fn boots(&self) -> &crate::boot_times::BootClock {
+        &self.boots
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -5,6 +5,7 @@
 //! front ends (web page, JSON API, control socket) are in `khoi-web`.
 
 pub mod activity;
+pub mod boot_times;
 pub mod gate;
 pub mod metrics;
 pub mod networks;
@@ -14,6 +15,7 @@ pub mod staging;
 pub mod users;
 
 pub use activity::{Activity, IoMeter, IoOp, SeatState};
+pub use boot_times::BootClock;
 pub use metrics::Metrics;
 pub use networks::BootNetwork;
 pub use service::{Actor, ExportName, Opened, Service, ServiceConfig, ServiceError};

@@ -96,6 +96,21 @@ pub struct TriggerLabel {
     pub trigger: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+fn boot_phase_histogram() -> Histogram {
+    // 0.1 s .. ~200 s: a DHCP answer up to a disk phase on a cold cache.
+    Histogram::new(exponential_buckets(0.1, 2.0, 12))
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~3 s: a page-cache hit up to a stalled disk.
     Histogram::new(exponential_buckets(0.000_05, 3.0, 11))
@@ -112,6 +127,14 @@ pub struct Metrics {
     pub overlay_bytes: Family<SeatLabel, Gauge>,
     pub resets: Family<TriggerLabel, Counter>,
     pub logins_failed: Counter,
+    /// Seconds of each boot phase (`khoi_boot_phase_seconds{phase}`).
+    pub boot_phase: Family<PhaseLabel, Histogram, fn() -> Histogram>,
+    /// First step seen to the hand-over login, complete boots only.
+    pub boot_seconds: Histogram,
+    /// Bytes a complete boot read (see `boot_times`).
+    pub boot_read_bytes: Histogram,
+    /// Boots finished, by whether they reached the hand-over.
+    pub boots: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -132,6 +155,11 @@ impl Metrics {
             overlay_bytes: Family::default(),
             resets: Family::default(),
             logins_failed: Counter::default(),
+            boot_phase: Family::new_with_constructor(boot_phase_histogram as fn() -> Histogram),
+            boot_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            // 16 MiB .. 8 GiB.
+            boot_read_bytes: Histogram::new(exponential_buckets(16.0 * 1024.0 * 1024.0, 2.0, 10)),
+            boots: Family::default(),
         };
         {
             let mut r = m.registry.lock();
@@ -162,6 +190,26 @@ impl Metrics {
                 "admin_login_failures",
                 "Failed admin logins",
                 m.logins_failed.clone(),
+            );
+            r.register(
+                "boot_phase_seconds",
+                "Time of each boot phase: dhcp, tftp, script, disk",
+                m.boot_phase.clone(),
+            );
+            r.register(
+                "boot_seconds",
+                "Time from a boot's first step to the hand-over login",
+                m.boot_seconds.clone(),
+            );
+            r.register(
+                "boot_read_bytes",
+                "Bytes a seat read during its boot",
+                m.boot_read_bytes.clone(),
+            );
+            r.register(
+                "boots",
+                "Boots finished, by outcome (complete: reached the hand-over)",
+                m.boots.clone(),
             );
         }
         m

@@ -109,6 +109,15 @@ pub trait BootDirectory: Send + Sync + 'static {
         from: Option<std::net::IpAddr>,
         at: SystemTime,
     );
+    /// DHCP answered a registered seat (an offer or an ack, `event`), for boot times.
+    /// Called on the DHCP thread right after the answer is made: keep it to memory.
+    fn dhcp_answered(&self, event: &dhcp::Event, at: SystemTime) {
+        let _ = (event, at);
+    }
+    /// TFTP accepted a read from `client`, for boot times. Same rule as above.
+    fn tftp_read(&self, client: std::net::IpAddr, at: SystemTime) {
+        let _ = (client, at);
+    }
     /// All stored leases (authoritative mode), read once at start.
     fn leases(&self) -> Vec<Lease>;
     fn save_lease(&self, lease: &Lease);

@@ -246,8 +246,12 @@ fn dhcp_loop(
             src,
             payload: &buf[..n],
         };
-        let (reply, event) = core.lock().process(SystemTime::now(), dir, rx);
+        let now = SystemTime::now();
+        let (reply, event) = core.lock().process(now, dir, rx);
         log_event(&event, src, port);
+        if matches!(event, Event::Offer { .. } | Event::Ack { .. }) {
+            dir.dhcp_answered(&event, now);
+        }
         if let Some(tx) = reply
             && let Err(e) = socket.send_to(&tx.payload, SocketAddr::V4(tx.dst))
         {

@@ -5,7 +5,7 @@
 //! bind `(listen_ip, 0)`, which is why [`crate::net::bind_tftp`] binds the server address
 //! rather than `0.0.0.0`.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,12 +28,31 @@ pub struct ReadOnlyRoot {
     stats: Arc<TftpStats>,
 }
 
-/// Request counts since start, for `/metrics`.
+/// Request counts since start, for `/metrics`, and who is told of each read.
 #[derive(Debug, Default)]
 pub struct TftpStats {
     pub reads: AtomicU64,
     pub reads_refused: AtomicU64,
     pub writes_refused: AtomicU64,
+    on_read: std::sync::OnceLock<ReadHook>,
+}
+
+/// Told the client's address of every accepted read (boot times).
+pub struct ReadHook(Box<dyn Fn(IpAddr) + Send + Sync>);
+
+impl std::fmt::Debug for ReadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadHook")
+    }
+}
+
+impl TftpStats {
+    /// Calls `hook` with the client's address on every accepted read; set once.
+    pub fn on_read(&self, hook: impl Fn(IpAddr) + Send + Sync + 'static) {
+        if self.on_read.set(ReadHook(Box::new(hook))).is_err() {
+            tracing::warn!("TFTP read hook set twice; keeping the first");
+        }
+    }
 }
 
 impl std::fmt::Debug for ReadOnlyRoot {
@@ -106,6 +125,9 @@ impl Handler for ReadOnlyRoot {
             }
         };
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(ReadHook(hook)) = self.stats.on_read.get() {
+            hook(client.ip());
+        }
         tracing::debug!(%client, path = %rel.display(), "TFTP read");
         self.inner.read_req_open(client, &rel).await
     }

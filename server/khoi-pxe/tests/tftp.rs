@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 struct Server {
     _rt: tokio::runtime::Runtime,
     stats: std::sync::Arc<khoi_pxe::tftp::TftpStats>,
+    /// The clients the read hook was told of.
+    readers: std::sync::Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>,
     cancel: CancellationToken,
     addr: SocketAddrV4,
     root: PathBuf,
@@ -49,6 +51,9 @@ fn start() -> Server {
     let cancel = CancellationToken::new();
     let (c, r) = (cancel.clone(), root.clone());
     let stats = std::sync::Arc::new(khoi_pxe::tftp::TftpStats::default());
+    let readers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r2 = readers.clone();
+    stats.on_read(move |ip| r2.lock().unwrap().push(ip));
     let st = stats.clone();
     rt.spawn(async move {
         khoi_pxe::tftp::serve_with_stats(sock, &r, st, c)
@@ -58,6 +63,7 @@ fn start() -> Server {
     Server {
         _rt: rt,
         stats,
+        readers,
         cancel,
         addr,
         root,
@@ -202,6 +208,11 @@ fn writes_escapes_and_missing_files_refused() {
     assert_eq!(n(&srv.stats.writes_refused), 2);
     assert_eq!(n(&srv.stats.reads_refused), 7);
     assert_eq!(n(&srv.stats.reads), 1);
+    // Boot times hear of the read, from the client's address, and of no refusal.
+    assert_eq!(
+        *srv.readers.lock().unwrap(),
+        vec![std::net::IpAddr::from(Ipv4Addr::LOCALHOST)]
+    );
 }
 
 fn have(tool: &str) -> bool {

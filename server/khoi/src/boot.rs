@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use khoi_admin::gate::Profile;
 use khoi_admin::{BootNetwork, Service};
 use khoi_pxe::{BootDirectory, Lease, SeatBoot};
-use khoi_state::{Mac, Seat};
+use khoi_state::{BootStep, Mac, Seat};
 use parking_lot::Mutex;
 
 use crate::recorder::Recorder;
@@ -141,6 +141,11 @@ impl Refusal {
     }
 }
 
+fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 fn mac_text(mac: [u8; 6]) -> String {
     Mac(mac).to_string()
 }
@@ -267,9 +272,35 @@ impl BootDirectory for Seats {
                 vec![("peer", from), ("other", other.peer.clone())],
             );
         }
+        let clock = self.service.activity().boots();
+        clock.seen_at(&boot.seat, peer);
+        clock.step(&boot.seat, BootStep::Script, unix_ms(SystemTime::now()));
         boot.chap = Some((cred.user, cred.secret));
         boot.mutual_chap = cred.target_secret.map(|s| (boot.target_iqn.clone(), s));
         Ok(boot)
+    }
+
+    /// The PXE ROM's DHCP begins a boot (boot times); iPXE's own DHCP (its
+    /// answer names the script URL, not a binary) is part of the TFTP phase.
+    fn dhcp_answered(&self, event: &khoi_pxe::dhcp::Event, at: SystemTime) {
+        use khoi_pxe::dhcp::Event;
+        let (Event::Offer { seat, ip, file } | Event::Ack { seat, ip, file }) = event else {
+            return;
+        };
+        let clock = self.service.activity().boots();
+        if let Some(ip) = ip {
+            clock.seen_at(seat, IpAddr::V4(*ip));
+        }
+        if file.as_deref().is_some_and(|f| !f.contains("://")) {
+            clock.step(seat, BootStep::Dhcp, unix_ms(at));
+        }
+    }
+
+    fn tftp_read(&self, client: IpAddr, at: SystemTime) {
+        let clock = self.service.activity().boots();
+        if let Some(seat) = clock.seat_at(client) {
+            clock.step(&seat, BootStep::Tftp, unix_ms(at));
+        }
     }
 
     fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, from: Option<IpAddr>, at: SystemTime) {
@@ -368,4 +399,52 @@ pub fn prepare_tftp_root(root: &Path, files: &[&str]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How often finished boots are looked for.
+const BOOT_TIMES_TICK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps the boots the clock finishes in the state database, off the DHCP
+/// and login paths that report them. The addresses of the seats' running
+/// boots are known at once, so a TFTP read is matched to its seat even when
+/// DHCP gave no address (proxy mode, UEFI firmware).
+pub async fn keep_boot_times(service: Arc<Service>, cancel: tokio_util::sync::CancellationToken) {
+    if let Ok(boots) = service.state().boots() {
+        for b in boots {
+            let peer = b
+                .current
+                .as_ref()
+                .and_then(|c| c.peer.parse::<IpAddr>().ok());
+            if let Some(ip) = peer {
+                service.activity().boots().seen_at(&b.seat, ip);
+            }
+        }
+    }
+    let mut every = tokio::time::interval(BOOT_TIMES_TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let done = service
+            .activity()
+            .boots()
+            .tick(khoi_admin::boot_times::now_ms());
+        if done.is_empty() {
+            continue;
+        }
+        let svc = Arc::clone(&service);
+        let kept = tokio::task::spawn_blocking(move || {
+            for b in &done {
+                if let Err(e) = svc.state().record_boot_timing(b) {
+                    tracing::warn!(seat = b.seat, "cannot keep the boot's times: {e}");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = kept {
+            tracing::error!("keeping boot times failed: {e}");
+        }
+    }
 }

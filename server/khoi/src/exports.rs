@@ -332,6 +332,11 @@ impl TargetResolver for IscsiTargets {
             .map(|s| s.policy)
             .unwrap_or(ResetPolicy::Persistent);
         self.service.activity().booting(seat);
+        self.service.activity().boots().step(
+            seat,
+            khoi_state::BootStep::Login,
+            khoi_admin::boot_times::now_ms(),
+        );
         // What this boot reads is the version's boot working set.
         self.prewarm.boot_started(seat);
         // The event log is where the dashboard finds the last boot again
@@ -464,6 +469,12 @@ impl TargetResolver for IscsiTargets {
                 let name = seat(&target);
                 if target.is_some() {
                     self.service.activity().connected(&name, "iscsi", &peer);
+                    // The OS's login after iPXE's is the boot's hand-over.
+                    self.service.activity().boots().logged_in(
+                        &name,
+                        tsih,
+                        khoi_admin::boot_times::now_ms(),
+                    );
                 }
                 self.session_event("iscsi.login", name, initiator, &peer, tsih);
             }

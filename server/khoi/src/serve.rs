@@ -299,6 +299,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         start_boot_services(&config, nets, &service, &recorder, &shutdown, &mut tasks).await?;
     }
 
+    tasks.spawn(boot::keep_boot_times(
+        Arc::clone(&service),
+        shutdown.clone(),
+    ));
+
     {
         let cron = config
             .prewarm
@@ -565,6 +570,18 @@ async fn start_boot_services(
         });
     }
     let tftp_stats = Arc::new(tftp::TftpStats::default());
+    {
+        // Every network's reads go to the one boot clock, which knows the
+        // seats by address.
+        let svc = Arc::clone(service);
+        tftp_stats.on_read(move |ip| {
+            let clock = svc.activity().boots();
+            if let Some(seat) = clock.seat_at(ip) {
+                let now = khoi_admin::boot_times::now_ms();
+                clock.step(&seat, khoi_state::BootStep::Tftp, now);
+            }
+        });
+    }
     let mut states = Vec::new();
     for Bound {
         pxe,
