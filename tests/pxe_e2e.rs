@@ -704,6 +704,44 @@ fn report(scenario: &str, vm: &Vm, took: Duration) {
     );
 }
 
+/// The seat's boot as Khoi kept it (`khoi seat boots`): every step seen, in
+/// order, and the bytes read. The boot is kept 30 s after its hand-over.
+fn assert_boot_recorded(lab: &Lab, seat: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let times = loop {
+        let t = lab.khoi().json(&["seat", "boots", seat]);
+        let kept = t["boots"].as_array().is_some_and(|b| !b.is_empty());
+        if kept || Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let boot = &times["boots"][0];
+    let steps: Vec<Option<i64>> = boot["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no boot kept for {seat}: {times:#}"))
+        .iter()
+        .map(serde_json::Value::as_i64)
+        .collect();
+    assert_eq!(steps.len(), 5, "{times:#}");
+    assert!(
+        steps.iter().all(Option::is_some),
+        "a step is missing (dhcp, tftp, script, login, handover): {times:#}"
+    );
+    assert!(
+        steps.windows(2).all(|w| w[0] <= w[1]),
+        "steps out of order: {times:#}"
+    );
+    let read = boot["bytes_read"].as_u64().unwrap_or(0);
+    // The test disk's kernel and initrd at least.
+    assert!(read > 1 << 20, "only {read} bytes read: {times:#}");
+    let table = lab.khoi().ok(&["seat", "boots", seat]);
+    assert!(
+        table.contains("DISK") && table.lines().nth(1).is_some_and(|l| l.ends_with("ok")),
+        "{table}"
+    );
+}
+
 #[test]
 fn bios_seat_boots_with_khoi_as_proxy_dhcp_beside_site_dhcp() {
     if !lab_available() {
@@ -730,6 +768,7 @@ fn bios_seat_boots_with_khoi_as_proxy_dhcp_beside_site_dhcp() {
         "Khoi's script did not run:\n{}",
         tail(log, 40)
     );
+    assert_boot_recorded(&lab, "pc01");
 }
 
 #[test]
@@ -754,6 +793,7 @@ fn bios_seat_boots_with_khoi_authoritative_and_unknown_mac_gets_nothing() {
         tail(log, 40)
     );
     assert_eq!(persist_line(&vm, log), "absent");
+    assert_boot_recorded(&lab, "pc02");
 
     // The stranger has been asking all along; iPXE gives DHCP up after a
     // few rounds, so by now it has heard nothing or never will.
@@ -824,6 +864,9 @@ fn uefi_seat_boots_through_snponly_efi() {
         tail(log, 40)
     );
     assert_eq!(persist_line(&vm, log), "absent");
+    // The site's DHCP gave the address: the TFTP read is matched to the
+    // one seat waiting for it.
+    assert_boot_recorded(&lab, "pc03");
 }
 
 #[test]

@@ -120,6 +120,30 @@ impl BootClock {
         inner.addrs.insert(addr.to_canonical(), seat.to_string());
     }
 
+    /// A TFTP read from `addr` at `at_ms`: the seat seen at that address,
+    /// or else the only seat whose boot got its DHCP answer and nothing
+    /// after (proxy mode with UEFI firmware: the site's DHCP gave the
+    /// address, so Khoi learns it here). Several such seats: not guessed.
+    pub fn tftp_from(&self, addr: IpAddr, at_ms: i64) {
+        let seat = self.seat_at(addr).or_else(|| {
+            let inner = self.inner.lock();
+            let mut waiting = inner.seats.iter().filter(|(_, p)| {
+                p.timing.at(BootStep::Dhcp).is_some()
+                    && p.timing.steps[BootStep::Tftp.index()..]
+                        .iter()
+                        .all(Option::is_none)
+            });
+            match (waiting.next(), waiting.next()) {
+                (Some((seat, _)), None) => Some(seat.clone()),
+                _ => None,
+            }
+        });
+        if let Some(seat) = seat {
+            self.seen_at(&seat, addr);
+            self.step(&seat, BootStep::Tftp, at_ms);
+        }
+    }
+
     /// The seat at `addr`, if one was seen there.
     pub fn seat_at(&self, addr: IpAddr) -> Option<String> {
         self.inner.lock().addrs.get(&addr.to_canonical()).cloned()
@@ -360,6 +384,38 @@ mod tests {
     }
 
     #[test]
+    fn a_tftp_read_from_an_unknown_address_is_the_one_seat_waiting_for_it() {
+        let (_, c) = clock();
+        let a: IpAddr = "10.0.0.5".parse().expect("ip");
+        let b: IpAddr = "10.0.0.6".parse().expect("ip");
+        c.step("pc01", BootStep::Dhcp, 0);
+        c.step("pc02", BootStep::Dhcp, 10);
+        c.tftp_from(a, 100);
+        assert!(
+            c.in_progress("pc01")
+                .and_then(|t| t.at(BootStep::Tftp))
+                .is_none()
+                && c.in_progress("pc02")
+                    .and_then(|t| t.at(BootStep::Tftp))
+                    .is_none(),
+            "two seats wait: no guess"
+        );
+        c.seen_at("pc02", b);
+        c.tftp_from(b, 200);
+        assert_eq!(
+            c.in_progress("pc02").and_then(|t| t.at(BootStep::Tftp)),
+            Some(200)
+        );
+        c.tftp_from(a, 300);
+        assert_eq!(
+            c.in_progress("pc01").and_then(|t| t.at(BootStep::Tftp)),
+            Some(300),
+            "the only one left"
+        );
+        assert_eq!(c.seat_at(a).as_deref(), Some("pc01"));
+    }
+
+    #[test]
     fn an_address_belongs_to_one_seat() {
         let (_, c) = clock();
         let a: IpAddr = "10.0.0.5".parse().expect("ip");
@@ -375,5 +431,64 @@ mod tests {
             c.seat_at("10.0.0.7".parse().expect("ip")).as_deref(),
             Some("pc03")
         );
+    }
+}
+
+/// A seat's kept boots and the one in progress, for its page and the API.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SeatBootTimes {
+    pub seat: String,
+    /// Newest first.
+    pub boots: Vec<BootTiming>,
+    pub in_progress: Option<BootTiming>,
+}
+
+/// The room's last morning: each seat's first boot of the latest day (in
+/// the schedule's time zone) on which any seat booted.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RoomMorning {
+    /// The day, `YYYY-MM-DD`, if any boot is kept.
+    pub day: Option<String>,
+    /// By start time.
+    pub boots: Vec<BootTiming>,
+}
+
+impl crate::Service {
+    /// `seat`'s boot history.
+    pub fn boot_times(&self, seat: &str) -> Result<SeatBootTimes, crate::ServiceError> {
+        self.state().seat(seat)?;
+        Ok(SeatBootTimes {
+            seat: seat.to_string(),
+            boots: self.state().boot_timings(seat)?,
+            in_progress: self.activity().boots().in_progress(seat),
+        })
+    }
+
+    /// The room's last morning (see [`RoomMorning`]).
+    pub fn room_morning(&self) -> Result<RoomMorning, crate::ServiceError> {
+        use chrono::TimeZone;
+        let Some(last) = self.state().last_boot_started()? else {
+            return Ok(RoomMorning::default());
+        };
+        let tz = crate::schedule::vietnam();
+        let Some(at) = tz.timestamp_millis_opt(last).single() else {
+            return Ok(RoomMorning::default());
+        };
+        let day = at.date_naive();
+        let start = day
+            .and_hms_opt(0, 0, 0)
+            .and_then(|t| tz.from_local_datetime(&t).single())
+            .map_or(last, |t| t.timestamp_millis());
+        let mut seen = std::collections::HashSet::new();
+        let boots = self
+            .state()
+            .boot_timings_since(start)?
+            .into_iter()
+            .filter(|b| seen.insert(b.seat.clone()))
+            .collect();
+        Ok(RoomMorning {
+            day: Some(day.format("%Y-%m-%d").to_string()),
+            boots,
+        })
     }
 }

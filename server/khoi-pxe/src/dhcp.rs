@@ -483,7 +483,8 @@ impl DhcpCore {
         self.state.seen.record(mac, to);
         let event = Event::Ack {
             seat: seat.seat,
-            ip: None,
+            // Not ours to give, but where the seat is (for boot times).
+            ip: Some(to),
             file: Some(file),
         };
         (

@@ -188,7 +188,13 @@ fn proxy_bios_request_4011_gets_file_in_header_and_71_echo() {
     );
     assert!(!m.options.contains(67), "boot file only in the header");
     assert!(!m.options.contains(66));
-    assert!(matches!(ev, Event::Ack { .. }));
+    assert!(matches!(
+        ev,
+        Event::Ack {
+            ip: Some(CLIENT),
+            ..
+        }
+    ));
     assert_eq!(
         r.state.seen.get(MAC),
         Some(CLIENT),

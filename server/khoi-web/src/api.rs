@@ -350,6 +350,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/seats/{name}",
             get(seat).delete(remove_seat).patch(update_seat),
         )
+        .route("/v1/seats/{name}/boots", get(seat_boot_times))
         .route("/v1/seats/{name}/maintenance", post(maintenance))
         .route("/v1/seats/{name}/reset", post(reset_seat))
         .route("/v1/reset-all", post(reset_all))
@@ -529,6 +530,13 @@ async fn seat(
         d.0.mutual_chap_secret = None;
     }
     Ok(d)
+}
+
+async fn seat_boot_times(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<khoi_admin::boot_times::SeatBootTimes> {
+    blocking(move || st.service.boot_times(&name)).await
 }
 
 async fn remove_seat(

@@ -297,10 +297,10 @@ impl BootDirectory for Seats {
     }
 
     fn tftp_read(&self, client: IpAddr, at: SystemTime) {
-        let clock = self.service.activity().boots();
-        if let Some(seat) = clock.seat_at(client) {
-            clock.step(&seat, BootStep::Tftp, unix_ms(at));
-        }
+        self.service
+            .activity()
+            .boots()
+            .tftp_from(client, unix_ms(at));
     }
 
     fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, from: Option<IpAddr>, at: SystemTime) {

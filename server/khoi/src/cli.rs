@@ -140,6 +140,9 @@ pub enum SeatCmd {
     List,
     /// Show a seat with its iSCSI target, portal, LUN and CHAP credentials.
     Show { name: String },
+    /// A seat's recent boots: when DHCP, TFTP, the script, the first iSCSI
+    /// login and the hand-over happened, and the bytes each boot read.
+    Boots { name: String },
     /// Throw away a seat's changes (or every seat's with --all).
     Reset {
         #[arg(required_unless_present = "all", conflicts_with = "all")]

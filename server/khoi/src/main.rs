@@ -346,6 +346,49 @@ pub(crate) fn findings_text(findings: &[khoi_admin::gate::Finding]) -> String {
     out
 }
 
+/// A seat's boots, one a line: when it started (UTC+7, like the schedule),
+/// each phase's seconds, the total and the bytes read.
+fn print_boot_times(t: &khoi_admin::boot_times::SeatBootTimes) {
+    use khoi_state::BootPhase;
+    let secs = |ms: Option<i64>| {
+        #[allow(clippy::cast_precision_loss)]
+        ms.map_or_else(
+            || "-".to_string(),
+            |ms| format!("{:.1}", ms as f64 / 1000.0),
+        )
+    };
+    println!(
+        "{:<19} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10}  OUTCOME",
+        "STARTED", "DHCP", "TFTP", "SCRIPT", "DISK", "TOTAL", "READ"
+    );
+    let rows = t.in_progress.iter().map(|b| (b, "in progress"));
+    let rows = rows.chain(
+        t.boots
+            .iter()
+            .map(|b| (b, if b.complete() { "ok" } else { "incomplete" })),
+    );
+    for (b, outcome) in rows {
+        let started = b
+            .started()
+            .and_then(|ms| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .map(|t| t.with_timezone(&khoi_admin::schedule::vietnam()))
+            })
+            .map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        println!(
+            "{:<19} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10}  {}",
+            started,
+            secs(b.phase_ms(BootPhase::Dhcp)),
+            secs(b.phase_ms(BootPhase::Tftp)),
+            secs(b.phase_ms(BootPhase::Script)),
+            secs(b.phase_ms(BootPhase::Disk)),
+            secs(b.total_ms()),
+            Size(b.bytes_read).to_string(),
+            outcome
+        );
+    }
+}
+
 fn print_versions(versions: &[VersionView]) {
     println!(
         "{:>4} {:<3} {:>10} {:>10}  {:<11} {:<16} {:<12} NOTE",
@@ -611,6 +654,11 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                     );
                 }
             })
+        }
+        SeatCmd::Boots { name } => {
+            let t: khoi_admin::boot_times::SeatBootTimes =
+                client.get(&format!("/v1/seats/{}/boots", urlencode(&name)))?;
+            out.print(&t, print_boot_times)
         }
         SeatCmd::Show { name } => {
             let d: SeatDetails = client.get(&format!("/v1/seats/{}", urlencode(&name)))?;
