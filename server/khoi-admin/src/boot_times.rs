@@ -120,6 +120,23 @@ impl BootClock {
         inner.addrs.insert(addr.to_canonical(), seat.to_string());
     }
 
+    /// DHCP answered iPXE (its answer names the script). That is the boot's
+    /// DHCP step when iPXE is the firmware (a NIC with an iPXE ROM, as in
+    /// qemu), but part of the TFTP phase when the PXE ROM chainloaded it:
+    /// then the boot already has its DHCP or TFTP step and no script yet.
+    pub fn ipxe_dhcp(&self, seat: &str, at_ms: i64) {
+        let chainloaded = self.inner.lock().seats.get(seat).is_some_and(|p| {
+            let t = &p.timing;
+            (t.at(BootStep::Dhcp).is_some() || t.at(BootStep::Tftp).is_some())
+                && t.steps[BootStep::Script.index()..]
+                    .iter()
+                    .all(Option::is_none)
+        });
+        if !chainloaded {
+            self.step(seat, BootStep::Dhcp, at_ms);
+        }
+    }
+
     /// A TFTP read from `addr` at `at_ms`: the seat seen at that address,
     /// or else the only seat whose boot got its DHCP answer and nothing
     /// after (proxy mode with UEFI firmware: the site's DHCP gave the
@@ -413,6 +430,32 @@ mod tests {
             "the only one left"
         );
         assert_eq!(c.seat_at(a).as_deref(), Some("pc01"));
+    }
+
+    #[test]
+    fn ipxe_dhcp_begins_a_boot_only_when_ipxe_is_the_firmware() {
+        let (_, c) = clock();
+        // Chainloaded: the PXE ROM's DHCP and TFTP came first.
+        c.step("pc01", BootStep::Dhcp, 0);
+        c.step("pc01", BootStep::Tftp, 1_000);
+        c.ipxe_dhcp("pc01", 3_000);
+        assert_eq!(
+            c.in_progress("pc01").map(|t| t.steps[..2].to_vec()),
+            Some(vec![Some(0), Some(1_000)])
+        );
+        assert!(c.tick(3_001).is_empty(), "the same boot");
+        // iPXE in the NIC's ROM: its DHCP is the boot's first step, and after
+        // a script fetch it begins the next boot.
+        c.ipxe_dhcp("pc02", 0);
+        c.step("pc02", BootStep::Script, 500);
+        c.ipxe_dhcp("pc02", 90_000);
+        let ended = c.tick(90_001);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].phase_ms(BootPhase::Dhcp), Some(500));
+        assert_eq!(
+            c.in_progress("pc02").and_then(|t| t.at(BootStep::Dhcp)),
+            Some(90_000)
+        );
     }
 
     #[test]

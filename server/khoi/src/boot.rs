@@ -280,8 +280,9 @@ impl BootDirectory for Seats {
         Ok(boot)
     }
 
-    /// The PXE ROM's DHCP begins a boot (boot times); iPXE's own DHCP (its
-    /// answer names the script URL, not a binary) is part of the TFTP phase.
+    /// The firmware's DHCP begins a boot (boot times); the DHCP of an iPXE
+    /// the PXE ROM chainloaded (its answer names the script URL, not a
+    /// binary) is part of the TFTP phase.
     fn dhcp_answered(&self, event: &khoi_pxe::dhcp::Event, at: SystemTime) {
         use khoi_pxe::dhcp::Event;
         let (Event::Offer { seat, ip, file } | Event::Ack { seat, ip, file }) = event else {
@@ -291,8 +292,10 @@ impl BootDirectory for Seats {
         if let Some(ip) = ip {
             clock.seen_at(seat, IpAddr::V4(*ip));
         }
-        if file.as_deref().is_some_and(|f| !f.contains("://")) {
-            clock.step(seat, BootStep::Dhcp, unix_ms(at));
+        match file.as_deref() {
+            Some(f) if f.contains("://") => clock.ipxe_dhcp(seat, unix_ms(at)),
+            Some(_) => clock.step(seat, BootStep::Dhcp, unix_ms(at)),
+            None => {}
         }
     }
 

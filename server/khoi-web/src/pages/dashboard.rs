@@ -81,15 +81,36 @@ struct DashboardTpl {
     unknown: Vec<UnknownMac>,
     images: Vec<ImageView>,
     free_pct: u64,
+    /// The room's last morning as inline SVG (see `boot_chart`).
+    morning: String,
+    morning_day: String,
+}
+
+/// Each seat's first boot of the room's last morning, by start, with the
+/// slow ones and why.
+fn morning_chart(lang: crate::i18n::Lang, m: khoi_admin::boot_times::RoomMorning) -> String {
+    use super::boot_chart::{ChartRow, boot_chart, slow_reason};
+    let rows: Vec<ChartRow> = m
+        .boots
+        .iter()
+        .map(|b| ChartRow {
+            label: b.seat.clone(),
+            href: Some(format!("/seats/{}#boots", b.seat)),
+            note: slow_reason(lang, b, &m.boots),
+            timing: b.clone(),
+        })
+        .collect();
+    boot_chart(lang, &rows)
 }
 
 async fn dashboard(State(st): State<WebState>, Extension(ctx): Extension<Ctx>) -> PageResult {
     let svc = Arc::clone(&st.service);
-    let (seats, health, unknown, images) = call(move || {
+    let (seats, health, unknown, images, morning) = call(move || {
         let seats = seat_rows(&svc)?;
         let health = svc.health();
         let unknown = svc.state().unknown_macs(50)?;
-        Ok((seats, health, unknown, svc.images()))
+        let morning = svc.room_morning()?;
+        Ok((seats, health, unknown, svc.images(), morning))
     })
     .await?;
     let free_pct = health
@@ -104,5 +125,7 @@ async fn dashboard(State(st): State<WebState>, Extension(ctx): Extension<Ctx>) -
         unknown,
         images,
         free_pct,
+        morning_day: morning.day.clone().unwrap_or_default(),
+        morning: morning_chart(ctx.lang, morning),
     })
 }

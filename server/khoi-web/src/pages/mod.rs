@@ -22,6 +22,7 @@ use crate::guard::{Ctx, LANG_COOKIE};
 use crate::i18n::{Lang, t};
 
 mod audit;
+mod boot_chart;
 mod dashboard;
 mod images;
 mod login;

@@ -195,6 +195,30 @@ struct SeatTpl {
     quota_gib: u64,
     pinned: String,
     networks: Vec<String>,
+    /// The last boots as inline SVG (see `boot_chart`), "" when none.
+    boot_chart: String,
+}
+
+/// The seat's kept boots, newest on top, each labelled with its start.
+fn seat_boot_chart(lang: crate::i18n::Lang, boots: Vec<khoi_state::BootTiming>) -> String {
+    use chrono::TimeZone;
+    let rows: Vec<super::boot_chart::ChartRow> = boots
+        .into_iter()
+        .map(|b| super::boot_chart::ChartRow {
+            label: b
+                .started()
+                .and_then(|ms| {
+                    khoi_admin::schedule::vietnam()
+                        .timestamp_millis_opt(ms)
+                        .single()
+                })
+                .map_or_else(|| "—".into(), |t| t.format("%d/%m %H:%M").to_string()),
+            href: None,
+            note: None,
+            timing: b,
+        })
+        .collect();
+    super::boot_chart::boot_chart(lang, &rows)
 }
 
 async fn seat_page(
@@ -207,11 +231,12 @@ async fn seat_page(
         let d = svc.seat(&name)?;
         let versions = svc.versions(&d.seat.image).unwrap_or_default();
         let events = svc.state().events(Some(&name), 20)?;
-        Ok((d, versions, events, svc.images()))
+        let boots = svc.state().boot_timings(&name)?;
+        Ok((d, versions, events, svc.images(), boots))
     })
     .await;
     match r {
-        Ok((d, versions, events, images)) => {
+        Ok((d, versions, events, images, boots)) => {
             let state = st.service.seat_state(&d.seat).as_str();
             render(&SeatTpl {
                 p: Page::new(&st, &ctx, "seats"),
@@ -222,6 +247,7 @@ async fn seat_page(
                     .pinned_version
                     .map(|v| v.to_string())
                     .unwrap_or_default(),
+                boot_chart: seat_boot_chart(ctx.lang, boots),
                 d,
                 images,
                 versions,
