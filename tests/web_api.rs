@@ -1426,3 +1426,105 @@ async fn a_seats_boot_network_is_set_and_checked_through_api_and_page() {
         "{audit:?}"
     );
 }
+
+/// Boot times from the clock the protocol servers feed to what a viewer
+/// reads: the API, the seat page's chart, the dashboard's morning (the
+/// seat that did not finish named with where it stopped) and `/metrics`.
+#[tokio::test]
+async fn boot_times_reach_the_api_the_charts_and_metrics() {
+    use khoi_state::BootStep;
+    let h = harness();
+    stage(&h, "a.raw", 4, 1);
+    let admin = login(&h, "admin", "admin-pass-1").await;
+    let r = admin
+        .post(
+            "/api/v1/images",
+            json!({"name": "win10", "staged": "a.raw", "note": "base"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for (name, mac) in [("pc01", "02:00:00:00:00:01"), ("pc02", "02:00:00:00:00:02")] {
+        let r = admin
+            .post(
+                "/api/v1/seats",
+                json!({"name": name, "mac": mac, "image": "win10"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    // pc01 boots through every step; pc02 never gets past its script.
+    let clock = h.svc.activity().boots();
+    let t0 = khoi_admin::boot_times::now_ms() - 120_000;
+    clock.step("pc01", BootStep::Dhcp, t0);
+    clock.step("pc01", BootStep::Tftp, t0 + 1_800);
+    clock.step("pc01", BootStep::Script, t0 + 2_600);
+    clock.step("pc01", BootStep::Login, t0 + 2_900);
+    clock.logged_in("pc01", 1, t0 + 2_950);
+    clock.logged_in("pc01", 2, t0 + 21_000);
+    clock.step("pc02", BootStep::Dhcp, t0);
+    clock.step("pc02", BootStep::Script, t0 + 4_000);
+    let done = clock.tick(t0 + 21_000 + 30_000 + 600_000);
+    assert_eq!(done.len(), 2);
+    for b in &done {
+        assert!(h.svc.state().record_boot_timing(b).expect("keep"));
+    }
+
+    let viewer = login(&h, "vi", "viewer-pass").await;
+    let r = viewer.get("/api/v1/seats/pc01/boots").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let steps = r.json()["boots"][0]["steps"].clone();
+    assert_eq!(steps[0], t0);
+    assert_eq!(steps[4], t0 + 21_000);
+    assert_eq!(
+        viewer.get("/api/v1/seats/nope/boots").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let page = viewer.get("/seats/pc01").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let chart = page
+        .body
+        .split("<svg class=\"boot-chart\"")
+        .nth(1)
+        .expect("the seat page has a boot chart");
+    // DHCP, TFTP, script and disk, in that order.
+    let at = |class: &str| chart.find(&format!("class=\"{class}\"")).expect(class);
+    assert!(at("ph-dhcp") < at("ph-tftp") && at("ph-tftp") < at("ph-script"));
+    assert!(at("ph-script") < at("ph-disk"));
+    assert!(chart.contains("data-ms=\"18100\""), "disk phase: {chart}");
+    assert!(chart.contains(">21.0 s</text>"), "total: {chart}");
+
+    let dash = viewer.get("/").await;
+    let morning = dash
+        .body
+        .split("id=\"morning\"")
+        .nth(1)
+        .expect("the dashboard has the room's last morning");
+    assert!(morning.contains("href=\"/seats/pc01#boots\""), "{morning}");
+    assert!(
+        morning.contains("Không hoàn tất: Kịch bản"),
+        "pc02 stopped at its script: {morning}"
+    );
+
+    let metrics = send(
+        &h.app,
+        Request::get("/metrics").body(Body::empty()).expect("req"),
+    )
+    .await;
+    let types = khoi_admin::metrics::declared_types(&metrics.body).expect("types");
+    for name in [
+        "khoi_boot_phase_seconds",
+        "khoi_boot_seconds",
+        "khoi_boot_read_bytes",
+    ] {
+        assert_eq!(types[name], "histogram", "{name}");
+    }
+    for sample in [
+        "khoi_boot_phase_seconds_count{phase=\"disk\"} 1",
+        "khoi_boot_phase_seconds_count{phase=\"dhcp\"} 2",
+        "khoi_boot_seconds_count 1",
+        "khoi_boots_total{outcome=\"incomplete\"} 1",
+    ] {
+        assert!(metrics.body.contains(sample), "{sample}\n{}", metrics.body);
+    }
+}

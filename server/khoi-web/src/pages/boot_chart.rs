@@ -68,12 +68,13 @@ fn drawn_ms(b: &BootTiming) -> i64 {
     BootPhase::ALL.iter().filter_map(|p| b.phase_ms(*p)).sum()
 }
 
-/// A round scale end at or above `ms`: 1, 2 or 5 times a power of ten
-/// seconds, so the ticks fall on round numbers.
+/// A round scale end at or above `ms`: 1, 1.5, 2, 3, 5 or 7.5 times a
+/// power of ten seconds, so the five ticks fall on round numbers and the
+/// longest bar fills most of the width.
 fn scale_end(ms: i64) -> i64 {
-    let mut unit = 1_000;
+    let mut unit: i64 = 100;
     loop {
-        for m in [1, 2, 5] {
+        for m in [10, 15, 20, 30, 50, 75] {
             if unit * m >= ms {
                 return unit * m;
             }
@@ -325,8 +326,9 @@ mod tests {
     #[test]
     fn scales_end_on_round_numbers() {
         assert_eq!(scale_end(0), 1_000);
-        assert_eq!(scale_end(1_500), 2_000);
-        assert_eq!(scale_end(23_500), 50_000);
+        assert_eq!(scale_end(1_500), 1_500);
+        assert_eq!(scale_end(23_500), 30_000);
+        assert_eq!(scale_end(51_000), 75_000);
         assert_eq!(scale_end(100_000), 100_000);
         assert_eq!(secs(16_549), "16.5");
     }
