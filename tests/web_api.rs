@@ -814,6 +814,20 @@ async fn every_endpoint_round_trip() {
     assert_eq!(s.get("/api/v1/schedule").await.json()["online"], "force");
     let r = s.post("/api/v1/schedule/run", json!({})).await;
     assert_eq!(r.json()["reset"], json!(["s1"]), "{}", r.body);
+    assert_eq!(r.json()["still_on"], json!([]), "{}", r.body);
+    // The schedule page says who was still on at the last run.
+    let page = s.get("/schedule").await.body;
+    assert!(
+        page.contains("id=\"still-on\">không có: mọi máy đều đã tắt<"),
+        "{page}"
+    );
+    h.svc.activity().connected("s1", "iscsi", "10.0.0.7:50000");
+    let r = s.post("/api/v1/schedule/run", json!({})).await;
+    assert_eq!(r.json()["still_on"], json!(["s1"]), "{}", r.body);
+    let page = s.get("/schedule").await.body;
+    assert!(page.contains("id=\"still-on\"><strong>s1</strong>"), "{page}");
+    assert!(page.contains("còn bật 1: s1"), "the run's detail: {page}");
+    h.svc.activity().disconnected("s1", "iscsi", "10.0.0.7:50000");
     // Users.
     let r = s
         .post(

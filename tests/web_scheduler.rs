@@ -101,6 +101,11 @@ fn setup(dir: &std::path::Path) -> Arc<Service> {
         .expect("seat");
     }
     svc.activity().connected("on-1", "iscsi", "10.0.0.2:50000");
+    svc.activity().meter("keep", "nbd").record(
+        khoi_admin::IoOp::Read,
+        4096,
+        Some(std::time::Duration::from_micros(50)),
+    );
     svc
 }
 
@@ -128,6 +133,16 @@ fn offline_reset_online_skipped_or_forced() {
     assert_eq!(r.reset, ["off-1"]);
     assert_eq!(r.skipped, ["on-1"]);
     assert!(r.forced.is_empty() && r.failed.is_empty());
+    // Who was still on, whatever the policy: the persistent seat read a
+    // little in the evening without a session (an NBD tool, say).
+    assert_eq!(r.still_on, ["keep", "on-1"]);
+    let run = &s.history(1)[0];
+    assert_eq!(run.args["still_on"], "keep on-1");
+    assert!(
+        run.detail.ends_with("still on 2: keep on-1"),
+        "{}",
+        run.detail
+    );
     assert_eq!(
         (
             resets(&svc, "off-1"),

@@ -23,6 +23,9 @@ use crate::metrics::{Metrics, ProtoOp, SeatProto, SeatProtoOp};
 const BOOT_GRACE: Duration = Duration::from_secs(180);
 /// A session this young after a boot-script fetch is still the boot.
 const BOOT_SETTLE: Duration = Duration::from_secs(60);
+/// A seat that moved data this recently is still on, sessions or not (a
+/// session that just dropped, a tool's NBD handle that reads in bursts).
+pub const RECENT_IO: Duration = Duration::from_secs(600);
 /// Throughput is measured over windows of this length.
 const RATE_WINDOW: Duration = Duration::from_secs(2);
 
@@ -107,6 +110,8 @@ struct Live {
     rate_read: u64,
     rate_written: u64,
     rate_at: Option<Instant>,
+    /// The last time the seat's reads or writes were counted.
+    last_io: Option<Instant>,
 }
 
 /// A seat's live view for the dashboard.
@@ -241,6 +246,7 @@ impl Activity {
         let mut seats = self.seats.lock();
         let live = seats.entry(seat.to_string()).or_default();
         let start = *live.window_start.get_or_insert(now);
+        live.last_io = Some(now);
         live.window_read += read;
         live.window_written += written;
         let elapsed = now.duration_since(start);
@@ -341,6 +347,20 @@ impl Activity {
             .is_some_and(|l| !l.sessions.is_empty())
     }
 
+    /// Whether the seat is still on: a session is open, or it read or
+    /// wrote within [`RECENT_IO`] (what the nightly reset reports).
+    pub fn still_on(&self, seat: &str) -> bool {
+        self.still_on_at(seat, Instant::now())
+    }
+
+    fn still_on_at(&self, seat: &str, now: Instant) -> bool {
+        self.seats.lock().get(seat).is_some_and(|l| {
+            !l.sessions.is_empty()
+                || l.last_io
+                    .is_some_and(|t| now.saturating_duration_since(t) < RECENT_IO)
+        })
+    }
+
     pub fn total_sessions(&self) -> usize {
         self.seats.lock().values().map(|l| l.sessions.len()).sum()
     }
@@ -389,6 +409,27 @@ mod tests {
         a.booting("q1");
         assert!(a.live("q1").last_boot.is_some_and(|t| t > 1_700_000_000));
         assert_eq!(a.live("q2").last_boot, None);
+    }
+
+    #[test]
+    fn still_on_is_a_session_or_recent_io() {
+        let a = Activity::new(Arc::new(Metrics::new()));
+        assert!(!a.still_on("s1"));
+        a.connected("s1", "iscsi", "10.0.0.5:5000");
+        assert!(a.still_on("s1"));
+        a.disconnected("s1", "iscsi", "10.0.0.5:5000");
+        assert!(!a.still_on("s1"), "no session, never any I/O");
+        // A meter's bytes reach the seat when it folds them (at the latest
+        // when it goes away).
+        let m = Arc::new(a);
+        drop({
+            let meter = m.meter("s2", "nbd");
+            meter.record(IoOp::Write, 512, Some(Duration::from_micros(10)));
+            meter
+        });
+        assert!(m.still_on("s2"), "wrote just now");
+        let later = Instant::now() + RECENT_IO;
+        assert!(!m.still_on_at("s2", later), "quiet for {RECENT_IO:?}");
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub struct RunReport {
     pub forced: Vec<String>,
     pub skipped: Vec<String>,
     pub failed: Vec<String>,
+    /// Every seat still on when the run began (a session open or I/O in
+    /// the last minutes), whatever its policy: who left a machine running.
+    #[serde(default)]
+    pub still_on: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,7 +224,13 @@ impl Scheduler {
             name: "nightly".into(),
             source: actor.name.clone(),
         };
-        for seat in self.service.state().seats()? {
+        let seats = self.service.state().seats()?;
+        report.still_on = seats
+            .iter()
+            .filter(|s| self.service.activity().still_on(&s.name))
+            .map(|s| s.name.clone())
+            .collect();
+        for seat in seats {
             if seat.policy == ResetPolicy::Persistent || seat.maintenance {
                 continue;
             }
@@ -261,19 +271,21 @@ impl Scheduler {
         };
         let (reset, forced) = (list(&report.reset), list(&report.forced));
         let (skipped, failed) = (list(&report.skipped), list(&report.failed));
+        let still_on = list(&report.still_on);
         let counts = [
             report.reset.len().to_string(),
             report.forced.len().to_string(),
             report.skipped.len().to_string(),
             report.failed.len().to_string(),
+            report.still_on.len().to_string(),
         ];
         self.service.audit_args(
             actor,
             "nightly.run",
             "nightly",
             &format!(
-                "{trigger}: reset {}: {reset}; forced {}: {forced}; skipped {}: {skipped}; failed {}: {failed}",
-                counts[0], counts[1], counts[2], counts[3]
+                "{trigger}: reset {}: {reset}; forced {}: {forced}; skipped {}: {skipped}; failed {}: {failed}; still on {}: {still_on}",
+                counts[0], counts[1], counts[2], counts[3], counts[4]
             ),
             &[
                 ("trigger", trigger),
@@ -285,6 +297,8 @@ impl Scheduler {
                 ("skipped", &skipped),
                 ("failed_n", &counts[3]),
                 ("failed", &failed),
+                ("still_on_n", &counts[4]),
+                ("still_on", &still_on),
             ],
         );
         Ok(report)
@@ -321,12 +335,13 @@ impl Scheduler {
             let me = Arc::clone(&self);
             match tokio::task::spawn_blocking(move || me.tick()).await {
                 Ok(Ok(Some(r))) => tracing::info!(
-                    "nightly reset ({}): {} reset, {} forced, {} skipped, {} failed",
+                    "nightly reset ({}): {} reset, {} forced, {} skipped, {} failed; still on: {}",
                     r.trigger,
                     r.reset.len(),
                     r.forced.len(),
                     r.skipped.len(),
-                    r.failed.len()
+                    r.failed.len(),
+                    r.still_on.join(" ")
                 ),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::error!("nightly reset: {e}"),

@@ -31,6 +31,9 @@ struct ScheduleTpl {
     next_run: Option<i64>,
     last_run: Option<i64>,
     runs: Vec<Event>,
+    /// The seats still on when the last run began ("-" when none), if the
+    /// last run recorded it.
+    still_on: Option<String>,
 }
 
 async fn schedule_page(State(st): State<WebState>, Extension(ctx): Extension<Ctx>) -> PageResult {
@@ -44,6 +47,7 @@ async fn schedule_page(State(st): State<WebState>, Extension(ctx): Extension<Ctx
         force: view.online == OnlinePolicy::Force,
         next_run: view.next_run,
         last_run: view.last_run,
+        still_on: runs.first().and_then(|e| e.args.get("still_on").cloned()),
         runs,
     })
 }
