@@ -825,9 +825,14 @@ async fn every_endpoint_round_trip() {
     let r = s.post("/api/v1/schedule/run", json!({})).await;
     assert_eq!(r.json()["still_on"], json!(["s1"]), "{}", r.body);
     let page = s.get("/schedule").await.body;
-    assert!(page.contains("id=\"still-on\"><strong>s1</strong>"), "{page}");
+    assert!(
+        page.contains("id=\"still-on\"><strong>s1</strong>"),
+        "{page}"
+    );
     assert!(page.contains("còn bật 1: s1"), "the run's detail: {page}");
-    h.svc.activity().disconnected("s1", "iscsi", "10.0.0.7:50000");
+    h.svc
+        .activity()
+        .disconnected("s1", "iscsi", "10.0.0.7:50000");
     // Users.
     let r = s
         .post(

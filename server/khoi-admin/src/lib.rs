@@ -6,6 +6,7 @@
 
 pub mod activity;
 pub mod boot_times;
+pub mod doctor;
 pub mod gate;
 pub mod metrics;
 pub mod networks;

@@ -323,6 +323,8 @@ pub struct Service {
     gate_enforced: std::sync::atomic::AtomicBool,
     /// The config's boot networks (`networks`).
     pub(crate) networks: parking_lot::RwLock<Vec<crate::networks::BootNetwork>>,
+    /// The host checks for the admin page (`doctor`).
+    pub(crate) doctor: crate::doctor::Doctor,
 }
 
 impl Service {
@@ -347,6 +349,7 @@ impl Service {
             end_sessions: Ender::default(),
             gate_enforced: std::sync::atomic::AtomicBool::new(true),
             networks: parking_lot::RwLock::new(Vec::new()),
+            doctor: crate::doctor::Doctor::default(),
         }
     }
 

@@ -356,6 +356,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/reset-all", post(reset_all))
         .route("/v1/events", get(events))
         .route("/v1/health", get(health))
+        .route("/v1/doctor", get(doctor))
         .route("/v1/unknown-macs", get(unknown_macs))
         .route("/v1/schedule", get(schedule).post(schedule_update))
         .route("/v1/schedule/run", post(schedule_run))
@@ -729,6 +730,22 @@ async fn maintenance(
 
 async fn health(State(st): State<ApiState>) -> ApiResult<Health> {
     blocking(move || Ok(st.service.health())).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DoctorQuery {
+    /// `en` for English; Vietnamese otherwise, like the page.
+    #[serde(default)]
+    pub lang: Option<String>,
+}
+
+/// The host checks of `khoi doctor` (admin only, see `guard`).
+async fn doctor(
+    State(st): State<ApiState>,
+    axum::extract::Query(q): axum::extract::Query<DoctorQuery>,
+) -> ApiResult<khoi_admin::doctor::Report> {
+    let english = q.lang.as_deref() == Some("en");
+    blocking(move || st.service.doctor(english)).await
 }
 
 async fn unknown_macs(State(st): State<ApiState>) -> ApiResult<Vec<UnknownMac>> {

@@ -176,6 +176,30 @@ pub fn run(config: &Config, lang: Lang) -> Report {
     Report { lang, checks }
 }
 
+/// The same checks for the admin page (`/doctor`), worded in the page's
+/// language; the server runs them as itself, so its own ports count as held
+/// by Khoi.
+pub fn runner(config: Config) -> khoi_admin::doctor::Runner {
+    use khoi_admin::doctor as page;
+    std::sync::Arc::new(move |english| {
+        let lang = if english { Lang::En } else { Lang::Vi };
+        run(&config, lang)
+            .checks
+            .into_iter()
+            .map(|c| page::Check {
+                id: c.id.to_string(),
+                status: match c.status {
+                    Status::Ok => page::Status::Ok,
+                    Status::Warn => page::Status::Warn,
+                    Status::Fail => page::Status::Fail,
+                },
+                message: c.message,
+                fix: c.fix,
+            })
+            .collect()
+    })
+}
+
 fn server_running(config: &Config) -> bool {
     std::os::unix::net::UnixStream::connect(crate::serve::control_socket(&config.data_dir)).is_ok()
 }

@@ -218,6 +218,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
     service.set_import_limits(config.import_limits());
+    service.set_doctor(crate::doctor::runner(config.clone()));
 
     seed_last_boots(&service);
     let unclean = service.fence_after_unclean_stop();

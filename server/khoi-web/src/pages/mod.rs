@@ -24,6 +24,7 @@ use crate::i18n::{Lang, t};
 mod audit;
 mod boot_chart;
 mod dashboard;
+mod doctor;
 mod images;
 mod login;
 mod schedule;
@@ -45,6 +46,7 @@ pub fn router() -> Router<WebState> {
         .merge(schedule::router())
         .merge(audit::router())
         .merge(users::router())
+        .merge(doctor::router())
 }
 
 /// What every page's layout needs.
