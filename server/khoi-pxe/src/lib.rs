@@ -109,10 +109,11 @@ pub trait BootDirectory: Send + Sync + 'static {
         from: Option<std::net::IpAddr>,
         at: SystemTime,
     );
-    /// DHCP answered a registered seat (an offer or an ack, `event`), for boot times.
-    /// Called on the DHCP thread right after the answer is made: keep it to memory.
-    fn dhcp_answered(&self, event: &dhcp::Event, at: SystemTime) {
-        let _ = (event, at);
+    /// DHCP answered a registered seat (an offer or an ack, `event`; `pxe`: the request
+    /// came from a PXE client, firmware or iPXE, not an operating system), for boot
+    /// times. Called on the DHCP thread right after the answer: keep it to memory.
+    fn dhcp_answered(&self, event: &dhcp::Event, pxe: bool, at: SystemTime) {
+        let _ = (event, pxe, at);
     }
     /// TFTP accepted a read from `client`, for boot times. Same rule as above.
     fn tftp_read(&self, client: std::net::IpAddr, at: SystemTime) {

@@ -250,7 +250,11 @@ fn dhcp_loop(
         let (reply, event) = core.lock().process(now, dir, rx);
         log_event(&event, src, port);
         if matches!(event, Event::Offer { .. } | Event::Ack { .. }) {
-            dir.dhcp_answered(&event, now);
+            // Authoritative mode also answers the OS's own DHCP: only a
+            // firmware's (PXE) request can be a boot's first step.
+            let pxe = crate::wire::Message::parse_bytes(&buf[..n])
+                .is_ok_and(|m| m.options.is_pxe_client());
+            dir.dhcp_answered(&event, pxe, now);
         }
         if let Some(tx) = reply
             && let Err(e) = socket.send_to(&tx.payload, SocketAddr::V4(tx.dst))

@@ -282,8 +282,8 @@ impl BootDirectory for Seats {
 
     /// The firmware's DHCP begins a boot (boot times); the DHCP of an iPXE
     /// the PXE ROM chainloaded (its answer names the script URL, not a
-    /// binary) is part of the TFTP phase.
-    fn dhcp_answered(&self, event: &khoi_pxe::dhcp::Event, at: SystemTime) {
+    /// binary) is part of the TFTP phase, and Windows' own DHCP is no step.
+    fn dhcp_answered(&self, event: &khoi_pxe::dhcp::Event, pxe: bool, at: SystemTime) {
         use khoi_pxe::dhcp::Event;
         let (Event::Offer { seat, ip, file } | Event::Ack { seat, ip, file }) = event else {
             return;
@@ -293,6 +293,7 @@ impl BootDirectory for Seats {
             clock.seen_at(seat, IpAddr::V4(*ip));
         }
         match file.as_deref() {
+            _ if !pxe => {}
             Some(f) if f.contains("://") => clock.ipxe_dhcp(seat, unix_ms(at)),
             Some(_) => clock.step(seat, BootStep::Dhcp, unix_ms(at)),
             None => {}
