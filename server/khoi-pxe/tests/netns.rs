@@ -222,6 +222,11 @@ fn dhcp_and_tftp_bound_to_the_boot_interface_only() {
     assert_eq!(ack.message_type(), Some(MessageType::Ack));
     assert_eq!(ack.file, b"snponly.efi");
     assert_eq!(ack.siaddr, KHOI);
+    // Both answers went to boot times as a PXE client's.
+    assert_eq!(
+        *dir.answered.lock(),
+        vec![("pc01".to_string(), true), ("pc01".to_string(), true)]
+    );
 
     // TFTP of the announced file from the client namespace.
     let data = in_ns(&c, || {

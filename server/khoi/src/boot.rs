@@ -452,3 +452,88 @@ pub async fn keep_boot_times(service: Arc<Service>, cancel: tokio_util::sync::Ca
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use khoi_admin::service::AddSeat;
+    use khoi_admin::{Actor, ServiceConfig};
+    use khoi_block::{Store, StoreOptions};
+    use khoi_pxe::dhcp::Event;
+    use khoi_state::State;
+    use std::time::Duration;
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    fn seats(dir: &Path) -> Seats {
+        let store = Arc::new(Store::open(dir, StoreOptions::default()).expect("store"));
+        let state = Arc::new(State::open(&dir.join("khoi.db")).expect("state"));
+        let svc = Arc::new(Service::new(
+            store,
+            Arc::clone(&state),
+            ServiceConfig {
+                data_dir: dir.to_path_buf(),
+                default_seat_quota: 0,
+                target_prefix: "iqn.2025-07.vn.khoi".into(),
+                iscsi_portal: None,
+                nbd_address: None,
+                import_roots: Vec::new(),
+            },
+        ));
+        let staging = svc.staging_dir();
+        std::fs::create_dir_all(&staging).expect("staging");
+        std::fs::write(staging.join("base.raw"), vec![0u8; 1 << 20]).expect("image");
+        svc.import(&Actor::server(), "win10", "base.raw", "base")
+            .expect("import");
+        svc.add_seat(
+            &Actor::server(),
+            &AddSeat {
+                name: "pc01".into(),
+                mac: Mac(MAC).to_string(),
+                image: "win10".into(),
+                version: None,
+                policy: None,
+                quota: None,
+                initiator_iqn: None,
+                mutual_chap: false,
+            },
+        )
+        .expect("seat");
+        let portal = "10.0.0.1:3260".parse().ok();
+        Seats::new(svc, Recorder::start(state), portal)
+    }
+
+    /// What the DHCP, TFTP and script-fetch hooks tell the boot clock:
+    /// the OS's own DHCP only where the seat is, the firmware's its step.
+    #[test]
+    fn boot_steps_from_the_pxe_hooks() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = seats(dir.path());
+        let clock = s.service.activity().boots();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ip = std::net::Ipv4Addr::new(10, 0, 0, 5);
+        let ack = |file: &str| Event::Ack {
+            seat: "pc01".into(),
+            ip: Some(ip),
+            file: Some(file.into()),
+        };
+        // Windows renewing its lease in authoritative mode: no boot.
+        s.dhcp_answered(&ack("undionly.kpxe"), false, t0);
+        assert_eq!(clock.in_progress("pc01"), None);
+        assert_eq!(clock.seat_at(IpAddr::V4(ip)).as_deref(), Some("pc01"));
+        // The firmware: the boot's first step.
+        s.dhcp_answered(&ack("undionly.kpxe"), true, t0);
+        let ms = |t: SystemTime| unix_ms(t);
+        let at = |step| clock.in_progress("pc01").and_then(|b| b.at(step));
+        assert_eq!(at(BootStep::Dhcp), Some(ms(t0)));
+        // The chainloaded iPXE's DHCP (the script URL) changes nothing.
+        let url = "http://10.0.0.1:8077/boot/02-00-00-00-00-01.ipxe";
+        s.dhcp_answered(&ack(url), true, t0 + Duration::from_secs(3));
+        assert_eq!(at(BootStep::Dhcp), Some(ms(t0)));
+        s.tftp_read(IpAddr::V4(ip), t0 + Duration::from_secs(1));
+        assert_eq!(at(BootStep::Tftp), Some(ms(t0 + Duration::from_secs(1))));
+        let boot = s.seat_by_mac(MAC).expect("registered");
+        s.offer_boot(boot, Some(IpAddr::V4(ip))).expect("offer");
+        assert!(at(BootStep::Script).is_some());
+    }
+}

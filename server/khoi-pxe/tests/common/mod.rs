@@ -21,6 +21,8 @@ pub struct FakeDir {
     pub unknown: Mutex<Vec<UnknownReport>>,
     pub leases: Mutex<HashMap<[u8; 6], Lease>>,
     pub removed: Mutex<Vec<[u8; 6]>>,
+    /// `dhcp_answered` calls: the seat and whether a PXE client asked.
+    pub answered: Mutex<Vec<(String, bool)>>,
 }
 
 pub fn seat(name: &str, mac: [u8; 6]) -> SeatBoot {
@@ -61,6 +63,12 @@ impl BootDirectory for FakeDir {
         at: SystemTime,
     ) {
         self.unknown.lock().push((mac, arch, from, at));
+    }
+    fn dhcp_answered(&self, event: &khoi_pxe::dhcp::Event, pxe: bool, _at: SystemTime) {
+        use khoi_pxe::dhcp::Event;
+        if let Event::Offer { seat, .. } | Event::Ack { seat, .. } = event {
+            self.answered.lock().push((seat.clone(), pxe));
+        }
     }
     fn leases(&self) -> Vec<Lease> {
         self.leases.lock().values().copied().collect()
