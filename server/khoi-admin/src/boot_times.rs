@@ -112,12 +112,13 @@ impl BootClock {
     /// `seat` is known at `addr` (its DHCP address, or where its script
     /// fetch came from), so a TFTP read from there is its.
     pub fn seen_at(&self, seat: &str, addr: IpAddr) {
+        let addr = addr.to_canonical();
         let mut inner = self.inner.lock();
         if inner.addrs.len() >= ADDRS_MAX && !inner.addrs.contains_key(&addr) {
             inner.addrs.clear();
         }
         inner.addrs.retain(|a, s| s != seat || *a == addr);
-        inner.addrs.insert(addr.to_canonical(), seat.to_string());
+        inner.addrs.insert(addr, seat.to_string());
     }
 
     /// DHCP answered iPXE (its answer names the script). That is the boot's

@@ -444,6 +444,32 @@ mod tests {
         }
     }
 
+    /// A nightly run names the seats still on; a run recorded before it
+    /// did is still worded (without them).
+    #[test]
+    fn nightly_runs_are_worded_with_and_without_the_seats_still_on() {
+        let mut args: BTreeMap<String, String> = [
+            ("trigger", "schedule"),
+            ("reset_n", "1"),
+            ("reset", "pc01"),
+            ("forced_n", "0"),
+            ("forced", "-"),
+            ("skipped_n", "0"),
+            ("skipped", "-"),
+            ("failed_n", "0"),
+            ("failed", "-"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let old = event_detail(Lang::En, "nightly.run", &args).expect("worded");
+        assert!(old.ends_with("failed 0: -"), "{old}");
+        args.insert("still_on_n".into(), "2".into());
+        args.insert("still_on".into(), "pc02 pc03".into());
+        let new = event_detail(Lang::Vi, "nightly.run", &args).expect("worded");
+        assert!(new.ends_with("còn bật 2: pc02 pc03"), "{new}");
+    }
+
     #[test]
     fn vietnamese_is_default() {
         assert_eq!(Lang::from_code("fr"), Lang::Vi);
