@@ -115,10 +115,6 @@ pub trait BootDirectory: Send + Sync + 'static {
     fn dhcp_answered(&self, event: &dhcp::Event, pxe: bool, at: SystemTime) {
         let _ = (event, pxe, at);
     }
-    /// TFTP accepted a read from `client`, for boot times. Same rule as above.
-    fn tftp_read(&self, client: std::net::IpAddr, at: SystemTime) {
-        let _ = (client, at);
-    }
     /// All stored leases (authoritative mode), read once at start.
     fn leases(&self) -> Vec<Lease>;
     fn save_lease(&self, lease: &Lease);

@@ -300,13 +300,6 @@ impl BootDirectory for Seats {
         }
     }
 
-    fn tftp_read(&self, client: IpAddr, at: SystemTime) {
-        self.service
-            .activity()
-            .boots()
-            .tftp_from(client, unix_ms(at));
-    }
-
     fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, from: Option<IpAddr>, at: SystemTime) {
         if let Ok(Some(seat)) = self.service.state().seat_by_mac(Mac(mac))
             && let Some(refusal) = Refusal::check(&self.service, &self.network, &seat)
@@ -499,8 +492,13 @@ mod tests {
             },
         )
         .expect("seat");
+        let quay = BootNetwork {
+            name: "quay".into(),
+            profile: Profile::Counter,
+        };
+        svc.set_networks(vec![quay.clone()]);
         let portal = "10.0.0.1:3260".parse().ok();
-        Seats::new(svc, Recorder::start(state), portal)
+        Seats::new(svc, Recorder::start(state), portal, quay)
     }
 
     /// What the DHCP, TFTP and script-fetch hooks tell the boot clock:
@@ -530,7 +528,8 @@ mod tests {
         let url = "http://10.0.0.1:8077/boot/02-00-00-00-00-01.ipxe";
         s.dhcp_answered(&ack(url), true, t0 + Duration::from_secs(3));
         assert_eq!(at(BootStep::Dhcp), Some(ms(t0)));
-        s.tftp_read(IpAddr::V4(ip), t0 + Duration::from_secs(1));
+        // (TFTP reads reach the clock straight from the TFTP server.)
+        clock.tftp_from(IpAddr::V4(ip), ms(t0 + Duration::from_secs(1)));
         assert_eq!(at(BootStep::Tftp), Some(ms(t0 + Duration::from_secs(1))));
         let boot = s.seat_by_mac(MAC).expect("registered");
         s.offer_boot(boot, Some(IpAddr::V4(ip))).expect("offer");

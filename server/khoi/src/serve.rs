@@ -576,11 +576,9 @@ async fn start_boot_services(
         // seats by address.
         let svc = Arc::clone(service);
         tftp_stats.on_read(move |ip| {
-            let clock = svc.activity().boots();
-            if let Some(seat) = clock.seat_at(ip) {
-                let now = khoi_admin::boot_times::now_ms();
-                clock.step(&seat, khoi_state::BootStep::Tftp, now);
-            }
+            svc.activity()
+                .boots()
+                .tftp_from(ip, khoi_admin::boot_times::now_ms());
         });
     }
     let mut states = Vec::new();
