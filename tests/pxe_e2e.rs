@@ -1230,7 +1230,8 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
     assert_eq!(show["portal"], format!("{LAB_IP}:3260"), "{show}");
     let list = lab.khoi().ok(&["seat", "list"]);
     assert!(
-        list.lines().any(|l| l.starts_with("kiosk-1") && l.contains(" public ")),
+        list.lines()
+            .any(|l| l.starts_with("kiosk-1") && l.contains(" public ")),
         "{list}"
     );
 
