@@ -495,6 +495,7 @@ mod tests {
         let quay = BootNetwork {
             name: "quay".into(),
             profile: Profile::Counter,
+            portal: Some("10.0.0.1:3260".into()),
         };
         svc.set_networks(vec![quay.clone()]);
         let portal = "10.0.0.1:3260".parse().ok();
