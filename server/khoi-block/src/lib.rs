@@ -52,5 +52,5 @@ pub use error::{NAME_RULE, StoreError, is_valid_new_name, validate_name};
 pub use event::{BlockEvent, EventSink, OverlayOwner};
 pub use mem::MemDevice;
 pub use overlay::{Durability, Overlay, OverlayUsage};
-pub use store::{ImageInfo, Store, StoreOptions, VersionInfo};
+pub use store::{ImageInfo, LayerRun, LayerView, Store, StoreOptions, VersionInfo};
 pub use version::VersionDevice;

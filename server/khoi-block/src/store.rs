@@ -91,6 +91,32 @@ pub struct VersionInfo {
     pub delta_bytes: u64,
 }
 
+/// A byte range of one layer (see [`Store::top_layer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerRun {
+    pub offset: u64,
+    pub len: u64,
+    /// `true`: the layer's data file holds these bytes; `false`: the layer
+    /// sets them to zero.
+    pub data: bool,
+}
+
+/// The top layer of a version, as it is on disk: what a province
+/// distribution uploads for that version (the layers below are its parent's).
+#[derive(Debug)]
+pub struct LayerView {
+    /// The layer's id in the version's stack.
+    pub id: String,
+    /// The read-only data file (offset == disk offset).
+    pub file: fs::File,
+    pub size: u64,
+    /// Ranges the layer holds, in disk order, none overlapping; the rest of
+    /// the disk comes from the layers below.
+    pub runs: Vec<LayerRun>,
+    /// Whether this is the base layer (nothing below it).
+    pub base: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
     pub name: String,
@@ -190,6 +216,9 @@ impl std::fmt::Debug for Store {
             .finish_non_exhaustive()
     }
 }
+
+/// Prefix of the folders [`Store::publish_layer`] builds layers in.
+const INCOMING: &str = "incoming.";
 
 fn not_found(kind: &'static str, name: impl Into<String>) -> StoreError {
     StoreError::NotFound {
@@ -403,6 +432,7 @@ impl Store {
                 ));
             }
             let _ = fs::remove_file(self.image_dir(&name).join(".versions.json.tmp"));
+            self.gc_incoming(&name);
             self.gc_layers(&name, &rec)?;
             self.gc_draft(&name, &rec);
             images.insert(name, rec);
@@ -438,6 +468,21 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// A layer being received ([`Store::publish_layer`]) when Khoi
+    /// stopped: if its version committed, the layer files are links the
+    /// version keeps; if not, it is a partial transfer. Either way the
+    /// folder goes.
+    fn gc_incoming(&self, image: &str) {
+        let Ok(entries) = fs::read_dir(self.image_dir(image)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(INCOMING) {
+                self.orphan(&e.path());
+            }
+        }
     }
 
     fn gc_draft(&self, image: &str, rec: &ImageRec) {
@@ -746,6 +791,99 @@ impl Store {
         self.version_device(&mut inner, image, &v)
     }
 
+    /// The top layer of version `n` of `image`.
+    pub fn top_layer(&self, image: &str, n: u32) -> Result<LayerView, StoreError> {
+        let v = {
+            let inner = self.inner.lock();
+            let rec = inner
+                .images
+                .get(image)
+                .ok_or_else(|| not_found(IMAGE, image))?;
+            rec.version(n)
+                .ok_or_else(|| version_not_found(image, n))?
+                .clone()
+        };
+        let id = v
+            .layers
+            .last()
+            .ok_or_else(|| {
+                StoreError::corrupt(&self.versions_path(image), "version without layers")
+            })?
+            .clone();
+        let (file, runs) = crate::version::layer_runs(&self.layer_paths(image, &id), v.size)?;
+        Ok(LayerView {
+            id,
+            file,
+            size: v.size,
+            runs,
+            base: v.layers.len() == 1,
+        })
+    }
+
+    /// The data file of layer `id` of `image`, read-only (to reuse bytes a
+    /// local layer already holds).
+    pub fn open_layer_data(&self, image: &str, id: &str) -> Result<fs::File, StoreError> {
+        validate_name(IMAGE, image)?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not_found("layer", id));
+        }
+        fsio::open_ro(&self.layer_paths(image, id).data)
+    }
+
+    /// Adds version max+1 of `image` on top of version `base`: `fill` writes
+    /// the new layer into a fresh overlay over `base`, which is then
+    /// committed exactly as a draft is published (same commit point, same
+    /// recovery), and becomes current. For layers that arrive from elsewhere
+    /// (a province's distribution); the image's draft is left alone. If
+    /// `fill` fails nothing is committed.
+    pub fn publish_layer(
+        &self,
+        image: &str,
+        base: u32,
+        note: &str,
+        author: &str,
+        fill: &mut dyn FnMut(&Arc<Overlay>) -> Result<(), StoreError>,
+    ) -> Result<VersionInfo, StoreError> {
+        let _admin = self.admin.lock();
+        let mut inner = self.inner.lock();
+        let rec = inner
+            .images
+            .get(image)
+            .ok_or_else(|| not_found(IMAGE, image))?;
+        let v = rec
+            .version(base)
+            .ok_or_else(|| version_not_found(image, base))?
+            .clone();
+        let id = fsio::random_hex();
+        let dir = self.image_dir(image).join(format!("{INCOMING}{id}"));
+        fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        let lower = self.version_device(&mut inner, image, &v)?;
+        drop(inner);
+        let (data, map) = overlay_files(&dir, 0);
+        let owner = OverlayOwner::Draft(image.to_string());
+        let r = Overlay::create(&data, &map, lower, self.ctx(owner, 0, &v)).and_then(|o| {
+            let o = Arc::new(o);
+            fill(&o)?;
+            o.mark_gone();
+            let meta = OverlayMeta {
+                image: image.to_string(),
+                version: v.number,
+                version_uuid: v.uuid.clone(),
+                generation: 0,
+                size: v.size,
+                draft_id: Some(format!("{INCOMING}{id}")),
+            };
+            self.publish_unlocked(image, note, author, Some(o), &v, &meta, &data, &map, &dir)
+        });
+        if r.is_err()
+            && dir.exists()
+            && let Err(e) = fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "could not remove a failed layer; removed at next open");
+        }
+        r
+    }
+
     // ---- drafts ----------------------------------------------------------
 
     fn draft_meta(&self, image: &str) -> Option<OverlayMeta> {
@@ -901,8 +1039,9 @@ impl Store {
         }
         inner.publishing.insert(image.to_string());
         drop(inner);
+        let dir = self.draft_dir(image);
         let r = self.publish_unlocked(
-            image, note, author, live, &base, &meta, &data_path, &map_path,
+            image, note, author, live, &base, &meta, &data_path, &map_path, &dir,
         );
         self.inner.lock().publishing.remove(image);
         r
@@ -922,6 +1061,7 @@ impl Store {
         meta: &OverlayMeta,
         data_path: &Path,
         map_path: &Path,
+        dir: &Path,
     ) -> Result<VersionInfo, StoreError> {
         #[cfg(test)]
         hold_point("publish:sync");
@@ -980,8 +1120,7 @@ impl Store {
         crate::store::crash_point("publish:committed")?;
         fsio::set_mode(&lp.data, 0o400)?;
         fsio::set_mode(&lp.map, 0o400)?;
-        let dir = self.draft_dir(image);
-        fs::remove_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        fs::remove_dir_all(dir).map_err(StoreError::io(dir))?;
         fsio::fsync_dir(&self.image_dir(image))?;
         Ok(self.info(image, &v))
     }

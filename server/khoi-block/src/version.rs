@@ -100,6 +100,64 @@ fn paint_present(
     *idx = i;
 }
 
+/// What one layer holds, as byte ranges in disk order: the ranges it stores
+/// data for, and the ranges it sets to zero (trimmed, or present but a hole
+/// in its sparse file, which reads as zero). Ranges it does not mention come
+/// from the layers below.
+pub(crate) fn layer_runs(
+    lp: &LayerPaths,
+    size: u64,
+) -> std::result::Result<(File, Vec<crate::store::LayerRun>), StoreError> {
+    let f = fsio::open_ro(&lp.data)?;
+    let len = f.metadata().map_err(StoreError::io(&lp.data))?.len();
+    if len != size {
+        return Err(StoreError::corrupt(
+            &lp.data,
+            format!("layer is {len} bytes, its version is {size}"),
+        ));
+    }
+    let nblocks = blocks_for(size);
+    let data = data_block_runs(&f, size);
+    let src = Source::Layer(0);
+    let mut paints = Vec::new();
+    let mut idx = 0;
+    match mapfile::read(&lp.map, size)? {
+        mapfile::MapBody::Full => paint_present(0, nblocks, src, &data, &mut idx, &mut paints),
+        mapfile::MapBody::States(states) => {
+            for run in states.runs(0, nblocks) {
+                match run.state {
+                    BlockState::NotPresent => {}
+                    BlockState::Zero => paints.push((run.start, run.end, Source::Zero)),
+                    BlockState::Present => {
+                        paint_present(run.start, run.end, src, &data, &mut idx, &mut paints);
+                    }
+                }
+            }
+        }
+    }
+    let mut out: Vec<crate::store::LayerRun> = Vec::with_capacity(paints.len());
+    for (s, e, source) in paints {
+        let offset = s * BLOCK;
+        // The last block of a disk whose size is not a block multiple.
+        let end = (e * BLOCK).min(size);
+        if end <= offset {
+            continue;
+        }
+        let data = matches!(source, Source::Layer(_));
+        match out.last_mut() {
+            Some(last) if last.data == data && last.offset + last.len == offset => {
+                last.len = end - last.offset;
+            }
+            _ => out.push(crate::store::LayerRun {
+                offset,
+                len: end - offset,
+                data,
+            }),
+        }
+    }
+    Ok((f, out))
+}
+
 impl VersionDevice {
     pub(crate) fn open(
         image: &str,
