@@ -807,7 +807,7 @@ impl Store {
             .layers
             .last()
             .ok_or_else(|| {
-                StoreError::corrupt(&self.versions_path(image), "version without layers")
+                StoreError::corrupt(self.versions_path(image), "version without layers")
             })?
             .clone();
         let (file, runs) = crate::version::layer_runs(&self.layer_paths(image, &id), v.size)?;

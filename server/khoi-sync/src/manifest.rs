@@ -129,7 +129,7 @@ impl Manifest {
         {
             return Err(bad(format!("parent {p:?} is not valid")));
         }
-        if self.size == 0 || self.size % 512 != 0 {
+        if self.size == 0 || !self.size.is_multiple_of(512) {
             return Err(bad(format!(
                 "disk size {} is not a multiple of 512",
                 self.size
