@@ -1080,3 +1080,122 @@ fn store_types_are_shareable() {
     assert_send_sync::<VersionDevice>();
     assert_send_sync::<MemDevice>();
 }
+
+#[test]
+fn top_layer_lists_what_each_layer_holds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let st = store(dir.path());
+    let size = 64 * 4096;
+    let base = pattern(size, 3);
+    st.import_image("img", &stage(&st, "a.raw", &base), "", "")
+        .expect("import");
+    let l1 = st.top_layer("img", 1).expect("layer");
+    assert!(l1.base);
+    assert_eq!(l1.size, size as u64);
+    // pattern() leaves three zero blocks at size/4, staged as a hole.
+    let z = (size / 4) as u64;
+    assert_eq!(
+        l1.runs,
+        vec![
+            LayerRun {
+                offset: 0,
+                len: z,
+                data: true
+            },
+            LayerRun {
+                offset: z,
+                len: 3 * 4096,
+                data: false
+            },
+            LayerRun {
+                offset: z + 3 * 4096,
+                len: size as u64 - z - 3 * 4096,
+                data: true
+            },
+        ]
+    );
+    let d = st.open_draft("img").expect("draft");
+    d.write_at(&[9u8; 8192], 8 * 4096, WriteFlags::NONE)
+        .expect("write");
+    d.write_zeroes(40 * 4096, 4096, WriteFlags::NONE)
+        .expect("zero");
+    drop(d);
+    st.publish_draft("img", "", "").expect("publish");
+    let l2 = st.top_layer("img", 2).expect("layer");
+    assert!(!l2.base);
+    assert_eq!(
+        l2.runs,
+        vec![
+            LayerRun {
+                offset: 8 * 4096,
+                len: 8192,
+                data: true
+            },
+            LayerRun {
+                offset: 40 * 4096,
+                len: 4096,
+                data: false
+            },
+        ]
+    );
+    let mut b = [0u8; 8192];
+    l2.file.read_exact_at(&mut b, 8 * 4096).expect("read");
+    assert_eq!(b, [9u8; 8192]);
+    assert!(st.open_layer_data("img", &l2.id).is_ok());
+    assert!(st.open_layer_data("img", "../x").is_err());
+}
+
+#[test]
+fn publish_layer_commits_a_layer_beside_the_draft_and_a_failure_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let st = store(dir.path());
+    let size = 32 * 4096;
+    let base = pattern(size, 5);
+    st.import_image("img", &stage(&st, "a.raw", &base), "", "")
+        .expect("import");
+    // An admin's draft in progress is neither used nor disturbed.
+    let draft = st.open_draft("img").expect("draft");
+    draft
+        .write_at(&[1u8; 4096], 0, WriteFlags::NONE)
+        .expect("write");
+    let failed = st.publish_layer("img", 1, "n", "a", &mut |o| {
+        o.write_at(&[2u8; 4096], 4096, WriteFlags::NONE)
+            .map_err(|e| StoreError::corrupt(Path::new("x"), e.to_string()))?;
+        Err(StoreError::corrupt(Path::new("x"), "the transfer failed"))
+    });
+    assert!(failed.is_err());
+    assert_eq!(st.versions("img").expect("versions").len(), 1);
+    let leftovers: Vec<_> = fs::read_dir(dir.path().join("images/img"))
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("incoming."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let v = st
+        .publish_layer("img", 1, "from the province", "so", &mut |o| {
+            o.write_at(&[2u8; 4096], 4096, WriteFlags::NONE)
+                .map_err(|e| StoreError::corrupt(Path::new("x"), e.to_string()))?;
+            o.write_zeroes(8192, 4096, WriteFlags::NONE)
+                .map_err(|e| StoreError::corrupt(Path::new("x"), e.to_string()))
+        })
+        .expect("publish layer");
+    assert_eq!((v.number, v.layers.len()), (2, 2));
+    assert_eq!(st.current_version("img").expect("current"), 2);
+    let mut want = base.clone();
+    want[4096..8192].fill(2);
+    want[8192..12288].fill(0);
+    assert_eq!(read_all(&*st.open_version("img", 2).expect("v2")), want);
+    // The draft is still the admin's, over version 1.
+    assert_eq!(draft.version_uuid(), st.versions("img").expect("v")[0].uuid);
+    let mut b = [0u8; 4096];
+    draft.read_at(&mut b, 0).expect("read");
+    assert_eq!(b, [1u8; 4096]);
+    drop(draft);
+    drop(st);
+    // A folder a crash left mid-transfer goes at the next open.
+    fs::create_dir(dir.path().join("images/img/incoming.abc")).expect("mkdir");
+    let st = store(dir.path());
+    assert!(!dir.path().join("images/img/incoming.abc").exists());
+    assert_eq!(st.versions("img").expect("versions").len(), 2);
+}

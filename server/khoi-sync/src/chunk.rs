@@ -230,7 +230,9 @@ mod tests {
 
     #[test]
     fn seal_then_open_round_trips_and_compresses() {
-        let raw: Vec<u8> = (0u32..1 << 20).map(|i| (i / 4096).to_le_bytes()[0]).collect();
+        let raw: Vec<u8> = (0u32..1 << 20)
+            .map(|i| (i / 4096).to_le_bytes()[0])
+            .collect();
         let s = seal(&raw).expect("seal");
         assert!(s.stored.len() < raw.len() / 10, "{} bytes", s.stored.len());
         assert_eq!(&s.stored[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
