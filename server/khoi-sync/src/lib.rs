@@ -13,6 +13,7 @@
 //! - [`publisher`] and [`site`]: the two roles, over a `khoi_block::Store`.
 
 pub mod chunk;
+pub mod config;
 pub mod layout;
 pub mod manifest;
 pub mod publisher;

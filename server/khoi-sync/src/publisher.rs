@@ -83,7 +83,7 @@ impl Publisher {
         })
     }
 
-    fn event(
+    fn record(
         &self,
         kind: &'static str,
         image: &str,
@@ -98,6 +98,11 @@ impl Publisher {
         });
     }
 
+    /// Whether the store has `image` (a shared image may not exist yet).
+    pub fn has_image(&self, image: &str) -> bool {
+        self.store.versions(image).is_ok()
+    }
+
     /// Uploads every version of `image` the bucket lacks, oldest first.
     pub async fn upload_image(&self, image: &str) -> Result<UploadReport, SyncError> {
         let mut done: Uploaded = read_json(&self.state_path)?.unwrap_or_default();
@@ -109,7 +114,7 @@ impl Publisher {
                 continue;
             }
             let Some(parent) = parent_of(v, &versions) else {
-                self.event(
+                self.record(
                     "sync.upload_skipped",
                     image,
                     format!(
@@ -140,7 +145,7 @@ impl Publisher {
                         .or_default()
                         .insert(v.uuid.clone());
                     write_json(&self.state_path, &done)?;
-                    self.event(
+                    self.record(
                         "sync.uploaded",
                         image,
                         format!(
@@ -155,7 +160,7 @@ impl Publisher {
                     );
                 }
                 Err(e) => {
-                    self.event(
+                    self.record(
                         "sync.upload_failed",
                         image,
                         format!("version {} of {image} not uploaded: {e}", v.number),
@@ -275,7 +280,7 @@ impl Publisher {
         self.remote
             .put(&self.remote.layout.retirement(image, &v.uuid), signed)
             .await?;
-        self.event(
+        self.record(
             "sync.retired",
             image,
             format!("version {version} of {image} retired for every site"),

@@ -148,7 +148,7 @@ impl Site {
         Ok(read_json(&self.state_path())?.unwrap_or_default())
     }
 
-    fn event(
+    fn record(
         &self,
         kind: &'static str,
         image: &str,
@@ -171,7 +171,7 @@ impl Site {
         }
         r.insert(id.to_string(), reason.to_string());
         drop(r);
-        self.event(
+        self.record(
             "sync.refused",
             image,
             format!("province version {id} of {image} refused, nothing committed: {reason}"),
@@ -275,7 +275,7 @@ impl Site {
                     let partial = self.dir.join("partial").join(&m.version);
                     let _ = std::fs::remove_dir_all(&partial);
                     report.versions += 1;
-                    self.event(
+                    self.record(
                         "sync.pulled",
                         image,
                         format!(
@@ -391,7 +391,7 @@ impl Site {
             let _ = std::fs::remove_file(self.manifest_cache(image, &id));
             write_json(&self.state_path(), &state)?;
             n += 1;
-            self.event(
+            self.record(
                 "sync.version_retired",
                 image,
                 format!(

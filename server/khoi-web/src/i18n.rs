@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn every_recorded_event_kind_is_named() {
         let mut paths = Vec::new();
-        for krate in ["khoi", "khoi-admin", "khoi-web", "khoi-state"] {
+        for krate in ["khoi", "khoi-admin", "khoi-web", "khoi-state", "khoi-sync"] {
             files(
                 &Path::new(ROOT).join("server").join(krate).join("src"),
                 "rs",

@@ -50,6 +50,9 @@ pub enum Command {
     /// Check this host before seats boot: boot interface, other DHCP servers,
     /// ports, firewall, space, time, iPXE files, version.
     Doctor,
+    /// Province distribution: keys, a pass now, status, retirement.
+    #[command(subcommand)]
+    Sync(SyncCmd),
     /// The audit and event log.
     Events {
         /// Only events about this seat, image or MAC.
@@ -58,6 +61,23 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCmd {
+    /// Make the province's signing key: the private key goes to FILE
+    /// (owner-only, never replaced); the public key, for every site's
+    /// `sync.trusted_keys`, is printed.
+    Keygen { file: PathBuf },
+    /// Print the public key of a private key file.
+    Pubkey { file: PathBuf },
+    /// Sync now instead of at the next interval.
+    Now,
+    /// What this server last did and, on a site, what it holds.
+    Status,
+    /// Publisher: order every site to remove a version (a site keeps it
+    /// while one of its seats uses it).
+    Retire { image: String, version: u32 },
 }
 
 #[derive(Debug, Subcommand)]

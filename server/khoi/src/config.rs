@@ -25,6 +25,8 @@ pub struct Config {
     /// TLS for NBD over TCP (`listen.nbd`); required off loopback.
     pub nbd_tls: Option<NbdTls>,
     pub power: Power,
+    /// Province distribution (docs/province.md); absent: this Khoi stands alone.
+    pub sync: Option<khoi_sync::config::SyncConfig>,
 }
 
 /// Wake-on-LAN on the boot network (see `wake.rs`).
@@ -366,6 +368,7 @@ impl Default for Config {
             prewarm: Prewarm::default(),
             nbd_tls: None,
             power: Power::default(),
+            sync: None,
         }
     }
 }
@@ -621,6 +624,10 @@ impl Config {
             return Err(fail("data_dir", "must not be empty".into()));
         }
         self.validate_nbd(&fail)?;
+        if let Some(sync) = &self.sync {
+            sync.validate()
+                .map_err(|(key, m)| fail(&format!("sync.{key}"), m))?;
+        }
         if let Some(nets) = &self.pxe {
             nets.validate().map_err(|e| {
                 let line = find_network_key_line(text, e.index, e.key);
@@ -1187,6 +1194,41 @@ mod tests {
         assert!(e.message.contains("pxe"), "{}", e.message);
         let e = parse("power:\n  wake_cron: at seven\n").expect_err("bad cron");
         assert_eq!(e.key.as_deref(), Some("wake_cron"));
+    }
+
+    #[test]
+    fn sync_section() {
+        assert_eq!(parse("# nothing\n").expect("defaults").sync, None);
+        let key = "ab".repeat(32);
+        let site = |extra: &str| {
+            format!(
+                "sync:\n  role: site\n  name: phuong-1\n  bucket:\n    endpoint: https://s3.example\n    \
+                 name: khoi\n    credentials_file: /etc/khoi/cred\n  trusted_keys: [{key}]\n  \
+                 images: [win11]\n{extra}"
+            )
+        };
+        // 0xab.. is not a point on the curve; a real public key is.
+        let e = parse(&site("")).expect_err("not a key");
+        assert_eq!((e.key.as_deref(), e.line), (Some("sync.trusted_keys"), 8));
+        let good =
+            khoi_sync::sign::public_hex(&khoi_sync::sign::generate().expect("key").verifying_key());
+        let site = |extra: &str| site(extra).replace(&key, &good);
+        let c = parse(&site("  window: \"19:00-06:00\"\n  bandwidth: 20Mbit\n")).expect("valid");
+        let s = c.sync.expect("sync");
+        assert_eq!(s.rate(), Ok(Some(2_500_000)));
+        let e = parse(&site("  window: 7pm-6am\n")).expect_err("bad window");
+        assert_eq!((e.key.as_deref(), e.line), (Some("sync.window"), 10));
+        let e = parse(&site("  bandwidth: fast\n")).expect_err("bad rate");
+        assert_eq!(e.key.as_deref(), Some("sync.bandwidth"));
+        let e = parse(&site("  signing_key: /etc/khoi/province.key\n")).expect_err("site with key");
+        assert_eq!(e.key.as_deref(), Some("sync.signing_key"));
+        let e = parse(&site("  colour: blue\n")).expect_err("unknown key");
+        assert_eq!((e.key.as_deref(), e.line), (Some("colour"), 10));
+        let plain = site("").replace("https://s3.example", "http://10.0.0.5:3900");
+        let e = parse(&plain).expect_err("http");
+        assert_eq!((e.key.as_deref(), e.line), (Some("sync.endpoint"), 5));
+        let e = parse(&site("").replace("role: site", "role: publisher")).expect_err("no key");
+        assert_eq!(e.key.as_deref(), Some("sync.signing_key"));
     }
 
     #[test]

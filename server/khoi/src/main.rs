@@ -13,6 +13,7 @@ mod prewarm;
 mod recorder;
 mod sdnotify;
 mod serve;
+mod sync;
 #[cfg(test)]
 mod testlan;
 mod wake;
@@ -26,7 +27,7 @@ use khoi_admin::service::{AddSeat, ImageView, ResetReport, SeatDetails, SeatView
 use khoi_web::api::{CheckRequest, ImportRequest, Info, PublishRequest, RollbackRequest};
 use serde::Serialize;
 
-use crate::cli::{Cli, Command, ConfigCmd, DraftCmd, ImageCmd, SeatCmd};
+use crate::cli::{Cli, Command, ConfigCmd, DraftCmd, ImageCmd, SeatCmd, SyncCmd};
 use crate::client::Client;
 use crate::config::{Config, Size};
 
@@ -220,6 +221,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             });
         }
+        Command::Sync(SyncCmd::Keygen { file }) => {
+            let key = khoi_sync::sign::generate()?;
+            khoi_sync::sign::write_secret(file, &key)
+                .with_context(|| format!("cannot create {}", file.display()))?;
+            println!(
+                "private key in {} (keep it on the publisher only); public key for sync.trusted_keys:\n{}",
+                file.display(),
+                khoi_sync::sign::public_hex(&key.verifying_key())
+            );
+            return Ok(());
+        }
+        Command::Sync(SyncCmd::Pubkey { file }) => {
+            let key = khoi_sync::sign::read_secret(file).map_err(anyhow::Error::msg)?;
+            println!("{}", khoi_sync::sign::public_hex(&key.verifying_key()));
+            return Ok(());
+        }
         Command::Doctor => {
             let report = doctor::run(&config, doctor::Lang::from_env());
             out.print(&report, |r| print!("{}", r.render()))?;
@@ -240,6 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => image(&client, &out, cmd),
         Command::Draft(cmd) => draft(&client, &out, cmd),
         Command::Seat(cmd) => seat(&client, &out, cmd),
+        Command::Sync(cmd) => sync_cmd(&client, &out, cmd),
         Command::SetupLink => {
             let link: khoi_web::api::SetupLinkView = client.get("/v1/setup-link")?;
             out.print(&link, |l| match &l.url {
@@ -786,5 +804,51 @@ mod network_check_tests {
             seats_off_networks(&bare, &seats),
             ["pc02 (on quay)", "kiosk-1 (on public)"]
         );
+    }
+}
+
+fn sync_cmd(client: &Client, out: &Out, cmd: SyncCmd) -> anyhow::Result<()> {
+    match cmd {
+        SyncCmd::Keygen { .. } | SyncCmd::Pubkey { .. } => unreachable!("handled above"),
+        SyncCmd::Now => {
+            let r: () = client.post("/v1/sync/now", &())?;
+            out.print(&r, |_| {
+                println!("a sync pass starts now (see `khoi events`)")
+            })
+        }
+        SyncCmd::Status => {
+            let s: sync::SyncStatus = client.get("/v1/sync/status")?;
+            out.print(&s, |s| {
+                println!("{} {}", s.role, s.name);
+                if s.last_pass == 0 {
+                    println!("no pass finished yet");
+                } else {
+                    println!(
+                        "last pass {}: {}",
+                        khoi_web::pages::fmt_time(i64::try_from(s.last_pass).unwrap_or(i64::MAX)),
+                        s.last_error.as_deref().unwrap_or("ok")
+                    );
+                }
+                if let Some(held) = &s.held {
+                    for (image, versions) in &held.images {
+                        for (id, h) in versions {
+                            println!("{image} v{} = province v{} ({id})", h.local, h.number);
+                        }
+                    }
+                }
+            })
+        }
+        SyncCmd::Retire { image, version } => {
+            let r: () = client.post(
+                "/v1/sync/retire",
+                &sync::RetireRequest {
+                    image: image.clone(),
+                    version,
+                },
+            )?;
+            out.print(&r, |_| {
+                println!("version {version} of {image} retired for every site")
+            })
+        }
     }
 }

@@ -342,7 +342,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (w, token) = (Arc::clone(&waker), shutdown.clone());
         tasks.spawn(crate::wake::run_schedule(w, cron, token));
     }
-    let app = socket_router(socket_api).merge(crate::wake::router(waker));
+    let sync = match config.sync.clone() {
+        Some(cfg) => {
+            let s = crate::sync::Sync::new(cfg, &service, recorder.clone(), &dir)
+                .context("starting province sync")?;
+            tasks.spawn(crate::sync::run(Arc::clone(&s), shutdown.clone()));
+            Some(s)
+        }
+        None => None,
+    };
+    let app = socket_router(socket_api)
+        .merge(crate::wake::router(waker))
+        .merge(crate::sync::router(sync));
     let token = shutdown.clone();
     tasks.spawn(async move {
         // The audit log names the caller by the socket's peer uid.

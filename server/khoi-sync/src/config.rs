@@ -1,0 +1,166 @@
+//! The `sync` section of the server's config.
+
+use std::path::PathBuf;
+
+use ed25519_dalek::VerifyingKey;
+use serde::Deserialize;
+
+use crate::remote::BucketConfig;
+use crate::site::Window;
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Uploads every version of `images` and signs it with `signing_key`.
+    Publisher,
+    /// Pulls every version of `images` signed by one of `trusted_keys`.
+    Site,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    pub role: Role,
+    /// This Khoi's name in the province (a site's status goes under it).
+    pub name: String,
+    pub bucket: BucketConfig,
+    /// Publisher: the province's private key (`khoi sync keygen`), owner-only.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// Site: the province's public keys (64 hex digits each); several while
+    /// a key is being rotated.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Publisher: the images it shares. Site: the images it takes.
+    pub images: Vec<String>,
+    /// Site: when to download, Vietnam time, e.g. `19:00-06:00`; absent: any time.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// Download cap, e.g. `20Mbit` or `2MB` (per second); absent: none.
+    #[serde(default)]
+    pub bandwidth: Option<String>,
+    /// Seconds between passes.
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_interval() -> u64 {
+    300
+}
+
+/// Bytes per second from `20Mbit`, `512kbit`, `2MB`, `500KB`.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a rate like 20Mbit or 2MB"))?;
+    let per_sec = match unit.trim() {
+        "kbit" => n * 1000 / 8,
+        "Mbit" => n * 1_000_000 / 8,
+        "Gbit" => n * 1_000_000_000 / 8,
+        "KB" => n * 1000,
+        "MB" => n * 1_000_000,
+        _ => {
+            return Err(format!(
+                "{s:?}: the unit is kbit, Mbit, Gbit, KB or MB (per second)"
+            ));
+        }
+    };
+    if per_sec < 1000 {
+        return Err(format!("{s:?}: below 1 KB/s a version would never arrive"));
+    }
+    Ok(per_sec)
+}
+
+impl SyncConfig {
+    /// The trusted keys, parsed.
+    pub fn trusted(&self) -> Result<Vec<VerifyingKey>, String> {
+        self.trusted_keys
+            .iter()
+            .map(|k| crate::sign::parse_public(k))
+            .collect()
+    }
+
+    pub fn window(&self) -> Result<Option<Window>, String> {
+        self.window.as_deref().map(Window::parse).transpose()
+    }
+
+    pub fn rate(&self) -> Result<Option<u64>, String> {
+        self.bandwidth.as_deref().map(parse_rate).transpose()
+    }
+
+    /// Checks the section; on error, the key at fault and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !khoi_block::is_valid_new_name(&self.name) {
+            return Err((
+                "name",
+                format!("{:?}: {}", self.name, khoi_block::NAME_RULE),
+            ));
+        }
+        if self.images.is_empty() {
+            return Err(("images", "list at least one image".into()));
+        }
+        if let Some(bad) = self
+            .images
+            .iter()
+            .find(|i| !khoi_block::is_valid_new_name(i))
+        {
+            return Err(("images", format!("{bad:?}: {}", khoi_block::NAME_RULE)));
+        }
+        let e = &self.bucket.endpoint;
+        if !(e.starts_with("https://") || (self.bucket.allow_http && e.starts_with("http://"))) {
+            return Err((
+                "endpoint",
+                format!("{e:?}: must be https:// (or http:// with allow_http: true)"),
+            ));
+        }
+        match self.role {
+            Role::Publisher => {
+                if self.signing_key.is_none() {
+                    return Err(("signing_key", "a publisher signs: set signing_key".into()));
+                }
+            }
+            Role::Site => {
+                if self.trusted_keys.is_empty() {
+                    return Err((
+                        "trusted_keys",
+                        "a site needs the province's public key".into(),
+                    ));
+                }
+                self.trusted().map_err(|e| ("trusted_keys", e))?;
+                if self.signing_key.is_some() {
+                    return Err((
+                        "signing_key",
+                        "a site must not hold the province's private key".into(),
+                    ));
+                }
+            }
+        }
+        self.window().map_err(|e| ("window", e))?;
+        self.rate().map_err(|e| ("bandwidth", e))?;
+        if !(10..=86_400).contains(&self.interval_secs) {
+            return Err((
+                "interval_secs",
+                format!("{}: 10 to 86400", self.interval_secs),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("20Mbit"), Ok(2_500_000));
+        assert_eq!(parse_rate("512kbit"), Ok(64_000));
+        assert_eq!(parse_rate("2MB"), Ok(2_000_000));
+        assert!(parse_rate("20").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("1kbit").is_err());
+    }
+}

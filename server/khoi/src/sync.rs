@@ -1,0 +1,313 @@
+//! The province role of this server (`sync` in the config): a publisher
+//! uploads every version of the images it shares, a site pulls the versions
+//! of the images it takes, on a timer (and at once on `khoi sync now`).
+//! The work is `khoi_sync`'s; this wires it to the service, the event log
+//! and the control socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use khoi_admin::gate::GateStatus;
+use khoi_admin::service::Service;
+use khoi_sync::config::{Role, SyncConfig};
+use khoi_sync::manifest::Gate;
+use khoi_sync::publisher::Publisher;
+use khoi_sync::remote::Remote;
+use khoi_sync::site::{Site, SiteState, Window};
+use khoi_sync::{SyncError, SyncEvent};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::recorder::Recorder;
+
+enum Engine {
+    Publisher(Publisher),
+    Site(Site),
+}
+
+/// What `khoi sync status` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub role: String,
+    pub name: String,
+    /// Unix seconds of the last pass that finished, and its outcome.
+    pub last_pass: u64,
+    pub last_error: Option<String>,
+    /// Site: what it holds from the province.
+    pub held: Option<SiteState>,
+}
+
+pub struct Sync {
+    cfg: SyncConfig,
+    engine: Engine,
+    window: Option<Window>,
+    kick: Notify,
+    recorder: Recorder,
+    status: Mutex<SyncStatus>,
+    /// The bucket was unreachable at the last pass (one event per outage).
+    down: Mutex<bool>,
+}
+
+impl std::fmt::Debug for Sync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sync")
+            .field("name", &self.cfg.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn gate_of(service: &Service, image: &str, n: u32) -> Option<Gate> {
+    let r = service.gate_result(image, n).ok()?;
+    let passed = match r.status {
+        GateStatus::NotChecked => return None,
+        GateStatus::Passed | GateStatus::Warnings | GateStatus::Overridden => true,
+        GateStatus::Failed => false,
+    };
+    Some(Gate {
+        passed,
+        summary: r.status.as_str().to_string(),
+    })
+}
+
+/// Why version `n` of `image` must stay: it is current, or seats use it.
+fn in_use(service: &Service, image: &str, n: u32) -> Option<String> {
+    let versions = match service.versions(image) {
+        Ok(v) => v,
+        Err(e) => return Some(e.to_string()),
+    };
+    let v = versions.iter().find(|v| v.number == n)?;
+    if v.current {
+        return Some(format!("version {n} is the current version of {image}"));
+    }
+    if !v.used_by.is_empty() {
+        return Some(format!("seats {} use version {n}", v.used_by.join(", ")));
+    }
+    None
+}
+
+impl Sync {
+    pub fn new(
+        cfg: SyncConfig,
+        service: &Arc<Service>,
+        recorder: Recorder,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Arc<Sync>> {
+        cfg.validate()
+            .map_err(|(k, m)| anyhow::anyhow!("sync.{k}: {m}"))?;
+        let rate = cfg.rate().map_err(anyhow::Error::msg)?;
+        let remote = Remote::connect(&cfg.bucket, rate)?;
+        let rec = recorder.clone();
+        let events: khoi_sync::EventFn = Arc::new(move |e: SyncEvent| {
+            rec.record_args(e.kind, e.subject, e.detail, e.args);
+        });
+        let state_dir = data_dir.join("sync");
+        let engine = match cfg.role {
+            Role::Publisher => {
+                let path = cfg
+                    .signing_key
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("sync.signing_key is required"))?;
+                let key = khoi_sync::sign::read_secret(path).map_err(anyhow::Error::msg)?;
+                let svc = Arc::clone(service);
+                Engine::Publisher(Publisher::new(
+                    Arc::clone(service.store()),
+                    remote,
+                    key,
+                    state_dir,
+                    Arc::new(move |image, n| gate_of(&svc, image, n)),
+                    events,
+                )?)
+            }
+            Role::Site => {
+                let svc = Arc::clone(service);
+                Engine::Site(Site::new(
+                    Arc::clone(service.store()),
+                    remote,
+                    cfg.trusted().map_err(anyhow::Error::msg)?,
+                    state_dir,
+                    Arc::new(move |image, n| in_use(&svc, image, n)),
+                    events,
+                )?)
+            }
+        };
+        let window = cfg.window().map_err(anyhow::Error::msg)?;
+        let status = SyncStatus {
+            role: match cfg.role {
+                Role::Publisher => "publisher".into(),
+                Role::Site => "site".into(),
+            },
+            name: cfg.name.clone(),
+            ..SyncStatus::default()
+        };
+        Ok(Arc::new(Sync {
+            cfg,
+            engine,
+            window,
+            kick: Notify::new(),
+            recorder,
+            status: Mutex::new(status),
+            down: Mutex::new(false),
+        }))
+    }
+
+    fn in_window(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.window.is_none_or(|w| w.contains(now))
+    }
+
+    /// One pass over every configured image.
+    pub async fn pass(&self) {
+        let mut error = None;
+        for image in &self.cfg.images {
+            let r = match &self.engine {
+                Engine::Publisher(p) => {
+                    if p.has_image(image) {
+                        p.upload_image(image).await.map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                }
+                Engine::Site(s) => {
+                    if !self.in_window() {
+                        break;
+                    }
+                    let keep_going = || self.in_window();
+                    s.pull_image(image, &keep_going).await.map(|_| ())
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(image, error = %e, "province sync");
+                let unreachable = matches!(e, SyncError::Remote(_));
+                error = Some((unreachable, e.to_string()));
+                if unreachable {
+                    break;
+                }
+            }
+        }
+        self.after_pass(error);
+    }
+
+    fn after_pass(&self, error: Option<(bool, String)>) {
+        let mut down = self.down.lock();
+        match &error {
+            Some((true, e)) if !*down => {
+                *down = true;
+                self.recorder.record_args(
+                    "sync.unreachable",
+                    self.cfg.name.clone(),
+                    format!(
+                        "the province bucket cannot be reached; local images keep serving: {e}"
+                    ),
+                    vec![("error", e.clone())],
+                );
+            }
+            None if *down => {
+                *down = false;
+                self.recorder.record(
+                    "sync.reachable",
+                    self.cfg.name.clone(),
+                    "the province bucket is reachable again; syncing resumes",
+                );
+            }
+            _ => {}
+        }
+        drop(down);
+        let held = match &self.engine {
+            Engine::Site(s) => s.state().ok(),
+            Engine::Publisher(_) => None,
+        };
+        let mut st = self.status.lock();
+        st.last_pass = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        st.last_error = error.map(|(_, e)| e);
+        st.held = held;
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        self.status.lock().clone()
+    }
+}
+
+/// Passes every `interval_secs`, or at once when kicked, until shutdown.
+pub async fn run(sync: Arc<Sync>, shutdown: CancellationToken) {
+    let interval = Duration::from_secs(sync.cfg.interval_secs);
+    loop {
+        tokio::select! {
+            () = sync.pass() => {}
+            () = shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sync.kick.notified() => {}
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RetireRequest {
+    pub image: String,
+    pub version: u32,
+}
+
+/// Control-socket routes: `sync now`, `sync status`, `sync retire`.
+pub fn router(sync: Option<Arc<Sync>>) -> Router {
+    Router::new()
+        .route("/v1/sync/now", post(now))
+        .route("/v1/sync/status", get(status))
+        .route("/v1/sync/retire", post(retire))
+        .with_state(sync)
+}
+
+fn refuse(msg: &str) -> Response {
+    (
+        StatusCode::CONFLICT,
+        axum::Json(serde_json::json!({ "error": msg })),
+    )
+        .into_response()
+}
+
+async fn now(State(sync): State<Option<Arc<Sync>>>, req: Request) -> Response {
+    let _ = axum::body::to_bytes(req.into_body(), 64 * 1024).await;
+    let Some(sync) = sync else {
+        return refuse("this server has no sync section in its config");
+    };
+    sync.kick.notify_one();
+    axum::Json(()).into_response()
+}
+
+async fn status(State(sync): State<Option<Arc<Sync>>>) -> Response {
+    match sync {
+        Some(s) => axum::Json(s.status()).into_response(),
+        None => refuse("this server has no sync section in its config"),
+    }
+}
+
+async fn retire(State(sync): State<Option<Arc<Sync>>>, req: Request) -> Response {
+    let Some(sync) = sync else {
+        return refuse("this server has no sync section in its config");
+    };
+    let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
+        return refuse("request body too large");
+    };
+    let Ok(r) = serde_json::from_slice::<RetireRequest>(&body) else {
+        return refuse("expected {\"image\": ..., \"version\": N}");
+    };
+    let Engine::Publisher(p) = &sync.engine else {
+        return refuse("only the publisher retires versions");
+    };
+    match p.retire(&r.image, r.version).await {
+        Ok(()) => axum::Json(()).into_response(),
+        Err(e) => refuse(&e.to_string()),
+    }
+}
