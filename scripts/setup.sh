@@ -97,3 +97,20 @@ if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1
     echo "setup: building Khoi needs Rust $need or newer (found: ${have:-none}; Debian 12's own is 1.63): install it with rustup (https://rustup.rs), or install the khoi .deb package instead (docs/operations.md)" >&2
     exit 1
 fi
+
+# The province sync tests (server/khoi-sync/tests/garage.rs) run a real
+# Garage, the S3-compatible store provinces run. It is AGPL, so Khoi only
+# ever starts it as a separate process; Debian has no package, so it is
+# built from crates.io once (about 16 CPU-minutes) and kept in ~/.cargo/bin.
+# A CI cache of ~/.cargo/bin/garage skips the build.
+if [ "$mode" = test ]; then
+    garage_version=2.5.0
+    have_garage=$( (garage --version || "$HOME/.cargo/bin/garage" --version) 2>/dev/null | head -n1 || true)
+    case "$have_garage" in
+        *"$garage_version"*) ;;
+        *)
+            echo "setup: building garage $garage_version (cargo install; takes a while)" >&2
+            nice cargo install --locked garage --version "$garage_version"
+            ;;
+    esac
+fi
