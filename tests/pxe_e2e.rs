@@ -11,6 +11,8 @@
 //! Boots are serialised by a lock file: each TCG guest wants a whole core.
 
 mod common;
+#[path = "common/garage.rs"]
+mod garage;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -445,18 +447,35 @@ impl Lab {
         self.start_khoi_yaml(pxe, &format!("{LAB_IP}:3260"))
     }
 
+    /// `start_khoi` with more YAML, and the test disk imported or not.
+    fn start_khoi_with(&mut self, mode: Mode, extra_yaml: &str, import: bool) -> &Server {
+        assert_eq!(mode, Mode::Proxy, "only the proxy lab is used with extra YAML");
+        let pxe = format!(
+            "pxe:\n  mode: proxy\n  interface: br0\n  server_ip: {LAB_IP}\n  \
+             http_port: 8077\n  tftp_root: {}\n{extra_yaml}",
+            self.dir.path().join("tftp").display()
+        );
+        self.start_khoi_full(pxe, &format!("{LAB_IP}:3260"), import)
+    }
+
     /// Khoi with this `pxe:` section and iSCSI portal, the test disk
     /// imported as image `e2e`.
     fn start_khoi_yaml(&mut self, pxe: String, iscsi: &str) -> &Server {
+        self.start_khoi_full(pxe, iscsi, true)
+    }
+
+    fn start_khoi_full(&mut self, yaml: String, iscsi: &str, import: bool) -> &Server {
         let server = Server::start_with(Options {
             iscsi: true,
             iscsi_addr: Some(iscsi.to_string()),
-            extra_yaml: pxe,
+            extra_yaml: yaml,
             netns: Some(self.ns.clone()),
             ..Options::default()
         });
-        let disk = test_disk();
-        server.ok(&["image", "import", "e2e", &disk.image.to_string_lossy()]);
+        if import {
+            let disk = test_disk();
+            server.ok(&["image", "import", "e2e", &disk.image.to_string_lossy()]);
+        }
         self.wait_udp(&self.ns, 67);
         self.server = Some(server);
         self.server.as_ref().expect("server")
@@ -1374,4 +1393,89 @@ fn counter_and_kiosk_networks_serve_only_their_own_seats() {
         "config check passed a seat's missing network"
     );
     assert!(text.contains("kiosk-1 (on public)"), "{text}");
+}
+
+/// Waits until the server's event log has an event of `kind` about `subject`.
+fn wait_event(server: &Server, subject: &str, kind: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let events = server.json(&["events", "--subject", subject, "--limit", "200"]);
+        let found = events
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["kind"] == kind));
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} event about {subject}: {events}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The province path end to end: a publisher Khoi uploads the image to a
+/// real Garage, a site Khoi (the lab's) pulls and verifies it, and a seat
+/// boots it from the site.
+#[test]
+fn site_seat_boots_a_version_pulled_from_the_province() {
+    if !lab_available() {
+        return;
+    }
+    let disk = test_disk();
+    let mut lab = Lab::new("sync", Mode::Proxy);
+    // Garage and the publisher live in the lab namespace too, so the site
+    // reaches the bucket on the namespace's loopback.
+    let g = garage::Garage::start(Some(&lab.ns.clone()));
+    let keys = lab.dir.path().join("keys");
+    std::fs::create_dir(&keys).expect("mkdir");
+    let pub_cred = g.credentials(&g.key("so-tttt", true), &keys);
+    let site_cred = g.credentials(&g.key("phuong-1", false), &keys);
+    let signing = keys.join("province.key");
+    let out =
+        run_ok(Command::new(common::KHOI).args(["sync", "keygen", &signing.to_string_lossy()]));
+    let public = out.lines().last().expect("public key").trim().to_string();
+    let bucket = |cred: &Path| {
+        format!(
+            "  bucket:\n    endpoint: {}\n    name: khoi\n    credentials_file: {}\n    allow_http: true\n",
+            g.endpoint(),
+            cred.display()
+        )
+    };
+    let publisher = Server::start_with(Options {
+        netns: Some(lab.ns.clone()),
+        extra_yaml: format!(
+            "sync:\n  role: publisher\n  name: so-tttt\n{}  signing_key: {}\n  images: [e2e]\n",
+            bucket(&pub_cred),
+            signing.display()
+        ),
+        ..Options::default()
+    });
+    publisher.ok(&["image", "import", "e2e", &disk.image.to_string_lossy()]);
+    publisher.ok(&["sync", "now"]);
+    wait_event(&publisher, "e2e", "sync.uploaded", Duration::from_secs(120));
+
+    let site_yaml = format!(
+        "sync:\n  role: site\n  name: phuong-1\n{}  trusted_keys: [{public}]\n  images: [e2e]\n",
+        bucket(&site_cred)
+    );
+    lab.start_khoi_with(Mode::Proxy, &site_yaml, false);
+    lab.khoi().ok(&["sync", "now"]);
+    wait_event(lab.khoi(), "e2e", "sync.pulled", Duration::from_secs(120));
+    let versions = lab.khoi().json(&["image", "versions", "e2e"]);
+    assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
+
+    let mac = lab.mac(1);
+    lab.add_seat("pc01", &mac, "on-boot");
+    let vm = lab.start_vm("pc01", &mac, Firmware::Bios);
+    let booted = lab.wait_booted(&[&vm]);
+    let (log, took) = &booted[0];
+    report("bios site from province", &vm, *took);
+    assert!(
+        log.contains("Khoi: seat pc01"),
+        "Khoi's script did not run:\n{}",
+        tail(log, 40)
+    );
+    drop(publisher);
 }

@@ -9,10 +9,8 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::net::TcpListener;
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,189 +24,19 @@ use khoi_sync::sign::{self, Kind};
 use khoi_sync::site::Site;
 use parking_lot::Mutex;
 
-fn garage_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("GARAGE_BIN") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cargo = Path::new(&home).join(".cargo/bin/garage");
-    if cargo.exists() {
-        return cargo;
-    }
-    PathBuf::from("garage")
-}
+#[path = "../../../tests/common/garage.rs"]
+mod garage_support;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use garage_support::{Garage, Key};
 
-/// One single-node Garage, killed (by its PID) when dropped.
-struct Garage {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    s3_port: u16,
-    cfg: PathBuf,
-}
-
-struct Key {
-    id: String,
-    secret: String,
-}
-
-impl Garage {
-    fn start() -> Garage {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("khoi-garage-{}-", std::process::id()))
-            .tempdir()
-            .unwrap();
-        let (s3, rpc, admin) = (free_port(), free_port(), free_port());
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).unwrap();
-        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        let cfg = dir.path().join("garage.toml");
-        fs::write(
-            &cfg,
-            format!(
-                r#"metadata_dir = "{d}/meta"
-data_dir = "{d}/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:{rpc}"
-rpc_public_addr = "127.0.0.1:{rpc}"
-rpc_secret = "{secret}"
-
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:{s3}"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:{admin}"
-"#,
-                d = dir.path().display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&cfg, fs::Permissions::from_mode(0o600)).unwrap();
-        let mut g = Garage {
-            dir,
-            child: None,
-            s3_port: s3,
-            cfg,
-        };
-        g.spawn();
-        let id = g.cli(&["node", "id", "-q"]);
-        let node = id.trim().split('@').next().unwrap().to_string();
-        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
-        g.cli(&["layout", "apply", "--version", "1"]);
-        g.cli(&["bucket", "create", "khoi"]);
-        g
-    }
-
-    fn spawn(&mut self) {
-        let log = fs::File::create(self.dir.path().join("garage.log")).unwrap();
-        let child = Command::new(garage_bin())
-            .arg("-c")
-            .arg(&self.cfg)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} ({e}): run scripts/setup.sh test",
-                    garage_bin().display()
-                )
-            });
-        self.child = Some(child);
-        let t0 = Instant::now();
-        loop {
-            let ok = Command::new(garage_bin())
-                .arg("-c")
-                .arg(&self.cfg)
-                .arg("status")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap()
-                .success();
-            if ok {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "garage did not start"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(garage_bin())
-            .arg("-c")
-            .arg(&self.cfg)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "garage {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn key(&self, name: &str, write: bool) -> Key {
-        let out = self.cli(&["key", "create", name]);
-        let field = |label: &str| {
-            out.lines()
-                .find_map(|l| l.strip_prefix(label))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_else(|| panic!("no {label} in {out}"))
-        };
-        let key = Key {
-            id: field("Key ID:"),
-            secret: field("Secret key:"),
-        };
-        let mut allow = vec!["bucket", "allow", "--read"];
-        if write {
-            allow.push("--write");
-        }
-        allow.extend(["khoi", "--key", name]);
-        self.cli(&allow);
-        key
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn bucket(&self, key: &Key, dir: &Path) -> BucketConfig {
-        let cred = dir.join(format!("cred-{}", key.id));
-        fs::write(&cred, format!("{} {}\n", key.id, key.secret)).unwrap();
-        fs::set_permissions(&cred, fs::Permissions::from_mode(0o600)).unwrap();
-        BucketConfig {
-            endpoint: format!("http://127.0.0.1:{}", self.s3_port),
-            region: "garage".into(),
-            name: "khoi".into(),
-            prefix: "province".into(),
-            credentials_file: cred,
-            allow_http: true,
-        }
-    }
-}
-
-impl Drop for Garage {
-    fn drop(&mut self) {
-        self.stop();
+fn bucket(g: &Garage, key: &Key, dir: &Path) -> BucketConfig {
+    BucketConfig {
+        endpoint: g.endpoint(),
+        region: "garage".into(),
+        name: "khoi".into(),
+        prefix: "province".into(),
+        credentials_file: g.credentials(key, dir),
+        allow_http: true,
     }
 }
 
@@ -311,13 +139,13 @@ fn no_gate() -> khoi_sync::publisher::GateFn {
 }
 
 fn province(bandwidth: Option<u64>, in_use: khoi_sync::site::InUseFn) -> Province {
-    let garage = Garage::start();
+    let garage = Garage::start(None);
     let publisher = node("pub");
     let site = node("site");
     let pk = garage.key("publisher", true);
     let sk = garage.key("site", false);
     let key = sign::generate().unwrap();
-    let remote = Remote::connect(&garage.bucket(&pk, publisher.dir.path()), None).unwrap();
+    let remote = Remote::connect(&bucket(&garage, &pk, publisher.dir.path()), None).unwrap();
     let (_, pev) = sink();
     let pub_ = Publisher::new(
         Arc::clone(&publisher.store),
@@ -359,7 +187,7 @@ fn site_for(
     in_use: khoi_sync::site::InUseFn,
     events: khoi_sync::EventFn,
 ) -> Site {
-    let remote = Remote::connect(&garage.bucket(key, site.dir.path()), bandwidth).unwrap();
+    let remote = Remote::connect(&bucket(garage, key, site.dir.path()), bandwidth).unwrap();
     Site::new(
         Arc::clone(&site.store),
         remote,
@@ -526,7 +354,11 @@ fn put(p: &Province, path: &object_store::path::Path, bytes: Vec<u8>) {
 impl Province {
     /// The bucket with the publisher's read-write key, to play the attacker.
     fn pub_remote(&self) -> Remote {
-        Remote::connect(&self.garage.bucket(&self.pk, self.garage.dir.path()), None).unwrap()
+        Remote::connect(
+            &bucket(&self.garage, &self.pk, self.garage.dir.path()),
+            None,
+        )
+        .unwrap()
     }
 
     fn refusals(&self) -> Vec<String> {
