@@ -20,6 +20,7 @@ pub mod publisher;
 pub mod remote;
 pub mod sign;
 pub mod site;
+pub mod status;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -290,6 +290,66 @@ impl Publisher {
     }
 }
 
+/// One site as the publisher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteRow {
+    pub name: String,
+    pub state: crate::status::SiteState,
+    pub status: Option<crate::status::SiteStatus>,
+    /// Why the status could not be used (bad signature, another site's).
+    pub problem: Option<String>,
+}
+
+impl Publisher {
+    /// Reads every listed site's status and classifies it against what this
+    /// publisher has sent.
+    pub async fn province(
+        &self,
+        sites: &[(String, ed25519_dalek::VerifyingKey)],
+    ) -> Result<Vec<SiteRow>, SyncError> {
+        use crate::status::{SiteState, SiteStatus, classify};
+        let done: Uploaded = read_json(&self.state_path)?.unwrap_or_default();
+        let sent: BTreeMap<String, Vec<String>> = done
+            .images
+            .into_iter()
+            .map(|(image, ids)| (image, ids.into_iter().collect()))
+            .collect();
+        let now = crate::now_unix();
+        let mut rows = Vec::with_capacity(sites.len());
+        for (name, key) in sites {
+            let got = self
+                .remote
+                .get(&self.remote.layout.status(name), 1 << 20)
+                .await?;
+            let (status, problem) = match got {
+                None => (None, None),
+                Some(bytes) => match sign::verify(&[*key], Kind::Status, &bytes) {
+                    Err(e) => (None, Some(e.to_string())),
+                    Ok((body, _)) => match SiteStatus::parse(body) {
+                        Err(e) => (None, Some(e)),
+                        Ok(s) if s.site != *name => {
+                            (None, Some(format!("the status is {:?}'s", s.site)))
+                        }
+                        Ok(s) => (Some(s), None),
+                    },
+                },
+            };
+            let state = if problem.is_some() {
+                SiteState::Unknown
+            } else {
+                classify(status.as_ref(), &sent, now)
+            };
+            rows.push(SiteRow {
+                name: name.clone(),
+                state,
+                status,
+                problem,
+            });
+        }
+        Ok(rows)
+    }
+}
+
 /// Reads a chunk's pieces from a layer's data file.
 pub(crate) fn read_pieces(f: &std::fs::File, pieces: &[Range]) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;

@@ -272,6 +272,7 @@ impl Site {
                         .insert(m.version.clone(), held.clone());
                     state.last_sync = crate::now_unix();
                     write_json(&self.state_path(), &state)?;
+                    self.reported.lock().remove(&m.version);
                     let partial = self.dir.join("partial").join(&m.version);
                     let _ = std::fs::remove_dir_all(&partial);
                     report.versions += 1;
@@ -388,6 +389,7 @@ impl Site {
                 .entry(image.to_string())
                 .or_default()
                 .push(id.clone());
+            self.reported.lock().remove(&id);
             let _ = std::fs::remove_file(self.manifest_cache(image, &id));
             write_json(&self.state_path(), &state)?;
             n += 1;
@@ -523,6 +525,44 @@ impl Site {
                 .await
                 .map_err(SyncError::join)??;
         Ok(Some(held))
+    }
+
+    /// Writes this site's signed status to the bucket (`sites/<name>/status`),
+    /// for the publisher's province page. `errors` are the binary's (an
+    /// unreachable bucket); refusals still standing are added.
+    pub async fn write_status(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+        name: &str,
+        seats: u32,
+        mut errors: Vec<String>,
+    ) -> Result<(), SyncError> {
+        let state = self.state()?;
+        let mut s = crate::status::SiteStatus::new(name, crate::now_unix());
+        s.last_sync = state.last_sync;
+        s.seats = seats;
+        for (image, held) in &state.images {
+            s.held.insert(image.clone(), held.keys().cloned().collect());
+            let current = self.store.current_version(image).ok();
+            if let Some((id, _)) = held.iter().find(|(_, h)| Some(h.local) == current) {
+                s.current.insert(image.clone(), id.clone());
+            }
+            let gates: BTreeMap<String, bool> = held
+                .iter()
+                .filter_map(|(id, h)| h.gate.as_ref().map(|g| (id.clone(), g.passed)))
+                .collect();
+            if !gates.is_empty() {
+                s.gates.insert(image.clone(), gates);
+            }
+        }
+        errors.extend(self.reported.lock().values().cloned());
+        errors.sort();
+        s.errors = errors;
+        let signed = sign::sign(key, Kind::Status, &s.to_json());
+        self.remote
+            .put(&self.remote.layout.status(name), signed)
+            .await?;
+        Ok(())
     }
 
     fn read_local(

@@ -606,3 +606,101 @@ fn a_retirement_removes_an_unused_version_and_refuses_a_used_one() {
     assert_eq!((r.retired, r.refused), (0, 1), "{r:?}");
     assert_eq!(p.site.store.versions("win11").unwrap().len(), 1);
 }
+
+#[test]
+fn site_status_objects_tell_the_publisher_who_is_in_sync() {
+    use khoi_sync::status::SiteState;
+    let garage = Garage::start(None);
+    let rt = rt();
+    let publisher = node("pub");
+    let pk = garage.key("publisher", true);
+    let key = sign::generate().unwrap();
+    let (_, pev) = sink();
+    let pub_ = Publisher::new(
+        Arc::clone(&publisher.store),
+        Remote::connect(&bucket(&garage, &pk, publisher.dir.path()), None).unwrap(),
+        key.clone(),
+        publisher.dir.path().join("sync"),
+        no_gate(),
+        pev,
+    )
+    .unwrap();
+    // Two sites; each signs its status with its own key. (Their bucket key
+    // may write: integrity rests on signatures, not on bucket rights.)
+    let mk_site = |name: &str| {
+        let n = node(name);
+        let k = garage.key(name, true);
+        let (_, ev) = sink();
+        let s = site_for(
+            &garage,
+            &k,
+            &n,
+            &[key.verifying_key()],
+            None,
+            never_in_use(),
+            ev,
+        );
+        (n, s, sign::generate().unwrap())
+    };
+    let (n1, s1, k1) = mk_site("phuong-1");
+    let (_n2, s2, k2) = mk_site("xa-2");
+    import(&publisher, "win11", &disk(4, 10));
+    rt.block_on(pub_.upload_image("win11")).unwrap();
+    let sites = vec![
+        ("phuong-1".to_string(), k1.verifying_key()),
+        ("xa-2".to_string(), k2.verifying_key()),
+        (
+            "xa-3".to_string(),
+            sign::generate().unwrap().verifying_key(),
+        ),
+    ];
+    rt.block_on(s1.pull_image("win11", &always)).unwrap();
+    rt.block_on(s1.write_status(&k1, "phuong-1", 40, Vec::new()))
+        .unwrap();
+    // xa-2 has not pulled yet, and its WAN failed once.
+    rt.block_on(s2.write_status(&k2, "xa-2", 12, Vec::new()))
+        .unwrap();
+    let rows = rt.block_on(pub_.province(&sites)).unwrap();
+    let states: Vec<SiteState> = rows.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        vec![SiteState::InSync, SiteState::Failing, SiteState::Unknown],
+        "{rows:?}"
+    );
+    let st1 = rows[0].status.as_ref().unwrap();
+    assert_eq!(st1.seats, 40);
+    let v1 = publisher.store.versions("win11").unwrap()[0].uuid.clone();
+    assert_eq!(st1.current.get("win11"), Some(&v1));
+    assert_eq!(n1.store.current_version("win11").unwrap(), 1);
+
+    // xa-2 catches up (it had never synced, hence failing); then a second
+    // version leaves it behind.
+    rt.block_on(s2.pull_image("win11", &always)).unwrap();
+    rt.block_on(s2.write_status(&k2, "xa-2", 12, Vec::new()))
+        .unwrap();
+    publish(&publisher, "win11", &[(0, disk(1, 11))], &[]);
+    rt.block_on(pub_.upload_image("win11")).unwrap();
+    rt.block_on(s1.pull_image("win11", &always)).unwrap();
+    rt.block_on(s1.write_status(&k1, "phuong-1", 40, vec!["a test error".into()]))
+        .unwrap();
+    let rows = rt.block_on(pub_.province(&sites)).unwrap();
+    let states: Vec<SiteState> = rows.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        vec![SiteState::Failing, SiteState::Behind(1), SiteState::Unknown],
+        "{rows:?}"
+    );
+    // One site signing as another is not believed.
+    rt.block_on(s2.write_status(&k2, "phuong-1", 1, Vec::new()))
+        .unwrap();
+    let rows = rt.block_on(pub_.province(&sites)).unwrap();
+    assert_eq!(rows[0].state, SiteState::Unknown);
+    assert!(
+        rows[0]
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("not a trusted key"),
+        "{rows:?}"
+    );
+}
