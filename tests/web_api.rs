@@ -12,6 +12,7 @@ use khoi_admin::{Actor, Service, ServiceConfig};
 use khoi_block::{Store, StoreOptions};
 use khoi_state::{NewEvent, State};
 use khoi_web::auth::Auth;
+use khoi_web::pages::province::{ProvinceSite, ProvinceSource, SiteState};
 use khoi_web::{WebState, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -23,6 +24,10 @@ struct H {
 }
 
 fn harness() -> H {
+    harness_with(None)
+}
+
+fn harness_with(province: Option<Arc<dyn ProvinceSource>>) -> H {
     let dir = tempfile::tempdir().expect("tmp");
     let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("store"));
     let state = Arc::new(State::open(&dir.path().join("khoi.db")).expect("state"));
@@ -61,6 +66,7 @@ fn harness() -> H {
         scheduler: Arc::new(scheduler),
         secure_cookies: false,
         policy: Default::default(),
+        province,
     });
     H {
         app,
@@ -1299,6 +1305,7 @@ fn rebuild(h: &H, policy: khoi_web::policy::HttpPolicy) -> Router {
         scheduler: Arc::new(scheduler),
         secure_cookies: false,
         policy: Arc::new(policy),
+        province: None,
     })
 }
 
@@ -1546,4 +1553,81 @@ async fn boot_times_reach_the_api_the_charts_and_metrics() {
     ] {
         assert!(metrics.body.contains(sample), "{sample}\n{}", metrics.body);
     }
+}
+
+/// What the binary's province sync would report: three sites, and version 2
+/// of win10 received from the province's version 7.
+#[derive(Debug)]
+struct Province;
+
+impl ProvinceSource for Province {
+    fn sites(&self) -> Option<Vec<ProvinceSite>> {
+        let site = |name: &str, state| ProvinceSite {
+            name: name.into(),
+            state,
+            last_sync: Some(1_780_000_000),
+            seats: Some(40),
+            held: "win10: 2".into(),
+            errors: Vec::new(),
+        };
+        let mut failing = site("xa-<b>3</b>", SiteState::Failing);
+        failing.errors.push("bucket <unreachable>".into());
+        Some(vec![
+            site("phuong-1", SiteState::InSync),
+            site("xa-2", SiteState::Behind(2)),
+            failing,
+        ])
+    }
+
+    fn origin(&self, image: &str, n: u32) -> Option<u32> {
+        (image == "win10" && n == 2).then_some(7)
+    }
+}
+
+#[tokio::test]
+async fn the_province_page_lists_sites_and_the_image_page_shows_origins() {
+    let h = harness_with(Some(Arc::new(Province)));
+    stage(&h, "a.raw", 4, 1);
+    stage(&h, "b.raw", 4, 2);
+    let s = login(&h, "vi", "viewer-pass").await;
+    let admin = login(&h, "admin", "admin-pass-1").await;
+    admin
+        .post(
+            "/api/v1/images",
+            json!({"name": "win10", "staged": "a.raw"}),
+        )
+        .await;
+    admin
+        .post(
+            "/api/v1/images",
+            json!({"name": "win10", "staged": "b.raw"}),
+        )
+        .await;
+    let page = s.get("/province").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    for want in [
+        "Các điểm trong tỉnh",
+        "data-site=\"phuong-1\"",
+        "Đã đồng bộ",
+        "Chậm (2 phiên bản chưa có)",
+        "Đang lỗi",
+        "bucket &#60;unreachable&#62;",
+        "xa-&#60;b&#62;3&#60;/b&#62;",
+    ] {
+        assert!(page.body.contains(want), "{want} missing:\n{}", page.body);
+    }
+    assert!(!page.body.contains("<b>3"), "unescaped site name");
+    let image = s.get("/images/win10").await;
+    assert!(image.body.contains("Tỉnh v7"), "{}", image.body);
+    assert!(image.body.contains("Tạo tại đây"), "{}", image.body);
+    // A standalone Khoi says it has no province.
+    let alone = harness();
+    let s = login(&alone, "vi", "viewer-pass").await;
+    let page = s.get("/province").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("không phải bên phát hành"),
+        "{}",
+        page.body
+    );
 }

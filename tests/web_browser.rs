@@ -78,6 +78,7 @@ async fn admin_page_in_headless_chromium() {
         scheduler: Arc::new(scheduler),
         secure_cookies: false,
         policy: Default::default(),
+        province: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

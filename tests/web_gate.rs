@@ -73,6 +73,7 @@ fn make_app(dir: &Path) -> (Router, Arc<Service>) {
         scheduler: Arc::new(scheduler),
         secure_cookies: false,
         policy: Default::default(),
+        province: None,
     });
     (app, svc)
 }

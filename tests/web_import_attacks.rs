@@ -68,6 +68,7 @@ async fn harness(dir: &Path) -> H {
         scheduler: Arc::new(scheduler),
         secure_cookies: false,
         policy: Default::default(),
+        province: None,
     });
     let mut h = H {
         app,

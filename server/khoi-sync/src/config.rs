@@ -39,9 +39,26 @@ pub struct SyncConfig {
     /// Download cap, e.g. `20Mbit` or `2MB` (per second); absent: none.
     #[serde(default)]
     pub bandwidth: Option<String>,
+    /// Site: its own private key (`khoi sync keygen`), which signs the status
+    /// it writes to the bucket for the publisher's province page; absent:
+    /// no status is written.
+    #[serde(default)]
+    pub status_key: Option<PathBuf>,
+    /// Publisher: the sites whose status the province page shows, with the
+    /// public key each signs with.
+    #[serde(default)]
+    pub sites: Vec<SiteEntry>,
     /// Seconds between passes.
     #[serde(default = "default_interval")]
     pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteEntry {
+    pub name: String,
+    /// The site's status key, public half (64 hex digits).
+    pub key: String,
 }
 
 fn default_interval() -> u64 {
@@ -80,6 +97,14 @@ impl SyncConfig {
         self.trusted_keys
             .iter()
             .map(|k| crate::sign::parse_public(k))
+            .collect()
+    }
+
+    /// The sites of the province page with their keys, parsed.
+    pub fn site_keys(&self) -> Result<Vec<(String, VerifyingKey)>, String> {
+        self.sites
+            .iter()
+            .map(|s| Ok((s.name.clone(), crate::sign::parse_public(&s.key)?)))
             .collect()
     }
 
@@ -137,6 +162,18 @@ impl SyncConfig {
                     ));
                 }
             }
+        }
+        for site in &self.sites {
+            if !khoi_block::is_valid_new_name(&site.name) {
+                return Err((
+                    "sites",
+                    format!("{:?}: {}", site.name, khoi_block::NAME_RULE),
+                ));
+            }
+            crate::sign::parse_public(&site.key).map_err(|e| ("sites", e))?;
+        }
+        if self.role == Role::Publisher && self.status_key.is_some() {
+            return Err(("status_key", "only a site writes a status".into()));
         }
         self.window().map_err(|e| ("window", e))?;
         self.rate().map_err(|e| ("bandwidth", e))?;

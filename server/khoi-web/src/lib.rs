@@ -40,6 +40,8 @@ pub struct WebState {
     /// HTTPS (a TLS-terminating proxy), or logins over plain HTTP break.
     pub secure_cookies: bool,
     pub policy: Arc<HttpPolicy>,
+    /// Province distribution, when the binary runs it.
+    pub province: Option<Arc<dyn pages::province::ProvinceSource>>,
 }
 
 impl WebState {
@@ -117,6 +119,8 @@ pub struct AdminOptions {
     pub serve: server::ServeOptions,
     /// Filled once the page runs, for the control socket.
     pub setup_link: SetupLink,
+    /// Province distribution (the province page, each version's origin).
+    pub province: Option<Arc<dyn pages::province::ProvinceSource>>,
 }
 
 /// Start the nightly reset and the web page (if it has an address); both
@@ -214,6 +218,7 @@ pub async fn start(
         scheduler,
         secure_cookies: opts.secure_cookies || opts.tls.is_some(),
         policy: Arc::new(policy),
+        province: opts.province.clone(),
     });
     tasks.spawn(server::serve(listener, app, serve_opts, shutdown));
     Ok(Some(bound))

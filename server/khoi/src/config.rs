@@ -190,6 +190,7 @@ impl Admin {
                 }),
             serve,
             setup_link: khoi_web::SetupLink::default(),
+            province: None,
         }
     }
 }

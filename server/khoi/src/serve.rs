@@ -353,7 +353,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let app = socket_router(socket_api)
         .merge(crate::wake::router(waker))
-        .merge(crate::sync::router(sync));
+        .merge(crate::sync::router(sync.clone()));
     let token = shutdown.clone();
     tasks.spawn(async move {
         // The audit log names the caller by the socket's peer uid.
@@ -378,6 +378,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&service),
         khoi_web::AdminOptions {
             setup_link,
+            province: sync
+                .clone()
+                .map(|s| s as Arc<dyn khoi_web::pages::province::ProvinceSource>),
             ..config.admin.web_options(&dir)
         },
         shutdown.clone(),

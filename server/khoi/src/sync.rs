@@ -47,6 +47,13 @@ pub struct SyncStatus {
 pub struct Sync {
     cfg: SyncConfig,
     engine: Engine,
+    service: Arc<Service>,
+    /// Site: signs the status it writes for the province page.
+    status_key: Option<ed25519_dalek::SigningKey>,
+    /// Publisher: the sites of the province page, with their keys.
+    site_keys: Vec<(String, ed25519_dalek::VerifyingKey)>,
+    /// Publisher: the sites as last read from the bucket.
+    province: Mutex<Option<Vec<khoi_sync::publisher::SiteRow>>>,
     window: Option<Window>,
     kick: Notify,
     recorder: Recorder,
@@ -138,17 +145,31 @@ impl Sync {
             }
         };
         let window = cfg.window().map_err(anyhow::Error::msg)?;
+        let status_key = match &cfg.status_key {
+            Some(p) => Some(khoi_sync::sign::read_secret(p).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let site_keys = cfg.site_keys().map_err(anyhow::Error::msg)?;
+        let held = match &engine {
+            Engine::Site(s) => s.state().ok(),
+            Engine::Publisher(_) => None,
+        };
         let status = SyncStatus {
             role: match cfg.role {
                 Role::Publisher => "publisher".into(),
                 Role::Site => "site".into(),
             },
             name: cfg.name.clone(),
+            held,
             ..SyncStatus::default()
         };
         Ok(Arc::new(Sync {
             cfg,
             engine,
+            service: Arc::clone(service),
+            status_key,
+            site_keys,
+            province: Mutex::new(None),
             window,
             kick: Notify::new(),
             recorder,
@@ -193,7 +214,38 @@ impl Sync {
                 }
             }
         }
+        self.report(error.as_ref().map(|(_, e)| e.clone())).await;
         self.after_pass(error);
+    }
+
+    /// After a pass: a site writes its signed status, the publisher reads
+    /// every site's. Failures here only go to the log: the bucket may be
+    /// the very thing that is down.
+    async fn report(&self, error: Option<String>) {
+        match &self.engine {
+            Engine::Site(s) => {
+                let Some(key) = &self.status_key else { return };
+                let svc = Arc::clone(&self.service);
+                let seats = tokio::task::spawn_blocking(move || svc.seats().map(|v| v.len()))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+                let errors = error.into_iter().collect();
+                if let Err(e) = s.write_status(key, &self.cfg.name, seats, errors).await {
+                    tracing::warn!(error = %e, "could not write this site's status");
+                }
+            }
+            Engine::Publisher(p) => {
+                if self.site_keys.is_empty() {
+                    return;
+                }
+                match p.province(&self.site_keys).await {
+                    Ok(rows) => *self.province.lock() = Some(rows),
+                    Err(e) => tracing::warn!(error = %e, "could not read the sites' status"),
+                }
+            }
+        }
     }
 
     fn after_pass(&self, error: Option<(bool, String)>) {
@@ -309,5 +361,78 @@ async fn retire(State(sync): State<Option<Arc<Sync>>>, req: Request) -> Response
     match p.retire(&r.image, r.version).await {
         Ok(()) => axum::Json(()).into_response(),
         Err(e) => refuse(&e.to_string()),
+    }
+}
+
+impl khoi_web::pages::province::ProvinceSource for Sync {
+    fn sites(&self) -> Option<Vec<khoi_web::pages::province::ProvinceSite>> {
+        use khoi_sync::status::SiteState as S;
+        use khoi_web::pages::province::{ProvinceSite, SiteState};
+        if !matches!(self.engine, Engine::Publisher(_)) {
+            return None;
+        }
+        let rows = self.province.lock().clone();
+        let rows = rows.unwrap_or_else(|| {
+            // Before the first pass read them: every listed site, no status yet.
+            self.site_keys
+                .iter()
+                .map(|(name, _)| khoi_sync::publisher::SiteRow {
+                    name: name.clone(),
+                    state: S::Unknown,
+                    status: None,
+                    problem: None,
+                })
+                .collect()
+        });
+        Some(
+            rows.into_iter()
+                .map(|r| {
+                    let state = match r.state {
+                        S::InSync => SiteState::InSync,
+                        S::Behind(n) => SiteState::Behind(n),
+                        S::Failing => SiteState::Failing,
+                        S::Unknown => SiteState::Unknown,
+                    };
+                    let mut errors: Vec<String> = r.problem.into_iter().collect();
+                    let (last_sync, seats, held) = match &r.status {
+                        Some(s) => {
+                            errors.extend(s.errors.iter().cloned());
+                            let held = s
+                                .held
+                                .iter()
+                                .map(|(image, ids)| format!("{image}: {}", ids.len()))
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            (
+                                (s.last_sync > 0)
+                                    .then(|| i64::try_from(s.last_sync).unwrap_or(i64::MAX)),
+                                Some(s.seats),
+                                held,
+                            )
+                        }
+                        None => (None, None, String::new()),
+                    };
+                    ProvinceSite {
+                        name: r.name,
+                        state,
+                        last_sync,
+                        seats,
+                        held,
+                        errors,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    fn origin(&self, image: &str, n: u32) -> Option<u32> {
+        let st = self.status.lock();
+        st.held
+            .as_ref()?
+            .images
+            .get(image)?
+            .values()
+            .find(|h| h.local == n)
+            .map(|h| h.number)
     }
 }

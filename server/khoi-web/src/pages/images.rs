@@ -86,8 +86,16 @@ struct ImageTpl {
     p: Page,
     image: ImageView,
     versions: Vec<VersionView>,
+    /// Each version's origin (here, or the province's version N), by index.
+    origins: Vec<String>,
     maintenance: Vec<SeatRow>,
     gate: GateView,
+}
+
+impl ImageTpl {
+    fn origin(&self, i: &usize) -> &str {
+        self.origins.get(*i).map_or("", String::as_str)
+    }
 }
 
 /// The image gate's part of the page: the settings and what the last check
@@ -188,6 +196,17 @@ async fn image_page(
     match r {
         Ok((image, versions, maintenance, gate)) => render(&ImageTpl {
             p: Page::new(&st, &ctx, "images"),
+            origins: versions
+                .iter()
+                .map(|v| {
+                    super::province::origin_text(
+                        st.province.as_ref(),
+                        ctx.lang,
+                        &image.name,
+                        v.number,
+                    )
+                })
+                .collect(),
             image,
             versions,
             maintenance,

@@ -27,6 +27,7 @@ mod dashboard;
 mod doctor;
 mod images;
 mod login;
+pub mod province;
 mod schedule;
 mod seats;
 mod users;
@@ -47,6 +48,7 @@ pub fn router() -> Router<WebState> {
         .merge(audit::router())
         .merge(users::router())
         .merge(doctor::router())
+        .merge(province::router())
 }
 
 /// What every page's layout needs.
