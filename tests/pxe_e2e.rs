@@ -1431,11 +1431,19 @@ fn site_seat_boots_a_version_pulled_from_the_province() {
     let keys = lab.dir.path().join("keys");
     std::fs::create_dir(&keys).expect("mkdir");
     let pub_cred = g.credentials(&g.key("so-tttt", true), &keys);
-    let site_cred = g.credentials(&g.key("phuong-1", false), &keys);
+    // The site writes its status object, so its key may write (integrity
+    // rests on the signatures, not on bucket rights).
+    let site_cred = g.credentials(&g.key("phuong-1", true), &keys);
+    let keygen = |file: &Path| {
+        let out =
+            run_ok(Command::new(common::KHOI).args(["sync", "keygen", &file.to_string_lossy()]));
+        out.lines().last().expect("public key").trim().to_string()
+    };
     let signing = keys.join("province.key");
-    let out =
-        run_ok(Command::new(common::KHOI).args(["sync", "keygen", &signing.to_string_lossy()]));
-    let public = out.lines().last().expect("public key").trim().to_string();
+    let public = keygen(&signing);
+    // The site signs its status with its own key; the publisher lists it.
+    let status_key = keys.join("phuong-1.key");
+    let site_public = keygen(&status_key);
     let bucket = |cred: &Path| {
         format!(
             "  bucket:\n    endpoint: {}\n    name: khoi\n    credentials_file: {}\n    allow_http: true\n",
@@ -1446,7 +1454,8 @@ fn site_seat_boots_a_version_pulled_from_the_province() {
     let publisher = Server::start_with(Options {
         netns: Some(lab.ns.clone()),
         extra_yaml: format!(
-            "sync:\n  role: publisher\n  name: so-tttt\n{}  signing_key: {}\n  images: [e2e]\n",
+            "sync:\n  role: publisher\n  name: so-tttt\n{}  signing_key: {}\n  images: [e2e]\n  \
+             sites: [{{name: phuong-1, key: {site_public}}}]\n",
             bucket(&pub_cred),
             signing.display()
         ),
@@ -1457,14 +1466,31 @@ fn site_seat_boots_a_version_pulled_from_the_province() {
     wait_event(&publisher, "e2e", "sync.uploaded", Duration::from_secs(120));
 
     let site_yaml = format!(
-        "sync:\n  role: site\n  name: phuong-1\n{}  trusted_keys: [{public}]\n  images: [e2e]\n",
-        bucket(&site_cred)
+        "sync:\n  role: site\n  name: phuong-1\n{}  trusted_keys: [{public}]\n  images: [e2e]\n  \
+         status_key: {}\n",
+        bucket(&site_cred),
+        status_key.display()
     );
     lab.start_khoi_with(Mode::Proxy, &site_yaml, false);
     lab.khoi().ok(&["sync", "now"]);
     wait_event(lab.khoi(), "e2e", "sync.pulled", Duration::from_secs(120));
     let versions = lab.khoi().json(&["image", "versions", "e2e"]);
     assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions}");
+    // The site's status reaches the publisher: in sync.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        publisher.ok(&["sync", "now"]);
+        std::thread::sleep(Duration::from_secs(1));
+        let st = publisher.json(&["sync", "status"]);
+        if st["sites"][0][1] == "in_sync" {
+            assert_eq!(st["sites"][0][0], "phuong-1");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publisher never saw phuong-1 in sync: {st}"
+        );
+    }
 
     let mac = lab.mac(1);
     lab.add_seat("pc01", &mac, "on-boot");

@@ -1230,6 +1230,13 @@ mod tests {
         assert_eq!((e.key.as_deref(), e.line), (Some("sync.endpoint"), 5));
         let e = parse(&site("").replace("role: site", "role: publisher")).expect_err("no key");
         assert_eq!(e.key.as_deref(), Some("sync.signing_key"));
+        let e = parse(&site("  sites: [{name: xa-2, key: nope}]\n")).expect_err("bad site key");
+        assert_eq!((e.key.as_deref(), e.line), (Some("sync.sites"), 10));
+        let publisher = site("  signing_key: /k\n  status_key: /s\n")
+            .replace("role: site", "role: publisher")
+            .replace(&format!("  trusted_keys: [{good}]\n"), "");
+        let e = parse(&publisher).expect_err("publisher with a status key");
+        assert_eq!(e.key.as_deref(), Some("sync.status_key"));
     }
 
     #[test]

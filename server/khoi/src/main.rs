@@ -829,6 +829,9 @@ fn sync_cmd(client: &Client, out: &Out, cmd: SyncCmd) -> anyhow::Result<()> {
                         s.last_error.as_deref().unwrap_or("ok")
                     );
                 }
+                for (site, state) in &s.sites {
+                    println!("site {site}: {state}");
+                }
                 if let Some(held) = &s.held {
                     for (image, versions) in &held.images {
                         for (id, h) in versions {

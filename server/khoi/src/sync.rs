@@ -42,6 +42,10 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     /// Site: what it holds from the province.
     pub held: Option<SiteState>,
+    /// Publisher: each listed site's state, as last read (`in_sync`,
+    /// `behind`, `failing`, `unknown`).
+    #[serde(default)]
+    pub sites: Vec<(String, String)>,
 }
 
 pub struct Sync {
@@ -241,7 +245,22 @@ impl Sync {
                     return;
                 }
                 match p.province(&self.site_keys).await {
-                    Ok(rows) => *self.province.lock() = Some(rows),
+                    Ok(rows) => {
+                        use khoi_sync::status::SiteState as S;
+                        self.status.lock().sites = rows
+                            .iter()
+                            .map(|r| {
+                                let state = match r.state {
+                                    S::InSync => "in_sync".to_string(),
+                                    S::Behind(n) => format!("behind ({n} missing)"),
+                                    S::Failing => "failing".to_string(),
+                                    S::Unknown => "unknown".to_string(),
+                                };
+                                (r.name.clone(), state)
+                            })
+                            .collect();
+                        *self.province.lock() = Some(rows);
+                    }
                     Err(e) => tracing::warn!(error = %e, "could not read the sites' status"),
                 }
             }
