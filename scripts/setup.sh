@@ -37,6 +37,10 @@ test_pkgs+=(qemu-system-x86 ipxe-qemu ovmf dnsmasq-base iproute2 mtools syslinux
 # sfdisk and gdisk's sgdisk.
 test_pkgs+=(ntfs-3g libhivex-bin libwin-hivex-perl gdisk)
 
+# scripts/bench-sync.sh compares province sync with rsync -z (and zstd for the
+# delta's compressed size, bc for the table).
+test_pkgs+=(rsync zstd bc)
+
 want=("${run_pkgs[@]}")
 [ "$mode" = test ] && want+=("${test_pkgs[@]}")
 
