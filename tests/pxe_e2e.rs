@@ -449,7 +449,7 @@ impl Lab {
 
     /// `start_khoi` with more YAML, and the test disk imported or not.
     fn start_khoi_with(&mut self, mode: Mode, extra_yaml: &str, import: bool) -> &Server {
-        assert_eq!(mode, Mode::Proxy, "only the proxy lab is used with extra YAML");
+        assert_eq!(mode, Mode::Proxy, "the proxy lab only");
         let pxe = format!(
             "pxe:\n  mode: proxy\n  interface: br0\n  server_ip: {LAB_IP}\n  \
              http_port: 8077\n  tftp_root: {}\n{extra_yaml}",

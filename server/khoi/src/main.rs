@@ -780,33 +780,6 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
     }
 }
 
-#[cfg(test)]
-mod network_check_tests {
-    use super::*;
-
-    #[test]
-    fn seats_on_networks_the_file_lacks_are_named() {
-        let config = Config::parse(
-            std::path::Path::new("khoi.yaml"),
-            "listen:\n  iscsi: 0.0.0.0:3260\npxe:\n  - name: quay\n    interface: br0\n    \
-             server_ip: 10.77.0.1\n    tftp_root: /t\n",
-        )
-        .expect("config");
-        let seats = [
-            ("pc01".to_string(), None),
-            ("pc02".to_string(), Some("quay".to_string())),
-            ("kiosk-1".to_string(), Some("public".to_string())),
-        ];
-        assert_eq!(seats_off_networks(&config, &seats), ["kiosk-1 (on public)"]);
-        // Without a pxe section, every seat that names a network is off.
-        let bare = Config::default();
-        assert_eq!(
-            seats_off_networks(&bare, &seats),
-            ["pc02 (on quay)", "kiosk-1 (on public)"]
-        );
-    }
-}
-
 fn sync_cmd(client: &Client, out: &Out, cmd: SyncCmd) -> anyhow::Result<()> {
     match cmd {
         SyncCmd::Keygen { .. } | SyncCmd::Pubkey { .. } => unreachable!("handled above"),
@@ -853,5 +826,32 @@ fn sync_cmd(client: &Client, out: &Out, cmd: SyncCmd) -> anyhow::Result<()> {
                 println!("version {version} of {image} retired for every site")
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod network_check_tests {
+    use super::*;
+
+    #[test]
+    fn seats_on_networks_the_file_lacks_are_named() {
+        let config = Config::parse(
+            std::path::Path::new("khoi.yaml"),
+            "listen:\n  iscsi: 0.0.0.0:3260\npxe:\n  - name: quay\n    interface: br0\n    \
+             server_ip: 10.77.0.1\n    tftp_root: /t\n",
+        )
+        .expect("config");
+        let seats = [
+            ("pc01".to_string(), None),
+            ("pc02".to_string(), Some("quay".to_string())),
+            ("kiosk-1".to_string(), Some("public".to_string())),
+        ];
+        assert_eq!(seats_off_networks(&config, &seats), ["kiosk-1 (on public)"]);
+        // Without a pxe section, every seat that names a network is off.
+        let bare = Config::default();
+        assert_eq!(
+            seats_off_networks(&bare, &seats),
+            ["pc02 (on quay)", "kiosk-1 (on public)"]
+        );
     }
 }
