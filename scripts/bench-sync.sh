@@ -75,7 +75,9 @@ api_bind_addr = "127.0.0.1:3903"
 EOF
 chmod 600 "$G/garage.toml"
 gar() { inp "$GARAGE_BIN" -c "$G/garage.toml" "$@"; }
-inp "$GARAGE_BIN" -c "$G/garage.toml" server >"$G/log" 2>&1 & PIDS+=($!)
+# `ip netns exec` execs, so $! is the program itself (a shell function would
+# put a subshell in between, which the cleanup's kill would not reach through).
+ip netns exec "$NSP" "$GARAGE_BIN" -c "$G/garage.toml" server >"$G/log" 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do gar status >/dev/null 2>&1 && break; sleep 0.2; done
 gar layout assign -z dc1 -c 10G "$(gar node id -q | cut -d@ -f1)" >/dev/null
 gar layout apply --version 1 >/dev/null
@@ -113,8 +115,8 @@ EOF
 }
 mkcfg publisher publisher "$WORK/pdata" "  signing_key: $WORK/province.key"
 mkcfg site site "$WORK/sdata" "  trusted_keys: [$PUBKEY]"
-inp "$KHOI_BIN" serve --config "$WORK/publisher.yaml" >"$WORK/publisher.log" 2>&1 & PIDS+=($!)
-ins "$KHOI_BIN" serve --config "$WORK/site.yaml" >"$WORK/site.log" 2>&1 & PIDS+=($!)
+ip netns exec "$NSP" "$KHOI_BIN" serve --config "$WORK/publisher.yaml" >"$WORK/publisher.log" 2>&1 & PIDS+=($!)
+ip netns exec "$NSS" "$KHOI_BIN" serve --config "$WORK/site.yaml" >"$WORK/site.log" 2>&1 & PIDS+=($!)
 kp() { "$KHOI_BIN" --config "$WORK/publisher.yaml" "$@"; }
 ks() { "$KHOI_BIN" --config "$WORK/site.yaml" "$@"; }
 for _ in $(seq 100); do kp image list >/dev/null 2>&1 && ks image list >/dev/null 2>&1 && break; sleep 0.2; done
@@ -184,7 +186,7 @@ use chroot = no
 path = $WORK/rsync-src
 read only = yes
 EOF
-inp rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --address=$P_IP --port=8873 & PIDS+=($!)
+ip netns exec "$NSP" rsync --daemon --no-detach --config="$WORK/rsyncd.conf" --address=$P_IP --port=8873 & PIDS+=($!)
 sleep 1
 b0=$(rx); t0=$(date +%s.%N)
 ins rsync -z --inplace "rsync://$P_IP:8873/img/bench.raw" "$WORK/rsync-dst/bench.raw"
