@@ -28,7 +28,7 @@ thread_local! {
 }
 
 /// Run `f`, turning a panic into an error string.
-fn guarded<T>(f: impl FnOnce() -> R<T>) -> R<T> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> R<T>) -> R<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) if PROPAGATE_PANICS.with(Cell::get) => resume_unwind(p),

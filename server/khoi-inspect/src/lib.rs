@@ -22,6 +22,7 @@
 
 mod browser;
 mod check;
+pub mod fix;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 #[doc(hidden)]
