@@ -14,6 +14,8 @@
 
 use std::sync::Arc;
 
+use khoi_block::BlockDevice as _;
+
 pub use khoi_inspect::{Finding, Policy, Profile, Report, RuleId, Severity};
 use serde::{Deserialize, Serialize};
 
@@ -421,6 +423,36 @@ impl Service {
         }))
     }
 
+    /// A seat pinned to a version boots it whatever the current version is:
+    /// the same gate as making it current. Checks the version first if it
+    /// never was; an override given once for the version stands.
+    pub(crate) fn gate_pin(
+        &self,
+        actor: &Actor,
+        image: &str,
+        n: u32,
+        seat: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        if !self.gate_enforced() {
+            return Ok(());
+        }
+        let (report, overridden) = self.gate_version_report(image, n)?;
+        if overridden {
+            return Ok(());
+        }
+        if let Some(o) = self.gate_decide(
+            actor,
+            image,
+            &format!("pin seat {seat} to version {n}"),
+            &report,
+            reason,
+        )? {
+            self.state().set_gate_override(image, n, &o.by, &o.reason)?;
+        }
+        Ok(())
+    }
+
     /// Whether a version may become current, checking it first if it never
     /// was (a version published before the gate existed).
     pub(crate) fn gate_version_report(&self, image: &str, n: u32) -> Result<(Report, bool)> {
@@ -434,6 +466,135 @@ impl Service {
             .report
             .ok_or_else(|| ServiceError::Internal("gate check kept no report".into()))?;
         Ok((report, false))
+    }
+}
+
+/// What `khoi image fix` did: the remedies applied to the draft and the
+/// findings before and after (the diff the officer reads).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FixView {
+    pub image: String,
+    /// A draft was opened for the fix (otherwise the open one was fixed).
+    pub opened_draft: bool,
+    pub remedies: Vec<khoi_inspect::fix::Remedy>,
+    pub before: Report,
+    pub after: Report,
+    pub diff: khoi_inspect::fix::FindingsDiff,
+}
+
+/// The longest a fix may run before its tools are killed.
+const FIX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+impl Service {
+    /// Apply the safe remedies to the image's draft (opened over the current
+    /// version when there is none), then check it again. Admin only,
+    /// audited; the admin publishes as usual afterwards (the gate runs again).
+    pub fn image_fix(&self, actor: &Actor, image: &str) -> Result<FixView> {
+        if self.role_of(actor) != Some(Role::Admin) {
+            return Err(ServiceError::Forbidden(
+                "only an admin can fix an image".into(),
+            ));
+        }
+        let s = self.gate_settings(image)?;
+        // Decide from what the fix would write: the open draft, or the
+        // current version a new draft would start from.
+        let before = match self.store().draft(image) {
+            Some(d) => khoi_inspect::check(d.as_ref(), s.profile, &s.policy),
+            None => {
+                let n = self.store().current_version(image)?;
+                let dev = self.store().open_version(image, n)?;
+                khoi_inspect::check(dev.as_ref(), s.profile, &s.policy)
+            }
+        };
+        if let Some(why) = khoi_inspect::fix::refusal(&before) {
+            return Err(ServiceError::Conflict(format!(
+                "image {image:?} cannot be fixed: {why}"
+            )));
+        }
+        let remedies = khoi_inspect::fix::remedies(&before);
+        if remedies.is_empty() {
+            return Ok(FixView {
+                image: image.into(),
+                opened_draft: false,
+                remedies,
+                diff: khoi_inspect::fix::diff(&before, &before),
+                after: before.clone(),
+                before,
+            });
+        }
+        let opened_draft = self.store().draft(image).is_none();
+        if opened_draft {
+            self.draft_open(actor, image)?;
+        }
+        // Publish and discard take this lock: the draft stays put while the
+        // tools write it.
+        let _g = self.admin_lock();
+        let draft = self
+            .store()
+            .draft(image)
+            .ok_or_else(|| ServiceError::Conflict(format!("the draft of {image:?} went away")))?;
+        let target = khoi_inspect::fix::locate(draft.as_ref())
+            .map_err(|e| ServiceError::Conflict(format!("image {image:?} cannot be fixed: {e}")))?;
+        // In the temporary folder, not the data folder: the child may run as
+        // `nobody` (when Khoi is root), who cannot reach into the 0700 data
+        // folder; the packaged unit's PrivateTmp makes it private to Khoi and
+        // emptied at every restart, which also clears what a killed fix left.
+        let work = khoi_inspect::fix::workdir_in(&std::env::temp_dir())
+            .map_err(|e| ServiceError::Internal(format!("fix work folder: {e}")))?;
+        crate::staging::sandbox::chown_dir_for_child(work.path())
+            .map_err(|e| ServiceError::Internal(format!("fix work folder: {e}")))?;
+        let opts = khoi_inspect::fix::ApplyOptions {
+            workdir: work.path().to_path_buf(),
+            timeout: FIX_TIMEOUT,
+        };
+        let dev: Arc<dyn khoi_block::BlockDevice> = draft.clone();
+        let applied = khoi_inspect::fix::apply(dev, target, &remedies, &opts, &|cmd| {
+            crate::staging::sandbox::confine_fix(cmd);
+        });
+        draft
+            .flush()
+            .map_err(|e| ServiceError::Internal(format!("flush the draft: {e}")))?;
+        let after = khoi_inspect::check(draft.as_ref(), s.profile, &s.policy);
+        let names: Vec<&str> = remedies.iter().map(|r| r.name()).collect();
+        let names = names.join(", ");
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(image, "fix failed: {e}");
+                self.audit_args(
+                    actor,
+                    "image.fix.failed",
+                    image,
+                    &format!("{names}: the tools failed"),
+                    &[("remedies", &names)],
+                );
+                return Err(ServiceError::Conflict(format!(
+                    "the fix of {image:?} did not finish (details in the server log); the draft \
+                     may be partly fixed: check it, or discard it"
+                )));
+            }
+        };
+        tracing::debug!(image, log = %applied.log, "fix tools output");
+        let diff = khoi_inspect::fix::diff(&before, &after);
+        let (fixed, left) = (
+            diff.fixed.len().to_string(),
+            after.findings.len().to_string(),
+        );
+        self.audit_args(
+            actor,
+            "image.fix",
+            image,
+            &format!("draft: {names}; {fixed} finding(s) fixed, {left} left"),
+            &[("remedies", &names), ("fixed", &fixed), ("left", &left)],
+        );
+        Ok(FixView {
+            image: image.into(),
+            opened_draft,
+            remedies: applied.remedies,
+            before,
+            after,
+            diff,
+        })
     }
 }
 
@@ -720,6 +881,200 @@ mod tests {
         assert_eq!(report.profile, Profile::Kiosk);
         assert!(report.has(RuleId::ExtraAdministrator), "{report:?}");
         assert_eq!(events(&svc, "image.gate.settings").len(), 2);
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn fix_turns_a_failing_version_into_a_passing_draft_that_publishes_without_the_secrets() {
+        let (_, dirty) = images();
+        let psk = "KhoaWifiBiMat2025";
+        let mut img = Image::clean();
+        img.user(1002, "quantri", true);
+        img.logins.insert(
+            chrome_login("canbo", "Default"),
+            vec![Login {
+                origin: "https://dichvucong.gov.vn/".into(),
+                blacklisted: false,
+            }],
+        );
+        img.files.insert(
+            "ProgramData\\Microsoft\\Wlansvc\\Profiles\\Interfaces\\{6B4A1E6B-1111-2222-3333-444455556666}\\p.xml".into(),
+            format!("<WLANProfile><keyMaterial>{psk}</keyMaterial></WLANProfile>").into_bytes(),
+        );
+        img.software
+            .unset("Policies\\Google\\Chrome", "PasswordManagerEnabled");
+        let bytes = img.build();
+        assert!(contains(&bytes, psk.as_bytes()));
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        let v1 = import(&svc, &bytes);
+        assert_eq!(
+            svc.gate_result("win", v1).expect("r").status,
+            GateStatus::Failed
+        );
+
+        assert!(matches!(
+            svc.image_fix(&web("op"), "win"),
+            Err(ServiceError::Forbidden(_))
+        ));
+        assert!(
+            svc.store().draft("win").is_none(),
+            "an operator opens nothing"
+        );
+
+        let view = svc.image_fix(&web("an"), "win").expect("fix");
+        assert!(view.opened_draft);
+        assert!(!view.before.passed());
+        assert!(view.after.findings.is_empty(), "{:#?}", view.after.findings);
+        let fixed: Vec<RuleId> = view.diff.fixed.iter().map(|f| f.rule).collect();
+        for id in [
+            RuleId::SavedBrowserPassword,
+            RuleId::WlanProfileSaved,
+            RuleId::PasswordManagerChrome,
+        ] {
+            assert!(fixed.contains(&id), "{id:?} not fixed: {fixed:?}");
+        }
+        let ev = events(&svc, "image.fix");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].actor, "an");
+
+        // Published as usual: the gate runs again and passes.
+        let v2 = publish(&svc, "an", None).expect("publish the fixed draft");
+        assert_eq!(v2.gate, GateStatus::Passed);
+        let dev = svc.store().open_version("win", v2.number).expect("v2");
+        let mut raw = vec![0u8; usize::try_from(dev.size()).expect("size")];
+        dev.read_at(&mut raw, 0).expect("read v2");
+        assert!(
+            !contains(&raw, psk.as_bytes()),
+            "the Wi-Fi key reached the version"
+        );
+        assert!(
+            !contains(&raw, b"canbo.secret"),
+            "the saved login reached the version"
+        );
+        assert!(contains(dirty, b"canbo.secret"), "the fixture had it");
+        // ntfs-3g's own reader agrees: no profile file is left.
+        let part = dir.path().join("part.img");
+        let target = khoi_inspect::fix::locate(dev.as_ref()).expect("locate");
+        let start = usize::try_from(target.part_start).expect("start");
+        let len = usize::try_from(target.part_len).expect("len");
+        std::fs::write(&part, &raw[start..start + len]).expect("part");
+        let out = std::process::Command::new("ntfsls")
+            .arg("-R")
+            .arg(&part)
+            .output()
+            .expect("ntfsls");
+        assert!(out.status.success());
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(listing.contains("Login Data"), "{listing}");
+        assert!(!listing.contains("p.xml"), "{listing}");
+
+        // Nothing left to fix: no draft is opened for nothing.
+        let again = svc.image_fix(&web("an"), "win").expect("fix again");
+        assert!(again.remedies.is_empty() && !again.opened_draft);
+        assert!(svc.store().draft("win").is_none());
+    }
+
+    #[test]
+    fn fix_refuses_a_dirty_volume_and_opens_no_draft() {
+        let mut img = Image::clean();
+        img.user(1002, "quantri", true);
+        img.dirty = true;
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        import(&svc, &img.build());
+        let Err(ServiceError::Conflict(why)) = svc.image_fix(&web("an"), "win") else {
+            panic!("a dirty volume must be refused");
+        };
+        assert!(why.contains("dirty"), "{why}");
+        assert!(svc.store().draft("win").is_none());
+    }
+
+    #[test]
+    fn pinning_a_seat_to_a_failed_version_needs_an_admin_override() {
+        let (clean, dirty) = images();
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        let v1 = import(&svc, clean);
+        let v2 = import(&svc, dirty);
+        assert_eq!(
+            svc.gate_result("win", v2).expect("r").status,
+            GateStatus::Failed
+        );
+        let add = |version| crate::service::AddSeat {
+            name: "quay-1".into(),
+            mac: "52:54:00:12:34:01".into(),
+            image: "win".into(),
+            version,
+            policy: None,
+            quota: None,
+            initiator_iqn: None,
+            mutual_chap: false,
+        };
+        // A new seat pinned to the failed version: refused with the findings.
+        let Err(ServiceError::Gate(refusal)) = svc.add_seat(&web("an"), &add(Some(v2))) else {
+            panic!("pinning a new seat to a failed version must be refused");
+        };
+        assert!(
+            refusal
+                .findings
+                .iter()
+                .any(|f| f.rule == RuleId::SavedBrowserPassword)
+        );
+        assert!(svc.state().seat("quay-1").is_err(), "no seat was added");
+
+        // An existing seat re-pinned: refused, then an operator cannot
+        // override, then an admin can, audited.
+        svc.add_seat(&web("an"), &add(Some(v1)))
+            .expect("pin to the clean one");
+        let pin = khoi_state::SeatUpdate {
+            pinned_version: Some(Some(v2)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            svc.update_seat(&web("an"), "quay-1", &pin),
+            Err(ServiceError::Gate(_))
+        ));
+        assert!(matches!(
+            svc.update_seat_with(&web("op"), "quay-1", &pin, Some("the clerk needs it today")),
+            Err(ServiceError::Forbidden(_))
+        ));
+        assert_eq!(
+            svc.state().seat("quay-1").expect("seat").pinned_version,
+            Some(v1)
+        );
+        svc.update_seat_with(
+            &web("an"),
+            "quay-1",
+            &pin,
+            Some("pilot seat, fix next week"),
+        )
+        .expect("admin override");
+        assert_eq!(
+            svc.state().seat("quay-1").expect("seat").pinned_version,
+            Some(v2)
+        );
+        let ev = events(&svc, "image.gate.override");
+        assert_eq!(ev.len(), 1);
+        assert!(
+            ev[0].detail.contains("pin seat quay-1 to version"),
+            "{}",
+            ev[0].detail
+        );
+        assert_eq!(
+            svc.gate_result("win", v2).expect("r").status,
+            GateStatus::Overridden
+        );
+        // Unpinning and pinning to a passing version need nothing.
+        let unpin = khoi_state::SeatUpdate {
+            pinned_version: Some(None),
+            ..Default::default()
+        };
+        svc.update_seat(&web("op"), "quay-1", &unpin)
+            .expect("unpin");
     }
 
     fn wait_for(svc: &Service, n: u32, ok: impl Fn(GateStatus) -> bool) -> GateResult {

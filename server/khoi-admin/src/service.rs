@@ -919,10 +919,32 @@ impl Service {
         req: &AddSeat,
         network: Option<&str>,
     ) -> Result<SeatView> {
+        self.add_seat_with(actor, req, network, None)
+    }
+
+    /// [`Service::add_seat_on`]; pinning the seat to a version that failed
+    /// the gate needs an admin's written `override_reason`, as a rollback
+    /// does.
+    pub fn add_seat_with(
+        &self,
+        actor: &Actor,
+        req: &AddSeat,
+        network: Option<&str>,
+        override_reason: Option<&str>,
+    ) -> Result<SeatView> {
         let mac: Mac = req
             .mac
             .parse()
             .map_err(|e: String| ServiceError::invalid("mac", e))?;
+        if let Some(n) = req.version
+            && self
+                .store
+                .versions(&req.image)?
+                .iter()
+                .any(|v| v.number == n)
+        {
+            self.gate_pin(actor, &req.image, n, &req.name, override_reason)?;
+        }
         let _g = self.admin.lock();
         let versions = self.store.versions(&req.image)?;
         if let Some(n) = req.version
@@ -1181,6 +1203,12 @@ impl Service {
         out
     }
 
+    /// The admin mutation lock, for long operations in sibling modules
+    /// (the image fix holds it while its tools write the draft).
+    pub(crate) fn admin_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.admin.lock()
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
     }
@@ -1188,6 +1216,26 @@ impl Service {
     /// Change a seat. A new image or pin takes effect at its next reset, like
     /// a publish; maintenance takes effect at its next boot.
     pub fn update_seat(&self, actor: &Actor, name: &str, up: &SeatUpdate) -> Result<SeatView> {
+        self.update_seat_with(actor, name, up, None)
+    }
+
+    /// [`Service::update_seat`]; a new pin to a version that failed the gate
+    /// needs an admin's written `override_reason`.
+    pub fn update_seat_with(
+        &self,
+        actor: &Actor,
+        name: &str,
+        up: &SeatUpdate,
+        override_reason: Option<&str>,
+    ) -> Result<SeatView> {
+        if let Some(Some(n)) = up.pinned_version {
+            let cur = self.state.seat(name)?;
+            let image = up.image.clone().unwrap_or_else(|| cur.image.clone());
+            let exists = self.store.versions(&image)?.iter().any(|v| v.number == n);
+            if exists && (cur.pinned_version != Some(n) || image != cur.image) {
+                self.gate_pin(actor, &image, n, name, override_reason)?;
+            }
+        }
         let _g = self.admin.lock();
         let old = self.state.seat(name)?;
         let image = up.image.clone().unwrap_or_else(|| old.image.clone());

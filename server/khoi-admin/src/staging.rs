@@ -29,7 +29,7 @@
 //! removed, so [`sweep`] at server start removes exactly the leftovers of
 //! killed imports and never a file the CLI is still writing.
 
-mod sandbox;
+pub(crate) mod sandbox;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -249,7 +249,6 @@ pub struct Applied {
 /// the rest are step names. Exit codes: the failing step's tool's.
 const SCRIPT: &str = r#"
 set -eu
-SCRUB=$KHOI_HIVE_SCRUB
 W=$1; shift
 M=$W/mnt; D=$W/dev
 mkdir -p "$M" "$D"
@@ -311,7 +310,7 @@ for step in "$@"; do
       # the old values still in them.
       cp -- "$f" "$W/$h.hive"
       hivexregedit --merge --prefix 'HKEY_LOCAL_MACHINE\X' "$W/$h.hive" "$W/$h.reg"
-      perl -e "$SCRUB" "$W/$h.hive" "$(stat -c %s -- "$f")"
+      perl "$W/scrub.pl" "$W/$h.hive" "$(stat -c %s -- "$f")"
       dd if="$W/$h.hive" of="$f" bs=1M conv=notrunc status=none ;;
     *) echo "unknown step $step"; exit 64 ;;
   esac
@@ -444,6 +443,7 @@ pub fn apply(
         });
     }
     let (regs, steps) = plan(remedies, target.control_set);
+    std::fs::write(opts.workdir.join("scrub.pl"), HIVE_SCRUB)?;
     for (name, text) in &regs {
         std::fs::write(opts.workdir.join(format!("{name}.reg")), text)?;
     }
@@ -475,7 +475,6 @@ pub fn apply(
     ])
     .arg(&opts.workdir)
     .args(&steps)
-    .env("KHOI_HIVE_SCRUB", HIVE_SCRUB)
     .stdin(Stdio::null())
     .stdout(log.try_clone()?)
     .stderr(log)

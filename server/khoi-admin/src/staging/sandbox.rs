@@ -137,6 +137,83 @@ pub fn confine(cmd: &mut Command, read: &[&File], write: &[&File], limits: Rlimi
     }
 }
 
+/// CPU seconds for one `khoi image fix` run (sqlite3, hivex and ntfs-3g
+/// over a 64 GiB image take a small fraction of it).
+const FIX_CPU_SECS: u64 = 20 * 60;
+/// Largest file a fix tool may write: a hive copy (hives are capped at
+/// 512 MiB by the check) with room to grow.
+const FIX_MAX_FILE: u64 = 2 << 30;
+
+/// Sets up the `khoi image fix` child (`unshare` → nbdfuse, ntfs-3g, the
+/// remedy tools): `nobody` when Khoi is root, `no_new_privs`, resource
+/// limits, dies with Khoi. No Landlock here: a Landlock-restricted process
+/// may not mount, and mounting FUSE inside its own user namespace is what
+/// this child is for; what it can reach is its work folder and the one NBD
+/// connection it inherits.
+pub fn confine_fix(cmd: &mut Command) {
+    let path = std::env::var_os("PATH");
+    cmd.env_clear().env("LC_ALL", "C");
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let drop_privs = drops_to_nobody();
+    let rl = [
+        (libc::RLIMIT_CPU, FIX_CPU_SECS),
+        (libc::RLIMIT_FSIZE, FIX_MAX_FILE),
+        (libc::RLIMIT_CORE, 0),
+    ];
+    let hook = move || -> std::io::Result<()> {
+        // Runs between fork and exec: only raw system calls, no allocation.
+        let fail = || Err(std::io::Error::last_os_error());
+        for (res, v) in rl {
+            let lim = libc::rlimit {
+                rlim_cur: v,
+                rlim_max: v,
+            };
+            // SAFETY: `lim` is a valid rlimit value.
+            if unsafe { libc::setrlimit(res, &lim) } < 0 {
+                return fail();
+            }
+        }
+        if drop_privs {
+            // SAFETY: plain credential changes in the child; gid before uid.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) < 0
+                    || libc::setresgid(NOBODY, NOBODY, NOBODY) < 0
+                    || libc::setresuid(NOBODY, NOBODY, NOBODY) < 0
+                {
+                    return fail();
+                }
+            }
+        }
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } < 0 {
+            return fail();
+        }
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+            return fail();
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls on values
+    // prepared before the fork.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Give a private work folder to the child's uid (when it drops to
+/// `nobody`), mode 0700.
+pub fn chown_dir_for_child(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(uid) = child_uid() {
+        std::os::unix::fs::chown(dir, Some(uid), Some(uid))?;
+    }
+    Ok(())
+}
+
 /// Landlock, spoken directly (no crate): a rule set is made in the parent
 /// and enforced by the child just before exec.
 mod landlock {
