@@ -98,7 +98,7 @@ pub struct RuleInfo {
     pub title_en: &'static str,
     pub fix_vi: &'static str,
     pub fix_en: &'static str,
-    /// `khoi image fix` can apply the remedy offline (a later step).
+    /// `khoi image fix` can apply the remedy offline (`fix::Remedy`).
     pub auto_fix: bool,
 }
 
@@ -382,7 +382,7 @@ pub fn rules_markdown() -> String {
             "### `{}`\n\n\
              - Mục chỉ thị / directive item: {}\n\
              - Mức độ / severity: counter: {}; kiosk: {}\n\
-             - Sửa tự động bằng `khoi image fix` (bước sau) / auto-fix by `khoi image fix` (later step): {}\n\
+             - Sửa tự động bằng `khoi image fix` / auto-fix by `khoi image fix`: {}\n\
              - vi: {} **Cách sửa:** {}\n\
              - en: {} **Fix:** {}\n\n",
             rule_name(r.id),

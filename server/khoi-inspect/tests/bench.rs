@@ -152,3 +152,29 @@ fn check_time_and_scaling() {
     }
     time(&big, "big fixture");
 }
+
+/// The figure: a 64 GiB image with 100,000 files (sizes from
+/// `KHOI_BENCH_NTFS_MIB` and `KHOI_BENCH_FILES`; `scripts/bench-check.sh`
+/// sets them). The NTFS file is sparse: only what ntfs-3g wrote takes room.
+#[test]
+#[ignore = "benchmark"]
+fn check_time_big_image() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mib = env("KHOI_BENCH_NTFS_MIB", 64 * 1024);
+    let files = env("KHOI_BENCH_FILES", 100_000);
+    let mut img = Image::clean();
+    img.ntfs_mib = mib;
+    // 1,000 files a folder, like a profile's cache folders.
+    for i in 0..files {
+        img.files.insert(
+            format!("Data\\d{:03}\\f{:05}.txt", i / 1000, i % 1000),
+            format!("{i}").into_bytes(),
+        );
+    }
+    time(&img, &format!("{mib} MiB NTFS, {files} files"));
+}

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use khoi_admin::gate::{GateResult, GateSettings};
+use khoi_admin::gate::{FixView, GateResult, GateSettings};
 use khoi_admin::schedule::{RunReport, ScheduleSettings, ScheduleView, Scheduler};
 use khoi_admin::service::{
     Actor, AddSeat, Health, ImageView, PublishRequest as PublishWith, ResetReport, SeatDetails,
@@ -345,6 +345,7 @@ pub fn router(state: ApiState) -> Router {
             get(gate_settings).put(gate_settings_set),
         )
         .route("/v1/images/{name}/check", post(gate_check))
+        .route("/v1/images/{name}/fix", post(image_fix))
         .route("/v1/seats", get(seats).post(add_seat))
         .route(
             "/v1/seats/{name}",
@@ -467,6 +468,16 @@ async fn gate_check(
     .await
 }
 
+/// Apply the safe remedies to the draft (admin only); minutes at most, on
+/// the blocking pool.
+async fn image_fix(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+) -> ApiResult<FixView> {
+    blocking(move || st.service.image_fix(&who, &name)).await
+}
+
 async fn draft_open(
     State(st): State<ApiState>,
     Who(who): Who,
@@ -504,6 +515,10 @@ pub struct AddSeatRequest {
     pub seat: AddSeat,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// An admin's reason when the seat is pinned to a version that failed
+    /// the image gate.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
 }
 
 async fn add_seat(
@@ -512,8 +527,12 @@ async fn add_seat(
     Body422(req): Body422<AddSeatRequest>,
 ) -> ApiResult<SeatView> {
     blocking(move || {
-        st.service
-            .add_seat_on(&who, &req.seat, req.network.as_deref())
+        st.service.add_seat_with(
+            &who,
+            &req.seat,
+            req.network.as_deref(),
+            req.override_reason.as_deref(),
+        )
     })
     .await
 }
@@ -710,9 +729,23 @@ async fn update_seat(
     State(st): State<ApiState>,
     Who(who): Who,
     Path(name): Path<String>,
-    Body422(req): Body422<SeatUpdate>,
+    Body422(req): Body422<SeatUpdateWith>,
 ) -> ApiResult<SeatView> {
-    blocking(move || st.service.update_seat(&who, &name, &req)).await
+    blocking(move || {
+        st.service
+            .update_seat_with(&who, &name, &req.update, req.override_reason.as_deref())
+    })
+    .await
+}
+
+/// A seat change, with an admin's reason when it pins the seat to a version
+/// that failed the image gate.
+#[derive(Debug, Deserialize)]
+pub struct SeatUpdateWith {
+    #[serde(flatten)]
+    pub update: SeatUpdate,
+    #[serde(default, rename = "override")]
+    pub override_reason: Option<String>,
 }
 
 async fn maintenance(

@@ -113,6 +113,12 @@ pub enum ImageCmd {
     /// Run the image gate now on a version (NAME@N), the draft (NAME@draft)
     /// or the current version (NAME) and print what it found.
     Check { target: String },
+    /// Admin only: open a draft (if none is open) and apply the safe
+    /// remedies offline (saved passwords, browser password-manager
+    /// policies, Wi-Fi profiles and service, Fast Startup, hiberfil.sys,
+    /// the stored autologon password), then print what was fixed and what
+    /// is left. Publish the draft afterwards as usual.
+    Fix { name: String },
     /// Set the image's gate profile: counter (TTHC workstation) or kiosk
     /// (public computer, no enabled administrator at all).
     Profile {
@@ -209,6 +215,10 @@ pub struct SeatAdd {
     /// The boot network the seat is answered on (default: the first under `pxe`).
     #[arg(long)]
     pub network: Option<String>,
+    /// Admin only: pin to a version that failed the image gate anyway, with
+    /// the reason (kept in the audit log with the findings).
+    #[arg(long = "override", value_name = "REASON")]
+    pub override_reason: Option<String>,
 }
 
 fn parse_policy(s: &str) -> Result<ResetPolicy, String> {

@@ -527,6 +527,33 @@ fn image(client: &Client, out: &Out, cmd: ImageCmd) -> anyhow::Result<()> {
                 }
             })
         }
+        ImageCmd::Fix { name } => {
+            let v: khoi_admin::gate::FixView =
+                client.post(&format!("/v1/images/{}/fix", urlencode(&name)), &())?;
+            out.print(&v, |v| {
+                if v.remedies.is_empty() {
+                    println!("{name}: nothing the fix can change");
+                } else {
+                    let names: Vec<&str> = v.remedies.iter().map(|r| r.name()).collect();
+                    println!(
+                        "{name}: fixed in the draft{}: {}",
+                        if v.opened_draft {
+                            " (opened for it)"
+                        } else {
+                            ""
+                        },
+                        names.join(", ")
+                    );
+                }
+                println!("fixed ({}):", v.diff.fixed.len());
+                print!("{}", findings_text(&v.diff.fixed));
+                println!("left ({}):", v.after.findings.len());
+                print!("{}", findings_text(&v.after.findings));
+                if !v.remedies.is_empty() {
+                    println!("publish it with: khoi draft publish {name} --note \"...\"");
+                }
+            })
+        }
         ImageCmd::Profile { name, profile } => {
             let path = format!("/v1/images/{}/gate", urlencode(&name));
             let mut g: serde_json::Value = client.get(&path)?;
@@ -620,6 +647,7 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
                         mutual_chap: a.mutual_chap,
                     },
                     network: a.network,
+                    override_reason: a.override_reason,
                 },
             )?;
             out.print(&s, |s| {

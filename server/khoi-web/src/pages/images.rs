@@ -31,6 +31,7 @@ pub fn router() -> Router<WebState> {
         .route("/images/{name}/rollback", post(rollback))
         .route("/images/{name}/gate", post(gate_save))
         .route("/images/{name}/check", post(gate_check))
+        .route("/images/{name}/fix", post(image_fix))
         .route("/images/{name}/versions/{n}/delete", post(version_delete))
 }
 
@@ -423,6 +424,34 @@ async fn gate_check(
                 "{} {}",
                 t(ctx.lang, "msg.gate_checked"),
                 t(ctx.lang, s.key())
+            )
+        }),
+    )
+}
+
+/// Apply the safe remedies to the draft (admin only: the service refuses
+/// anyone else) and say what was fixed and what is left.
+async fn image_fix(
+    State(st): State<WebState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(name): Path<String>,
+    Form(_f): FormMap,
+) -> Response {
+    let svc = Arc::clone(&st.service);
+    let who = ctx.actor();
+    let n = name.clone();
+    let r = call(move || svc.image_fix(&who, &n)).await;
+    done(
+        &st,
+        &ctx,
+        &format!("/images/{name}"),
+        r.map(|v| {
+            format!(
+                "{} {} / {} {}",
+                t(ctx.lang, "msg.fix_fixed"),
+                v.diff.fixed.len(),
+                t(ctx.lang, "msg.fix_left"),
+                v.after.findings.len()
             )
         }),
     )
