@@ -389,7 +389,11 @@ pub fn rules_markdown() -> String {
             items.join(", "),
             severity_text(r.counter),
             severity_text(r.kiosk),
-            if r.auto_fix { "có / yes" } else { "không / no" },
+            if r.auto_fix {
+                "có / yes"
+            } else {
+                "không / no"
+            },
             r.title_vi,
             r.fix_vi,
             r.title_en,
