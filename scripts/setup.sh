@@ -11,6 +11,10 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # binaries the TFTP server hands out. NBD's TLS (pre-shared keys) links the
 # system OpenSSL: libssl-dev and pkg-config to build, libssl3 at run time.
 run_pkgs=(qemu-utils ipxe libssl-dev pkg-config)
+# `khoi image fix` writes a draft's NTFS with ntfs-3g through nbdfuse
+# (libnbd-bin), hives with hivexregedit, Login Data with sqlite3; the
+# compliance report's PDF embeds DejaVu (fonts-dejavu-core).
+run_pkgs+=(ntfs-3g libnbd-bin libhivex-bin libwin-hivex-perl sqlite3 fonts-dejavu-core)
 # Real peers: NBD clients (libnbd-bin, fio, qemu-io), NBD peers for the
 # benchmark (nbdkit, qemu-nbd), iSCSI initiators (libiscsi-bin, qemu's
 # iscsi:// driver in qemu-block-extra) and tgt for the iSCSI benchmark.
@@ -36,6 +40,8 @@ test_pkgs+=(qemu-system-x86 ipxe-qemu ovmf dnsmasq-base iproute2 mtools syslinux
 # hivex, Chromium's `Login Data` with sqlite3, MBR/GPT tables with fdisk's
 # sfdisk and gdisk's sgdisk.
 test_pkgs+=(ntfs-3g libhivex-bin libwin-hivex-perl gdisk)
+# The compliance report's PDF is read back with pdftotext.
+test_pkgs+=(poppler-utils)
 
 # scripts/bench-sync.sh compares province sync with rsync -z (and zstd for the
 # delta's compressed size, bc for the table).

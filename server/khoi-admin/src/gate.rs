@@ -1077,6 +1077,113 @@ mod tests {
             .expect("unpin");
     }
 
+    /// The compliance report (here with the gate's fixtures, which give it
+    /// a failed version and an override): every part the issue lists is in
+    /// the PDF, read back with poppler's pdftotext, diacritics included.
+    #[test]
+    fn compliance_report_pdf_has_every_part_in_vietnamese() {
+        let (clean, dirty) = images();
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        let v1 = import(&svc, clean);
+        draft_of(&svc, dirty);
+        let reason = "máy thí điểm, sửa ở bản sau";
+        publish(&svc, "an", Some(reason)).expect("override");
+        svc.add_seat(
+            &web("an"),
+            &crate::service::AddSeat {
+                name: "quay-tiep-nhan-1".into(),
+                mac: "52:54:00:12:34:01".into(),
+                image: "win".into(),
+                version: Some(v1),
+                policy: None,
+                quota: None,
+                initiator_iqn: None,
+                mutual_chap: false,
+            },
+        )
+        .expect("seat");
+        svc.audit_args(
+            &Actor::server(),
+            "nightly.run",
+            "all",
+            "reset 1 seat(s), 0 failed",
+            &[],
+        );
+        svc.set_report_network(crate::report::ReportNetwork {
+            server: "khoi-xa-an-binh".into(),
+            boot_interfaces: vec!["enp2s0 (10.10.0.1/24)".into()],
+            iscsi_portal: Some("10.10.0.1:3260".into()),
+            admin_address: Some("https://10.20.0.5:8443".into()),
+        });
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let now = i64::try_from(now).expect("now");
+        let r = svc
+            .compliance_report(now - 86_400, now + 60)
+            .expect("report");
+        assert_eq!(r.seats.len(), 1);
+        assert_eq!(r.versions.len(), 2);
+        assert_eq!(r.overrides.len(), 1);
+        assert_eq!(r.nightly_runs.len(), 1);
+        assert!(r.admin_total >= 4, "{:?}", r.admin_actions);
+        assert!(
+            svc.compliance_report(now, now - 1).is_err(),
+            "backwards period"
+        );
+
+        let pdf = svc
+            .compliance_report_pdf(now - 86_400, now + 60)
+            .expect("pdf");
+        assert!(pdf.starts_with(b"%PDF-"));
+        let file = dir.path().join("report.pdf");
+        std::fs::write(&file, &pdf).expect("write");
+        let out = std::process::Command::new("pdftotext")
+            .args(["-layout", "-enc", "UTF-8"])
+            .arg(&file)
+            .arg("-")
+            .output()
+            .expect("pdftotext (poppler-utils) must be installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let info = std::process::Command::new("pdfinfo")
+            .arg(&file)
+            .output()
+            .expect("pdfinfo");
+        let info = String::from_utf8_lossy(&info.stdout);
+        assert!(info.contains("595.28 x 841.89"), "A4: {info}");
+        for want in [
+            crate::report::TITLE_VI,
+            "Đơn vị:",
+            "Kỳ báo cáo",
+            "khoi-xa-an-binh",
+            "enp2s0 (10.10.0.1/24)",
+            "https://10.20.0.5:8443",
+            "quay-tiep-nhan-1",
+            "Máy quầy",
+            "Đạt",
+            "Đã bỏ qua",
+            reason,
+            "Làm sạch hằng đêm",
+            "reset 1 seat(s), 0 failed",
+            "Thao tác quản trị",
+            "image.gate.override",
+            "Người lập báo cáo (ký, ghi rõ họ tên)",
+            "Thủ trưởng đơn vị",
+        ] {
+            assert!(
+                text.contains(want),
+                "{want:?} missing from the PDF:\n{text}"
+            );
+        }
+    }
+
     fn wait_for(svc: &Service, n: u32, ok: impl Fn(GateStatus) -> bool) -> GateResult {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

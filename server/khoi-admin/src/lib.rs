@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod gate;
 pub mod metrics;
 pub mod networks;
+pub mod report;
 pub mod schedule;
 pub mod service;
 pub mod staging;

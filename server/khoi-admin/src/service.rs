@@ -72,7 +72,7 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    fn invalid(field: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
         ServiceError::Invalid {
             field: field.into(),
             reason: reason.into(),
@@ -325,6 +325,7 @@ pub struct Service {
     pub(crate) networks: parking_lot::RwLock<Vec<crate::networks::BootNetwork>>,
     /// The host checks for the admin page (`doctor`).
     pub(crate) doctor: crate::doctor::Doctor,
+    report_network: parking_lot::RwLock<crate::report::ReportNetwork>,
 }
 
 impl Service {
@@ -350,6 +351,7 @@ impl Service {
             gate_enforced: std::sync::atomic::AtomicBool::new(true),
             networks: parking_lot::RwLock::new(Vec::new()),
             doctor: crate::doctor::Doctor::default(),
+            report_network: parking_lot::RwLock::default(),
         }
     }
 
@@ -437,6 +439,10 @@ impl Service {
 
     /// Where the protocol servers report sessions and I/O; also owns the
     /// Prometheus registry.
+    pub(crate) fn report_network(&self) -> &parking_lot::RwLock<crate::report::ReportNetwork> {
+        &self.report_network
+    }
+
     pub fn activity(&self) -> &Arc<Activity> {
         &self.activity
     }
