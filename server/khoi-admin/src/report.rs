@@ -248,3 +248,30 @@ impl Service {
         pdf::render(&r, &fonts).map_err(ServiceError::Internal)
     }
 }
+
+/// The period `[from, to]` from two days (`YYYY-MM-DD`, Vietnam time, both
+/// whole days included); a missing `to` is today, a missing `from` 30 days
+/// before `to`.
+pub fn period(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64)> {
+    use chrono::{Duration, NaiveDate, TimeZone};
+    let tz = crate::schedule::vietnam();
+    let day = |field: &str, v: &str| {
+        NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d")
+            .map_err(|_| ServiceError::invalid(field, "use a date like 2026-11-20"))
+    };
+    let to_day = match to.filter(|v| !v.trim().is_empty()) {
+        Some(v) => day("to", v)?,
+        None => chrono::Utc::now().with_timezone(&tz).date_naive(),
+    };
+    let from_day = match from.filter(|v| !v.trim().is_empty()) {
+        Some(v) => day("from", v)?,
+        None => to_day - Duration::days(30),
+    };
+    let at = |d: NaiveDate, h, m, s| {
+        d.and_hms_opt(h, m, s)
+            .and_then(|t| tz.from_local_datetime(&t).single())
+            .map(|t| t.timestamp())
+            .ok_or_else(|| ServiceError::invalid("from", "not a valid day"))
+    };
+    Ok((at(from_day, 0, 0, 0)?, at(to_day, 23, 59, 59)?))
+}

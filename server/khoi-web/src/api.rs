@@ -356,6 +356,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/seats/{name}/reset", post(reset_seat))
         .route("/v1/reset-all", post(reset_all))
         .route("/v1/events", get(events))
+        .route("/v1/report", get(report))
+        .route("/v1/report.pdf", get(report_pdf))
         .route("/v1/health", get(health))
         .route("/v1/doctor", get(doctor))
         .route("/v1/unknown-macs", get(unknown_macs))
@@ -476,6 +478,55 @@ async fn image_fix(
     Path(name): Path<String>,
 ) -> ApiResult<FixView> {
     blocking(move || st.service.image_fix(&who, &name)).await
+}
+
+/// The report's period: two days, `YYYY-MM-DD` in Vietnam time.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReportQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// The compliance report (directive item 4) as JSON.
+async fn report(
+    State(st): State<ApiState>,
+    Query(q): Query<ReportQuery>,
+) -> ApiResult<khoi_admin::report::ComplianceReport> {
+    blocking(move || {
+        let (from, to) = khoi_admin::report::period(q.from.as_deref(), q.to.as_deref())?;
+        st.service.compliance_report(from, to)
+    })
+    .await
+}
+
+/// The compliance report as the Vietnamese A4 PDF.
+async fn report_pdf(
+    State(st): State<ApiState>,
+    Query(q): Query<ReportQuery>,
+) -> Result<axum::response::Response, crate::error::WebError> {
+    let pdf = tokio::task::spawn_blocking(move || {
+        let (from, to) = khoi_admin::report::period(q.from.as_deref(), q.to.as_deref())?;
+        st.service.compliance_report_pdf(from, to)
+    })
+    .await
+    .map_err(|e| crate::error::WebError::internal(format_args!("report task: {e}")))??;
+    Ok(pdf_response(pdf))
+}
+
+/// A PDF body, offered as a download named like the report.
+pub fn pdf_response(pdf: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/pdf"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"khoi-bao-cao.pdf\"",
+            ),
+        ],
+        pdf,
+    )
+        .into_response()
 }
 
 async fn draft_open(

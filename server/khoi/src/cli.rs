@@ -53,6 +53,18 @@ pub enum Command {
     /// Province distribution: keys, a pass now, status, retirement.
     #[command(subcommand)]
     Sync(SyncCmd),
+    /// The compliance report (directive item 4) of a period: seats, image
+    /// versions with their gate results and overrides, nightly resets,
+    /// admin actions. Days are YYYY-MM-DD in Vietnam time (default: the
+    /// last 30 days); --pdf writes the Vietnamese A4 PDF to FILE.
+    Report {
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        pdf: Option<PathBuf>,
+    },
     /// The audit and event log.
     Events {
         /// Only events about this seat, image or MAC.

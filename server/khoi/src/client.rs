@@ -70,12 +70,32 @@ impl Client {
         self.call("DELETE", path, None::<&()>)
     }
 
+    /// A body that is not JSON (the report's PDF).
+    pub fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        self.call_raw("GET", path, None::<&()>)
+    }
+
     fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
         body: Option<&B>,
     ) -> anyhow::Result<T> {
+        let body = self.call_raw(method, path, body)?;
+        let body = if body.is_empty() {
+            b"null".to_vec()
+        } else {
+            body
+        };
+        serde_json::from_slice(&body).context("the server's answer is not the expected JSON")
+    }
+
+    fn call_raw<B: Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<Vec<u8>> {
         let mut stream = UnixStream::connect(&self.socket).with_context(|| {
             format!(
                 "cannot reach the Khoi server at {} (is `khoi serve` running with the same --data/--config?)",
@@ -108,12 +128,7 @@ impl Client {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
             return Err(ApiFailure { message }.into());
         }
-        let body = if body.is_empty() {
-            b"null".to_vec()
-        } else {
-            body
-        };
-        serde_json::from_slice(&body).context("the server's answer is not the expected JSON")
+        Ok(body)
     }
 }
 

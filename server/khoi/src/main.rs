@@ -265,6 +265,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => println!("an admin account exists, or the admin page is off"),
             })
         }
+        Command::Report { from, to, pdf } => {
+            let mut q = Vec::new();
+            if let Some(f) = &from {
+                q.push(format!("from={}", urlencode(f)));
+            }
+            if let Some(t) = &to {
+                q.push(format!("to={}", urlencode(t)));
+            }
+            let q = q.join("&");
+            if let Some(file) = pdf {
+                let bytes = client.get_bytes(&format!("/v1/report.pdf?{q}"))?;
+                std::fs::write(&file, &bytes)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                println!("wrote {} ({} bytes)", file.display(), bytes.len());
+                return Ok(());
+            }
+            let r: khoi_admin::report::ComplianceReport = client.get(&format!("/v1/report?{q}"))?;
+            out.print(&r, |r| {
+                use khoi_admin::report::pdf::{gate_vi, vn_date};
+                println!("{}", khoi_admin::report::TITLE_VI);
+                println!("{} – {}", vn_date(r.from), vn_date(r.to));
+                println!("seats ({}):", r.seats.len());
+                for s in &r.seats {
+                    println!(
+                        "  {:<18} {:<12} v{:<4} {:<8} {}",
+                        s.name,
+                        s.image,
+                        s.version.map_or("-".into(), |v| v.to_string()),
+                        s.profile,
+                        s.policy
+                    );
+                }
+                println!("versions ({}):", r.versions.len());
+                for v in &r.versions {
+                    println!(
+                        "  {:<12} {:<4} {:<14} {}",
+                        v.image,
+                        v.version,
+                        gate_vi(v.gate),
+                        v.override_reason.as_deref().unwrap_or("")
+                    );
+                }
+                println!("nightly resets: {}", r.nightly_runs.len());
+                println!("admin actions: {}", r.admin_total);
+                for k in &r.admin_actions {
+                    println!("  {:<28} {}", k.kind, k.count);
+                }
+                println!("gate overrides: {}", r.overrides.len());
+                for e in &r.overrides {
+                    println!(
+                        "  {}  {}  {}",
+                        khoi_web::pages::fmt_time(e.ts),
+                        e.actor,
+                        e.detail
+                    );
+                }
+            })
+        }
         Command::Events { subject, limit } => {
             let mut path = format!("/v1/events?limit={limit}");
             if let Some(s) = subject {

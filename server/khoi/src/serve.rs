@@ -79,6 +79,23 @@ fn record_block_event(recorder: &Recorder, ev: BlockEvent) {
     }
 }
 
+/// Where seats and the page are served, for the compliance report.
+fn report_network(config: &Config) -> khoi_admin::report::ReportNetwork {
+    let server = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    khoi_admin::report::ReportNetwork {
+        server,
+        boot_interfaces: config
+            .pxe
+            .iter()
+            .map(|p| format!("{} ({})", p.interface, p.server_ip))
+            .collect(),
+        iscsi_portal: config.listen.iscsi.map(|a| a.to_string()),
+        admin_address: config.admin.listen.map(|a| a.to_string()),
+    }
+}
+
 /// How a local admin reaches a seat over NBD, for `khoi seat show`: the
 /// unix socket's absolute path when it is on, else the TCP base URI.
 fn nbd_address(config: &Config) -> Option<String> {
@@ -219,6 +236,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     service.set_import_limits(config.import_limits());
     service.set_doctor(crate::doctor::runner(config.clone()));
+    service.set_report_network(report_network(&config));
 
     seed_last_boots(&service);
     let unclean = service.fence_after_unclean_stop();

@@ -28,6 +28,7 @@ mod doctor;
 mod images;
 mod login;
 pub mod province;
+mod report;
 mod schedule;
 mod seats;
 mod users;
@@ -46,6 +47,7 @@ pub fn router() -> Router<WebState> {
         .merge(seats::router())
         .merge(schedule::router())
         .merge(audit::router())
+        .merge(report::router())
         .merge(users::router())
         .merge(doctor::router())
         .merge(province::router())
