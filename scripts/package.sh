@@ -56,7 +56,7 @@ Version: $version
 Architecture: amd64
 Maintainer: Khoi maintainers <khoi@localhost>
 Installed-Size: $size
-Depends: qemu-utils, ipxe, libssl3, adduser, libc6, fonts-dejavu-core, ntfs-3g, libnbd-bin, libhivex-bin, libwin-hivex-perl, sqlite3
+Depends: qemu-utils, ipxe, libssl3, adduser, libc6, fonts-dejavu-core, fonts-noto-mono, ntfs-3g, libnbd-bin, libhivex-bin, libwin-hivex-perl, sqlite3
 Section: net
 Priority: optional
 Description: diskless boot server for rooms of Windows workstations

@@ -13,8 +13,9 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 run_pkgs=(qemu-utils ipxe libssl-dev pkg-config)
 # `khoi image fix` writes a draft's NTFS with ntfs-3g through nbdfuse
 # (libnbd-bin), hives with hivexregedit, Login Data with sqlite3; the
-# compliance report's PDF embeds DejaVu (fonts-dejavu-core).
-run_pkgs+=(ntfs-3g libnbd-bin libhivex-bin libwin-hivex-perl sqlite3 fonts-dejavu-core)
+# compliance report's PDF embeds DejaVu Sans and Noto Sans Mono
+# (fonts-dejavu-core, fonts-noto-mono).
+run_pkgs+=(ntfs-3g libnbd-bin libhivex-bin libwin-hivex-perl sqlite3 fonts-dejavu-core fonts-noto-mono)
 # Real peers: NBD clients (libnbd-bin, fio, qemu-io), NBD peers for the
 # benchmark (nbdkit, qemu-nbd), iSCSI initiators (libiscsi-bin, qemu's
 # iscsi:// driver in qemu-block-extra) and tgt for the iSCSI benchmark.

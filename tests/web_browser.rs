@@ -128,4 +128,34 @@ async fn admin_page_in_headless_chromium() {
         "published then rolled back"
     );
     assert!(images.iter().any(|i| i.name == "lab"), "uploaded image");
+
+    // The PDF the browser downloaded opens, and its rows are there with
+    // their Vietnamese diacritics.
+    let pdf = root.join("target/test-artifacts/browser/report.pdf");
+    let text = Command::new("pdftotext")
+        .args(["-layout", "-enc", "UTF-8"])
+        .arg(&pdf)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils) must be installed");
+    assert!(
+        text.status.success(),
+        "pdftotext failed on {}",
+        pdf.display()
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    for want in [
+        "Báo cáo bảo đảm an ninh hệ thống máy trạm giải quyết TTHC",
+        seats[0].name.as_str(),
+        "win10",
+        "Không đạt",
+        "Thao tác quản trị trong kỳ",
+        "draft.publish",
+        "Người lập báo cáo",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want:?} missing from the PDF:\n{text}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 // tests/web_browser.rs starts the server and passes KHOI_URL, KHOI_PASSWORD,
 // KHOI_IMAGE (a raw disk on the server), KHOI_UNKNOWN_MAC and KHOI_ARTIFACTS.
 import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import assert from "node:assert/strict";
 
@@ -99,6 +99,31 @@ try {
   await page.goto(`${url}/audit`);
   assert.match(await page.textContent("table.events"), /draft\.publish/);
   await shot("audit");
+
+  // The compliance report: English page, Vietnamese page, print layout,
+  // and the server-made PDF (read back by the Rust side with pdftotext).
+  await page.goto(`${url}/report`);
+  assert.match(await page.textContent("#report h2"), /Security assurance report/);
+  assert.match(await page.textContent("#report-seats"), /seat-/);
+  assert.match(await page.textContent("#report-versions"), /win10/);
+  assert.match(await page.textContent("#report-actions"), /draft\.publish/);
+  await shot("report-en");
+  await Promise.all([page.waitForNavigation(), page.click("a[data-lang=vi]")]);
+  assert.match(await page.textContent("#report h2"), /Báo cáo bảo đảm an ninh hệ thống máy trạm giải quyết TTHC/);
+  assert.match(await page.textContent("#report"), /Thủ trưởng đơn vị/);
+  await shot("report-vi");
+  await page.emulateMedia({ media: "print" });
+  assert.equal(await page.locator("header").isVisible(), false, "no page chrome in print");
+  await shot("report-print");
+  await page.emulateMedia({ media: "screen" });
+  const href = await page.getAttribute("#report-pdf", "href");
+  const res = await page.request.get(`${url}${href}`);
+  assert.equal(res.status(), 200);
+  assert.equal(res.headers()["content-type"], "application/pdf");
+  const pdf = await res.body();
+  assert.equal(pdf.subarray(0, 5).toString(), "%PDF-");
+  writeFileSync(join(artifacts, "report.pdf"), pdf);
+
   console.log("browser: 1 passed, 0 failed");
 } catch (e) {
   await shot("failure").catch(() => {});

@@ -24,7 +24,9 @@ use crate::gate::GateStatus;
 /// Where Debian's `fonts-dejavu-core` puts its fonts.
 pub const FONT_DIRS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu",
+    "/usr/share/fonts/truetype/noto",
     "/usr/share/fonts/dejavu",
+    "/usr/share/fonts/noto",
     "/usr/share/fonts/TTF",
 ];
 
@@ -32,8 +34,8 @@ const A4_W: f32 = 595.28;
 const A4_H: f32 = 841.89;
 const MARGIN: f32 = 42.0;
 const BODY_PT: f32 = 8.0;
-/// DejaVu Sans Mono's advance is 1233/2048 em.
-const MONO_ADVANCE: f32 = 1233.0 / 2048.0;
+/// Noto Sans Mono's advance is 600/1000 em.
+const MONO_ADVANCE: f32 = 0.6;
 const LINE: f32 = 11.0;
 
 /// Characters on one body line.
@@ -51,6 +53,24 @@ pub struct Fonts {
     title: Font,
     mono: Font,
     mono_bold: Font,
+    /// The characters each font has: (title, body).
+    covered: Arc<(
+        std::collections::HashSet<char>,
+        std::collections::HashSet<char>,
+    )>,
+}
+
+fn charset(bytes: &[u8]) -> std::collections::HashSet<char> {
+    use skrifa::MetadataProvider;
+    skrifa::FontRef::new(bytes).map_or_else(
+        |_| std::collections::HashSet::new(),
+        |f| {
+            f.charmap()
+                .mappings()
+                .filter_map(|(c, _)| char::from_u32(c))
+                .collect()
+        },
+    )
 }
 
 impl std::fmt::Debug for Fonts {
@@ -62,24 +82,41 @@ impl std::fmt::Debug for Fonts {
 impl Fonts {
     /// Load DejaVu from the system (package `fonts-dejavu-core`).
     pub fn load() -> Result<Fonts, String> {
-        let read = |name: &str| -> Result<Font, String> {
+        let read = |name: &str, package: &str| -> Result<(Font, Vec<u8>), String> {
             for dir in FONT_DIRS {
                 let p = std::path::Path::new(dir).join(name);
                 if let Ok(bytes) = std::fs::read(&p) {
-                    return Font::new(Arc::new(bytes).into(), 0)
-                        .ok_or_else(|| format!("{} is not a font", p.display()));
+                    let font = Font::new(Arc::new(bytes.clone()).into(), 0)
+                        .ok_or_else(|| format!("{} is not a font", p.display()))?;
+                    return Ok((font, bytes));
                 }
             }
             Err(format!(
-                "font {name} not found in {}: install the Debian package fonts-dejavu-core",
+                "font {name} not found in {}: install the Debian package {package}",
                 FONT_DIRS.join(", ")
             ))
         };
+        let (title, title_bytes) = read("DejaVuSans-Bold.ttf", "fonts-dejavu-core")?;
+        let (mono, mono_bytes) = read("NotoSansMono-Regular.ttf", "fonts-noto-mono")?;
+        let (mono_bold, _) = read("NotoSansMono-Bold.ttf", "fonts-noto-mono")?;
         Ok(Fonts {
-            title: read("DejaVuSans-Bold.ttf")?,
-            mono: read("DejaVuSansMono.ttf")?,
-            mono_bold: read("DejaVuSansMono-Bold.ttf")?,
+            title,
+            mono,
+            mono_bold,
+            covered: Arc::new((charset(&title_bytes), charset(&mono_bytes))),
         })
+    }
+
+    /// `text` with every character `font` lacks replaced by `?`.
+    fn printable(&self, style: Style, text: &str) -> String {
+        let set = if style == Style::Title {
+            &self.covered.0
+        } else {
+            &self.covered.1
+        };
+        text.chars()
+            .map(|c| if c == ' ' || set.contains(&c) { c } else { '?' })
+            .collect()
     }
 }
 
@@ -194,7 +231,7 @@ impl Lines {
         let head: Vec<String> = head.iter().map(|s| (*s).to_string()).collect();
         self.push(Style::Heading, line(&head));
         let total = widths.iter().sum::<usize>() + widths.len().saturating_sub(1);
-        self.push(Style::Body, "─".repeat(total.min(self.width)));
+        self.push(Style::Body, "-".repeat(total.min(self.width)));
         if rows.is_empty() {
             self.push(Style::Body, "(không có)");
         }
@@ -409,7 +446,7 @@ pub fn render(r: &ComplianceReport, fonts: &Fonts) -> Result<Vec<u8>, String> {
                     Point::from_xy(MARGIN, y),
                     font,
                     size,
-                    text,
+                    &fonts.printable(*style, text),
                     false,
                     TextDirection::Auto,
                 );
@@ -442,5 +479,22 @@ mod tests {
         assert_eq!(wrap("abcdefghij", 4), ["abcd", "efgh", "ij"]);
         assert!(columns() >= 100, "{}", columns());
         assert_eq!(vn_time(0), "01/01/1970 07:00");
+    }
+
+    /// Every Vietnamese letter, in both cases, with every tone mark, is in
+    /// both fonts: nothing in a report prints as `?`.
+    #[test]
+    fn fonts_cover_vietnamese() {
+        let fonts = Fonts::load().expect("fonts-dejavu-core and fonts-noto-mono");
+        let letters = "aàáảãạăằắẳẵặâầấẩẫậbcdđeèéẻẽẹêềếểễệghiìíỉĩịklmnoòóỏõọôồốổỗộơờớởỡợpqrstuùúủũụưừứửữựvxyỳýỷỹỵ";
+        let all: String = letters
+            .chars()
+            .chain(letters.chars().flat_map(char::to_uppercase))
+            .chain("0123456789.,:;()/*-–…".chars())
+            .collect();
+        for style in [Style::Title, Style::Body] {
+            assert_eq!(fonts.printable(style, &all), all, "{style:?}");
+        }
+        assert_eq!(fonts.printable(Style::Body, "a\u{2603}b"), "a?b");
     }
 }
