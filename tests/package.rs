@@ -74,7 +74,20 @@ fn package_builds_unpacks_and_starts_like_the_unit() {
         "{fields}"
     );
     assert!(fields.contains("Architecture: amd64\n"), "{fields}");
-    for dep in ["qemu-utils", "ipxe", "libssl3", "adduser"] {
+    // The image fix's tools and the report PDF's fonts come with the package.
+    for dep in [
+        "qemu-utils",
+        "ipxe",
+        "libssl3",
+        "adduser",
+        "ntfs-3g",
+        "libnbd-bin",
+        "libhivex-bin",
+        "libwin-hivex-perl",
+        "sqlite3",
+        "fonts-dejavu-core",
+        "fonts-noto-mono",
+    ] {
         assert!(fields.contains(dep), "Depends lacks {dep}: {fields}");
     }
     assert_eq!(
