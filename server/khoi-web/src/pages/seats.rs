@@ -101,7 +101,8 @@ async fn seat_add(
     let who = ctx.actor();
     let r = call(move || {
         let network = Some(field(&f, "network")).filter(|s| !s.is_empty());
-        svc.add_seat_on(&who, &add_seat_req(&f)?, network)
+        let reason = Some(field(&f, "override")).filter(|s| !s.is_empty());
+        svc.add_seat_with(&who, &add_seat_req(&f)?, network, reason)
     })
     .await;
     let to = match &r {
@@ -278,7 +279,10 @@ async fn seat_edit(
             maintenance: None,
             network: Some(field(&f, "network").to_string()).filter(|s| !s.is_empty()),
         };
-        svc.update_seat(&who, &n, &up)
+        // An admin's reason for pinning the seat to a version that failed
+        // the image gate (the service refuses it otherwise).
+        let reason = Some(field(&f, "override")).filter(|s| !s.is_empty());
+        svc.update_seat_with(&who, &n, &up, reason)
     })
     .await;
     done(
