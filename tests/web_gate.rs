@@ -382,3 +382,99 @@ async fn the_page_shows_badges_findings_and_a_seat_on_a_failed_version() {
         .expect("seat row");
     assert!(row.contains("gate-failed"), "{row}");
 }
+
+/// Over the API: the fix is admin only and answers with the diff of
+/// findings; pinning a seat to a failed version is 409 with the findings
+/// until an admin gives a reason (`"override"` in the same JSON); the
+/// report lists the override; the PDF is a PDF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fix_pins_and_report_over_the_api() {
+    let (clean, dirty) = images();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (app, svc) = make_app(dir.path());
+    import(&svc, clean);
+    // A failing import is kept as version 2, not current, not overridden.
+    import(&svc, dirty);
+    let op = login(&app, "op", "operator-pass").await;
+    let admin = login(&app, "admin", "admin-pass-1").await;
+
+    // A seat pinned to the failed version: 409 with the findings, an
+    // operator's reason is 403, an admin's goes through.
+    let seat = json!({"name": "quay-1", "mac": "52:54:00:12:34:09", "image": "win", "version": 2});
+    let (st, r) = op
+        .json(Method::POST, "/api/v1/seats", Some(seat.clone()))
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{r}");
+    assert!(
+        r["findings"].as_array().is_some_and(|f| !f.is_empty()),
+        "{r}"
+    );
+    let mut seat1 = seat.clone();
+    seat1["version"] = json!(1);
+    let (st, s) = op.json(Method::POST, "/api/v1/seats", Some(seat1)).await;
+    assert_eq!(st, StatusCode::OK, "{s}");
+    let (st, r) = admin
+        .json(
+            Method::PATCH,
+            "/api/v1/seats/quay-1",
+            Some(json!({"pinned_version": 2})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{r}");
+    let (st, _) = op
+        .json(
+            Method::PATCH,
+            "/api/v1/seats/quay-1",
+            Some(json!({"pinned_version": 2, "override": "the clerk needs it today"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let reason = "thí điểm ở quầy 1, sửa bản sau";
+    let (st, s) = admin
+        .json(
+            Method::PATCH,
+            "/api/v1/seats/quay-1",
+            Some(json!({"pinned_version": 2, "override": reason})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{s}");
+    assert_eq!(s["pinned_version"], 2);
+    // Unpinning with `null` still works through the wrapper.
+    let (st, s) = admin
+        .json(
+            Method::PATCH,
+            "/api/v1/seats/quay-1",
+            Some(json!({"pinned_version": null})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{s}");
+    assert_eq!(s["pinned_version"], Value::Null);
+
+    // The fix of a failing draft: an operator may not; an admin gets the diff.
+    draft_of(&svc, dirty);
+    let (st, _) = op.json(Method::POST, "/api/v1/images/win/fix", None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, f) = admin
+        .json(Method::POST, "/api/v1/images/win/fix", None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{f}");
+    assert_eq!(f["opened_draft"], false, "the open draft is fixed: {f}");
+    assert_eq!(f["remedies"], json!(["saved-passwords"]), "{f}");
+    assert_eq!(f["after"]["findings"], json!([]), "{f}");
+    assert_eq!(
+        f["diff"]["fixed"][0]["rule"], "saved-browser-password",
+        "{f}"
+    );
+
+    // The report of today has the override with its reason.
+    let (st, r) = op.json(Method::GET, "/api/v1/report", None).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert!(r.to_string().contains(reason), "{r}");
+    let (st, pdf) = op.call(Method::GET, "/api/v1/report.pdf", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(pdf.starts_with("%PDF-"));
+    let (st, _) = op
+        .call(Method::GET, "/api/v1/report?from=2026-13-01", None)
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+}
