@@ -89,6 +89,7 @@ fn report_network(config: &Config) -> khoi_admin::report::ReportNetwork {
         boot_interfaces: config
             .pxe
             .iter()
+            .flat_map(|nets| nets.iter())
             .map(|p| format!("{} ({})", p.interface, p.server_ip))
             .collect(),
         iscsi_portal: config.listen.iscsi.map(|a| a.to_string()),
