@@ -496,6 +496,22 @@ impl Service {
             ));
         }
         let s = self.gate_settings(image)?;
+        // A maintenance seat boots the draft: Windows would have the volume
+        // mounted while ntfs-3g writes it, and one of them would corrupt it.
+        // Turned off first, the seat cannot boot into the draft meanwhile.
+        let maintenance: Vec<String> = self
+            .state()
+            .seats_on_image(image)?
+            .into_iter()
+            .filter(|s| s.maintenance)
+            .map(|s| s.name)
+            .collect();
+        if !maintenance.is_empty() {
+            return Err(ServiceError::Conflict(format!(
+                "seat(s) {} are in maintenance on the draft of {image:?}: shut them down and turn                  maintenance off before the fix writes the draft",
+                maintenance.join(", ")
+            )));
+        }
         // Decide from what the fix would write: the open draft, or the
         // current version a new draft would start from.
         let before = match self.store().draft(image) {
@@ -976,6 +992,42 @@ mod tests {
         let again = svc.image_fix(&web("an"), "win").expect("fix again");
         assert!(again.remedies.is_empty() && !again.opened_draft);
         assert!(svc.store().draft("win").is_none());
+    }
+
+    #[test]
+    fn fix_refuses_while_a_seat_is_in_maintenance_on_the_draft() {
+        let (_, dirty) = images();
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        import(&svc, dirty);
+        svc.add_seat(
+            &web("an"),
+            &crate::service::AddSeat {
+                name: "may-mau".into(),
+                mac: "52:54:00:12:34:07".into(),
+                image: "win".into(),
+                version: None,
+                policy: None,
+                quota: None,
+                initiator_iqn: None,
+                mutual_chap: false,
+            },
+        )
+        .expect("seat");
+        let on = khoi_state::SeatUpdate {
+            maintenance: Some(true),
+            ..Default::default()
+        };
+        svc.update_seat(&web("an"), "may-mau", &on)
+            .expect("maintenance");
+        let Err(ServiceError::Conflict(why)) = svc.image_fix(&web("an"), "win") else {
+            panic!("a fix under a maintenance seat must be refused");
+        };
+        assert!(
+            why.contains("may-mau") && why.contains("maintenance"),
+            "{why}"
+        );
+        assert!(events(&svc, "image.fix").is_empty());
     }
 
     #[test]

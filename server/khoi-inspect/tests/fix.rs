@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fixture::{CS, Image, Login, PART_START, Val, WINLOGON, chrome_login};
+use fixture::{CS, Image, Login, PART_START, Table, Val, WINLOGON, chrome_login};
 use khoi_block::{BlockDevice, MemDevice};
 use khoi_inspect::fix::{self, ApplyOptions, Remedy};
 use khoi_inspect::{Policy, Profile, Report, RuleId, check};
@@ -342,4 +342,22 @@ fn hibernated_and_dirty_volumes_are_refused() {
     .expect_err("ntfs-3g must refuse a dirty volume");
     assert!(err.to_string().contains("ntfs-3g"), "{err}");
     assert!(dev.contents() == bytes, "nothing was written");
+}
+
+/// The partition is found through a GPT as well, and one finding alone is
+/// fixed alone.
+#[test]
+fn fix_on_a_gpt_disk() {
+    let mut img = Image::clean();
+    img.table = Table::Gpt;
+    img.system
+        .set(&format!("{CS}\\Services\\WlanSvc"), "Start", Val::Dword(3));
+    let dev = Arc::new(MemDevice::from_vec(img.build()));
+    let before = check(dev.as_ref(), Profile::Counter, &policy());
+    assert_eq!(fix::remedies(&before), [Remedy::WlanService]);
+    let applied = run_fix(&dev, &before);
+    assert_eq!(applied.remedies, [Remedy::WlanService]);
+    let after = check(dev.as_ref(), Profile::Counter, &policy());
+    assert!(after.findings.is_empty(), "{:#?}", after.findings);
+    assert_eq!(after.stats.table, "gpt");
 }
