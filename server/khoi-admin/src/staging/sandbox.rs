@@ -140,13 +140,12 @@ pub fn confine(cmd: &mut Command, read: &[&File], write: &[&File], limits: Rlimi
 /// CPU seconds for one `khoi image fix` run (sqlite3, hivex and ntfs-3g
 /// over a 64 GiB image take a small fraction of it).
 const FIX_CPU_SECS: u64 = 20 * 60;
-/// Largest file a fix tool may write: a hive copy (hives are capped at
-/// 512 MiB by the check) with room to grow.
-const FIX_MAX_FILE: u64 = 2 << 30;
 
 /// Sets up the `khoi image fix` child (`unshare` → nbdfuse, ntfs-3g, the
 /// remedy tools): `nobody` when Khoi is root, `no_new_privs`, resource
-/// limits, dies with Khoi. No Landlock here: a Landlock-restricted process
+/// limits, dies with Khoi. No file-size limit: the kernel applies it to the
+/// write *offset*, and ntfs-3g writes the partition file (the whole Windows
+/// volume, tens of GiB) wherever its metadata lies. No Landlock here: a Landlock-restricted process
 /// may not mount, and mounting FUSE inside its own user namespace is what
 /// this child is for; what it can reach is its work folder and the one NBD
 /// connection it inherits.
@@ -159,7 +158,6 @@ pub fn confine_fix(cmd: &mut Command) {
     let drop_privs = drops_to_nobody();
     let rl = [
         (libc::RLIMIT_CPU, FIX_CPU_SECS),
-        (libc::RLIMIT_FSIZE, FIX_MAX_FILE),
         (libc::RLIMIT_CORE, 0),
     ];
     let hook = move || -> std::io::Result<()> {
