@@ -406,6 +406,26 @@ mod tests {
         )
     }
 
+    /// The fix's child: no new privileges, `nobody` when Khoi is root, a
+    /// CPU limit, and no file-size limit (ntfs-3g writes anywhere in a
+    /// volume of tens of GiB, and the kernel checks the offset).
+    #[test]
+    fn fix_child_is_unprivileged_without_a_file_size_limit() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("ulimit -f; ulimit -t; id -u; grep NoNewPrivs /proc/self/status");
+        confine_fix(&mut cmd);
+        let (ok, out) = run(&mut cmd);
+        assert!(ok, "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "unlimited", "{out}");
+        assert_eq!(lines[1], FIX_CPU_SECS.to_string(), "{out}");
+        if drops_to_nobody() {
+            assert_eq!(lines[2], NOBODY.to_string(), "{out}");
+        }
+        assert!(lines[3].ends_with('1'), "{out}");
+    }
+
     /// The confined child reads the file it was handed and nothing else,
     /// not even a world-readable one.
     #[test]
