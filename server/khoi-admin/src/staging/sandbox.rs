@@ -156,10 +156,7 @@ pub fn confine_fix(cmd: &mut Command) {
         cmd.env("PATH", p);
     }
     let drop_privs = drops_to_nobody();
-    let rl = [
-        (libc::RLIMIT_CPU, FIX_CPU_SECS),
-        (libc::RLIMIT_CORE, 0),
-    ];
+    let rl = [(libc::RLIMIT_CPU, FIX_CPU_SECS), (libc::RLIMIT_CORE, 0)];
     let hook = move || -> std::io::Result<()> {
         // Runs between fork and exec: only raw system calls, no allocation.
         let fail = || Err(std::io::Error::last_os_error());
