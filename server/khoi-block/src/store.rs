@@ -37,7 +37,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::device::SECTOR;
+use crate::device::{BLOCK, SECTOR};
 use crate::error::{IMAGE, SEAT, StoreError, validate_name};
 use crate::event::{BlockEvent, EventSink, OverlayOwner};
 use crate::overlay::{Durability, Overlay, OverlayCtx, OverlayUsage, SpaceGuard};
@@ -630,6 +630,59 @@ impl Store {
         drop(inner);
         fs::remove_file(&canon).map_err(StoreError::io(&canon))?;
         fsio::fsync_dir(&staging)?;
+        Ok(self.info(name, &v))
+    }
+
+    /// Creates image `name` whose only version, number 0, is an empty disk of
+    /// `size` bytes (no layer: every block reads as zero and takes no space).
+    /// A draft over it is where an installation or a capture writes; its
+    /// publish becomes version 1.
+    pub fn create_empty_image(
+        &self,
+        name: &str,
+        size: u64,
+        note: &str,
+        author: &str,
+    ) -> Result<VersionInfo, StoreError> {
+        validate_name(IMAGE, name)?;
+        if size == 0 || size % BLOCK != 0 {
+            return Err(StoreError::InvalidImage {
+                path: self.image_dir(name),
+                reason: format!("the size must be a non-zero multiple of {BLOCK} bytes (is {size})"),
+            });
+        }
+        let _admin = self.admin.lock();
+        let mut inner = self.inner.lock();
+        let dir = self.image_dir(name);
+        if inner.images.contains_key(name) || dir.exists() {
+            return Err(StoreError::Exists {
+                kind: IMAGE,
+                name: name.to_string(),
+            });
+        }
+        let layers_dir = dir.join("layers");
+        fs::create_dir_all(&layers_dir).map_err(StoreError::io(&layers_dir))?;
+        fsio::fsync_dir(&self.images_dir())?;
+        let v = VersionRec {
+            number: 0,
+            uuid: fsio::new_uuid(),
+            note: note.to_string(),
+            author: author.to_string(),
+            created: fsio::now_unix(),
+            size,
+            layers: Vec::new(),
+            from_draft: None,
+        };
+        let rec = ImageRec {
+            current: 0,
+            last_number: 0,
+            versions: vec![v.clone()],
+        };
+        if let Err(e) = self.write_image(name, &rec) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        inner.images.insert(name.to_string(), rec);
         Ok(self.info(name, &v))
     }
 

@@ -1199,3 +1199,45 @@ fn publish_layer_commits_a_layer_beside_the_draft_and_a_failure_leaves_nothing()
     assert!(!dir.path().join("images/img/incoming.abc").exists());
     assert_eq!(st.versions("img").expect("versions").len(), 2);
 }
+
+#[test]
+fn empty_image_reads_zero_and_its_draft_publishes_as_version_1() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let st = store(tmp.path());
+    let size = 64 * 4096;
+    for bad in [0, 4096 + 512] {
+        assert!(
+            matches!(
+                st.create_empty_image("blank", bad, "", ""),
+                Err(StoreError::InvalidImage { .. })
+            ),
+            "{bad}"
+        );
+    }
+    let v0 = st
+        .create_empty_image("blank", size, "empty disk", "alice")
+        .expect("create");
+    assert_eq!((v0.number, v0.size, v0.delta_bytes), (0, size, 0));
+    assert!(v0.layers.is_empty());
+    assert!(matches!(
+        st.create_empty_image("blank", size, "", ""),
+        Err(StoreError::Exists { .. })
+    ));
+    let dev = st.open_version("blank", 0).expect("open v0");
+    assert!(read_all(&*dev).iter().all(|b| *b == 0));
+    let d = st.open_draft("blank").expect("draft");
+    let data = pattern(4 * 4096, 7);
+    d.write_at(&data, 8 * 4096, WriteFlags::NONE).expect("write");
+    drop(d);
+    let v1 = st.publish_draft("blank", "installed", "bob").expect("publish");
+    assert_eq!((v1.number, v1.layers.len()), (1, 1));
+    assert_eq!(st.current_version("blank").expect("current"), 1);
+    drop(dev);
+    // Survives a reopen: version 0 has no layer file to check.
+    drop(st);
+    let st = store(tmp.path());
+    let got = read_all(&*st.open_version("blank", 1).expect("open v1"));
+    assert_eq!(&got[8 * 4096..12 * 4096], &data[..]);
+    assert!(got[..8 * 4096].iter().all(|b| *b == 0));
+    st.delete_version("blank", 0).expect("v0 can go once v1 is current");
+}

@@ -14,6 +14,7 @@
 
 mod boot_times;
 mod boots;
+mod captures;
 mod events;
 mod gate;
 mod names;
@@ -30,6 +31,7 @@ use rusqlite::Connection;
 
 pub use boot_times::{BOOT_HISTORY, BootPhase, BootStep, BootTiming};
 pub use boots::{BOOT_SECRET_LEN, Boot, BootCred, random_token};
+pub use captures::{CAPTURE_TOKEN_LEN, Capture, CaptureStatus};
 pub use events::{Event, EventFilter, EventLimits, NewEvent, UnknownMac};
 pub use gate::{GateResult, GateSettings};
 pub use names::{Mac, validate_name};

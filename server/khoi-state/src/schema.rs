@@ -124,6 +124,32 @@ CREATE TABLE boot_times (
 CREATE INDEX boot_times_seat ON boot_times (seat, started);
 CREATE INDEX boot_times_started ON boot_times (started);
 "#,
+    // Capture mode: a seat's next network boot copies its local disk into a
+    // new image. One row per seat, the last capture (kept for the page).
+    r#"
+CREATE TABLE captures (
+    seat TEXT PRIMARY KEY REFERENCES seats (name) ON DELETE CASCADE,
+    image TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested INTEGER NOT NULL,
+    status TEXT NOT NULL
+        CHECK (status IN ('armed', 'offered', 'copying', 'done', 'refused', 'failed')),
+    token TEXT UNIQUE,
+    peer TEXT,
+    chap_user TEXT,
+    chap_secret TEXT,
+    initiator TEXT,
+    image_created INTEGER NOT NULL DEFAULT 0,
+    source_bytes INTEGER,
+    total_bytes INTEGER,
+    done_bytes INTEGER,
+    rate INTEGER,
+    started INTEGER,
+    updated INTEGER,
+    finished INTEGER,
+    message TEXT
+);
+"#,
 ];
 
 /// Runs the migrations `conn` has not seen yet, each in its own transaction
