@@ -6,6 +6,7 @@
 
 pub mod activity;
 pub mod boot_times;
+pub mod capture;
 pub mod doctor;
 pub mod gate;
 pub mod metrics;

@@ -648,7 +648,9 @@ impl Store {
         if size == 0 || size % BLOCK != 0 {
             return Err(StoreError::InvalidImage {
                 path: self.image_dir(name),
-                reason: format!("the size must be a non-zero multiple of {BLOCK} bytes (is {size})"),
+                reason: format!(
+                    "the size must be a non-zero multiple of {BLOCK} bytes (is {size})"
+                ),
             });
         }
         let _admin = self.admin.lock();

@@ -1227,9 +1227,12 @@ fn empty_image_reads_zero_and_its_draft_publishes_as_version_1() {
     assert!(read_all(&*dev).iter().all(|b| *b == 0));
     let d = st.open_draft("blank").expect("draft");
     let data = pattern(4 * 4096, 7);
-    d.write_at(&data, 8 * 4096, WriteFlags::NONE).expect("write");
+    d.write_at(&data, 8 * 4096, WriteFlags::NONE)
+        .expect("write");
     drop(d);
-    let v1 = st.publish_draft("blank", "installed", "bob").expect("publish");
+    let v1 = st
+        .publish_draft("blank", "installed", "bob")
+        .expect("publish");
     assert_eq!((v1.number, v1.layers.len()), (1, 1));
     assert_eq!(st.current_version("blank").expect("current"), 1);
     drop(dev);
@@ -1239,5 +1242,6 @@ fn empty_image_reads_zero_and_its_draft_publishes_as_version_1() {
     let got = read_all(&*st.open_version("blank", 1).expect("open v1"));
     assert_eq!(&got[8 * 4096..12 * 4096], &data[..]);
     assert!(got[..8 * 4096].iter().all(|b| *b == 0));
-    st.delete_version("blank", 0).expect("v0 can go once v1 is current");
+    st.delete_version("blank", 0)
+        .expect("v0 can go once v1 is current");
 }

@@ -8,7 +8,7 @@
 //! environment reports the source disk with that token from that address,
 //! once: the image and its draft are created and the draft target's CHAP
 //! credentials minted (*copying*). It then reports progress and the result
-//! (*done*, *refused*, *failed*). The last capture's row stays for the page
+//! (*done*, *held* by the image gate, *refused*, *failed*). The last capture's row stays for the page
 //! until the seat is armed again.
 //!
 //! The token and CHAP secret live here for the reason the boot credentials
@@ -32,6 +32,9 @@ pub enum CaptureStatus {
     Copying,
     /// Published as the image's first version.
     Done,
+    /// Copied, but the image gate refused the publish: the draft waits for a
+    /// fix or an admin's override.
+    Held,
     /// The source may not be captured (hibernated or dirty NTFS).
     Refused,
     /// Anything else went wrong; the message says what.
@@ -45,6 +48,7 @@ impl CaptureStatus {
             CaptureStatus::Offered => "offered",
             CaptureStatus::Copying => "copying",
             CaptureStatus::Done => "done",
+            CaptureStatus::Held => "held",
             CaptureStatus::Refused => "refused",
             CaptureStatus::Failed => "failed",
         }
@@ -56,6 +60,7 @@ impl CaptureStatus {
             "offered" => CaptureStatus::Offered,
             "copying" => CaptureStatus::Copying,
             "done" => CaptureStatus::Done,
+            "held" => CaptureStatus::Held,
             "refused" => CaptureStatus::Refused,
             _ => CaptureStatus::Failed,
         }
@@ -300,7 +305,13 @@ impl State {
             "UPDATE captures SET done_bytes = ?2, total_bytes = MAX(?3, ?2), rate = ?4,
                updated = ?5
              WHERE token = ?1 AND status = 'copying'",
-            params![token, sql_bytes(done), sql_bytes(total), sql_bytes(rate), now()],
+            params![
+                token,
+                sql_bytes(done),
+                sql_bytes(total),
+                sql_bytes(rate),
+                now()
+            ],
         )?;
         Ok(n > 0)
     }
@@ -308,12 +319,7 @@ impl State {
     /// The capture of `seat` ended with `status` (done, refused, failed) and
     /// `message`; the seat leaves capture mode and the token and credentials
     /// die. False if it was not active.
-    pub fn finish_capture(
-        &self,
-        seat: &str,
-        status: CaptureStatus,
-        message: &str,
-    ) -> Result<bool> {
+    pub fn finish_capture(&self, seat: &str, status: CaptureStatus, message: &str) -> Result<bool> {
         if status.is_active() {
             return Err(StateError::Invalid {
                 field: "status",
@@ -347,9 +353,16 @@ mod tests {
     #[test]
     fn a_capture_runs_through_its_states_once() {
         let st = db();
-        assert!(st.offer_capture("pc01", "10.0.0.5").expect("offer").is_none());
+        assert!(
+            st.offer_capture("pc01", "10.0.0.5")
+                .expect("offer")
+                .is_none()
+        );
         let c = st.arm_capture("pc01", "win11", "alice").expect("arm");
-        assert_eq!((c.status, c.image.as_str()), (CaptureStatus::Armed, "win11"));
+        assert_eq!(
+            (c.status, c.image.as_str()),
+            (CaptureStatus::Armed, "win11")
+        );
         assert!(matches!(
             st.arm_capture("pc02", "win11", "bob"),
             Err(StateError::Invalid { field: "image", .. })
@@ -358,12 +371,25 @@ mod tests {
             st.arm_capture("nope", "x", "bob"),
             Err(StateError::NoSuchSeat(_))
         ));
-        let first = st.offer_capture("pc01", "10.0.0.5").expect("offer").expect("armed");
-        let c = st.offer_capture("pc01", "10.0.0.5").expect("offer").expect("armed");
+        let first = st
+            .offer_capture("pc01", "10.0.0.5")
+            .expect("offer")
+            .expect("armed");
+        let c = st
+            .offer_capture("pc01", "10.0.0.5")
+            .expect("offer")
+            .expect("armed");
         let token = c.token.clone().expect("token");
         assert_ne!(first.token, c.token, "every fetch mints a new token");
-        assert!(st.capture_by_token(first.token.as_deref().expect("t")).expect("q").is_none());
-        assert!(!st.capture_progress(&token, 1, 2, 3).expect("p"), "not copying yet");
+        assert!(
+            st.capture_by_token(first.token.as_deref().expect("t"))
+                .expect("q")
+                .is_none()
+        );
+        assert!(
+            !st.capture_progress(&token, 1, 2, 3).expect("p"),
+            "not copying yet"
+        );
         let c = st
             .begin_capture_copy(&token, 1 << 30, 1 << 20, "iqn.x:pc01", true)
             .expect("begin")
@@ -380,20 +406,38 @@ mod tests {
             st.arm_capture("pc01", "other", "bob"),
             Err(StateError::Invalid { field: "seat", .. })
         ));
-        assert!(st.capture_progress(&token, 512 << 10, 1 << 20, 4096).expect("p"));
+        assert!(
+            st.capture_progress(&token, 512 << 10, 1 << 20, 4096)
+                .expect("p")
+        );
         let c = st.capture("pc01").expect("q").expect("row");
         assert_eq!((c.done_bytes, c.rate), (Some(512 << 10), Some(4096)));
-        assert!(st.finish_capture("pc01", CaptureStatus::Done, "version 1").expect("f"));
-        assert!(!st.finish_capture("pc01", CaptureStatus::Failed, "x").expect("f"));
+        assert!(
+            st.finish_capture("pc01", CaptureStatus::Done, "version 1")
+                .expect("f")
+        );
+        assert!(
+            !st.finish_capture("pc01", CaptureStatus::Failed, "x")
+                .expect("f")
+        );
         let c = st.capture("pc01").expect("q").expect("row");
         assert_eq!(c.status, CaptureStatus::Done);
-        assert!(c.token.is_none() && c.chap_secret.is_none(), "credentials die");
+        assert!(
+            c.token.is_none() && c.chap_secret.is_none(),
+            "credentials die"
+        );
         assert!(st.capture_by_token(&token).expect("q").is_none());
-        assert!(st.offer_capture("pc01", "10.0.0.5").expect("o").is_none(), "left capture mode");
+        assert!(
+            st.offer_capture("pc01", "10.0.0.5").expect("o").is_none(),
+            "left capture mode"
+        );
         // Armed again after the result: a fresh row.
         let c = st.arm_capture("pc01", "win11b", "alice").expect("re-arm");
         assert_eq!((c.status, c.done_bytes), (CaptureStatus::Armed, None));
-        assert!(st.finish_capture("pc01", CaptureStatus::Copying, "x").is_err());
+        assert!(
+            st.finish_capture("pc01", CaptureStatus::Copying, "x")
+                .is_err()
+        );
     }
 
     #[test]

@@ -133,7 +133,7 @@ CREATE TABLE captures (
     requested_by TEXT NOT NULL,
     requested INTEGER NOT NULL,
     status TEXT NOT NULL
-        CHECK (status IN ('armed', 'offered', 'copying', 'done', 'refused', 'failed')),
+        CHECK (status IN ('armed', 'offered', 'copying', 'done', 'held', 'refused', 'failed')),
     token TEXT UNIQUE,
     peer TEXT,
     chap_user TEXT,
