@@ -37,6 +37,12 @@ struct Ctx {
 pub fn router(dir: Arc<dyn BootDirectory>, state: Arc<BootState>) -> Router {
     Router::new()
         .route("/boot/{file}", get(boot_script))
+        .route(
+            "/capture/{token}/{item}",
+            get(capture_file)
+                .post(capture_report)
+                .layer(axum::extract::DefaultBodyLimit::max(CAPTURE_BODY_MAX)),
+        )
         .with_state(Ctx { dir, state })
 }
 
@@ -346,6 +352,12 @@ async fn boot_script(State(ctx): State<Ctx>, Path(file): Path<String>, req: Requ
         );
     }
     let peer = peer_v4(&req).map(IpAddr::V4);
+    // Where the seat reached this server: its capture environment reports there.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
     let joined = tokio::task::spawn_blocking(move || match ctx.dir.seat_by_mac(mac) {
         None => {
             ctx.state
@@ -362,6 +374,27 @@ async fn boot_script(State(ctx): State<Ctx>, Path(file): Path<String>, req: Requ
                 return (StatusCode::OK, script::config_error_script(mac, &e));
             }
             let name = seat.seat.clone();
+            if let Some(offer) = ctx.dir.offer_capture(&seat, peer) {
+                return match (offer, host) {
+                    (Ok(cb), Some(host)) => {
+                        match script::capture_script(&seat, &cb, &format!("http://{host}")) {
+                            Ok(body) => {
+                                tracing::info!(seat = %name, ?peer, "seat booting the capture environment");
+                                (StatusCode::OK, body)
+                            }
+                            Err(e) => (StatusCode::OK, script::config_error_script(mac, &e)),
+                        }
+                    }
+                    (Ok(_), None) => {
+                        tracing::warn!(seat = %name, "capture script asked for without a Host header");
+                        (StatusCode::OK, script::unavailable_script(mac))
+                    }
+                    (Err(e), _) => {
+                        tracing::error!(seat = %name, error = %e, "cannot offer a capture");
+                        (StatusCode::OK, script::unavailable_script(mac))
+                    }
+                };
+            }
             match ctx.dir.offer_boot(seat, peer) {
                 Ok(seat) => match script::seat_script(&seat) {
                     Ok(body) => {
@@ -388,6 +421,84 @@ async fn boot_script(State(ctx): State<Ctx>, Path(file): Path<String>, req: Requ
         Err(e) => {
             tracing::error!(error = %e, "boot script task failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    }
+}
+
+/// Largest report a capture environment sends (a few numbers, or a reason).
+const CAPTURE_BODY_MAX: usize = 4096;
+
+fn plain(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /capture/<token>/{vmlinuz,initrd.gz}`: the capture environment, only for an
+/// active capture's token and from the address that fetched its script (the files are
+/// tens of megabytes: nobody else makes this server send them).
+async fn capture_file(
+    State(ctx): State<Ctx>,
+    Path((token, item)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let peer = peer_v4(&req).map(IpAddr::V4);
+    let dir = Arc::clone(&ctx.dir);
+    let path = tokio::task::spawn_blocking(move || dir.capture_file(&token, peer, &item))
+        .await
+        .ok()
+        .flatten();
+    let Some(path) = path else {
+        return plain(StatusCode::NOT_FOUND, "no such capture file\n".into());
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read the capture environment");
+            plain(
+                StatusCode::NOT_FOUND,
+                "the capture environment is not built on the server\n".into(),
+            )
+        }
+    }
+}
+
+/// `POST /capture/<token>/<verb>`: the capture environment's reports.
+async fn capture_report(
+    State(ctx): State<Ctx>,
+    Path((token, verb)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let peer = peer_v4(&req).map(IpAddr::V4);
+    let Ok(body) = axum::body::to_bytes(req.into_body(), CAPTURE_BODY_MAX).await else {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "report too large\n".into());
+    };
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let dir = Arc::clone(&ctx.dir);
+    let answer =
+        tokio::task::spawn_blocking(move || dir.capture_report(&token, peer, &verb, &body)).await;
+    match answer {
+        Ok((code, text)) => plain(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            text,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "capture report task failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into())
         }
     }
 }

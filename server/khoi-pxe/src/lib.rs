@@ -60,6 +60,21 @@ pub struct SeatBoot {
     pub reserved_ip: Option<Ipv4Addr>,
 }
 
+/// A capture-mode boot: the environment's token and the image it makes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaptureBoot {
+    pub token: String,
+    pub image: String,
+}
+
+impl fmt::Debug for CaptureBoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaptureBoot")
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An address bound to a MAC in authoritative mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Lease {
@@ -98,6 +113,39 @@ pub trait BootDirectory: Send + Sync + 'static {
         let _ = peer;
         self.booting(&seat);
         Ok(seat)
+    }
+    /// The seat is in capture mode: instead of its image, its script loads the capture
+    /// environment, with a token bound to `peer`. `None` (the default) for a normal boot.
+    fn offer_capture(
+        &self,
+        seat: &SeatBoot,
+        peer: Option<std::net::IpAddr>,
+    ) -> Option<Result<CaptureBoot, String>> {
+        let _ = (seat, peer);
+        None
+    }
+    /// A file of the capture environment (`vmlinuz`, `initrd.gz`) for the capture with
+    /// `token`, asked for from `peer`. The default serves nothing.
+    fn capture_file(
+        &self,
+        token: &str,
+        peer: Option<std::net::IpAddr>,
+        file: &str,
+    ) -> Option<std::path::PathBuf> {
+        let _ = (token, peer, file);
+        None
+    }
+    /// A report of the capture environment (`begin`, `progress`, `done`, `fail`) with its
+    /// `key=value&...` body: the answer's status and plain-text body.
+    fn capture_report(
+        &self,
+        token: &str,
+        peer: Option<std::net::IpAddr>,
+        verb: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let _ = (token, peer, verb, body);
+        (404, "no such capture\n".into())
     }
     /// An unregistered MAC asked to boot. Rate-limited here: at most once per MAC per
     /// `unknown_report_secs`. `from` is the requester's address: none for a DHCP

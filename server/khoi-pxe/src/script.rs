@@ -92,6 +92,45 @@ pub fn seat_script(seat: &SeatBoot) -> Result<String, UnsafeValue> {
     Ok(s)
 }
 
+/// The script of a seat in capture mode: load the capture environment from `base`
+/// (`http://<host>:<port>`, as the seat reached this server) instead of booting the
+/// seat's image. The environment finds its network settings, the seat's own lease from
+/// iPXE, and the URL it reports to on its kernel command line.
+pub fn capture_script(
+    seat: &SeatBoot,
+    capture: &crate::CaptureBoot,
+    base: &str,
+) -> Result<String, UnsafeValue> {
+    check("seat name", &seat.seat)?;
+    check("image name", &capture.image)?;
+    check("capture token", &capture.token)?;
+    check("server address", base)?;
+    let mac = mac_colon(seat.mac);
+    let url = format!("{base}/capture/{}", capture.token);
+    let mut s = String::new();
+    s.push_str("#!ipxe\n");
+    s.push_str(&format!(
+        "echo Khoi: seat {} ({mac}) is in capture mode: its local disk becomes image {}\n",
+        seat.seat, capture.image
+    ));
+    s.push_str(":retry\n");
+    s.push_str(&format!(
+        "kernel {url}/vmlinuz initrd=initrd.gz khoi.capture={url} khoi.mac=${{netX/mac}} \
+         khoi.ip=${{netX/ip}} khoi.netmask=${{netX/netmask}} khoi.gateway=${{netX/gateway}} \
+         console=tty0 console=ttyS0,115200 panic=30 loglevel=3 || goto failed\n"
+    ));
+    s.push_str(&format!("initrd {url}/initrd.gz || goto failed\n"));
+    s.push_str("boot || goto failed\n");
+    s.push_str(":failed\n");
+    s.push_str(
+        "echo Khoi: could not load the capture environment (is it built? the seat page says).\n",
+    );
+    s.push_str("echo Retrying in 10 seconds - press Ctrl-B for the iPXE shell.\n");
+    s.push_str("prompt --key 0x02 --timeout 10000 && shell || goto retry\n");
+    s.push_str("goto retry\n");
+    Ok(s)
+}
+
 /// The script for a MAC that is not registered: say so, wait, then power off (or leave
 /// iPXE if this build lacks `poweroff`), so the machine does not loop on the network.
 pub fn unknown_script(mac: [u8; 6]) -> String {
@@ -189,6 +228,34 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn capture_script_loads_the_environment_with_its_token() {
+        let cb = crate::CaptureBoot {
+            token: "Tok3n".into(),
+            image: "win11".into(),
+        };
+        let s = capture_script(&seat(), &cb, "10.77.0.1:8080").unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        assert!(lines.contains(&"initrd 10.77.0.1:8080/capture/Tok3n/initrd.gz || goto failed"));
+        let kernel = lines
+            .iter()
+            .find(|l| l.starts_with("kernel "))
+            .expect("kernel line");
+        assert!(kernel.contains(" khoi.capture=10.77.0.1:8080/capture/Tok3n "));
+        assert!(kernel.contains(" khoi.ip=${netX/ip} "));
+        assert!(!s.contains("sanboot"), "the seat's image is not booted");
+        let bad = crate::CaptureBoot {
+            token: "a b".into(),
+            image: "win11".into(),
+        };
+        assert_eq!(
+            capture_script(&seat(), &bad, "h"),
+            Err(UnsafeValue {
+                field: "capture token"
+            })
+        );
     }
 
     #[test]

@@ -327,6 +327,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/setup-link", get(setup_link))
         .route("/v1/images", get(images).post(import))
         .route("/v1/images/import-path", post(import_path))
+        .route("/v1/images/create", post(image_create))
         .route("/v1/images/upload", post(upload))
         .route("/v1/images/{name}", axum::routing::delete(delete_image))
         .route("/v1/images/{name}/versions", get(versions))
@@ -354,6 +355,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/seats/{name}/boots", get(seat_boot_times))
         .route("/v1/seats/{name}/maintenance", post(maintenance))
         .route("/v1/seats/{name}/reset", post(reset_seat))
+        .route(
+            "/v1/seats/{name}/capture",
+            get(capture_show).post(capture_arm).delete(capture_cancel),
+        )
         .route("/v1/reset-all", post(reset_all))
         .route("/v1/events", get(events))
         .route("/v1/report", get(report))
@@ -625,6 +630,73 @@ async fn reset_seat(
     _body: Unread,
 ) -> ApiResult<SeatView> {
     blocking(move || st.service.reset_seat(&who, &name)).await
+}
+
+/// `POST /v1/images/create`: an empty image to install onto.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateImage {
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+async fn image_create(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Body422(req): Body422<CreateImage>,
+) -> ApiResult<VersionView> {
+    blocking(move || st.service.image_create(&who, &req.name, req.size)).await
+}
+
+/// `POST /v1/seats/{name}/capture`: capture the seat's disk into a new image.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CaptureRequest {
+    pub image: String,
+}
+
+/// A seat's capture and whether the capture environment is built.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CaptureState {
+    pub capture: Option<khoi_admin::capture::CaptureView>,
+    pub environment: khoi_admin::capture::CaptureEnvironment,
+}
+
+async fn capture_show(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<CaptureState> {
+    blocking(move || {
+        st.service.state().seat(&name)?;
+        Ok(CaptureState {
+            capture: st.service.capture(&name)?,
+            environment: st.service.capture_environment(),
+        })
+    })
+    .await
+}
+
+async fn capture_arm(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+    Body422(req): Body422<CaptureRequest>,
+) -> ApiResult<CaptureState> {
+    blocking(move || {
+        let c = st.service.capture_arm(&who, &name, &req.image)?;
+        Ok(CaptureState {
+            capture: Some(c),
+            environment: st.service.capture_environment(),
+        })
+    })
+    .await
+}
+
+async fn capture_cancel(
+    State(st): State<ApiState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+) -> ApiResult<()> {
+    blocking(move || st.service.capture_cancel(&who, &name)).await
 }
 
 async fn reset_all(

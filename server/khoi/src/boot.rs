@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use khoi_admin::gate::Profile;
-use khoi_admin::{BootNetwork, Service};
-use khoi_pxe::{BootDirectory, Lease, SeatBoot};
+use khoi_admin::{BootNetwork, Service, ServiceError};
+use khoi_pxe::{BootDirectory, CaptureBoot, Lease, SeatBoot};
 use khoi_state::{BootStep, Mac, Seat};
 use parking_lot::Mutex;
 
@@ -300,6 +300,73 @@ impl BootDirectory for Seats {
         }
     }
 
+    /// A seat in capture mode gets the capture environment with a token bound to
+    /// the fetching address instead of a boot (no boot credentials are minted).
+    fn offer_capture(
+        &self,
+        seat: &SeatBoot,
+        peer: Option<IpAddr>,
+    ) -> Option<Result<CaptureBoot, String>> {
+        let peer = match peer {
+            Some(p) => p.to_canonical().to_string(),
+            None => {
+                // Not in capture mode: boot normally; in capture mode: cannot bind.
+                let active = self
+                    .service
+                    .capture(&seat.seat)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|c| c.status.is_active());
+                return active.then(|| Err("the requester's address is unknown".to_string()));
+            }
+        };
+        match self.service.capture_offer(&seat.seat, &peer) {
+            Ok(Some((token, image))) => Some(Ok(CaptureBoot { token, image })),
+            Ok(None) => None,
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+
+    fn capture_file(&self, token: &str, peer: Option<IpAddr>, file: &str) -> Option<PathBuf> {
+        let peer = peer?.to_canonical().to_string();
+        if !khoi_admin::capture::CAPTURE_FILES.contains(&file)
+            || !self.service.capture_may_fetch(token, &peer)
+        {
+            return None;
+        }
+        Some(self.service.capture_env_dir().join(file))
+    }
+
+    fn capture_report(
+        &self,
+        token: &str,
+        peer: Option<IpAddr>,
+        verb: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let Some(peer) = peer.map(|p| p.to_canonical().to_string()) else {
+            return (404, "no such capture\n".into());
+        };
+        match capture_report(&self.service, self.portal, token, &peer, verb, body) {
+            Ok(text) => (200, text),
+            Err(e) => {
+                let code = match &e {
+                    ServiceError::NotFound(_) => 404,
+                    ServiceError::Conflict(_) | ServiceError::Gate(_) => 409,
+                    ServiceError::Invalid { .. } => 400,
+                    _ => 500,
+                };
+                let text = if code == 500 {
+                    tracing::error!("capture report {verb} failed: {e}");
+                    "internal error; the server log says more".to_string()
+                } else {
+                    e.to_string()
+                };
+                (code, format!("{text}\n"))
+            }
+        }
+    }
+
     fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, from: Option<IpAddr>, at: SystemTime) {
         if let Ok(Some(seat)) = self.service.state().seat_by_mac(Mac(mac))
             && let Some(refusal) = Refusal::check(&self.service, &self.network, &seat)
@@ -364,6 +431,71 @@ impl BootDirectory for Seats {
         if leases.remove(&mac_text(mac)).is_some() {
             self.persist(&leases);
         }
+    }
+}
+
+/// The number `key` in a capture environment's `key=value&...` report.
+fn report_number(body: &str, key: &str) -> Result<u64, ServiceError> {
+    body.trim()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| ServiceError::Invalid {
+            field: key.to_string(),
+            reason: "expected a whole number of bytes".into(),
+        })
+}
+
+/// One report of a capture environment (see `images/capture/`): `begin` with
+/// `size=&need=` answers the draft target's login as `key=value` lines,
+/// `progress` takes `done=&total=&rate=`, `done` publishes, `fail` takes
+/// `reason=<text>`.
+fn capture_report(
+    service: &Service,
+    portal: Option<SocketAddrV4>,
+    token: &str,
+    peer: &str,
+    verb: &str,
+    body: &str,
+) -> Result<String, ServiceError> {
+    match verb {
+        "begin" => {
+            let portal = portal.ok_or_else(|| {
+                ServiceError::Conflict("the server has no IPv4 iSCSI portal to copy to".into())
+            })?;
+            let size = report_number(body, "size")?;
+            let need = report_number(body, "need")?;
+            let t = service.capture_begin(token, peer, size, need)?;
+            Ok(format!(
+                "target={}\nportal={}\nport={}\ninitiator={}\nuser={}\nsecret={}\n",
+                t.target_iqn,
+                portal.ip(),
+                portal.port(),
+                t.initiator_iqn,
+                t.chap_user,
+                t.chap_secret
+            ))
+        }
+        "progress" => {
+            let done = report_number(body, "done")?;
+            let total = report_number(body, "total")?;
+            let rate = report_number(body, "rate")?;
+            service.capture_progress(token, peer, done, total, rate)?;
+            Ok("ok\n".into())
+        }
+        "done" => service
+            .capture_finish(token, peer)
+            .map(|m| format!("{m}\n")),
+        "fail" => {
+            let reason = body.trim().strip_prefix("reason=").unwrap_or(body);
+            service.capture_fail(token, peer, reason)?;
+            Ok("recorded\n".into())
+        }
+        _ => Err(ServiceError::NotFound(format!(
+            "unknown capture report {:?}",
+            khoi_admin::service::cap(verb, 32)
+        ))),
     }
 }
 

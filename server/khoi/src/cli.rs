@@ -146,6 +146,14 @@ pub enum ImageCmd {
         #[arg(long)]
         remove: bool,
     },
+    /// Create an empty image (version 0, a blank disk) to install onto through
+    /// its draft; the first publish becomes version 1.
+    Create {
+        name: String,
+        /// Disk size, e.g. 64GiB.
+        #[arg(long)]
+        size: String,
+    },
     /// Delete one version (refused while a seat uses it or it is current).
     DeleteVersion { name: String, version: u32 },
     /// Delete an image with all its versions (refused while seats use it).
@@ -201,6 +209,18 @@ pub enum SeatCmd {
     Network { name: String, network: String },
     /// Remove a seat and its overlay.
     Remove { name: String },
+    /// Capture mode: the seat's next network boot copies its local disk into
+    /// the new image NEW (version 1); --status shows the progress, --cancel
+    /// ends capture mode.
+    Capture {
+        name: String,
+        #[arg(long, value_name = "NEW", required_unless_present_any = ["cancel", "status"])]
+        image: Option<String>,
+        #[arg(long, conflicts_with_all = ["image", "status"])]
+        cancel: bool,
+        #[arg(long, conflicts_with = "image")]
+        status: bool,
+    },
 }
 
 #[derive(Debug, Args)]

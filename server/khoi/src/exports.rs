@@ -11,7 +11,7 @@ use khoi_block::Checked;
 use khoi_block::filters::Metered;
 use khoi_iscsi::{ChapSecret, Credential, IscsiEvent, LunIdentity, TargetAuth, TargetResolver};
 use khoi_nbd::{ExportInfo, ExportResolver, OpenError};
-use khoi_state::{BootCred, ResetPolicy};
+use khoi_state::{BootCred, CaptureStatus, ResetPolicy};
 
 use crate::metered::SeatMeter;
 use crate::prewarm::Prewarm;
@@ -198,6 +198,41 @@ impl IscsiTargets {
     }
 }
 
+impl IscsiTargets {
+    /// The draft target of a seat's capture: its one-time credentials, only
+    /// from the address that fetched the capture environment, only while it
+    /// copies, only for the initiator name it was given. Anything else gets
+    /// the decoy every refusal gets.
+    fn capture_auth(&self, seat: &str, peer: Option<IpAddr>) -> TargetAuth {
+        let peer = peer.map(|p| p.to_canonical().to_string());
+        let waiting = peer
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .is_some_and(|p| self.backoff.waiting(p, Instant::now()));
+        let c = self
+            .service
+            .state()
+            .capture(seat)
+            .ok()
+            .flatten()
+            .filter(|c| c.status == CaptureStatus::Copying && !waiting)
+            .filter(|c| peer.is_some() && c.peer == peer);
+        let chap = c.as_ref().and_then(|c| {
+            Some(ChapSecret::new(
+                c.chap_user.clone()?,
+                c.chap_secret.clone()?,
+            ))
+        });
+        TargetAuth {
+            chap: vec![Credential::one_way(chap.unwrap_or_else(decoy))],
+            allowed_initiator: Some(
+                c.and_then(|c| c.initiator)
+                    .unwrap_or_else(|| khoi_pxe::default_initiator_iqn(seat)),
+            ),
+        }
+    }
+}
+
 /// 128-bit FNV-1a: a stable, well-spread digest for device identifiers (not
 /// a security boundary, so no cryptographic hash is needed).
 fn fnv128(parts: &[&str]) -> u128 {
@@ -235,7 +270,8 @@ pub fn identity(server_id: &str, seat: &str) -> LunIdentity {
 
 impl TargetResolver for IscsiTargets {
     fn targets(&self) -> Vec<String> {
-        self.service
+        let mut targets: Vec<String> = self
+            .service
             .state()
             .seats()
             .map(|seats| {
@@ -247,7 +283,17 @@ impl TargetResolver for IscsiTargets {
             .unwrap_or_else(|e| {
                 tracing::error!("cannot list seats: {e}");
                 Vec::new()
-            })
+            });
+        // A copying capture's draft target exists for as long as the copy.
+        if let Ok(captures) = self.service.state().captures() {
+            targets.extend(
+                captures
+                    .iter()
+                    .filter(|c| c.status == CaptureStatus::Copying)
+                    .map(|c| self.service.capture_target_iqn(&c.seat)),
+            );
+        }
+        targets
     }
 
     fn auth(&self, target: &str) -> Option<TargetAuth> {
@@ -255,6 +301,9 @@ impl TargetResolver for IscsiTargets {
     }
 
     fn auth_from(&self, target: &str, peer: Option<IpAddr>) -> Option<TargetAuth> {
+        if let Some(seat) = self.service.seat_of_capture_target(target) {
+            return Some(self.capture_auth(seat, peer));
+        }
         let name = self.service.seat_of_target(target)?;
         let seat = self.service.state().seat(name).ok()?;
         let peer = peer.map(|p| p.to_canonical());
@@ -313,6 +362,10 @@ impl TargetResolver for IscsiTargets {
     /// the previous boot's credentials die, a fence lifts, and an `on-boot`
     /// seat is reset before its LU opens (once per boot, never at a fetch).
     fn chap_accepted(&self, target: &str, user: &str, peer: Option<IpAddr>) {
+        if self.service.seat_of_capture_target(target).is_some() {
+            // A capture's copy is no boot of the seat.
+            return;
+        }
         let Some(seat) = self.service.seat_of_target(target) else {
             return;
         };
@@ -417,6 +470,13 @@ impl TargetResolver for IscsiTargets {
     }
 
     fn open_lun0(&self, target: &str) -> Result<Checked, String> {
+        if let Some(seat) = self.service.seat_of_capture_target(target) {
+            return self
+                .service
+                .open_capture_target(seat)
+                .map(|o| checked(Opened::Overlay(o)))
+                .map_err(|e| e.to_string());
+        }
         let seat = self
             .service
             .seat_of_target(target)

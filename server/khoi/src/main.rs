@@ -24,7 +24,10 @@ use anyhow::Context;
 use clap::Parser;
 use khoi_admin::gate::GateResult;
 use khoi_admin::service::{AddSeat, ImageView, ResetReport, SeatDetails, SeatView, VersionView};
-use khoi_web::api::{CheckRequest, ImportRequest, Info, PublishRequest, RollbackRequest};
+use khoi_web::api::{
+    CaptureRequest, CaptureState, CheckRequest, CreateImage, ImportRequest, Info, PublishRequest,
+    RollbackRequest,
+};
 use serde::Serialize;
 
 use crate::cli::{Cli, Command, ConfigCmd, DraftCmd, ImageCmd, SeatCmd, SyncCmd};
@@ -506,6 +509,24 @@ fn image(client: &Client, out: &Out, cmd: ImageCmd) -> anyhow::Result<()> {
                 println!("imported {name} version {} ({})", v.number, Size(v.size));
             })
         }
+        ImageCmd::Create { name, size } => {
+            let size: Size = size.parse().map_err(|e| anyhow::anyhow!("--size: {e}"))?;
+            let v: VersionView = client.post(
+                "/v1/images/create",
+                &CreateImage {
+                    name: name.clone(),
+                    size: size.0,
+                },
+            )?;
+            out.print(&v, |v| {
+                println!(
+                    "created {name}: an empty {} disk (version {}); install onto it with: \
+                     khoi draft open {name}",
+                    Size(v.size),
+                    v.number
+                );
+            })
+        }
         ImageCmd::List => {
             let images: Vec<ImageView> = client.get("/v1/images")?;
             out.print(&images, |images| {
@@ -863,6 +884,55 @@ fn seat(client: &Client, out: &Out, cmd: SeatCmd) -> anyhow::Result<()> {
             let r: () = client.delete(&format!("/v1/seats/{}", urlencode(&name)))?;
             out.print(&r, |_| println!("removed seat {name}"))
         }
+        SeatCmd::Capture {
+            name,
+            image,
+            cancel,
+            status: _,
+        } => {
+            let path = format!("/v1/seats/{}/capture", urlencode(&name));
+            if cancel {
+                let r: () = client.delete(&path)?;
+                return out.print(&r, |_| println!("{name} left capture mode"));
+            }
+            let st: CaptureState = match image {
+                Some(image) => client.post(&path, &CaptureRequest { image })?,
+                None => client.get(&path)?,
+            };
+            out.print(&st, |st| print_capture(&name, st))
+        }
+    }
+}
+
+fn print_capture(seat: &str, st: &CaptureState) {
+    match &st.capture {
+        None => println!("{seat} has never been captured"),
+        Some(c) => {
+            println!("seat:     {seat}");
+            println!("image:    {}", c.image);
+            println!("status:   {}", c.status.as_str());
+            if let (Some(d), Some(t)) = (c.done_bytes, c.total_bytes) {
+                println!(
+                    "copied:   {} of {} ({}/s{})",
+                    Size(d),
+                    Size(t),
+                    Size(c.rate.unwrap_or(0)),
+                    c.seconds_left
+                        .map_or_else(String::new, |s| format!(", about {s} s left"))
+                );
+            }
+            if let Some(m) = &c.message {
+                println!("result:   {m}");
+            }
+        }
+    }
+    if st.environment.built {
+        println!("environment: built ({})", st.environment.dir);
+    } else {
+        println!(
+            "environment: NOT built; put vmlinuz and initrd.gz from images/capture/build.sh in {}",
+            st.environment.dir
+        );
     }
 }
 
