@@ -505,8 +505,30 @@ impl Lab {
         self.start_vm_on("br0", name, mac, fw)
     }
 
+    /// A seat with a local disk (virtio-blk) besides its network boot.
+    fn start_vm_with_disk(
+        &mut self,
+        name: &str,
+        mac: &str,
+        fw: Firmware,
+        local_disk: Option<&Path>,
+    ) -> Vm {
+        self.start_vm_full("br0", name, mac, fw, local_disk)
+    }
+
     /// A guest on `bridge` (`br0`, or one added with [`Lab::add_bridge`]).
     fn start_vm_on(&mut self, bridge: &str, name: &str, mac: &str, fw: Firmware) -> Vm {
+        self.start_vm_full(bridge, name, mac, fw, None)
+    }
+
+    fn start_vm_full(
+        &mut self,
+        bridge: &str,
+        name: &str,
+        mac: &str,
+        fw: Firmware,
+        local_disk: Option<&Path>,
+    ) -> Vm {
         self.taps += 1;
         let tap = format!("tap{}", self.taps);
         let ns = self.ns.clone();
@@ -565,6 +587,12 @@ impl Lab {
                     format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"),
                 ]);
             }
+        }
+        if let Some(disk) = local_disk {
+            argv.extend([
+                "-drive".into(),
+                format!("file={},format=raw,if=virtio", disk.display()),
+            ]);
         }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let child = self.spawn_in(&ns, name, &argv);
@@ -1504,4 +1532,309 @@ fn site_seat_boots_a_version_pulled_from_the_province() {
         tail(log, 40)
     );
     drop(publisher);
+}
+
+/// The capture environment, built once (`images/capture/build.sh`, cached).
+fn capture_env() -> &'static PathBuf {
+    static ENV: OnceLock<PathBuf> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/capture/build.sh");
+        let out = run(&mut Command::new(&script));
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::env::var_os("KHOI_CAPTURE_WORK")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("khoi-capture"))
+            .join("out")
+    })
+}
+
+/// NTFS partition size in the capture tests' source disks.
+const NTFS_MIB: u64 = 48;
+
+/// A local disk: the test disk with an NTFS partition appended after its FAT
+/// one (made with mkntfs, files put in with ntfscp: no mounts). With
+/// `hibernated`, the volume holds a `hiberfil.sys` whose header says Windows
+/// is hibernated (what Fast Startup leaves).
+fn source_disk(dir: &Path, name: &str, hibernated: bool) -> (PathBuf, u64, u64) {
+    let disk = dir.join(format!("{name}.img"));
+    std::fs::copy(&test_disk().image, &disk).expect("copy test disk");
+    let fat_end = std::fs::metadata(&disk).expect("meta").len();
+    let start = fat_end.div_ceil(1 << 20) * (1 << 20);
+    let len = NTFS_MIB << 20;
+    let part = dir.join(format!("{name}.ntfs"));
+    File::create(&part)
+        .and_then(|f| f.set_len(len))
+        .expect("ntfs file");
+    run_ok(
+        Command::new("mkntfs")
+            .args(["-Q", "-F", "-q", "-L", "CAPTURE"])
+            .args(["-p", &(start / 512).to_string(), "-H", "255", "-S", "63"])
+            .arg(&part),
+    );
+    let put = |content: &[u8], dest: &str| {
+        let src = dir.join(format!("{name}.put"));
+        std::fs::write(&src, content).expect("file");
+        run_ok(
+            Command::new("ntfscp")
+                .args(["-f", "-q"])
+                .arg(&part)
+                .arg(&src)
+                .arg(dest),
+        );
+    };
+    let payload: Vec<u8> = (0..(3u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    put(&payload, "payload.bin");
+    put(b"captured by khoi\n", "hello.txt");
+    if hibernated {
+        let mut hiber = vec![0u8; 1 << 20];
+        hiber[..4].copy_from_slice(b"HIBR");
+        put(&hiber, "hiberfil.sys");
+    }
+    // The NTFS partition goes after the FAT one; the disk grows to hold it.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .expect("disk");
+    f.set_len(start + len + (1 << 20)).expect("grow");
+    drop(f);
+    run_ok(Command::new("dd").args([
+        &format!("if={}", part.display()),
+        &format!("of={}", disk.display()),
+        "bs=1M",
+        &format!("seek={}", start >> 20),
+        "conv=notrunc,sparse",
+        "status=none",
+    ]));
+    let mut sf = Command::new("sfdisk");
+    sf.args(["--append", "--no-reread", "--no-tell-kernel", "-q"])
+        .arg(&disk);
+    sf.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = sf.spawn().expect("sfdisk");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "start={}, size={}, type=7", start / 512, len / 512).expect("sfdisk input");
+    }
+    let out = child.wait_with_output().expect("sfdisk");
+    assert!(
+        out.status.success(),
+        "sfdisk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (disk, start, len)
+}
+
+/// Waits for a capture environment's last word on the serial console.
+fn wait_capture(lab: &mut Lab, vm: &Vm, want: &str) -> String {
+    let deadline = Instant::now() + BOOT_TIMEOUT * 2;
+    loop {
+        let log = serial_text(&vm.serial);
+        if log.contains(want) {
+            return log;
+        }
+        let why = if log.contains("KHOI-CAPTURE: FAILED") {
+            Some("the capture failed")
+        } else if log.contains("KHOI-CAPTURE-REFUSED") && want != "KHOI-CAPTURE-REFUSED" {
+            Some("the capture was refused")
+        } else if lab.vm_exited(vm) {
+            Some("qemu exited")
+        } else if Instant::now() > deadline {
+            Some("timed out")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            lab.fail(vm, &format!("{why} before {want}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn stop_vm(lab: &mut Lab, vm: &Vm) {
+    let _ = lab.children[vm.child].kill();
+    let _ = lab.children[vm.child].wait();
+}
+
+/// Issue 11 §2: a seat in capture mode boots the capture environment, which
+/// copies its local disk (MBR, the FAT boot partition raw, an NTFS partition
+/// by used clusters) into a new image published as version 1; the copy equals
+/// the source where it matters, and the same seat then boots it over iSCSI.
+#[test]
+fn capture_mode_copies_a_local_disk_into_version_1_and_the_seat_boots_it() {
+    if !lab_available() {
+        return;
+    }
+    require("mkntfs");
+    require("ntfscp");
+    require("ntfscat");
+    let mut lab = Lab::new("cap", Mode::Authoritative);
+    lab.start_khoi(Mode::Authoritative);
+    let env = capture_env().clone();
+    let data = lab.khoi().data.clone();
+    std::fs::create_dir_all(data.join("capture")).expect("capture dir");
+    for f in ["vmlinuz", "initrd.gz"] {
+        std::fs::copy(env.join(f), data.join("capture").join(f)).expect("install environment");
+    }
+    let dir = lab.dir.path().to_path_buf();
+    let (disk, start, len) = source_disk(&dir, "master", false);
+    let mac = lab.mac(0x30);
+    lab.add_seat("master", &mac, "persistent");
+    let armed = lab
+        .khoi()
+        .ok(&["seat", "capture", "master", "--image", "golden"]);
+    assert!(armed.contains("environment: built"), "{armed}");
+
+    let vm = lab.start_vm_with_disk("master", &mac, Firmware::Bios, Some(&disk));
+    let log = wait_capture(&mut lab, &vm, "KHOI-CAPTURE-DONE");
+    stop_vm(&mut lab, &vm);
+    eprintln!(
+        "pxe_e2e: capture finished after {:.1} s",
+        vm.started.elapsed().as_secs_f64()
+    );
+    let status = lab.khoi().ok(&["seat", "capture", "master", "--status"]);
+    // The test disk is no Windows installation: the gate holds the copy, and
+    // the officer publishes it with a reason (what the page offers).
+    if status.contains("status:   held") {
+        lab.khoi().ok(&[
+            "draft",
+            "publish",
+            "golden",
+            "--note",
+            "captured test disk",
+            "--override",
+            "the test disk is not Windows",
+        ]);
+    } else {
+        assert!(
+            status.contains("status:   done"),
+            "{status}\n{}",
+            tail(&log, 30)
+        );
+    }
+    let versions = lab.khoi().json(&["image", "versions", "golden"]);
+    let numbers: Vec<u64> = versions
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["number"].as_u64())
+        .collect();
+    assert!(numbers.contains(&1), "{versions}");
+
+    // Equal where it matters: everything before the NTFS partition (MBR,
+    // boot code, the FAT partition) byte for byte, and the NTFS files.
+    let copy = dir.join("golden.img");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(lab.khoi().nbd_uri("image/golden@1"))
+            .arg(&copy),
+    );
+    assert_eq!(
+        std::fs::metadata(&copy).expect("copy").len(),
+        std::fs::metadata(&disk).expect("disk").len(),
+        "the image has the source disk's size"
+    );
+    let head = |p: &Path| {
+        let out = run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("head -c {start} {} | sha256sum", p.display())),
+        );
+        out
+    };
+    assert_eq!(
+        head(&disk),
+        head(&copy),
+        "partition table, boot code and FAT partition"
+    );
+    let extract = |p: &Path, tag: &str| {
+        let part = dir.join(format!("{tag}.part"));
+        run_ok(Command::new("dd").args([
+            &format!("if={}", p.display()),
+            &format!("of={}", part.display()),
+            "bs=1M",
+            &format!("skip={}", start >> 20),
+            &format!("count={}", len >> 20),
+            "status=none",
+        ]));
+        part
+    };
+    let (src_part, dst_part) = (extract(&disk, "src"), extract(&copy, "dst"));
+    for f in ["payload.bin", "hello.txt"] {
+        let a = run(Command::new("ntfscat").arg(&src_part).arg(f));
+        let b = run(Command::new("ntfscat").arg(&dst_part).arg(f));
+        assert!(a.status.success() && b.status.success(), "ntfscat {f}");
+        assert!(a.stdout == b.stdout, "{f} differs in the copy");
+    }
+    let ev = lab.khoi().ok(&["events", "--subject", "master"]);
+    for k in ["seat.capture.arm", "seat.capture.start", "seat.capture"] {
+        assert!(ev.contains(k), "{k} in {ev}");
+    }
+
+    // The seat left capture mode; the same machine, now on the captured
+    // image, boots it over iSCSI (its local disk still attached).
+    lab.khoi().ok(&["seat", "remove", "master"]);
+    lab.khoi().ok(&[
+        "seat",
+        "add",
+        "master",
+        "--mac",
+        &mac,
+        "--image",
+        "golden",
+        "--policy",
+        "persistent",
+    ]);
+    let vm = lab.start_vm_with_disk("master-2", &mac, Firmware::Bios, Some(&disk));
+    let booted = lab.wait_booted(&[&vm]);
+    assert_eq!(persist_line(&vm, &booted[0].0), "absent");
+    report("captured image", &vm, booted[0].1);
+}
+
+/// A source whose Windows volume is hibernated (Fast Startup) is refused:
+/// the seat's screen says why, the event log has it, no image is left.
+#[test]
+fn capture_of_a_hibernated_windows_volume_is_refused() {
+    if !lab_available() {
+        return;
+    }
+    require("mkntfs");
+    require("ntfscp");
+    let mut lab = Lab::new("caph", Mode::Authoritative);
+    lab.start_khoi(Mode::Authoritative);
+    let env = capture_env().clone();
+    let data = lab.khoi().data.clone();
+    std::fs::create_dir_all(data.join("capture")).expect("capture dir");
+    for f in ["vmlinuz", "initrd.gz"] {
+        std::fs::copy(env.join(f), data.join("capture").join(f)).expect("install environment");
+    }
+    let dir = lab.dir.path().to_path_buf();
+    let (disk, _, _) = source_disk(&dir, "sleepy", true);
+    let mac = lab.mac(0x31);
+    lab.add_seat("sleepy", &mac, "persistent");
+    lab.khoi()
+        .ok(&["seat", "capture", "sleepy", "--image", "never"]);
+    let vm = lab.start_vm_with_disk("sleepy", &mac, Firmware::Bios, Some(&disk));
+    let log = wait_capture(&mut lab, &vm, "KHOI-CAPTURE-REFUSED");
+    stop_vm(&mut lab, &vm);
+    assert!(log.contains("hibernated"), "{}", tail(&log, 20));
+    let status = lab.khoi().ok(&["seat", "capture", "sleepy", "--status"]);
+    assert!(status.contains("status:   refused"), "{status}");
+    let ev = lab.khoi().ok(&["events", "--subject", "sleepy"]);
+    assert!(ev.contains("seat.capture.refused"), "{ev}");
+    let images = lab.khoi().ok(&["image", "list"]);
+    assert!(
+        !images.contains("never"),
+        "the refused capture left no image: {images}"
+    );
 }

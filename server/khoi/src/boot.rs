@@ -347,22 +347,25 @@ impl BootDirectory for Seats {
         let Some(peer) = peer.map(|p| p.to_canonical().to_string()) else {
             return (404, "no such capture\n".into());
         };
+        // The environment's HTTP client (busybox wget) shows no body on an error
+        // status, and the seat's screen must say why: a report from the capture's
+        // own address is answered 200 with the outcome on the first line (`ok`,
+        // `refused`, `error`) and the officer's sentence after it.
         match capture_report(&self.service, self.portal, token, &peer, verb, body) {
-            Ok(text) => (200, text),
+            Ok(text) => (200, format!("ok\n{text}")),
+            Err(ServiceError::NotFound(m)) => (404, format!("{m}\n")),
             Err(e) => {
-                let code = match &e {
-                    ServiceError::NotFound(_) => 404,
-                    ServiceError::Conflict(_) | ServiceError::Gate(_) => 409,
-                    ServiceError::Invalid { .. } => 400,
-                    _ => 500,
+                let (word, text) = match &e {
+                    ServiceError::Conflict(m) if verb == "done" => ("refused", m.clone()),
+                    ServiceError::Conflict(_)
+                    | ServiceError::Gate(_)
+                    | ServiceError::Invalid { .. } => ("error", e.to_string()),
+                    _ => {
+                        tracing::error!("capture report {verb} failed: {e}");
+                        ("error", "the server failed; its log says more".to_string())
+                    }
                 };
-                let text = if code == 500 {
-                    tracing::error!("capture report {verb} failed: {e}");
-                    "internal error; the server log says more".to_string()
-                } else {
-                    e.to_string()
-                };
-                (code, format!("{text}\n"))
+                (200, format!("{word}\n{text}\n"))
             }
         }
     }
