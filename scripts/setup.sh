@@ -43,6 +43,8 @@ test_pkgs+=(qemu-system-x86 ipxe-qemu ovmf dnsmasq-base iproute2 mtools syslinux
 test_pkgs+=(ntfs-3g libhivex-bin libwin-hivex-perl gdisk)
 # The compliance report's PDF is read back with pdftotext.
 test_pkgs+=(poppler-utils)
+# images/capture/build.sh finds the libraries its binaries need with readelf.
+test_pkgs+=(binutils)
 
 # scripts/bench-sync.sh compares province sync with rsync -z (and zstd for the
 # delta's compressed size, bc for the table).

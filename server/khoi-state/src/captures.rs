@@ -54,6 +54,19 @@ impl CaptureStatus {
         }
     }
 
+    /// The page's wording key (`capture.<status>`).
+    pub fn key(self) -> &'static str {
+        match self {
+            CaptureStatus::Armed => "capture.armed",
+            CaptureStatus::Offered => "capture.offered",
+            CaptureStatus::Copying => "capture.copying",
+            CaptureStatus::Done => "capture.done",
+            CaptureStatus::Held => "capture.held",
+            CaptureStatus::Refused => "capture.refused",
+            CaptureStatus::Failed => "capture.failed",
+        }
+    }
+
     fn parse(s: &str) -> CaptureStatus {
         match s {
             "armed" => CaptureStatus::Armed,

@@ -252,6 +252,22 @@ mod tests {
             }
             keys.insert(p.as_str().to_string());
         }
+        use khoi_state::CaptureStatus as C;
+        for c in [
+            C::Armed,
+            C::Offered,
+            C::Copying,
+            C::Done,
+            C::Held,
+            C::Refused,
+            C::Failed,
+        ] {
+            match c {
+                C::Armed | C::Offered | C::Copying | C::Done | C::Held | C::Refused | C::Failed => {
+                }
+            }
+            keys.insert(c.key().to_string());
+        }
         use khoi_admin::gate::GateStatus as G;
         for g in [
             G::Passed,

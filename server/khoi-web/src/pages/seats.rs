@@ -10,6 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use khoi_admin::ServiceError;
+use khoi_admin::capture::{CaptureEnvironment, CaptureView};
 use khoi_admin::service::{AddSeat, ImageView, SeatDetails, VersionView};
 use khoi_state::{Event, SeatUpdate, UnknownMac};
 
@@ -29,6 +30,7 @@ pub fn router() -> Router<WebState> {
         .route("/seats/{name}/reset", post(seat_reset))
         .route("/seats/{name}/maintenance", post(seat_maintenance))
         .route("/seats/{name}/delete", post(seat_delete))
+        .route("/seats/{name}/capture", post(seat_capture))
 }
 
 #[derive(Template)]
@@ -198,6 +200,9 @@ struct SeatTpl {
     networks: Vec<String>,
     /// The last boots as inline SVG (see `boot_chart`), "" when none.
     boot_chart: String,
+    capture: Option<CaptureView>,
+    capture_active: bool,
+    capture_env: CaptureEnvironment,
 }
 
 /// The seat's kept boots, newest on top, each labelled with its start.
@@ -233,11 +238,12 @@ async fn seat_page(
         let versions = svc.versions(&d.seat.image).unwrap_or_default();
         let events = svc.state().events(Some(&name), 20)?;
         let boots = svc.state().boot_timings(&name)?;
-        Ok((d, versions, events, svc.images(), boots))
+        let capture = svc.capture(&name)?;
+        Ok((d, versions, events, svc.images(), boots, capture))
     })
     .await;
     match r {
-        Ok((d, versions, events, images, boots)) => {
+        Ok((d, versions, events, images, boots, capture)) => {
             let state = st.service.seat_state(&d.seat).as_str();
             render(&SeatTpl {
                 p: Page::new(&st, &ctx, "seats"),
@@ -254,6 +260,9 @@ async fn seat_page(
                 versions,
                 events,
                 networks: network_names(&st.service),
+                capture_active: capture.as_ref().is_some_and(|c| c.status.is_active()),
+                capture,
+                capture_env: st.service.capture_environment(),
             })
         }
         Err(e) => Err(e.into()),
@@ -371,5 +380,37 @@ async fn seat_delete(
         &ctx,
         &to,
         r.map(|()| ok_msg(&ctx, "msg.deleted", &name)),
+    )
+}
+
+/// Capture mode on (`image` = the new image's name) or off (`cancel=1`).
+async fn seat_capture(
+    State(st): State<WebState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(name): Path<String>,
+    Form(f): FormMap,
+) -> Response {
+    let svc = Arc::clone(&st.service);
+    let who = ctx.actor();
+    let n = name.clone();
+    let cancel = field(&f, "cancel") == "1";
+    let image = field(&f, "image").trim().to_string();
+    let (on, off) = (
+        t(ctx.lang, "msg.capture_on"),
+        t(ctx.lang, "msg.capture_off"),
+    );
+    let r = call(move || {
+        if cancel {
+            svc.capture_cancel(&who, &n).map(|()| off)
+        } else {
+            svc.capture_arm(&who, &n, &image).map(|_| on)
+        }
+    })
+    .await;
+    done(
+        &st,
+        &ctx,
+        &format!("/seats/{name}"),
+        r.map(|said| format!("{said} {name}")),
     )
 }
