@@ -21,7 +21,8 @@ HOSTPORT=$(echo "$URL" | $B sed -n 's#^http://\([^/]*\)/.*#\1#p')
 # report VERB BODY: POST to Khoi; prints the answer (first line: ok, refused
 # or error). Returns 0 only for ok.
 report() {
-  ans=$($B wget -q -T 30 -O - --post-data "$2" "$URL/$1" 2>/tmp/wget.err) || {
+  # busybox 1.35's static wget crashes with -T: bound it with timeout instead.
+  ans=$($B timeout 60 $B wget -q -O - --post-data "$2" "$URL/$1" 2>/tmp/wget.err) || {
     echo "error"; echo "cannot reach Khoi at $HOSTPORT ($($B cat /tmp/wget.err))"; return 1; }
   echo "$ans"
   [ "$(echo "$ans" | $B head -n 1)" = ok ]

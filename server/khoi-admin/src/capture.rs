@@ -778,4 +778,64 @@ mod tests {
             Err(ServiceError::NotFound(_))
         ));
     }
+
+    /// Copies `bytes` into a fresh capture of seat pc01 as its environment would.
+    fn capture_bytes(svc: &Service, image: &str, bytes: &[u8]) -> String {
+        let a = Actor::server();
+        svc.capture_arm(&a, "pc01", image).expect("arm");
+        let (token, _) = svc
+            .capture_offer("pc01", "10.0.0.5")
+            .expect("offer")
+            .expect("armed");
+        let size = bytes.len() as u64;
+        svc.capture_begin(&token, "10.0.0.5", size, size)
+            .expect("begin");
+        let draft = svc.open_capture_target("pc01").expect("draft");
+        khoi_block::BlockDevice::write_at(draft.as_ref(), bytes, 0, khoi_block::WriteFlags::NONE)
+            .expect("copy");
+        drop(draft);
+        token
+    }
+
+    #[test]
+    fn a_dirty_windows_volume_is_refused_with_the_gates_detection() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let svc = service(tmp.path());
+        // Refused whether or not the gate is enforced: it is the capture's rule.
+        svc.set_gate_enforced(false);
+        add_seat(&svc, "pc01", "02:00:00:00:00:01");
+        let mut img = khoi_inspect::fixtures::Image::clean();
+        img.dirty = true;
+        let token = capture_bytes(&svc, "dirtywin", &img.build());
+        let e = svc.capture_finish(&token, "10.0.0.5").expect_err("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("not shut down cleanly"), "{msg}");
+        assert!(msg.contains("powercfg /h off"), "{msg}");
+        let view = svc.capture("pc01").expect("q").expect("row");
+        assert_eq!(view.status, CaptureStatus::Refused);
+        assert!(
+            svc.store().current_version("dirtywin").is_err(),
+            "no image is left"
+        );
+        let ev = svc.state().events(Some("pc01"), 50).expect("events");
+        assert!(ev.iter().any(|e| e.kind == "seat.capture.refused"));
+    }
+
+    #[test]
+    fn a_gate_failure_holds_the_copy_in_its_draft() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let svc = service(tmp.path());
+        add_seat(&svc, "pc01", "02:00:00:00:00:01");
+        // Not a Windows disk at all: the enforced gate refuses to publish.
+        let token = capture_bytes(&svc, "notwin", &vec![0x5a; 1 << 20]);
+        let msg = svc.capture_finish(&token, "10.0.0.5").expect("answered");
+        assert!(msg.contains("image gate refused"), "{msg}");
+        let view = svc.capture("pc01").expect("q").expect("row");
+        assert_eq!(view.status, CaptureStatus::Held);
+        assert!(
+            svc.store().draft("notwin").is_some(),
+            "the draft is kept for a fix"
+        );
+        assert_eq!(svc.store().current_version("notwin").expect("image"), 0);
+    }
 }
