@@ -1589,8 +1589,8 @@ fn source_disk(dir: &Path, name: &str, dirty: bool) -> (PathBuf, u64, u64) {
                 .arg(dest),
         );
     };
-    let payload: Vec<u8> = (0..(3u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+    let payload: Vec<u8> = (0..(1u32 << 20))
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
         .collect();
     put(&payload, "payload.bin");
     put(b"captured by khoi\n", "hello.txt");
@@ -1606,13 +1606,13 @@ fn source_disk(dir: &Path, name: &str, dirty: bool) -> (PathBuf, u64, u64) {
         // $Volume is MFT record 3; the boot sector says where the MFT is.
         let cluster = u64::from(u16::from_le_bytes([boot[11], boot[12]])) * u64::from(boot[13]);
         let mft = u64::from_le_bytes(boot[0x30..0x38].try_into().expect("8 bytes")) * cluster;
-        let per = boot[0x40] as i8;
-        let rec_size = if per < 0 {
-            1u64 << (-per)
-        } else {
-            per as u64 * cluster
+        // Clusters per record, or (negative) the log2 of the record size.
+        let per = boot[0x40].cast_signed();
+        let rec_size = match u64::try_from(per) {
+            Ok(clusters) => clusters * cluster,
+            Err(_) => 1u64 << per.unsigned_abs(),
         };
-        let mut rec = vec![0u8; rec_size as usize];
+        let mut rec = vec![0u8; usize::try_from(rec_size).expect("small record")];
         f.read_exact_at(&mut rec, mft + 3 * rec_size)
             .expect("$Volume");
         khoi_inspect::fixtures::set_dirty(&mut rec);
@@ -1769,12 +1769,11 @@ fn capture_mode_copies_a_local_disk_into_version_1_and_the_seat_boots_it() {
         "the image has the source disk's size"
     );
     let head = |p: &Path| {
-        let out = run_ok(
+        run_ok(
             Command::new("sh")
                 .arg("-c")
                 .arg(format!("head -c {start} {} | sha256sum", p.display())),
-        );
-        out
+        )
     };
     assert_eq!(
         head(&disk),

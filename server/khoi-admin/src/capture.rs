@@ -150,7 +150,7 @@ impl Service {
         if size == 0 {
             return Err(invalid("the size must be more than zero".into()));
         }
-        if size % 512 != 0 {
+        if !size.is_multiple_of(512) {
             return Err(invalid(format!(
                 "the size must be a whole number of 512-byte sectors ({size} bytes is not)"
             )));

@@ -37,7 +37,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::device::{BLOCK, SECTOR};
+use crate::device::SECTOR;
 use crate::error::{IMAGE, SEAT, StoreError, validate_name};
 use crate::event::{BlockEvent, EventSink, OverlayOwner};
 use crate::overlay::{Durability, Overlay, OverlayCtx, OverlayUsage, SpaceGuard};
@@ -645,11 +645,13 @@ impl Store {
         author: &str,
     ) -> Result<VersionInfo, StoreError> {
         validate_name(IMAGE, name)?;
-        if size == 0 || size % BLOCK != 0 {
+        // Whole sectors, like an import: a captured disk keeps its exact size
+        // (a GPT's backup header sits in its last sector).
+        if size == 0 || !size.is_multiple_of(SECTOR) {
             return Err(StoreError::InvalidImage {
                 path: self.image_dir(name),
                 reason: format!(
-                    "the size must be a non-zero multiple of {BLOCK} bytes (is {size})"
+                    "the size must be a non-zero multiple of {SECTOR} bytes (is {size})"
                 ),
             });
         }

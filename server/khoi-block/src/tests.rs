@@ -1204,8 +1204,9 @@ fn publish_layer_commits_a_layer_beside_the_draft_and_a_failure_leaves_nothing()
 fn empty_image_reads_zero_and_its_draft_publishes_as_version_1() {
     let tmp = tempfile::tempdir().expect("tmp");
     let st = store(tmp.path());
-    let size = 64 * 4096;
-    for bad in [0, 4096 + 512] {
+    // Whole sectors, not whole blocks: a disk's exact size.
+    let size = 64 * 4096 + 512;
+    for bad in [0, 4096 + 100] {
         assert!(
             matches!(
                 st.create_empty_image("blank", bad, "", ""),
