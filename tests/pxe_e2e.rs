@@ -1718,8 +1718,36 @@ fn capture_mode_copies_a_local_disk_into_version_1_and_the_seat_boots_it() {
         .ok(&["seat", "capture", "master", "--image", "golden"]);
     assert!(armed.contains("environment: built"), "{armed}");
 
+    // A fetch of the seat's script from another machine (here: the server's
+    // own address) gets a capture token that works from there only, and
+    // the seat's own fetch replaces it.
+    let ns = lab.ns.clone();
+    let in_lab = |argv: &[&str]| {
+        let out = run(Command::new("ip").args(["netns", "exec", &ns]).args(argv));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let script_url = format!("http://{LAB_IP}:8077/boot/{}.ipxe", mac.replace(':', "-"));
+    let script = in_lab(&["curl", "-sS", &script_url]);
+    let initrd_url = script
+        .lines()
+        .find_map(|l| l.strip_prefix("initrd "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no capture script: {script}"))
+        .to_string();
+    let code = |url: &str| in_lab(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url]);
+    assert_eq!(
+        code(&initrd_url),
+        "200",
+        "the fetching address gets the environment"
+    );
+
     let vm = lab.start_vm_with_disk("master", &mac, Firmware::Bios, Some(&disk));
     let log = wait_capture(&mut lab, &vm, "KHOI-CAPTURE-DONE");
+    assert_eq!(
+        code(&initrd_url),
+        "404",
+        "the seat's own fetch replaced that token"
+    );
     stop_vm(&mut lab, &vm);
     eprintln!(
         "pxe_e2e: capture finished after {:.1} s",

@@ -1134,4 +1134,101 @@ mod boot_path_tests {
         assert_eq!(events_reach(&l, "iscsi.login.wrong_profile", 1), 1);
         assert!(portal(&quay).open_lun0(SEAT).is_err());
     }
+
+    /// Issue 11 §2: a capture's draft target opens with its one-time
+    /// credentials only, from the address that fetched the capture
+    /// environment, for the initiator name it was given, while it copies;
+    /// its logins begin no boot of the seat.
+    #[test]
+    fn capture_target_opens_only_for_its_copy() {
+        let l = lab();
+        let a = Actor::server();
+        l.svc.capture_arm(&a, "pc01", "master").expect("arm");
+        let (token, _) = l
+            .svc
+            .capture_offer("pc01", "10.0.0.5")
+            .expect("offer")
+            .expect("armed");
+        let target = l.svc.capture_target_iqn("pc01");
+        let t = l
+            .svc
+            .capture_begin(&token, "10.0.0.5", 1 << 20, 1 << 20)
+            .expect("begin");
+        assert_eq!(t.target_iqn, target);
+        let (ini, user, secret) = (t.initiator_iqn.as_str(), &t.chap_user, &t.chap_secret);
+        assert_eq!(
+            login_on(
+                l.targets.clone(),
+                &target,
+                "10.0.0.5",
+                ini,
+                user,
+                secret,
+                None
+            ),
+            status::SUCCESS
+        );
+        assert_ne!(
+            login_on(
+                l.targets.clone(),
+                &target,
+                "10.0.0.6",
+                ini,
+                user,
+                secret,
+                None
+            ),
+            status::SUCCESS,
+            "another address"
+        );
+        assert_ne!(
+            login_on(
+                l.targets.clone(),
+                &target,
+                "10.0.0.5",
+                "iqn.x:other",
+                user,
+                secret,
+                None
+            ),
+            status::SUCCESS,
+            "another initiator"
+        );
+        // The seat's own boot credentials open its own target, not the capture's.
+        let boot = offer(&l, "10.0.0.5");
+        assert_ne!(
+            login_on(
+                l.targets.clone(),
+                &target,
+                "10.0.0.5",
+                IQN,
+                &boot.user,
+                &boot.secret,
+                None
+            ),
+            status::SUCCESS
+        );
+        assert_ne!(
+            login(&l, "10.0.0.5", ini, user, secret),
+            status::SUCCESS,
+            "the capture's credentials do not open the seat"
+        );
+        assert_eq!(events_reach(&l, "seat.boot", 0), 0, "a copy is no boot");
+        l.svc
+            .capture_fail(&token, "10.0.0.5", "test over")
+            .expect("fail");
+        assert_ne!(
+            login_on(
+                l.targets.clone(),
+                &target,
+                "10.0.0.5",
+                ini,
+                user,
+                secret,
+                None
+            ),
+            status::SUCCESS,
+            "the credentials die with the capture"
+        );
+    }
 }
