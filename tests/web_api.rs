@@ -1631,3 +1631,105 @@ async fn the_province_page_lists_sites_and_the_image_page_shows_origins() {
         page.body
     );
 }
+
+/// Issue 11 §2: `image create` and capture mode through the API and the seat
+/// page; a viewer can do neither, and bad sizes name the field.
+#[tokio::test]
+async fn image_create_and_capture_mode_through_the_api_and_the_seat_page() {
+    let h = harness();
+    let op = login(&h, "op", "operator-pass").await;
+    let r = op
+        .post(
+            "/api/v1/images/create",
+            json!({"name": "blank", "size": 64u64 << 20}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        (r.json()["number"].as_u64(), r.json()["size"].as_u64()),
+        (Some(0), Some(64 << 20))
+    );
+    let r = op
+        .post("/api/v1/images/create", json!({"name": "zero", "size": 0}))
+        .await;
+    assert!(r.status.is_client_error(), "{}", r.body);
+    assert!(r.body.contains("size"), "{}", r.body);
+    let r = op
+        .post(
+            "/api/v1/images/create",
+            json!({"name": "blank", "size": 1 << 20}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = op
+        .post(
+            "/api/v1/seats",
+            json!({"name": "master", "mac": "02:00:00:00:00:31", "image": "blank"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    let viewer = login(&h, "vi", "viewer-pass").await;
+    for (uri, body) in [
+        (
+            "/api/v1/images/create",
+            json!({"name": "v", "size": 1 << 20}),
+        ),
+        ("/api/v1/seats/master/capture", json!({"image": "golden"})),
+    ] {
+        assert_eq!(
+            viewer.post(uri, body).await.status,
+            StatusCode::FORBIDDEN,
+            "{uri}"
+        );
+    }
+    let st = viewer.get("/api/v1/seats/master/capture").await;
+    assert_eq!(st.status, StatusCode::OK, "{}", st.body);
+    assert!(st.json()["capture"].is_null());
+    assert_eq!(st.json()["environment"]["built"], json!(false));
+
+    let r = op
+        .post("/api/v1/seats/master/capture", json!({"image": "blank"}))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "an existing image: {}",
+        r.body
+    );
+    let r = op
+        .post("/api/v1/seats/master/capture", json!({"image": "golden"}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["capture"]["status"], json!("armed"));
+    let page = op.get("/seats/master").await.body;
+    assert!(
+        page.contains("id=\"capture-status\""),
+        "the page shows the capture"
+    );
+    assert!(
+        page.contains("images/capture/build.sh"),
+        "and where to build the environment"
+    );
+    assert_eq!(
+        op.delete("/api/v1/seats/master/capture").await.status,
+        StatusCode::OK
+    );
+    let st = op.get("/api/v1/seats/master/capture").await.json();
+    assert_eq!(st["capture"]["status"], json!("failed"));
+    // The page's form arms it again.
+    let r = op
+        .form("/seats/master/capture", &[("image", "golden2")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let st = op.get("/api/v1/seats/master/capture").await.json();
+    assert_eq!(
+        (
+            st["capture"]["status"].clone(),
+            st["capture"]["image"].clone()
+        ),
+        (json!("armed"), json!("golden2"))
+    );
+    let events = op.get("/api/v1/events?subject=master").await.body;
+    assert!(events.contains("seat.capture.arm") && events.contains("seat.capture.cancel"));
+}
