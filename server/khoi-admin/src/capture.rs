@@ -296,7 +296,7 @@ impl Service {
         };
         self.audit_args(
             &actor,
-            "seat.capture.boot",
+            "seat.boot.capture",
             seat,
             &format!(
                 "capture environment offered to {peer} for image {}",
@@ -733,7 +733,7 @@ mod tests {
             .collect();
         for k in [
             "seat.capture.arm",
-            "seat.capture.boot",
+            "seat.boot.capture",
             "seat.capture.start",
             "seat.capture.finish",
         ] {
