@@ -579,9 +579,13 @@ impl NetworkTargets {
     }
 
     /// Why `target`'s seat may not log in on this network, if it may not.
+    /// A capture's draft target belongs to its seat's network like the seat.
     fn refusal(&self, target: &str) -> Option<crate::boot::Refusal> {
         let svc = &self.inner.service;
-        let seat = svc.state().seat(svc.seat_of_target(target)?).ok()?;
+        let name = svc
+            .seat_of_capture_target(target)
+            .or_else(|| svc.seat_of_target(target))?;
+        let seat = svc.state().seat(name).ok()?;
         crate::boot::Refusal::check(svc, &self.network, &seat)
     }
 }
@@ -1193,6 +1197,30 @@ mod boot_path_tests {
             ),
             status::SUCCESS,
             "another initiator"
+        );
+        // Like its seat, the capture is served on the seat's boot network only.
+        let quay = khoi_admin::BootNetwork {
+            name: "quay".into(),
+            profile: khoi_admin::gate::Profile::Counter,
+            portal: None,
+        };
+        let public = khoi_admin::BootNetwork {
+            name: "public".into(),
+            profile: khoi_admin::gate::Profile::Kiosk,
+            portal: None,
+        };
+        l.svc.set_networks(vec![quay.clone(), public.clone()]);
+        let on = |net: &khoi_admin::BootNetwork| -> Arc<dyn khoi_iscsi::TargetResolver> {
+            Arc::new(NetworkTargets::new(l.targets.clone(), net.clone()))
+        };
+        assert_eq!(
+            login_on(on(&quay), &target, "10.0.0.5", ini, user, secret, None),
+            status::SUCCESS
+        );
+        assert_ne!(
+            login_on(on(&public), &target, "10.0.0.5", ini, user, secret, None),
+            status::SUCCESS,
+            "another boot network's portal"
         );
         // The seat's own boot credentials open its own target, not the capture's.
         let boot = offer(&l, "10.0.0.5");
