@@ -491,3 +491,58 @@ fn nbd_over_tcp_needs_the_pre_shared_key() {
         assert!(!out.status.success(), "{uri} was served");
     }
 }
+
+/// `khoi image create`: an empty disk (version 0) reads as zeros over NBD,
+/// its draft takes an installation and publishes as version 1; sizes with
+/// units, and clear refusals of bad ones.
+#[test]
+fn image_create_gives_an_empty_disk_whose_draft_becomes_version_1() {
+    require("qemu-io");
+    let s = Server::start();
+    for (size, want) in [
+        ("0", "more than zero"),
+        ("1000", "512-byte sectors"),
+        ("64XB", "unknown size unit"),
+        ("99999TiB", "largest image accepted"),
+    ] {
+        let err = s.fails(&["image", "create", "blank", "--size", size]);
+        assert!(err.contains(want), "{size}: {err}");
+    }
+    let out = s.ok(&["image", "create", "blank", "--size", "64MiB"]);
+    assert!(out.contains("64MiB") && out.contains("version 0"), "{out}");
+    let err = s.fails(&["image", "create", "blank", "--size", "64MiB"]);
+    assert!(err.contains("already exists"), "{err}");
+    let v0 = s.nbd_uri("image/blank@0");
+    qemu_io_ok(&v0, &["-r", "read -P 0 0 64M"]);
+    s.ok(&["draft", "open", "blank"]);
+    qemu_io_ok(&s.nbd_uri("draft/blank"), &["write -P 0x5a 1M 4M"]);
+    // A blank disk is no Windows installation: the gate needs an override.
+    s.ok(&[
+        "draft",
+        "publish",
+        "blank",
+        "--note",
+        "installed",
+        "--override",
+        "test disk, not Windows",
+    ]);
+    let versions = s.json(&["image", "versions", "blank"]);
+    let current: Vec<u64> = versions
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter(|v| v["current"] == true)
+        .filter_map(|v| v["number"].as_u64())
+        .collect();
+    assert_eq!(current, vec![1], "{versions}");
+    let v1 = s.nbd_uri("image/blank@1");
+    qemu_io_ok(
+        &v1,
+        &[
+            "-r",
+            "read -P 0x5a 1M 4M",
+            "read -P 0 0 1M",
+            "read -P 0 5M 59M",
+        ],
+    );
+}
