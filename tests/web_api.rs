@@ -1732,4 +1732,30 @@ async fn image_create_and_capture_mode_through_the_api_and_the_seat_page() {
     );
     let events = op.get("/api/v1/events?subject=master").await.body;
     assert!(events.contains("seat.capture.arm") && events.contains("seat.capture.cancel"));
+
+    // The images page's form takes sizes with units and names a bad one.
+    assert!(op.get("/images").await.body.contains("id=\"create-image\""));
+    let r = op
+        .form("/images/create", &[("name", "paged"), ("size", "2GiB")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(
+        h.svc.store().versions("paged").expect("created")[0].size,
+        2 << 30
+    );
+    op.form("/images/create", &[("name", "bad"), ("size", "2 parsecs")])
+        .await;
+    let flash = op.flash("/images").await;
+    assert!(
+        flash.contains("size") && flash.contains("parsecs"),
+        "{flash}"
+    );
+    assert!(h.svc.store().versions("bad").is_err());
+    assert_eq!(
+        viewer
+            .form("/images/create", &[("name", "v"), ("size", "1GiB")])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
 }

@@ -69,6 +69,11 @@ pub fn parse_gib(f: &HashMap<String, String>, name: &str) -> Result<Option<u64>,
         .ok_or_else(|| invalid(name, "too large"))
 }
 
+/// A required size with units (`64GiB`), for a new disk.
+pub fn parse_size(f: &HashMap<String, String>, name: &str) -> Result<u64, ServiceError> {
+    khoi_admin::capture::parse_size(field(f, name)).map_err(|e| invalid(name, &e))
+}
+
 pub fn parse_policy(f: &HashMap<String, String>) -> Result<Option<ResetPolicy>, ServiceError> {
     let v = field(f, "policy");
     if v.is_empty() {

@@ -14,7 +14,7 @@ use khoi_admin::service::{ImageView, PublishRequest, VersionView};
 use super::dashboard::{SeatRow, seat_rows};
 use super::{Page, PageResult, call, done, ok_msg, render};
 use crate::WebState;
-use crate::form::{FormMap, field, invalid};
+use crate::form::{FormMap, field, invalid, parse_size};
 use crate::guard::Ctx;
 use crate::i18n::t;
 use khoi_admin::gate::rule_name;
@@ -23,6 +23,7 @@ pub fn router() -> Router<WebState> {
     Router::new()
         .route("/images", get(images_page))
         .route("/images/import", post(image_import))
+        .route("/images/create", post(image_create))
         .route("/images/{name}", get(image_page))
         .route("/images/{name}/delete", post(image_delete))
         .route("/images/{name}/draft", post(draft_open))
@@ -78,6 +79,34 @@ async fn image_import(
         &ctx,
         &to,
         r.map(|v| format!("{} {name} v{}", t(ctx.lang, "msg.imported"), v.number)),
+    )
+}
+
+/// An empty image to install onto (`khoi image create`).
+async fn image_create(
+    State(st): State<WebState>,
+    Extension(ctx): Extension<Ctx>,
+    Form(f): FormMap,
+) -> Response {
+    let svc = Arc::clone(&st.service);
+    let who = ctx.actor();
+    let name = field(&f, "name").trim().to_string();
+    let n = name.clone();
+    let r = call(move || {
+        let size = parse_size(&f, "size")?;
+        svc.image_create(&who, &n, size)
+    })
+    .await;
+    let to = if r.is_ok() {
+        format!("/images/{name}")
+    } else {
+        "/images".to_string()
+    };
+    done(
+        &st,
+        &ctx,
+        &to,
+        r.map(|_| format!("{} {name}", t(ctx.lang, "msg.image_created"))),
     )
 }
 
