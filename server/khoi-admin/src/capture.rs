@@ -858,6 +858,26 @@ mod tests {
     }
 
     #[test]
+    fn a_hibernated_windows_volume_is_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let svc = service(tmp.path());
+        add_seat(&svc, "pc01", "02:00:00:00:00:01");
+        let mut img = khoi_inspect::fixtures::Image::clean();
+        let mut hiber = vec![0u8; 64 << 10];
+        hiber[..4].copy_from_slice(b"HIBR");
+        img.files.insert("hiberfil.sys".into(), hiber);
+        let token = capture_bytes(&svc, "sleepy", &img.build());
+        let e = svc.capture_finish(&token, "10.0.0.5").expect_err("refused");
+        assert!(e.to_string().contains("hibernated"), "{e}");
+        let view = svc.capture("pc01").expect("q").expect("row");
+        assert_eq!(view.status, CaptureStatus::Refused);
+        assert!(
+            svc.store().current_version("sleepy").is_err(),
+            "no image is left"
+        );
+    }
+
+    #[test]
     fn a_gate_failure_holds_the_copy_in_its_draft() {
         let tmp = tempfile::tempdir().expect("tmp");
         let svc = service(tmp.path());
