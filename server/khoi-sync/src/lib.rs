@@ -11,6 +11,7 @@
 //! - [`layout`]: object names in the bucket.
 //! - [`remote`]: the bucket (`object_store`), with a bandwidth cap.
 //! - [`publisher`] and [`site`]: the two roles, over a `khoi_block::Store`.
+//! - [`standby`]: a primary's signed state snapshot and its standby's copy.
 
 pub mod chunk;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod publisher;
 pub mod remote;
 pub mod sign;
 pub mod site;
+pub mod standby;
 pub mod status;
 
 use std::io::Write;
