@@ -1889,4 +1889,137 @@ fn capture_of_a_dirty_ntfs_volume_is_refused() {
         !images.contains("never"),
         "the refused capture left no image: {images}"
     );
+
+/// Warm standby end to end: a primary Khoi with a seat and an image, its
+/// standby pulling both from the same Garage; the primary is killed
+/// (`kill -9`), the standby takes the service address (`ip addr add`, as
+/// keepalived would) and is promoted, and a real iPXE seat boots from it.
+/// Both run in the lab namespace (Garage listens on its loopback), so the
+/// service address is a second address on the bridge that the test removes
+/// with the dead primary and adds back for the standby.
+#[test]
+fn seat_boots_from_a_promoted_standby_after_the_primary_dies() {
+    if !lab_available() {
+        return;
+    }
+    const SERVICE_IP: &str = "10.77.0.2";
+    let mut lab = Lab::new("standby", Mode::Proxy);
+    let lab_dir = lab.dir.path().to_path_buf();
+    let ns = lab.ns.clone();
+    let g = garage::Garage::start(Some(&ns));
+    let keys = lab.dir.path().join("keys");
+    std::fs::create_dir(&keys).expect("mkdir");
+    let primary_cred = g.credentials(&g.key("phuong-1", true), &keys);
+    let standby_cred = g.credentials(&g.key("phuong-1-b", false), &keys);
+    let keygen = |file: &Path| {
+        let out =
+            run_ok(Command::new(common::KHOI).args(["sync", "keygen", &file.to_string_lossy()]));
+        out.lines().last().expect("public key").trim().to_string()
+    };
+    let province_key = keys.join("province.key");
+    let province_public = keygen(&province_key);
+    let standby_key = keys.join("standby.key");
+    let standby_public = keygen(&standby_key);
+    let bucket = |cred: &Path| {
+        format!(
+            "  bucket:\n    endpoint: {}\n    name: khoi\n    credentials_file: {}\n    allow_http: true\n",
+            g.endpoint(),
+            cred.display()
+        )
+    };
+    let pxe = |tftp: &str| {
+        format!(
+            "pxe:\n  mode: proxy\n  interface: br0\n  server_ip: {SERVICE_IP}\n  \
+             http_port: 8077\n  tftp_root: {}\n",
+            lab_dir.join(tftp).display()
+        )
+    };
+    ip(&["-n", &ns, "addr", "add", &format!("{SERVICE_IP}/24"), "dev", "br0"]);
+
+    // The primary: the centre's Khoi, publishing its images and state for
+    // its standby.
+    let primary_yaml = format!(
+        "{}sync:\n  role: publisher\n  name: phuong-1\n{}  signing_key: {}\n  images: [e2e]\n  \
+         standby_key: {}\n  snapshot_secs: 10\n  interval_secs: 10\n",
+        pxe("tftp"),
+        bucket(&primary_cred),
+        province_key.display(),
+        standby_key.display()
+    );
+    lab.start_khoi_full(primary_yaml, &format!("{SERVICE_IP}:3260"), true);
+    let mac = lab.mac(1);
+    lab.add_seat("pc01", &mac, "on-boot");
+    lab.khoi().ok(&["sync", "now"]);
+
+    // The standby: same boot network, nothing answered until promoted.
+    let standby = Server::start_with(Options {
+        iscsi: true,
+        iscsi_addr: Some(format!("{SERVICE_IP}:3260")),
+        netns: Some(ns.clone()),
+        extra_yaml: format!(
+            "{}sync:\n  role: standby\n  name: phuong-1-b\n{}  trusted_keys: [{province_public}]\n  \
+             images: [e2e]\n  primary: phuong-1\n  primary_key: {standby_public}\n  \
+             interval_secs: 10\n",
+            pxe("tftp-b"),
+            bucket(&standby_cred)
+        ),
+        ..Options::default()
+    });
+    wait_event(&standby, "e2e", "sync.pulled", Duration::from_secs(180));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        lab.khoi().ok(&["sync", "now"]);
+        standby.ok(&["sync", "now"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let st = standby.json(&["standby", "status"]);
+        if st["seats"] == 1 && st["images_missing"].as_array().is_some_and(Vec::is_empty) {
+            assert_eq!(st["primary"], "phuong-1", "{st}");
+            assert!(st["promoted"].is_null(), "{st}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby never got the primary's seat and image: {st}\n{}",
+            standby.log()
+        );
+    }
+    assert!(
+        standby.json(&["seat", "list"]).as_array().is_some_and(Vec::is_empty),
+        "a standby restores nothing before it is promoted"
+    );
+
+    // The primary dies; its address goes with it and comes back on the
+    // standby, which is promoted.
+    lab.server.as_mut().expect("primary").kill9();
+    ip(&["-n", &ns, "addr", "del", &format!("{SERVICE_IP}/24"), "dev", "br0"]);
+    ip(&["-n", &ns, "addr", "add", &format!("{SERVICE_IP}/24"), "dev", "br0"]);
+    let promoted = standby.json(&["standby", "promote"]);
+    assert_eq!(promoted["restored"], serde_json::json!(["pc01"]), "{promoted}");
+    lab.wait_udp(&ns, 67);
+    // Promoted is remembered: a restart serves the seats again at once.
+    let mut standby = standby;
+    standby.stop();
+    standby.spawn();
+    lab.wait_udp(&ns, 67);
+    let again = standby.fails(&["standby", "promote"]);
+    assert!(again.contains("already promoted"), "{again}");
+    lab.server = Some(standby);
+
+    let vm = lab.start_vm("pc01", &mac, Firmware::Bios);
+    let booted = lab.wait_booted(&[&vm]);
+    let (log, took) = &booted[0];
+    report("bios seat from a promoted standby", &vm, *took);
+    assert!(
+        log.contains("Khoi: seat pc01"),
+        "Khoi's script did not run on the standby:\n{}",
+        tail(log, 40)
+    );
+    let events = lab.khoi().json(&["events", "--limit", "200"]);
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["kind"] == "standby.promote")),
+        "{events:#}"
+    );
+    drop(g);
 }

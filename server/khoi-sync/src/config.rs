@@ -15,6 +15,9 @@ pub enum Role {
     Publisher,
     /// Pulls every version of `images` signed by one of `trusted_keys`.
     Site,
+    /// Warm standby of `primary`: pulls its images and its state snapshot,
+    /// serves no seat until `khoi standby promote`.
+    Standby,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -51,6 +54,20 @@ pub struct SyncConfig {
     /// Seconds between passes.
     #[serde(default = "default_interval")]
     pub interval_secs: u64,
+    /// A primary (any other role): its standby key (`khoi sync keygen`,
+    /// mode 0600), which signs the state snapshot and the images it exposes
+    /// to its standby; absent: no standby.
+    #[serde(default)]
+    pub standby_key: Option<PathBuf>,
+    /// A primary: seconds between state snapshots.
+    #[serde(default = "default_interval")]
+    pub snapshot_secs: u64,
+    /// Standby: the primary's `name`.
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// Standby: the public half of the primary's `standby_key` (64 hex digits).
+    #[serde(default)]
+    pub primary_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -108,6 +125,19 @@ impl SyncConfig {
             .collect()
     }
 
+    /// Standby: the primary's name and public key, parsed.
+    pub fn primary(&self) -> Result<(String, VerifyingKey), String> {
+        let name = self
+            .primary
+            .clone()
+            .ok_or("a standby names its primary (primary: NAME)")?;
+        let key = self
+            .primary_key
+            .as_deref()
+            .ok_or("a standby needs the primary's public key (primary_key: HEX)")?;
+        Ok((name, crate::sign::parse_public(key)?))
+    }
+
     pub fn window(&self) -> Result<Option<Window>, String> {
         self.window.as_deref().map(Window::parse).transpose()
     }
@@ -162,6 +192,32 @@ impl SyncConfig {
                     ));
                 }
             }
+            Role::Standby => {
+                let (primary, _) = self.primary().map_err(|e| ("primary", e))?;
+                if !khoi_block::is_valid_new_name(&primary) || primary == self.name {
+                    return Err((
+                        "primary",
+                        format!(
+                            "{primary:?}: the primary's name ({}), not this server's",
+                            khoi_block::NAME_RULE
+                        ),
+                    ));
+                }
+                if self.signing_key.is_some() || self.standby_key.is_some() {
+                    return Err((
+                        "signing_key",
+                        "a standby signs nothing: it holds no private key until promoted".into(),
+                    ));
+                }
+                // Province images still come through the province's keys.
+                self.trusted().map_err(|e| ("trusted_keys", e))?;
+            }
+        }
+        if self.role != Role::Standby && (self.primary.is_some() || self.primary_key.is_some()) {
+            return Err((
+                "primary",
+                "only a standby (role: standby) has a primary".into(),
+            ));
         }
         for site in &self.sites {
             if !khoi_block::is_valid_new_name(&site.name) {
@@ -177,6 +233,12 @@ impl SyncConfig {
         }
         self.window().map_err(|e| ("window", e))?;
         self.rate().map_err(|e| ("bandwidth", e))?;
+        if !(10..=86_400).contains(&self.snapshot_secs) {
+            return Err((
+                "snapshot_secs",
+                format!("{}: 10 to 86400", self.snapshot_secs),
+            ));
+        }
         if !(10..=86_400).contains(&self.interval_secs) {
             return Err((
                 "interval_secs",
@@ -199,5 +261,71 @@ mod tests {
         assert!(parse_rate("20").is_err());
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("1kbit").is_err());
+    }
+
+    fn standby(extra: serde_json::Value) -> Result<(), (&'static str, String)> {
+        let mut v = serde_json::json!({
+            "role": "standby",
+            "name": "phuong-1-b",
+            "bucket": {
+                "endpoint": "https://s3.example",
+                "name": "province",
+                "credentials_file": "/etc/khoi/sync.credentials"
+            },
+            "trusted_keys": ["11".repeat(32)],
+            "images": ["win11"],
+            "primary": "phuong-1",
+            "primary_key": crate::sign::public_hex(
+                &ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key()
+            ),
+        });
+        for (k, x) in extra.as_object().expect("object") {
+            if x.is_null() {
+                v.as_object_mut().expect("object").remove(k);
+            } else {
+                v[k] = x.clone();
+            }
+        }
+        let cfg: SyncConfig = serde_json::from_value(v).map_err(|e| ("parse", e.to_string()))?;
+        cfg.validate()
+    }
+
+    #[test]
+    fn standby_keys() {
+        use serde_json::json;
+        standby(json!({})).expect("a good standby");
+        assert_eq!(
+            standby(json!({ "primary": null })).expect_err("").0,
+            "primary"
+        );
+        assert_eq!(
+            standby(json!({ "primary_key": null })).expect_err("").0,
+            "primary"
+        );
+        assert_eq!(
+            standby(json!({ "primary_key": "abc" })).expect_err("").0,
+            "primary"
+        );
+        assert_eq!(
+            standby(json!({ "primary": "phuong-1-b" })).expect_err("").0,
+            "primary"
+        );
+        assert_eq!(
+            standby(json!({ "standby_key": "/etc/khoi/standby.key" }))
+                .expect_err("")
+                .0,
+            "signing_key"
+        );
+        assert_eq!(
+            standby(json!({ "snapshot_secs": 5 })).expect_err("").0,
+            "snapshot_secs"
+        );
+        // A primary of any role may have a standby key, never a primary.
+        let e = standby(json!({ "role": "site", "standby_key": "/k" })).expect_err("");
+        assert_eq!(e.0, "primary");
+        standby(
+            json!({ "role": "site", "standby_key": "/k", "primary": null, "primary_key": null }),
+        )
+        .expect("a site with a standby");
     }
 }

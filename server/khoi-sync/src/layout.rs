@@ -6,6 +6,8 @@
 //! <prefix>images/<image>/retired/<version id>         signed retirement
 //! <prefix>sites/<site>/status                          a site's signed status
 //! <prefix>sites/<site>/snapshot                        a primary's signed state snapshot (standby)
+//! <prefix>standby/<primary>/...                       a primary's images and snapshot for its
+//!                                                      standby, the same layout again
 //! ```
 //! A manifest is written only once every chunk it names is in the bucket,
 //! so a site that sees a manifest can fetch the whole version.

@@ -77,7 +77,10 @@ pub async fn write_snapshot(
     snapshot: &Snapshot,
 ) -> Result<(), SyncError> {
     remote
-        .put(&remote.layout.snapshot(&snapshot.primary), snapshot.seal(key))
+        .put(
+            &remote.layout.snapshot(&snapshot.primary),
+            snapshot.seal(key),
+        )
         .await?;
     Ok(())
 }

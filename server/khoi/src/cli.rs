@@ -65,6 +65,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         pdf: Option<PathBuf>,
     },
+    /// Warm standby: its state, and taking over from a dead primary.
+    #[command(subcommand)]
+    Standby(StandbyCmd),
     /// The audit and event log.
     Events {
         /// Only events about this seat, image or MAC.
@@ -90,6 +93,16 @@ pub enum SyncCmd {
     /// Publisher: order every site to remove a version (a site keeps it
     /// while one of its seats uses it).
     Retire { image: String, version: u32 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StandbyCmd {
+    /// Its primary, the last verified snapshot, the images held.
+    Status,
+    /// Take over from the primary: restore the seats of its last verified
+    /// snapshot and answer them (PXE, iSCSI). Seats reboot onto this server
+    /// with fresh overlays. Move the service address first (keepalived).
+    Promote,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,7 @@ mod prewarm;
 mod recorder;
 mod sdnotify;
 mod serve;
+mod standby;
 mod sync;
 #[cfg(test)]
 mod testlan;
@@ -30,7 +31,7 @@ use khoi_web::api::{
 };
 use serde::Serialize;
 
-use crate::cli::{Cli, Command, ConfigCmd, DraftCmd, ImageCmd, SeatCmd, SyncCmd};
+use crate::cli::{Cli, Command, ConfigCmd, DraftCmd, ImageCmd, SeatCmd, StandbyCmd, SyncCmd};
 use crate::client::Client;
 use crate::config::{Config, Size};
 
@@ -261,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Draft(cmd) => draft(&client, &out, cmd),
         Command::Seat(cmd) => seat(&client, &out, cmd),
         Command::Sync(cmd) => sync_cmd(&client, &out, cmd),
+        Command::Standby(cmd) => standby_cmd(&client, &out, cmd),
         Command::SetupLink => {
             let link: khoi_web::api::SetupLinkView = client.get("/v1/setup-link")?;
             out.print(&link, |l| match &l.url {
@@ -933,6 +935,58 @@ fn print_capture(seat: &str, st: &CaptureState) {
             "environment: NOT built; put vmlinuz and initrd.gz from images/capture/build.sh in {}",
             st.environment.dir
         );
+    }
+}
+
+fn standby_cmd(client: &Client, out: &Out, cmd: StandbyCmd) -> anyhow::Result<()> {
+    let when = |t: u64| khoi_web::pages::fmt_time(i64::try_from(t).unwrap_or(i64::MAX));
+    match cmd {
+        StandbyCmd::Status => {
+            let s: sync::StandbyStatus = client.get("/v1/standby/status")?;
+            out.print(&s, |s| {
+                match &s.promoted {
+                    Some(p) => println!("promoted in place of {}: {p}", s.primary),
+                    None => println!("standby of {}", s.primary),
+                }
+                if s.last_snapshot == 0 {
+                    println!("no verified snapshot yet");
+                } else {
+                    println!(
+                        "last snapshot {} ({} seats)",
+                        when(s.last_snapshot),
+                        s.seats
+                    );
+                }
+                if let Some(r) = &s.refused {
+                    println!("refused: {r}");
+                }
+                if s.images_missing.is_empty() {
+                    println!("images in sync: {}", s.images_held.join(", "));
+                } else {
+                    println!("images missing: {}", s.images_missing.join(", "));
+                }
+            })
+        }
+        StandbyCmd::Promote => {
+            let p: standby::Promoted = client.post("/v1/standby/promote", &())?;
+            out.print(&p, |p| {
+                println!(
+                    "promoted in place of {} (snapshot {}): {} seats restored; seats reboot onto this server",
+                    p.primary,
+                    when(p.snapshot),
+                    p.restored.len()
+                );
+                for s in &p.kept {
+                    println!("seat {s}: already here, left as it is");
+                }
+                for s in &p.unpinned {
+                    println!("seat {s}: its pinned version is not here, it follows the current one");
+                }
+                for (s, e) in &p.failed {
+                    println!("seat {s}: not restored: {e}");
+                }
+            })
+        }
     }
 }
 

@@ -262,61 +262,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     service.set_networks(boot_networks(&config));
     warn_seats_off_networks(&service);
 
-    if config.listen.iscsi.is_some() {
-        let targets = Arc::new(exports::IscsiTargets::new(
-            Arc::clone(&service),
-            recorder.clone(),
-            state.server_id()?,
-            Arc::clone(&prewarm),
-        ));
-        // A fence ends the seat's live sessions at once (their in-flight work
-        // drains in the background); its logins are refused from then on.
-        // One registry for every portal: a seat's sessions are one set
-        // whichever listener they came through.
-        let registry = Arc::new(khoi_iscsi::registry::Registry::new());
-        let (r, prefix) = (Arc::clone(&registry), config.iscsi.target_prefix.clone());
-        service.on_fence(move |seat| {
-            drop(r.cancel_sessions_of(&format!("{prefix}:{seat}")));
-        });
-        let mut portals: Vec<(TcpListener, Arc<dyn khoi_iscsi::TargetResolver>)> = Vec::new();
-        if let Some(addr) = config.local_iscsi_listen() {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for iSCSI on {addr}"))?;
-            portals.push((listener, targets.clone()));
-        }
-        // Each boot network's portal takes connections arriving on its own
-        // interface only, and logs in that network's seats only.
-        for ((name, iface, addr), net) in
-            config.network_portals().into_iter().zip(service.networks())
-        {
-            let listener = khoi_pxe::net::bind_tcp_on(&iface, addr, "iSCSI")
-                .map_err(anyhow::Error::from)
-                .and_then(|l| Ok(TcpListener::from_std(l)?))
-                .with_context(|| format!("cannot listen for iSCSI on boot network {name}"))?;
-            portals.push((
-                listener,
-                Arc::new(exports::NetworkTargets::new(targets.clone(), net)),
-            ));
-        }
-        for (listener, resolver) in portals {
-            let portal = listener.local_addr()?;
-            tracing::info!("iSCSI portal on {portal}");
-            let mut cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
-            cfg.nop_interval = (config.iscsi.nop_interval > 0)
-                .then(|| Duration::from_secs(config.iscsi.nop_interval));
-            let (registry, token) = (Arc::clone(&registry), shutdown.clone());
-            tasks.spawn(async move {
-                khoi_iscsi::transport::serve_with_registry(
-                    listener, resolver, cfg, registry, token,
-                )
-                .await;
-            });
-        }
-    }
-
-    if let Some(nets) = config.pxe.clone() {
-        start_boot_services(&config, nets, &service, &recorder, &shutdown, &mut tasks).await?;
+    // A standby answers no seat (no PXE, no iSCSI login) until it is
+    // promoted; then, or after a restart as promoted, it serves as usual.
+    let standing_by = config
+        .sync
+        .as_ref()
+        .is_some_and(|s| s.role == khoi_sync::config::Role::Standby)
+        && !crate::standby::is_promoted(&service);
+    if !standing_by {
+        start_seat_services(
+            &config, &service, &recorder, &state, &prewarm, &shutdown, &mut tasks,
+        )
+        .await?;
     }
 
     tasks.spawn(boot::keep_boot_times(
@@ -366,6 +323,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let s = crate::sync::Sync::new(cfg, &service, recorder.clone(), &dir)
                 .context("starting province sync")?;
             tasks.spawn(crate::sync::run(Arc::clone(&s), shutdown.clone()));
+            tasks.spawn(crate::sync::run_snapshots(Arc::clone(&s), shutdown.clone()));
+            if standing_by {
+                tasks.spawn(serve_when_promoted(
+                    config.clone(),
+                    Arc::clone(&service),
+                    recorder.clone(),
+                    Arc::clone(&state),
+                    Arc::clone(&prewarm),
+                    s.promoted.clone(),
+                    shutdown.clone(),
+                ));
+            }
             Some(s)
         }
         None => None,
@@ -444,6 +413,123 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         args: &[],
     })?;
     Ok(())
+}
+
+/// What seats talk to: the iSCSI portals and the boot networks (DHCP, TFTP,
+/// boot scripts).
+async fn start_seat_services(
+    config: &Config,
+    service: &Arc<Service>,
+    recorder: &Recorder,
+    state: &State,
+    prewarm: &Arc<Prewarm>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
+    if config.listen.iscsi.is_some() {
+        let targets = Arc::new(exports::IscsiTargets::new(
+            Arc::clone(service),
+            recorder.clone(),
+            state.server_id()?,
+            Arc::clone(prewarm),
+        ));
+        // A fence ends the seat's live sessions at once (their in-flight work
+        // drains in the background); its logins are refused from then on.
+        // One registry for every portal: a seat's sessions are one set
+        // whichever listener they came through.
+        let registry = Arc::new(khoi_iscsi::registry::Registry::new());
+        let (r, prefix) = (Arc::clone(&registry), config.iscsi.target_prefix.clone());
+        service.on_fence(move |seat| {
+            drop(r.cancel_sessions_of(&format!("{prefix}:{seat}")));
+        });
+        let mut portals: Vec<(TcpListener, Arc<dyn khoi_iscsi::TargetResolver>)> = Vec::new();
+        if let Some(addr) = config.local_iscsi_listen() {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for iSCSI on {addr}"))?;
+            portals.push((listener, targets.clone()));
+        }
+        // Each boot network's portal takes connections arriving on its own
+        // interface only, and logs in that network's seats only.
+        for ((name, iface, addr), net) in
+            config.network_portals().into_iter().zip(service.networks())
+        {
+            let listener = khoi_pxe::net::bind_tcp_on(&iface, addr, "iSCSI")
+                .map_err(anyhow::Error::from)
+                .and_then(|l| Ok(TcpListener::from_std(l)?))
+                .with_context(|| format!("cannot listen for iSCSI on boot network {name}"))?;
+            portals.push((
+                listener,
+                Arc::new(exports::NetworkTargets::new(targets.clone(), net)),
+            ));
+        }
+        for (listener, resolver) in portals {
+            let portal = listener.local_addr()?;
+            tracing::info!("iSCSI portal on {portal}");
+            let mut cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
+            cfg.nop_interval = (config.iscsi.nop_interval > 0)
+                .then(|| Duration::from_secs(config.iscsi.nop_interval));
+            let (registry, token) = (Arc::clone(&registry), shutdown.clone());
+            tasks.spawn(async move {
+                khoi_iscsi::transport::serve_with_registry(
+                    listener, resolver, cfg, registry, token,
+                )
+                .await;
+            });
+        }
+    }
+
+    if let Some(nets) = config.pxe.clone() {
+        start_boot_services(config, nets, service, recorder, shutdown, tasks).await?;
+    }
+
+    Ok(())
+}
+
+/// A standby's seat services, started when it is promoted.
+fn serve_when_promoted(
+    config: Config,
+    service: Arc<Service>,
+    recorder: Recorder,
+    state: Arc<State>,
+    prewarm: Arc<Prewarm>,
+    promoted: CancellationToken,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        tokio::select! {
+            () = promoted.cancelled() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let mut seat_tasks = tokio::task::JoinSet::new();
+        match start_seat_services(
+            &config,
+            &service,
+            &recorder,
+            &state,
+            &prewarm,
+            &shutdown,
+            &mut seat_tasks,
+        )
+        .await
+        {
+            Ok(()) => recorder.record(
+                "standby.serving",
+                "khoi",
+                "promoted: this server now answers the seats (PXE, iSCSI)",
+            ),
+            Err(e) => {
+                tracing::error!("promoted, but the seat services did not start: {e:#}");
+                recorder.record_args(
+                    "standby.failed",
+                    "khoi",
+                    format!("promoted, but the seat services did not start: {e:#}"),
+                    vec![("error", format!("{e:#}"))],
+                );
+            }
+        }
+        while seat_tasks.join_next().await.is_some() {}
+    }
 }
 
 /// The data folder holds CHAP secrets, password hashes and every seat's

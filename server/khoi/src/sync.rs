@@ -19,6 +19,7 @@ use khoi_sync::manifest::Gate;
 use khoi_sync::publisher::Publisher;
 use khoi_sync::remote::Remote;
 use khoi_sync::site::{Site, SiteState, Window};
+use khoi_sync::standby::{Pulled, Snapshot, Standby};
 use khoi_sync::{SyncError, SyncEvent};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,54 @@ use crate::recorder::Recorder;
 enum Engine {
     Publisher(Publisher),
     Site(Site),
+    /// Pulls the primary's images (as a site, trusting the primary's
+    /// standby key) and its state snapshot.
+    Standby {
+        site: Site,
+        standby: Standby,
+    },
+}
+
+/// A primary with a standby: it exposes its images under
+/// `standby/<name>/` in the bucket, signed with its standby key, and writes
+/// its state snapshot there.
+struct Primary {
+    publisher: Publisher,
+    key: ed25519_dalek::SigningKey,
+    remote: Remote,
+}
+
+/// The bucket folder a primary shares with its standby.
+fn standby_bucket(
+    bucket: &khoi_sync::remote::BucketConfig,
+    primary: &str,
+) -> khoi_sync::remote::BucketConfig {
+    let mut b = bucket.clone();
+    let p = b.prefix.trim_matches('/');
+    b.prefix = if p.is_empty() {
+        format!("standby/{primary}")
+    } else {
+        format!("{p}/standby/{primary}")
+    };
+    b
+}
+
+/// What `khoi standby status` and the standby's page show.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    pub primary: String,
+    /// Unix seconds the last verified snapshot was taken at the primary; 0: none yet.
+    pub last_snapshot: u64,
+    /// Seats in that snapshot.
+    pub seats: usize,
+    /// Images of the primary this server holds every pulled version of,
+    /// and those it lacks.
+    pub images_held: Vec<String>,
+    pub images_missing: Vec<String>,
+    /// When and from what it was promoted; `None`: standing by.
+    pub promoted: Option<String>,
+    /// Why the last snapshot in the bucket was refused, if it was.
+    pub refused: Option<String>,
 }
 
 /// What `khoi sync status` shows.
@@ -46,6 +95,9 @@ pub struct SyncStatus {
     /// `behind`, `failing`, `unknown`).
     #[serde(default)]
     pub sites: Vec<(String, String)>,
+    /// Standby: its primary, snapshot and promotion.
+    #[serde(default)]
+    pub standby: Option<StandbyStatus>,
 }
 
 pub struct Sync {
@@ -60,10 +112,18 @@ pub struct Sync {
     province: Mutex<Option<Vec<khoi_sync::publisher::SiteRow>>>,
     window: Option<Window>,
     kick: Notify,
+    /// Wakes the primary's snapshot loop (`khoi sync now` too).
+    snapshot_kick: Notify,
     recorder: Recorder,
     status: Mutex<SyncStatus>,
     /// The bucket was unreachable at the last pass (one event per outage).
     down: Mutex<bool>,
+    /// A primary's side of its standby.
+    primary: Option<Primary>,
+    /// Standby: cancelled once promoted (at once if it was before a restart).
+    pub promoted: CancellationToken,
+    /// Standby: the last snapshot refusal reported (one event per reason).
+    refused: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Sync {
@@ -131,9 +191,9 @@ impl Sync {
                     Arc::clone(service.store()),
                     remote,
                     key,
-                    state_dir,
+                    state_dir.clone(),
                     Arc::new(move |image, n| gate_of(&svc, image, n)),
-                    events,
+                    Arc::clone(&events),
                 )?)
             }
             Role::Site => {
@@ -142,12 +202,53 @@ impl Sync {
                     Arc::clone(service.store()),
                     remote,
                     cfg.trusted().map_err(anyhow::Error::msg)?,
-                    state_dir,
+                    state_dir.clone(),
                     Arc::new(move |image, n| in_use(&svc, image, n)),
-                    events,
+                    Arc::clone(&events),
                 )?)
             }
+            Role::Standby => {
+                let (primary, key) = cfg.primary().map_err(anyhow::Error::msg)?;
+                let remote = Remote::connect(&standby_bucket(&cfg.bucket, &primary), rate)?;
+                let dir = state_dir.join("standby");
+                let svc = Arc::clone(service);
+                Engine::Standby {
+                    site: Site::new(
+                        Arc::clone(service.store()),
+                        remote.clone(),
+                        vec![key],
+                        dir.clone(),
+                        Arc::new(move |image, n| in_use(&svc, image, n)),
+                        Arc::clone(&events),
+                    )?,
+                    standby: Standby::new(remote, &primary, key, dir)?,
+                }
+            }
         };
+        let primary = match (&cfg.standby_key, cfg.role) {
+            (Some(path), Role::Publisher | Role::Site) => {
+                let key = khoi_sync::sign::read_secret(path).map_err(anyhow::Error::msg)?;
+                let remote = Remote::connect(&standby_bucket(&cfg.bucket, &cfg.name), rate)?;
+                let svc = Arc::clone(service);
+                Some(Primary {
+                    publisher: Publisher::new(
+                        Arc::clone(service.store()),
+                        remote.clone(),
+                        key.clone(),
+                        state_dir.join("primary"),
+                        Arc::new(move |image, n| gate_of(&svc, image, n)),
+                        events,
+                    )?,
+                    key,
+                    remote,
+                })
+            }
+            _ => None,
+        };
+        let promoted = CancellationToken::new();
+        if crate::standby::is_promoted(service) {
+            promoted.cancel();
+        }
         let window = cfg.window().map_err(anyhow::Error::msg)?;
         let status_key = match &cfg.status_key {
             Some(p) => Some(khoi_sync::sign::read_secret(p).map_err(anyhow::Error::msg)?),
@@ -155,13 +256,14 @@ impl Sync {
         };
         let site_keys = cfg.site_keys().map_err(anyhow::Error::msg)?;
         let held = match &engine {
-            Engine::Site(s) => s.state().ok(),
+            Engine::Site(s) | Engine::Standby { site: s, .. } => s.state().ok(),
             Engine::Publisher(_) => None,
         };
         let status = SyncStatus {
             role: match cfg.role {
                 Role::Publisher => "publisher".into(),
                 Role::Site => "site".into(),
+                Role::Standby => "standby".into(),
             },
             name: cfg.name.clone(),
             held,
@@ -176,9 +278,13 @@ impl Sync {
             province: Mutex::new(None),
             window,
             kick: Notify::new(),
+            snapshot_kick: Notify::new(),
             recorder,
             status: Mutex::new(status),
             down: Mutex::new(false),
+            primary,
+            promoted,
+            refused: Mutex::new(None),
         }))
     }
 
@@ -192,7 +298,26 @@ impl Sync {
     /// One pass over every configured image.
     pub async fn pass(&self) {
         let mut error = None;
-        for image in &self.cfg.images {
+        let mut images = self.cfg.images.clone();
+        if let Engine::Standby { standby, .. } = &self.engine {
+            if self.promoted.is_cancelled() {
+                // The primary is gone (or must not come back over us): a
+                // promoted standby takes nothing more from it.
+                self.after_pass(None);
+                return;
+            }
+            match self.pull_snapshot(standby).await {
+                Ok(Some(s)) => images.extend(snapshot_images(&s)),
+                Ok(None) => {}
+                Err(e) => {
+                    let unreachable = matches!(e, SyncError::Remote(_));
+                    error = Some((unreachable, e.to_string()));
+                }
+            }
+            images.sort();
+            images.dedup();
+        }
+        for image in &images {
             let r = match &self.engine {
                 Engine::Publisher(p) => {
                     if p.has_image(image) {
@@ -201,7 +326,7 @@ impl Sync {
                         Ok(())
                     }
                 }
-                Engine::Site(s) => {
+                Engine::Site(s) | Engine::Standby { site: s, .. } => {
                     if !self.in_window() {
                         break;
                     }
@@ -218,8 +343,136 @@ impl Sync {
                 }
             }
         }
+        if error.as_ref().is_none_or(|(unreachable, _)| !unreachable)
+            && let Some(p) = &self.primary
+            && let Err(e) = self.expose_images(p).await
+        {
+            tracing::warn!(error = %e, "exposing images to the standby");
+            error = Some((matches!(e, SyncError::Remote(_)), e.to_string()));
+        }
         self.report(error.as_ref().map(|(_, e)| e.clone())).await;
         self.after_pass(error);
+    }
+
+    /// A primary: every image it has (site-local ones too) goes to the
+    /// standby's folder of the bucket, through the publisher's own code.
+    async fn expose_images(&self, p: &Primary) -> Result<(), SyncError> {
+        for image in self.service.images() {
+            p.publisher.upload_image(&image.name).await?;
+        }
+        Ok(())
+    }
+
+    /// A primary: writes its state snapshot for its standby.
+    pub async fn write_snapshot(&self) -> anyhow::Result<()> {
+        let Some(p) = &self.primary else {
+            return Ok(());
+        };
+        let svc = Arc::clone(&self.service);
+        let state = tokio::task::spawn_blocking(move || crate::standby::take(&svc)).await??;
+        let snap = Snapshot::new(
+            &self.cfg.name,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            serde_json::to_value(state)?,
+        );
+        khoi_sync::standby::write_snapshot(&p.remote, &p.key, &snap).await?;
+        Ok(())
+    }
+
+    /// A standby: the primary's snapshot, if a newer one verifies; the one
+    /// kept otherwise. A refusal is recorded once per reason.
+    async fn pull_snapshot(&self, standby: &Standby) -> Result<Option<Snapshot>, SyncError> {
+        match standby.pull().await {
+            Ok(Pulled::New(s)) => {
+                *self.refused.lock() = None;
+                Ok(Some(s))
+            }
+            Ok(Pulled::Unchanged | Pulled::None) => {
+                *self.refused.lock() = None;
+                standby.kept()
+            }
+            Err(SyncError::Refused(why)) => {
+                let mut last = self.refused.lock();
+                if last.as_deref() != Some(why.as_str()) {
+                    *last = Some(why.clone());
+                    self.recorder.record_args(
+                        "standby.refused",
+                        standby.primary().to_string(),
+                        why.clone(),
+                        vec![("reason", why.clone())],
+                    );
+                }
+                drop(last);
+                standby.kept()
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Standby: what its page and `khoi standby status` show.
+    pub fn standby_status(&self) -> Option<StandbyStatus> {
+        let Engine::Standby { site, standby } = &self.engine else {
+            return None;
+        };
+        let kept = standby.kept().ok().flatten();
+        let held = site.state().unwrap_or_default();
+        let mut st = StandbyStatus {
+            primary: standby.primary().to_string(),
+            promoted: self
+                .service
+                .state()
+                .setting(crate::standby::PROMOTED)
+                .ok()
+                .flatten(),
+            refused: self.refused.lock().clone(),
+            ..StandbyStatus::default()
+        };
+        if let Some(s) = &kept {
+            st.last_snapshot = s.written;
+            st.seats = serde_json::from_value::<crate::standby::SnapState>(s.state.clone())
+                .map_or(0, |x| x.seats.len());
+            for image in snapshot_images(s) {
+                if held.images.get(&image).is_some_and(|v| !v.is_empty()) {
+                    st.images_held.push(image);
+                } else {
+                    st.images_missing.push(image);
+                }
+            }
+        }
+        Some(st)
+    }
+
+    /// `khoi standby promote`: restore the last verified snapshot's seats
+    /// and start answering them.
+    pub async fn promote(
+        self: &Arc<Self>,
+        actor: khoi_admin::service::Actor,
+    ) -> Result<crate::standby::Promoted, String> {
+        let Engine::Standby { .. } = &self.engine else {
+            return Err("this server is not a standby (sync.role: standby)".into());
+        };
+        let me = Arc::clone(self);
+        let done = tokio::task::spawn_blocking(move || {
+            let Engine::Standby { site, standby } = &me.engine else {
+                unreachable!("checked above")
+            };
+            let kept = standby.kept().map_err(|e| e.to_string())?;
+            let held = site.state().map_err(|e| e.to_string())?;
+            let local = |image: &str, n: u32| {
+                held.images
+                    .get(image)?
+                    .values()
+                    .find(|h| h.number == n)
+                    .map(|h| h.local)
+            };
+            crate::standby::promote(&me.service, &actor, kept, &local)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.promoted.cancel();
+        Ok(done)
     }
 
     /// After a pass: a site writes its signed status, the publisher reads
@@ -227,6 +480,8 @@ impl Sync {
     /// the very thing that is down.
     async fn report(&self, error: Option<String>) {
         match &self.engine {
+            // A standby is no site of the province page.
+            Engine::Standby { .. } => {}
             Engine::Site(s) => {
                 let Some(key) = &self.status_key else { return };
                 let svc = Arc::clone(&self.service);
@@ -293,10 +548,12 @@ impl Sync {
         }
         drop(down);
         let held = match &self.engine {
-            Engine::Site(s) => s.state().ok(),
+            Engine::Site(s) | Engine::Standby { site: s, .. } => s.state().ok(),
             Engine::Publisher(_) => None,
         };
+        let standby = self.standby_status();
         let mut st = self.status.lock();
+        st.standby = standby;
         st.last_pass = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -306,6 +563,31 @@ impl Sync {
 
     pub fn status(&self) -> SyncStatus {
         self.status.lock().clone()
+    }
+}
+
+fn snapshot_images(s: &Snapshot) -> Vec<String> {
+    serde_json::from_value::<crate::standby::SnapState>(s.state.clone())
+        .map(|x| x.images)
+        .unwrap_or_default()
+}
+
+/// A primary's state snapshot every `snapshot_secs`, until shutdown.
+pub async fn run_snapshots(sync: Arc<Sync>, shutdown: CancellationToken) {
+    if sync.primary.is_none() {
+        return;
+    }
+    let interval = Duration::from_secs(sync.cfg.snapshot_secs);
+    loop {
+        if let Err(e) = sync.write_snapshot().await {
+            // The bucket being down is reported by the passes already.
+            tracing::warn!(error = %e, "could not write the state snapshot for the standby");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sync.snapshot_kick.notified() => {}
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 
@@ -337,7 +619,38 @@ pub fn router(sync: Option<Arc<Sync>>) -> Router {
         .route("/v1/sync/now", post(now))
         .route("/v1/sync/status", get(status))
         .route("/v1/sync/retire", post(retire))
+        .route("/v1/standby/promote", post(promote))
+        .route("/v1/standby/status", get(standby_status))
         .with_state(sync)
+}
+
+async fn standby_status(State(sync): State<Option<Arc<Sync>>>) -> Response {
+    match sync.as_ref().and_then(|s| s.standby_status()) {
+        Some(st) => axum::Json(st).into_response(),
+        None => refuse("this server is not a standby (sync.role: standby)"),
+    }
+}
+
+async fn promote(State(sync): State<Option<Arc<Sync>>>, req: Request) -> Response {
+    // The control socket is the admin's (owner-only); the audit log names
+    // the caller by the kernel's word for it.
+    let user = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<khoi_web::api::PeerCred>>()
+        .and_then(|c| c.0.uid)
+        .map_or_else(|| "unknown".to_string(), khoi_web::api::user_name);
+    let _ = axum::body::to_bytes(req.into_body(), 64 * 1024).await;
+    let Some(sync) = sync else {
+        return refuse("this server is not a standby (sync.role: standby)");
+    };
+    let actor = khoi_admin::service::Actor {
+        name: format!("local:{user}"),
+        source: "control-socket".into(),
+    };
+    match sync.promote(actor).await {
+        Ok(p) => axum::Json(p).into_response(),
+        Err(e) => refuse(&e),
+    }
 }
 
 fn refuse(msg: &str) -> Response {
@@ -354,6 +667,7 @@ async fn now(State(sync): State<Option<Arc<Sync>>>, req: Request) -> Response {
         return refuse("this server has no sync section in its config");
     };
     sync.kick.notify_one();
+    sync.snapshot_kick.notify_one();
     axum::Json(()).into_response()
 }
 
