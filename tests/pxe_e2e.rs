@@ -1934,7 +1934,15 @@ fn seat_boots_from_a_promoted_standby_after_the_primary_dies() {
             lab_dir.join(tftp).display()
         )
     };
-    ip(&["-n", &ns, "addr", "add", &format!("{SERVICE_IP}/24"), "dev", "br0"]);
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{SERVICE_IP}/24"),
+        "dev",
+        "br0",
+    ]);
 
     // The primary: the centre's Khoi, publishing its images and state for
     // its standby.
@@ -1984,17 +1992,40 @@ fn seat_boots_from_a_promoted_standby_after_the_primary_dies() {
         );
     }
     assert!(
-        standby.json(&["seat", "list"]).as_array().is_some_and(Vec::is_empty),
+        standby
+            .json(&["seat", "list"])
+            .as_array()
+            .is_some_and(Vec::is_empty),
         "a standby restores nothing before it is promoted"
     );
 
     // The primary dies; its address goes with it and comes back on the
     // standby, which is promoted.
     lab.server.as_mut().expect("primary").kill9();
-    ip(&["-n", &ns, "addr", "del", &format!("{SERVICE_IP}/24"), "dev", "br0"]);
-    ip(&["-n", &ns, "addr", "add", &format!("{SERVICE_IP}/24"), "dev", "br0"]);
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "del",
+        &format!("{SERVICE_IP}/24"),
+        "dev",
+        "br0",
+    ]);
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{SERVICE_IP}/24"),
+        "dev",
+        "br0",
+    ]);
     let promoted = standby.json(&["standby", "promote"]);
-    assert_eq!(promoted["restored"], serde_json::json!(["pc01"]), "{promoted}");
+    assert_eq!(
+        promoted["restored"],
+        serde_json::json!(["pc01"]),
+        "{promoted}"
+    );
     lab.wait_udp(&ns, 67);
     // Promoted is remembered: a restart serves the seats again at once.
     let mut standby = standby;

@@ -487,7 +487,7 @@ async fn start_seat_services(
 }
 
 /// A standby's seat services, started when it is promoted.
-fn serve_when_promoted(
+async fn serve_when_promoted(
     config: Config,
     service: Arc<Service>,
     recorder: Recorder,
@@ -495,41 +495,39 @@ fn serve_when_promoted(
     prewarm: Arc<Prewarm>,
     promoted: CancellationToken,
     shutdown: CancellationToken,
-) -> impl std::future::Future<Output = ()> {
-    async move {
-        tokio::select! {
-            () = promoted.cancelled() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let mut seat_tasks = tokio::task::JoinSet::new();
-        match start_seat_services(
-            &config,
-            &service,
-            &recorder,
-            &state,
-            &prewarm,
-            &shutdown,
-            &mut seat_tasks,
-        )
-        .await
-        {
-            Ok(()) => recorder.record(
-                "standby.serving",
-                "khoi",
-                "promoted: this server now answers the seats (PXE, iSCSI)",
-            ),
-            Err(e) => {
-                tracing::error!("promoted, but the seat services did not start: {e:#}");
-                recorder.record_args(
-                    "standby.failed",
-                    "khoi",
-                    format!("promoted, but the seat services did not start: {e:#}"),
-                    vec![("error", format!("{e:#}"))],
-                );
-            }
-        }
-        while seat_tasks.join_next().await.is_some() {}
+) {
+    tokio::select! {
+        () = promoted.cancelled() => {}
+        () = shutdown.cancelled() => return,
     }
+    let mut seat_tasks = tokio::task::JoinSet::new();
+    match start_seat_services(
+        &config,
+        &service,
+        &recorder,
+        &state,
+        &prewarm,
+        &shutdown,
+        &mut seat_tasks,
+    )
+    .await
+    {
+        Ok(()) => recorder.record(
+            "standby.serving",
+            "khoi",
+            "promoted: this server now answers the seats (PXE, iSCSI)",
+        ),
+        Err(e) => {
+            tracing::error!("promoted, but the seat services did not start: {e:#}");
+            recorder.record_args(
+                "standby.failed",
+                "khoi",
+                format!("promoted, but the seat services did not start: {e:#}"),
+                vec![("error", format!("{e:#}"))],
+            );
+        }
+    }
+    while seat_tasks.join_next().await.is_some() {}
 }
 
 /// The data folder holds CHAP secrets, password hashes and every seat's
