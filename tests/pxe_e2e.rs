@@ -1889,6 +1889,7 @@ fn capture_of_a_dirty_ntfs_volume_is_refused() {
         !images.contains("never"),
         "the refused capture left no image: {images}"
     );
+}
 
 /// Warm standby end to end: a primary Khoi with a seat and an image, its
 /// standby pulling both from the same Garage; the primary is killed

@@ -12,7 +12,7 @@ use khoi_admin::{Actor, Service, ServiceConfig};
 use khoi_block::{Store, StoreOptions};
 use khoi_state::{NewEvent, State};
 use khoi_web::auth::Auth;
-use khoi_web::pages::province::{ProvinceSite, ProvinceSource, SiteState};
+use khoi_web::pages::province::{ProvinceSite, ProvinceSource, SiteState, StandbyView};
 use khoi_web::{WebState, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -1758,4 +1758,103 @@ async fn image_create_and_capture_mode_through_the_api_and_the_seat_page() {
             .status,
         StatusCode::FORBIDDEN
     );
+}
+
+/// A standby as the binary's sync would report it: standing by until
+/// promoted, then promoted (the promotion itself is tested in the binary
+/// and end to end in pxe_e2e.rs).
+#[derive(Debug, Default)]
+struct StandbySource {
+    promoted_by: std::sync::Mutex<Option<String>>,
+}
+
+impl ProvinceSource for StandbySource {
+    fn sites(&self) -> Option<Vec<ProvinceSite>> {
+        None
+    }
+
+    fn origin(&self, _image: &str, _n: u32) -> Option<u32> {
+        None
+    }
+
+    fn standby(&self) -> Option<StandbyView> {
+        Some(StandbyView {
+            primary: "phuong-<1>".into(),
+            last_snapshot: Some(1_780_000_000),
+            seats: 40,
+            images_held: vec!["win10".into()],
+            images_missing: Vec::new(),
+            promoted: self
+                .promoted_by
+                .lock()
+                .expect("lock")
+                .as_ref()
+                .map(|who| format!("by {who}")),
+            refused: None,
+        })
+    }
+
+    fn promote(&self, actor: &Actor) -> Result<String, String> {
+        let mut p = self.promoted_by.lock().expect("lock");
+        if p.is_some() {
+            return Err("this server is already promoted".into());
+        }
+        *p = Some(actor.name.clone());
+        Ok("promoted in place of phuong-1".into())
+    }
+}
+
+#[tokio::test]
+async fn the_standby_page_shows_its_primary_and_only_an_admin_promotes() {
+    let source = Arc::new(StandbySource::default());
+    let h = harness_with(Some(Arc::clone(&source) as Arc<dyn ProvinceSource>));
+    let viewer = login(&h, "vi", "viewer-pass").await;
+    let page = viewer.get("/province").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    for want in [
+        "Máy dự phòng nóng",
+        "Dự phòng cho",
+        "phuong-&#60;1&#62;",
+        "Ảnh đĩa đã đủ: win10",
+    ] {
+        assert!(page.body.contains(want), "{want} missing:\n{}", page.body);
+    }
+    assert!(
+        !page.body.contains("không phải bên phát hành"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("/province/promote"),
+        "a viewer is offered the take-over button"
+    );
+    // Neither a viewer nor an operator may take over.
+    for (user, pw) in [("vi", "viewer-pass"), ("op", "operator-pass")] {
+        let s = login(&h, user, pw).await;
+        let r = s.form("/province/promote", &[]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{user}: {}", r.body);
+    }
+    assert!(source.promoted_by.lock().expect("lock").is_none());
+
+    let admin = login(&h, "admin", "admin-pass-1").await;
+    let page = admin.get("/province").await;
+    assert!(
+        page.body.contains("action=\"/province/promote\""),
+        "{}",
+        page.body
+    );
+    let r = admin.form("/province/promote", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(
+        source.promoted_by.lock().expect("lock").as_deref(),
+        Some("admin")
+    );
+    let page = admin.get("/province").await;
+    assert!(page.body.contains("Đã lên thay cho"), "{}", page.body);
+    assert!(!page.body.contains("/province/promote"), "{}", page.body);
+    // A second take-over is refused with the reason shown.
+    let r = admin.form("/province/promote", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let flash = admin.flash("/province").await;
+    assert!(flash.contains("already promoted"), "{flash}");
 }

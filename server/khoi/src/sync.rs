@@ -444,35 +444,37 @@ impl Sync {
         Some(st)
     }
 
-    /// `khoi standby promote`: restore the last verified snapshot's seats
-    /// and start answering them.
+    /// `khoi standby promote` and the page's button: restore the last
+    /// verified snapshot's seats and start answering them. Blocking.
+    pub fn promote_blocking(
+        &self,
+        actor: &khoi_admin::service::Actor,
+    ) -> Result<crate::standby::Promoted, String> {
+        let Engine::Standby { site, standby } = &self.engine else {
+            return Err("this server is not a standby (sync.role: standby)".into());
+        };
+        let kept = standby.kept().map_err(|e| e.to_string())?;
+        let held = site.state().map_err(|e| e.to_string())?;
+        let local = |image: &str, n: u32| {
+            held.images
+                .get(image)?
+                .values()
+                .find(|h| h.number == n)
+                .map(|h| h.local)
+        };
+        let done = crate::standby::promote(&self.service, actor, kept, &local)?;
+        self.promoted.cancel();
+        Ok(done)
+    }
+
     pub async fn promote(
         self: &Arc<Self>,
         actor: khoi_admin::service::Actor,
     ) -> Result<crate::standby::Promoted, String> {
-        let Engine::Standby { .. } = &self.engine else {
-            return Err("this server is not a standby (sync.role: standby)".into());
-        };
         let me = Arc::clone(self);
-        let done = tokio::task::spawn_blocking(move || {
-            let Engine::Standby { site, standby } = &me.engine else {
-                unreachable!("checked above")
-            };
-            let kept = standby.kept().map_err(|e| e.to_string())?;
-            let held = site.state().map_err(|e| e.to_string())?;
-            let local = |image: &str, n: u32| {
-                held.images
-                    .get(image)?
-                    .values()
-                    .find(|h| h.number == n)
-                    .map(|h| h.local)
-            };
-            crate::standby::promote(&me.service, &actor, kept, &local)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        self.promoted.cancel();
-        Ok(done)
+        tokio::task::spawn_blocking(move || me.promote_blocking(&actor))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// After a pass: a site writes its signed status, the publisher reads
@@ -698,6 +700,33 @@ async fn retire(State(sync): State<Option<Arc<Sync>>>, req: Request) -> Response
 }
 
 impl khoi_web::pages::province::ProvinceSource for Sync {
+    fn standby(&self) -> Option<khoi_web::pages::province::StandbyView> {
+        let s = self.standby_status()?;
+        Some(khoi_web::pages::province::StandbyView {
+            primary: s.primary,
+            last_snapshot: (s.last_snapshot > 0)
+                .then(|| i64::try_from(s.last_snapshot).unwrap_or(i64::MAX)),
+            seats: s.seats,
+            images_held: s.images_held,
+            images_missing: s.images_missing,
+            promoted: s.promoted,
+            refused: s.refused,
+        })
+    }
+
+    fn promote(&self, actor: &khoi_admin::service::Actor) -> Result<String, String> {
+        let p = self.promote_blocking(actor)?;
+        let mut text = format!(
+            "promoted in place of {}: {} seats restored; seats reboot onto this server",
+            p.primary,
+            p.restored.len()
+        );
+        for (seat, e) in &p.failed {
+            text.push_str(&format!("; {seat} not restored: {e}"));
+        }
+        Ok(text)
+    }
+
     fn sites(&self) -> Option<Vec<khoi_web::pages::province::ProvinceSite>> {
         use khoi_sync::status::SiteState as S;
         use khoi_web::pages::province::{ProvinceSite, SiteState};

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::State;
-use axum::routing::get;
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
+use khoi_admin::{Actor, ServiceError};
 
-use super::{Page, PageResult, render};
+use super::{Page, PageResult, call, done, render};
 use crate::WebState;
 use crate::guard::Ctx;
 use crate::i18n::{Lang, t};
@@ -37,8 +39,31 @@ pub enum SiteState {
     Unknown,
 }
 
+/// A warm standby as its own page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyView {
+    pub primary: String,
+    /// Unix seconds the last verified snapshot was taken at the primary.
+    pub last_snapshot: Option<i64>,
+    pub seats: usize,
+    pub images_held: Vec<String>,
+    pub images_missing: Vec<String>,
+    /// When and from what it was promoted; `None`: standing by.
+    pub promoted: Option<String>,
+    /// Why the primary's last snapshot was refused.
+    pub refused: Option<String>,
+}
+
 /// What the binary's province sync tells the pages.
 pub trait ProvinceSource: Send + Sync + std::fmt::Debug {
+    /// This Khoi's standby state, when it is (or was) a warm standby.
+    fn standby(&self) -> Option<StandbyView> {
+        None
+    }
+    /// Takes over from the primary (blocking); a sentence saying what was done.
+    fn promote(&self, _actor: &Actor) -> Result<String, String> {
+        Err("this server is not a standby (sync.role: standby)".into())
+    }
     /// The sites, when this Khoi is the province's publisher.
     fn sites(&self) -> Option<Vec<ProvinceSite>>;
     /// Where version `n` of `image` came from: the province's version
@@ -47,7 +72,9 @@ pub trait ProvinceSource: Send + Sync + std::fmt::Debug {
 }
 
 pub fn router() -> Router<WebState> {
-    Router::new().route("/province", get(province_page))
+    Router::new()
+        .route("/province", get(province_page))
+        .route("/province/promote", post(promote))
 }
 
 struct Row {
@@ -74,6 +101,7 @@ struct ProvinceTpl {
     p: Page,
     /// `None`: this Khoi is not a publisher.
     rows: Option<Vec<Row>>,
+    standby: Option<StandbyView>,
 }
 
 async fn province_page(State(st): State<WebState>, Extension(ctx): Extension<Ctx>) -> PageResult {
@@ -86,10 +114,26 @@ async fn province_page(State(st): State<WebState>, Extension(ctx): Extension<Ctx
             })
             .collect()
     });
+    let standby = st.province.as_ref().and_then(|p| p.standby());
     render(&ProvinceTpl {
         p: Page::new(&st, &ctx, "province"),
         rows,
+        standby,
     })
+}
+
+/// The standby's "take over" button (admin only, see the guard).
+async fn promote(State(st): State<WebState>, Extension(ctx): Extension<Ctx>) -> Response {
+    let source = st.province.clone();
+    let who = ctx.actor();
+    let r = call(move || {
+        let source = source.ok_or_else(|| {
+            ServiceError::Conflict("this server is not a standby (sync.role: standby)".into())
+        })?;
+        source.promote(&who).map_err(ServiceError::Conflict)
+    })
+    .await;
+    done(&st, &ctx, "/province", r)
 }
 
 /// The origin column of the image page, in the reader's language.
