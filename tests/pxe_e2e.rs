@@ -1999,6 +1999,19 @@ fn seat_boots_from_a_promoted_standby_after_the_primary_dies() {
             .is_some_and(Vec::is_empty),
         "a standby restores nothing before it is promoted"
     );
+    // Standing by, it holds none of the seats' ports (DHCP, TFTP, boot
+    // scripts, iSCSI): only its admin listener.
+    let sockets = run_ok(Command::new("ip").args(["netns", "exec", &ns, "ss", "-Hlntup"]));
+    let mine = format!("pid={},", standby.pid());
+    assert!(
+        sockets.contains(&mine),
+        "the standby's admin listener: {sockets}"
+    );
+    for line in sockets.lines().filter(|l| l.contains(&mine)) {
+        for port in [":67 ", ":69 ", ":4011 ", ":8077 ", ":3260 "] {
+            assert!(!line.contains(port), "a standby listens for seats: {line}");
+        }
+    }
 
     // The primary dies; its address goes with it and comes back on the
     // standby, which is promoted.
