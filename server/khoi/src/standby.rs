@@ -141,7 +141,21 @@ pub fn promote(
             initiator_iqn: seat.initiator_iqn,
             mutual_chap: seat.mutual_chap,
         };
-        match service.add_seat_on(actor, &req, seat.network.as_deref()) {
+        let mut added = service.add_seat_on(actor, &req, seat.network.as_deref());
+        if added.is_err() && req.version.is_some() {
+            // A pin this server refuses (the version failed the image gate
+            // here, and an override is an admin's own decision, not the
+            // primary's): the seat still boots, on the current version.
+            let unpinned = AddSeat {
+                version: None,
+                ..req.clone()
+            };
+            if let Ok(v) = service.add_seat_on(actor, &unpinned, seat.network.as_deref()) {
+                done.unpinned.push(seat.name.clone());
+                added = Ok(v);
+            }
+        }
+        match added {
             Ok(_) => done.restored.push(seat.name),
             Err(e) => done.failed.push((seat.name, e.to_string())),
         }
@@ -244,6 +258,9 @@ mod tests {
     fn promote_restores_the_seats_once_and_is_remembered() {
         let dir = tempfile::tempdir().expect("tmp");
         let svc = service(dir.path());
+        // A blank disk fails the image gate; the gate's refusal of a pin
+        // is the next test's.
+        svc.set_gate_enforced(false);
         image(&svc, "win10");
         let s = snapshot(vec![
             snap_seat("quay-01", "52:54:00:00:00:01", "win10", None),
@@ -272,5 +289,27 @@ mod tests {
         assert!(e.contains("already promoted"), "{e}");
         let events = svc.state().events(None, 50).expect("events");
         assert!(events.iter().any(|e| e.kind == "standby.promote"));
+    }
+
+    #[test]
+    fn a_pin_the_gate_refuses_here_restores_the_seat_unpinned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let svc = service(dir.path());
+        // Enforced, and the blank disk fails it: pinning needs an override.
+        image(&svc, "win10");
+        let s = snapshot(vec![snap_seat(
+            "quay-01",
+            "52:54:00:00:00:01",
+            "win10",
+            Some(7),
+        )]);
+        let p = promote(&svc, &Actor::server(), Some(s), &|_, _| Some(1)).expect("promote");
+        assert_eq!(p.restored, ["quay-01"]);
+        assert_eq!(p.unpinned, ["quay-01"]);
+        assert!(p.failed.is_empty(), "{:?}", p.failed);
+        assert_eq!(
+            svc.state().seat("quay-01").expect("seat").pinned_version,
+            None
+        );
     }
 }
