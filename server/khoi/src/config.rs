@@ -409,28 +409,9 @@ pub struct Size(pub u64);
 
 impl FromStr for Size {
     type Err = String;
+    /// The same spelling `khoi image create --size` takes.
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size (examples: 4096, 512MiB, 20GiB)"))?;
-        let shift = match unit.trim() {
-            "" | "B" => 0,
-            "K" | "KiB" => 10,
-            "M" | "MiB" => 20,
-            "G" | "GiB" => 30,
-            "T" | "TiB" => 40,
-            other => {
-                return Err(format!(
-                    "unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB or TiB)"
-                ));
-            }
-        };
-        n.checked_mul(1u64 << shift)
-            .map(Size)
-            .ok_or_else(|| format!("{s:?} is too large"))
+        khoi_admin::capture::parse_size(s).map(Size)
     }
 }
 
