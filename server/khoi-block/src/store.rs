@@ -156,6 +156,13 @@ impl ImageRec {
         self.versions.iter().find(|v| v.number == n)
     }
 
+    /// Version `n` of this image (named `image` in the error).
+    fn version_of(&self, image: &str, n: u32) -> Result<VersionRec, StoreError> {
+        self.version(n)
+            .cloned()
+            .ok_or_else(|| version_not_found(image, n))
+    }
+
     fn by_uuid(&self, uuid: &str) -> Option<&VersionRec> {
         self.versions.iter().find(|v| v.uuid == uuid)
     }
@@ -749,10 +756,7 @@ impl Store {
             .images
             .get(image)
             .ok_or_else(|| not_found(IMAGE, image))?;
-        let v = rec
-            .version(n)
-            .ok_or_else(|| version_not_found(image, n))?
-            .clone();
+        let v = rec.version_of(image, n)?;
         if rec.current == n {
             return Err(StoreError::InUse {
                 what: format!("{image} v{n}"),
@@ -841,10 +845,7 @@ impl Store {
             .images
             .get(image)
             .ok_or_else(|| not_found(IMAGE, image))?;
-        let v = rec
-            .version(n)
-            .ok_or_else(|| version_not_found(image, n))?
-            .clone();
+        let v = rec.version_of(image, n)?;
         self.version_device(&mut inner, image, &v)
     }
 
@@ -856,9 +857,7 @@ impl Store {
                 .images
                 .get(image)
                 .ok_or_else(|| not_found(IMAGE, image))?;
-            rec.version(n)
-                .ok_or_else(|| version_not_found(image, n))?
-                .clone()
+            rec.version_of(image, n)?
         };
         let id = v
             .layers
@@ -907,10 +906,7 @@ impl Store {
             .images
             .get(image)
             .ok_or_else(|| not_found(IMAGE, image))?;
-        let v = rec
-            .version(base)
-            .ok_or_else(|| version_not_found(image, base))?
-            .clone();
+        let v = rec.version_of(image, base)?;
         let id = fsio::random_hex();
         let dir = self.image_dir(image).join(format!("{INCOMING}{id}"));
         fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
@@ -1026,10 +1022,7 @@ impl Store {
             .images
             .get(image)
             .ok_or_else(|| not_found(IMAGE, image))?;
-        let v = rec
-            .version(rec.current)
-            .ok_or_else(|| version_not_found(image, rec.current))?
-            .clone();
+        let v = rec.version_of(image, rec.current)?;
         let dir = self.draft_dir(image);
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(StoreError::io(&dir))?;
@@ -1300,10 +1293,7 @@ impl Store {
             .images
             .get(image)
             .ok_or_else(|| not_found(IMAGE, image))?;
-        let v = rec
-            .version(version)
-            .ok_or_else(|| version_not_found(image, version))?
-            .clone();
+        let v = rec.version_of(image, version)?;
         if let Some(live) = inner.seats.get(seat).and_then(Weak::upgrade)
             && !live.is_gone()
         {
