@@ -327,7 +327,10 @@ async fn login_phase(
         };
         let mut out = Vec::new();
         encode_pdu(&pdu, nodigest, &mut out);
-        write_all_slices(stream, &out).await?;
+        // A refusal is recorded before the reject is sent: an initiator that
+        // resets the connection at once must not escape the log, and one that
+        // has read the reject finds the event already there.
+        let failed = failure.is_some();
         if let Some(f) = failure {
             info!(%peer, status = format_args!("{:#06x}", f.status), reason = %f.reason,
                 initiator = ?f.initiator, target = ?f.target.as_ref().or(ready_target.as_ref()), "iscsi login failed");
@@ -338,6 +341,9 @@ async fn login_phase(
                 status: f.status,
                 reason: f.reason,
             });
+        }
+        write_all_slices(stream, &out).await?;
+        if failed {
             let _ = stream.shutdown().await;
             return Ok(None);
         }
