@@ -56,6 +56,52 @@ fn seat_show_gives_the_login_details() {
     assert!(human.contains("iqn.2025-07.vn.khoi:quay-01") && human.contains(secret));
 }
 
+/// The congestion control the kernel reports (`ss -ti`) for the server's
+/// end of a connection to `port`.
+fn server_side_congestion(port: u16) -> String {
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    for _ in 0..50 {
+        let out = run_ok(Command::new("ss").args([
+            "-tinH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ]));
+        for alg in ["cubic", "reno", "bbr"] {
+            if out.split_whitespace().any(|w| w == alg) {
+                return alg.to_string();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("ss never showed the server's end of the connection on port {port}");
+}
+
+/// The block listeners use `listen.tcp_congestion` (cubic unless set),
+/// whatever the machine's default is, and `system` leaves that default.
+#[test]
+fn block_connections_use_the_configured_congestion_control() {
+    require("ss");
+    let s = iscsi_server();
+    assert_eq!(server_side_congestion(s.iscsi_port), "cubic");
+    let s = Server::start_with(Options {
+        iscsi: true,
+        tcp_congestion: Some("reno".into()),
+        ..Options::default()
+    });
+    assert_eq!(server_side_congestion(s.iscsi_port), "reno");
+    let system = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .expect("sysctl")
+        .trim()
+        .to_string();
+    let s = Server::start_with(Options {
+        iscsi: true,
+        tcp_congestion: Some("system".into()),
+        ..Options::default()
+    });
+    assert_eq!(server_side_congestion(s.iscsi_port), system);
+}
+
 #[test]
 fn inquiry_and_discovery_show_only_the_seats_own_target() {
     require("iscsi-inq");

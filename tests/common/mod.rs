@@ -59,6 +59,8 @@ pub struct Options {
     pub extra_yaml: String,
     /// Run `khoi serve` inside this network namespace (`ip netns exec`).
     pub netns: Option<String>,
+    /// `listen.tcp_congestion`, when not the default.
+    pub tcp_congestion: Option<String>,
 }
 
 impl Server {
@@ -95,6 +97,9 @@ impl Server {
             writeln!(f, "  iscsi: {addr}").expect("write");
         } else {
             writeln!(f, "  iscsi: null").expect("write");
+        }
+        if let Some(cc) = &opts.tcp_congestion {
+            writeln!(f, "  tcp_congestion: {cc}").expect("write");
         }
         writeln!(
             f,

@@ -321,6 +321,13 @@ pub struct Listen {
     pub nbd_socket: Option<PathBuf>,
     /// iSCSI portal address; `null` turns the target off.
     pub iscsi: Option<SocketAddr>,
+    /// TCP congestion control for the block listeners (iSCSI portals, NBD
+    /// over TCP), or `system` for the kernel's default. Cubic by default:
+    /// BBR, where a distribution makes it the default, paces every segment
+    /// with a timer when no `fq` qdisc does it, which on a LAN costs the
+    /// server a third of its CPU per GiB during a boot storm and buys nothing
+    /// (docs/architecture.md, "Serving").
+    pub tcp_congestion: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -380,6 +387,7 @@ impl Default for Listen {
             nbd: None,
             nbd_socket: Some(PathBuf::from("nbd.sock")),
             iscsi: Some(SocketAddr::from(([127, 0, 0, 1], 3260))),
+            tcp_congestion: "cubic".into(),
         }
     }
 }
@@ -606,6 +614,24 @@ impl Config {
             return Err(fail("data_dir", "must not be empty".into()));
         }
         self.validate_nbd(&fail)?;
+        let cc = &self.listen.tcp_congestion;
+        // The kernel's names (TCP_CA_NAME_MAX is 16 with the NUL): checked
+        // here so a typo is a config error, not a warning at every start.
+        if cc.is_empty()
+            || cc.len() > 15
+            || !cc
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(fail(
+                "tcp_congestion",
+                format!(
+                    "{cc:?} is not a congestion control name: expected cubic, reno, bbr, \
+                     another name in /proc/sys/net/ipv4/tcp_available_congestion_control, \
+                     or system"
+                ),
+            ));
+        }
         if let Some(sync) = &self.sync {
             sync.validate()
                 .map_err(|(key, m)| fail(&format!("sync.{key}"), m))?;
@@ -910,6 +936,20 @@ mod tests {
         assert_eq!(c.nbd_socket_path(), None);
         let c = parse("data_dir: /srv/k\nlisten:\n  nbd_socket: /run/k.sock\n").expect("abs");
         assert_eq!(c.nbd_socket_path(), Some(PathBuf::from("/run/k.sock")));
+    }
+
+    #[test]
+    fn tcp_congestion_names_are_checked() {
+        assert_eq!(Config::default().listen.tcp_congestion, "cubic");
+        for ok in ["bbr", "system", "dctcp", "h_tcp2"] {
+            let c = parse(&format!("listen:\n  tcp_congestion: {ok}\n")).expect(ok);
+            assert_eq!(c.listen.tcp_congestion, ok);
+        }
+        for bad in ["''", "Cubic", "cubic;reboot", "a-very-long-algorithm-name"] {
+            let e = parse(&format!("data_dir: /d\nlisten:\n  tcp_congestion: {bad}\n"))
+                .expect_err(bad);
+            assert_eq!((e.line, e.key.as_deref()), (3, Some("tcp_congestion")), "{e}");
+        }
     }
 
     #[test]

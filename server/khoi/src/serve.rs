@@ -163,6 +163,7 @@ async fn start_nbd(
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for NBD on {addr}"))?;
+        set_congestion(&listener, &config.listen.tcp_congestion);
         if tls.is_some() {
             tracing::info!(
                 "NBD exports on {} (TLS with PSK required)",
@@ -465,6 +466,7 @@ async fn start_seat_services(
         }
         for (listener, resolver) in portals {
             let portal = listener.local_addr()?;
+            set_congestion(&listener, &config.listen.tcp_congestion);
             tracing::info!("iSCSI portal on {portal}");
             let mut cfg = khoi_iscsi::IscsiConfig::new(portal.to_string());
             cfg.nop_interval = (config.iscsi.nop_interval > 0)
@@ -914,5 +916,24 @@ mod tests {
         ] {
             assert!(text.contains(sample), "{sample}\n{text}");
         }
+    }
+}
+
+/// Sets `listen.tcp_congestion` on a block listener; accepted connections
+/// inherit it. A name the kernel lacks (or does not allow unprivileged
+/// processes, tcp_allowed_congestion_control) leaves the system default and
+/// says so: it costs speed, not correctness, so the server still starts.
+fn set_congestion(listener: &TcpListener, name: &str) {
+    if name == "system" {
+        return;
+    }
+    if let Err(e) = socket2::SockRef::from(listener).set_tcp_congestion(name.as_bytes()) {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        tracing::warn!(
+            listener = %addr,
+            "listen.tcp_congestion {name:?} not set ({e}); connections use the system default"
+        );
     }
 }
