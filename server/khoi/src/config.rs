@@ -946,9 +946,13 @@ mod tests {
             assert_eq!(c.listen.tcp_congestion, ok);
         }
         for bad in ["''", "Cubic", "cubic;reboot", "a-very-long-algorithm-name"] {
-            let e = parse(&format!("data_dir: /d\nlisten:\n  tcp_congestion: {bad}\n"))
-                .expect_err(bad);
-            assert_eq!((e.line, e.key.as_deref()), (3, Some("tcp_congestion")), "{e}");
+            let e =
+                parse(&format!("data_dir: /d\nlisten:\n  tcp_congestion: {bad}\n")).expect_err(bad);
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (3, Some("tcp_congestion")),
+                "{e}"
+            );
         }
     }
 
