@@ -868,6 +868,25 @@ fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Sets `listen.tcp_congestion` on a block listener; accepted connections
+/// inherit it. A name the kernel lacks (or does not allow unprivileged
+/// processes, tcp_allowed_congestion_control) leaves the system default and
+/// says so: it costs speed, not correctness, so the server still starts.
+fn set_congestion(listener: &TcpListener, name: &str) {
+    if name == "system" {
+        return;
+    }
+    if let Err(e) = socket2::SockRef::from(listener).set_tcp_congestion(name.as_bytes()) {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        tracing::warn!(
+            listener = %addr,
+            "listen.tcp_congestion {name:?} not set ({e}); connections use the system default"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -916,24 +935,5 @@ mod tests {
         ] {
             assert!(text.contains(sample), "{sample}\n{text}");
         }
-    }
-}
-
-/// Sets `listen.tcp_congestion` on a block listener; accepted connections
-/// inherit it. A name the kernel lacks (or does not allow unprivileged
-/// processes, tcp_allowed_congestion_control) leaves the system default and
-/// says so: it costs speed, not correctness, so the server still starts.
-fn set_congestion(listener: &TcpListener, name: &str) {
-    if name == "system" {
-        return;
-    }
-    if let Err(e) = socket2::SockRef::from(listener).set_tcp_congestion(name.as_bytes()) {
-        let addr = listener
-            .local_addr()
-            .map_or_else(|_| "?".to_string(), |a| a.to_string());
-        tracing::warn!(
-            listener = %addr,
-            "listen.tcp_congestion {name:?} not set ({e}); connections use the system default"
-        );
     }
 }
