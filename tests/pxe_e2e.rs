@@ -1024,9 +1024,35 @@ fn boot_path_attacks_from_the_lab_lan() {
         ])
     };
 
-    // 1. A drive-by fetch of the seat's script (DHCP has not seen the seat
-    //    yet, so the address filter cannot help) changes nothing.
+    // 1. A drive-by fetch of the seat's script from the attacker's own MAC
+    //    is refused: the kernel resolved that address to another machine.
+    let (_, code) = in_att(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &script_url,
+    ]);
+    assert_eq!(code.trim(), "403", "a fetch from another machine's MAC");
+    // With the seat's MAC taken over (DHCP has not seen the seat yet, so
+    // the address filter cannot help either), the fetch gets a script, and
+    // that changes nothing.
+    let att_mac = in_att(&["cat", "/sys/class/net/att0/address"])
+        .1
+        .trim()
+        .to_string();
+    let set_att_mac = |m: &str| {
+        ip(&["-n", &att, "link", "set", "att0", "down"]);
+        ip(&["-n", &att, "link", "set", "att0", "address", m]);
+        ip(&["-n", &att, "link", "set", "att0", "up"]);
+        // The server forgets what it resolved 10.77.0.66 to.
+        ip(&["-n", &lab.ns, "neigh", "flush", "all"]);
+    };
+    set_att_mac(&mac);
     let (ok, text) = in_att(&["curl", "-sS", &script_url]);
+    set_att_mac(&att_mac);
     assert!(ok && text.contains("set password"), "{text}");
     assert!(
         !text.contains(

@@ -9,7 +9,8 @@
 //! A request for a seat's script from an address other than the one DHCP last acknowledged
 //! for that MAC is refused (403) as a first filter. With no DHCP record (mode `off`, or a
 //! restart since the seat's last DHCP) the request is allowed: the credentials it gets only
-//! work from the address that asked. Serve with [`serve`] (or
+//! work from the address that asked. A fetch from a machine on a connected network whose own
+//! MAC (the kernel's neighbour table) is not the one in the URL is refused too. Serve with [`serve`] (or
 //! `into_make_service_with_connect_info`) so the peer address is known.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -350,6 +351,26 @@ async fn boot_script(State(ctx): State<Ctx>, Path(file): Path<String>, req: Requ
                 mac_colon(mac)
             ),
         );
+    }
+    // The fetching machine's own MAC, as the kernel resolved it to answer
+    // this connection, must be the seat's: a machine beside it on the LAN
+    // may know the seat's MAC, but cannot fetch its boot (and its capture
+    // token) without taking that MAC over too.
+    if let Some(peer) = peer_v4(&req) {
+        let neighbour = tokio::task::spawn_blocking(move || crate::neigh::lookup(peer))
+            .await
+            .unwrap_or(crate::neigh::Neighbour::Unknown);
+        if neighbour.contradicts(mac) {
+            tracing::warn!(mac = %mac_colon(mac), %peer, %neighbour,
+                "boot script requested by another machine than the seat");
+            return ipxe(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "#!ipxe\necho Khoi: boot script for {} refused: {peer} is another machine\nexit 1\n",
+                    mac_colon(mac)
+                ),
+            );
+        }
     }
     let peer = peer_v4(&req).map(IpAddr::V4);
     // Where the seat reached this server: its capture environment reports there.

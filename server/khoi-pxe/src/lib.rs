@@ -14,6 +14,7 @@
 pub mod config;
 pub mod dhcp;
 pub mod http;
+pub mod neigh;
 pub mod net;
 pub mod script;
 pub mod tftp;
