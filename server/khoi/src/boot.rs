@@ -371,6 +371,12 @@ impl BootDirectory for Seats {
     }
 
     fn unknown_mac(&self, mac: [u8; 6], arch: Option<u16>, from: Option<IpAddr>, at: SystemTime) {
+        // The doctor's own probe: an officer's check is not an unregistered
+        // machine. (Whoever else sends that MAC gets no answer either.)
+        if mac == crate::doctor::PROBE_MAC {
+            tracing::debug!(?from, "DHCP probe of khoi doctor seen");
+            return;
+        }
         if let Ok(Some(seat)) = self.service.state().seat_by_mac(Mac(mac))
             && let Some(refusal) = Refusal::check(&self.service, &self.network, &seat)
         {
@@ -635,6 +641,35 @@ mod tests {
         svc.set_networks(vec![quay.clone()]);
         let portal = "10.0.0.1:3260".parse().ok();
         Seats::new(svc, Recorder::start(state), portal, quay)
+    }
+
+    /// Each `khoi doctor` run used to leave an unknown-machine event: its
+    /// DHCP probe reaches Khoi's own DHCP server too.
+    #[test]
+    fn the_doctors_dhcp_probe_is_not_an_unknown_machine() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = seats(dir.path());
+        let stranger = [2, 0, 0, 0, 0, 0x99];
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        s.unknown_mac(crate::doctor::PROBE_MAC, Some(0), None, t0);
+        s.unknown_mac(stranger, Some(0), None, t0);
+        let state = s.service.state();
+        let subjects = || -> Vec<String> {
+            state
+                .events(None, 100)
+                .expect("events")
+                .into_iter()
+                .filter(|e| e.kind == "pxe.unknown_mac")
+                .map(|e| e.subject)
+                .collect()
+        };
+        // The recorder writes in order: once the stranger is in, the probe
+        // would have been too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while subjects().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(subjects(), vec![mac_text(stranger)]);
     }
 
     /// What the DHCP, TFTP and script-fetch hooks tell the boot clock:

@@ -549,7 +549,10 @@ pub fn interface(pxe: &PxeConfig, lang: Lang) -> Vec<Check> {
 /// Where Debian's `ipxe` package puts the binaries (as `boot.rs` copies them).
 const IPXE_DIR: &str = "/usr/lib/ipxe";
 
-const PROBE_MAC: [u8; 6] = [0x02, 0x6b, 0x68, 0x6f, 0x69, 0x64];
+/// The doctor's DHCP probe's MAC (locally administered, "khoid"). Khoi's own
+/// DHCP server sees the probe too and must not list it as a machine asking
+/// to boot.
+pub(crate) const PROBE_MAC: [u8; 6] = [0x02, 0x6b, 0x68, 0x6f, 0x69, 0x64];
 
 fn discover(xid: u32) -> Vec<u8> {
     let mut p = vec![0u8; 240];
