@@ -10,6 +10,11 @@
 //! restarted) resumes without fetching them again. A site never removes a
 //! version because the bucket lacks it; only a signed retirement does, and
 //! never while a seat uses the version.
+//!
+//! The store's commit and `site.json` are two writes. Between them sits
+//! `<state>/committing.json`, written before the commit and removed after
+//! `site.json`: a site that stopped in between finds it, and adopts the
+//! version the store already holds instead of committing it a second time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -85,6 +90,16 @@ enum Source {
     Local { layer: String, pieces: Vec<Range> },
 }
 
+/// A commit under way (`committing.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Intent {
+    image: String,
+    /// The province version id being committed.
+    version: String,
+    /// The image's newest local version before the commit (`None`: no image).
+    top_before: Option<u32>,
+}
+
 pub struct Site {
     store: Arc<Store>,
     remote: Remote,
@@ -95,6 +110,9 @@ pub struct Site {
     /// Refusals already reported (version id → reason), so a bad object in
     /// the bucket makes one event, not one per pass.
     reported: Mutex<HashMap<String, String>>,
+    /// Fault injection for tests: stop as a crash would, right after the
+    /// store's commit and before `site.json` records it.
+    stop_after_commit: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Site {
@@ -132,7 +150,70 @@ impl Site {
             events,
             in_use,
             reported: Mutex::new(HashMap::new()),
+            stop_after_commit: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Fault injection: the next commits stop as if Khoi died right after
+    /// the store's commit, before `site.json` records it (a test's crash).
+    #[doc(hidden)]
+    pub fn inject_stop_after_commit(&self, on: bool) {
+        self.stop_after_commit
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn intent_path(&self) -> PathBuf {
+        self.dir.join("committing.json")
+    }
+
+    /// The version an interrupted commit of `m` left in the store, if any:
+    /// a local version newer than the intent's `top_before`, with `m`'s
+    /// note, author and size, whose top layer holds every chunk of `m`
+    /// (each hash checked again, so an admin's publish that merely looks
+    /// alike is never taken for it). When none is, that commit never
+    /// happened and the intent is removed.
+    fn committed_before(&self, m: &Manifest) -> Result<Option<Held>, SyncError> {
+        let Some(intent) = read_json::<Intent>(&self.intent_path())? else {
+            return Ok(None);
+        };
+        if intent.image != m.image || intent.version != m.version {
+            return Ok(None);
+        }
+        let candidates = match self.store.versions(&m.image) {
+            Ok(vs) => vs,
+            Err(khoi_block::StoreError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let holds_every_chunk = |layer: &str| {
+            m.chunks.iter().all(|c| {
+                c.chunk_id().is_some_and(|id| {
+                    let pieces: Vec<Range> = c.ranges().collect();
+                    self.read_local(&m.image, layer, &pieces, id).is_ok()
+                })
+            })
+        };
+        let held = candidates
+            .into_iter()
+            .filter(|v| {
+                intent.top_before.is_none_or(|t| v.number > t)
+                    && v.note == m.note
+                    && v.author == m.author
+                    && v.size == m.size
+            })
+            .find_map(|v| {
+                let layer = v.layers.last()?.clone();
+                holds_every_chunk(&layer).then(|| Held {
+                    local: v.number,
+                    layer,
+                    number: m.number,
+                    gate: m.gate.clone(),
+                    pulled: crate::now_unix(),
+                })
+            });
+        if held.is_none() {
+            let _ = std::fs::remove_file(self.intent_path());
+        }
+        Ok(held)
     }
 
     pub fn remote(&self) -> &Remote {
@@ -272,6 +353,7 @@ impl Site {
                         .insert(m.version.clone(), held.clone());
                     state.last_sync = crate::now_unix();
                     write_json(&self.state_path(), &state)?;
+                    let _ = std::fs::remove_file(self.intent_path());
                     self.reported.lock().remove(&m.version);
                     let partial = self.dir.join("partial").join(&m.version);
                     let _ = std::fs::remove_dir_all(&partial);
@@ -415,6 +497,11 @@ impl Site {
         report: &mut PullReport,
         keep_going: KeepGoing<'_>,
     ) -> Result<Option<Held>, SyncError> {
+        if let Some(held) = self.committed_before(m)? {
+            tracing::info!(image = %m.image, version = held.local, province = m.number,
+                "adopting the version an interrupted pass committed");
+            return Ok(Some(held));
+        }
         let image = &m.image;
         let parent_local = match &m.parent {
             None => None,
@@ -517,13 +604,39 @@ impl Site {
         if !keep_going() {
             return Ok(None);
         }
+        let top_before = match self.store.versions(image) {
+            Ok(vs) => vs.iter().map(|v| v.number).max(),
+            Err(khoi_block::StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        write_json(
+            &self.intent_path(),
+            &Intent {
+                image: image.clone(),
+                version: m.version.clone(),
+                top_before,
+            },
+        )?;
         let store = Arc::clone(&self.store);
         let m2 = m.clone();
         let dir = self.dir.clone();
         let held =
             tokio::task::spawn_blocking(move || commit(&store, &dir, &m2, parent_local, &sources))
                 .await
-                .map_err(SyncError::join)??;
+                .map_err(SyncError::join)?;
+        let held = match held {
+            Ok(h) => h,
+            // The intent stays: the next pass looks for what it left.
+            Err(e) => return Err(e),
+        };
+        if self
+            .stop_after_commit
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(SyncError::Internal(
+                "injected stop between the commit and site.json".into(),
+            ));
+        }
         Ok(Some(held))
     }
 

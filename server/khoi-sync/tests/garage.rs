@@ -315,6 +315,88 @@ fn publish_pull_and_a_second_version_moves_only_its_delta() {
     assert_eq!(kinds, vec!["sync.pulled", "sync.pulled"]);
 }
 
+/// A site stopped between the store's commit and `site.json` (a `kill -9`
+/// there) adopts the committed version on its next pass instead of
+/// committing it twice, for a base and for a delta. A local publish that
+/// only looks like the province's version is never taken for it.
+#[test]
+fn a_stop_between_commit_and_site_state_adopts_the_version_once() {
+    let p = province(None, never_in_use());
+    let rt = rt();
+    let base = disk(24, 1);
+    import(&p.publisher, "win11", &base);
+    rt.block_on(p.pub_.upload_image("win11")).unwrap();
+    let numbers = || -> Vec<u32> {
+        p.site
+            .store
+            .versions("win11")
+            .unwrap()
+            .iter()
+            .map(|v| v.number)
+            .collect()
+    };
+    let stopped_pass = || {
+        p.sync.inject_stop_after_commit(true);
+        let r = rt.block_on(p.sync.pull_image("win11", &always));
+        p.sync.inject_stop_after_commit(false);
+        assert!(r.is_err(), "{r:?}");
+    };
+
+    stopped_pass();
+    assert_eq!(numbers(), vec![1]);
+    assert!(p.sync.state().unwrap().images.is_empty());
+    let r = rt.block_on(p.sync.pull_image("win11", &always)).unwrap();
+    assert_eq!((r.versions, r.chunks_fetched), (1, 0), "{r:?}");
+    assert_eq!(numbers(), vec![1]);
+    assert_eq!(p.sync.state().unwrap().images["win11"].len(), 1);
+
+    let patch = disk(1, 2);
+    publish(&p.publisher, "win11", &[(5 * MIB as u64, patch)], &[]);
+    rt.block_on(p.pub_.upload_image("win11")).unwrap();
+    stopped_pass();
+    assert_eq!(numbers(), vec![1, 2]);
+    let r = rt.block_on(p.sync.pull_image("win11", &always)).unwrap();
+    assert_eq!((r.versions, r.chunks_fetched), (1, 0), "{r:?}");
+    assert_eq!(numbers(), vec![1, 2]);
+    assert_eq!(
+        read_version(&p.site.store, "win11", 2),
+        read_version(&p.publisher.store, "win11", 2)
+    );
+    let held = p.sync.state().unwrap().images["win11"].clone();
+    assert_eq!(
+        held.values().map(|h| h.local).collect::<Vec<_>>().len(),
+        2,
+        "{held:?}"
+    );
+    let r = rt.block_on(p.sync.pull_image("win11", &always)).unwrap();
+    assert_eq!(r.versions, 0, "{r:?}");
+
+    // Version 3 stops after its commit; then an admin here rolls back,
+    // deletes that commit and publishes a draft with the same note, author
+    // and size but other bytes. The next pass must not adopt it.
+    publish(&p.publisher, "win11", &[(9 * MIB as u64, disk(1, 3))], &[]);
+    rt.block_on(p.pub_.upload_image("win11")).unwrap();
+    stopped_pass();
+    assert_eq!(numbers(), vec![1, 2, 3]);
+    p.site.store.set_current("win11", 2).unwrap();
+    p.site.store.delete_version("win11", 3).unwrap();
+    publish(&p.site, "win11", &[(9 * MIB as u64, disk(1, 4))], &[]);
+    let lookalike = *numbers().last().unwrap();
+    let r = rt.block_on(p.sync.pull_image("win11", &always)).unwrap();
+    assert_eq!(r.versions, 1, "{r:?}");
+    let pulled = *numbers().last().unwrap();
+    assert!(pulled > lookalike, "{:?}", numbers());
+    assert_eq!(
+        read_version(&p.site.store, "win11", pulled),
+        read_version(&p.publisher.store, "win11", 3)
+    );
+    let held = p.sync.state().unwrap().images["win11"].clone();
+    assert!(
+        held.values().all(|h| h.local != lookalike),
+        "the local lookalike was adopted: {held:?}"
+    );
+}
+
 #[test]
 fn a_chunk_already_held_locally_is_not_fetched() {
     let p = province(None, never_in_use());
