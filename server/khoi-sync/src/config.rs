@@ -39,7 +39,8 @@ pub struct SyncConfig {
     /// Site: when to download, Vietnam time, e.g. `19:00-06:00`; absent: any time.
     #[serde(default)]
     pub window: Option<String>,
-    /// Download cap, e.g. `20Mbit` or `2MB` (per second); absent: none.
+    /// Cap on bucket traffic, e.g. `20Mbit` or `2MB` (per second): a site's
+    /// downloads, a publisher's uploads; absent: none.
     #[serde(default)]
     pub bandwidth: Option<String>,
     /// Site: its own private key (`khoi sync keygen`), which signs the status

@@ -72,9 +72,11 @@ pub fn read_credentials(path: &FsPath) -> Result<(String, String)> {
     }
 }
 
-/// A download cap: bytes are taken as they arrive, and the reader waits
-/// whenever it is ahead of `rate` bytes per second since the cap started.
-/// Waiting stops reading the socket, so TCP slows the sender down.
+/// A cap on bucket traffic: bytes are taken as they move, and the mover
+/// waits whenever it is ahead of `rate` bytes per second since the cap
+/// started. A download waits between pieces, which stops reading the socket
+/// so TCP slows the sender down; an upload waits after each object (a 4 MiB
+/// chunk), so its average keeps to the rate.
 #[derive(Debug)]
 pub struct Limiter {
     rate: u64,
@@ -218,6 +220,9 @@ impl Remote {
         let n = bytes.len() as u64;
         self.store.put(path, bytes.into()).await?;
         self.counters.bytes_out.fetch_add(n, Ordering::Relaxed);
+        if let Some(l) = &self.limiter {
+            l.take(n).await;
+        }
         Ok(())
     }
 
@@ -288,6 +293,29 @@ mod tests {
         l.take(3_000_000).await;
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(1999), "{took:?}");
+    }
+
+    /// The publisher's uploads keep to the same cap as a site's downloads
+    /// (the office's WAN is shared with everything else).
+    #[tokio::test(start_paused = true)]
+    async fn uploads_keep_to_the_cap() {
+        let mem = Arc::new(object_store::memory::InMemory::new());
+        let capped = Remote::new(mem.clone(), Layout::new("p"), Some(1_000_000));
+        let t0 = Instant::now();
+        for i in 0..5 {
+            let path = Path::from(format!("p/chunk{i}"));
+            capped.put(&path, vec![7u8; 1_000_000]).await.expect("put");
+        }
+        // 5 MB at 1 MB/s, the first second's worth sent at once: 4-5 s.
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(3999), "{took:?}");
+        assert_eq!(capped.counters.bytes_out.load(Ordering::Relaxed), 5_000_000);
+        let free = Remote::new(mem, Layout::new("p"), None);
+        let t0 = Instant::now();
+        free.put(&Path::from("p/x"), vec![7u8; 5_000_000])
+            .await
+            .expect("put");
+        assert!(t0.elapsed() < Duration::from_millis(100));
     }
 
     #[test]
