@@ -1026,16 +1026,19 @@ fn boot_path_attacks_from_the_lab_lan() {
 
     // 1. A drive-by fetch of the seat's script from the attacker's own MAC
     //    is refused: the kernel resolved that address to another machine.
-    let (_, code) = in_att(&[
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &script_url,
-    ]);
-    assert_eq!(code.trim(), "403", "a fetch from another machine's MAC");
+    let script_status = || {
+        let argv = [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            script_url.as_str(),
+        ];
+        in_att(&argv).1.trim().to_string()
+    };
+    assert_eq!(script_status(), "403", "a fetch from another machine's MAC");
     // With the seat's MAC taken over (DHCP has not seen the seat yet, so
     // the address filter cannot help either), the fetch gets a script, and
     // that changes nothing.
@@ -1081,16 +1084,7 @@ fn boot_path_attacks_from_the_lab_lan() {
     );
     // And the attacker's own fetch is now refused (DHCP gave the MAC another
     // address): nothing usable.
-    let (_, text) = in_att(&[
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &script_url,
-    ]);
-    assert_eq!(text.trim(), "403");
+    assert_eq!(script_status(), "403");
 
     // 4. The seat is off; the attacker takes over its address. The running
     //    boot's credentials still open the same overlay from there (a
