@@ -172,7 +172,7 @@ impl Site {
     /// (each hash checked again, so an admin's publish that merely looks
     /// alike is never taken for it). When none is, that commit never
     /// happened and the intent is removed.
-    fn committed_before(&self, m: &Manifest) -> Result<Option<Held>, SyncError> {
+    async fn committed_before(&self, m: &Manifest) -> Result<Option<Held>, SyncError> {
         let Some(intent) = read_json::<Intent>(&self.intent_path())? else {
             return Ok(None);
         };
@@ -184,15 +184,7 @@ impl Site {
             Err(khoi_block::StoreError::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        let holds_every_chunk = |layer: &str| {
-            m.chunks.iter().all(|c| {
-                c.chunk_id().is_some_and(|id| {
-                    let pieces: Vec<Range> = c.ranges().collect();
-                    self.read_local(&m.image, layer, &pieces, id).is_ok()
-                })
-            })
-        };
-        let held = candidates
+        let candidates: Vec<_> = candidates
             .into_iter()
             .filter(|v| {
                 intent.top_before.is_none_or(|t| v.number > t)
@@ -200,16 +192,29 @@ impl Site {
                     && v.author == m.author
                     && v.size == m.size
             })
-            .find_map(|v| {
+            .collect();
+        // Reading a whole version back may take minutes: not on a reactor thread.
+        let (store, m2) = (Arc::clone(&self.store), m.clone());
+        let held = tokio::task::spawn_blocking(move || {
+            candidates.into_iter().find_map(|v| {
                 let layer = v.layers.last()?.clone();
-                holds_every_chunk(&layer).then(|| Held {
+                let holds_every_chunk = m2.chunks.iter().all(|c| {
+                    c.chunk_id().is_some_and(|id| {
+                        let pieces: Vec<Range> = c.ranges().collect();
+                        read_local(&store, &m2.image, &layer, &pieces, id).is_ok()
+                    })
+                });
+                holds_every_chunk.then(|| Held {
                     local: v.number,
                     layer,
-                    number: m.number,
-                    gate: m.gate.clone(),
+                    number: m2.number,
+                    gate: m2.gate.clone(),
                     pulled: crate::now_unix(),
                 })
-            });
+            })
+        })
+        .await
+        .map_err(SyncError::join)?;
         if held.is_none() {
             let _ = std::fs::remove_file(self.intent_path());
         }
@@ -497,7 +502,7 @@ impl Site {
         report: &mut PullReport,
         keep_going: KeepGoing<'_>,
     ) -> Result<Option<Held>, SyncError> {
-        if let Some(held) = self.committed_before(m)? {
+        if let Some(held) = self.committed_before(m).await? {
             tracing::info!(image = %m.image, version = held.local, province = m.number,
                 "adopting the version an interrupted pass committed");
             return Ok(Some(held));
@@ -548,9 +553,23 @@ impl Site {
                 }
                 let _ = std::fs::remove_file(&file);
             }
-            if let Some((img, layer, pieces)) = local.get(&id)
-                && self.read_local(img, layer, pieces, id).is_ok()
-            {
+            let reusable = match local.get(&id) {
+                Some((img, layer, pieces)) => {
+                    let (store, img, layer, pieces) = (
+                        Arc::clone(&self.store),
+                        img.clone(),
+                        layer.clone(),
+                        pieces.clone(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        read_local(&store, &img, &layer, &pieces, id).is_ok()
+                    })
+                    .await
+                    .unwrap_or(false)
+                }
+                None => false,
+            };
+            if reusable && let Some((img, layer, pieces)) = local.get(&id) {
                 report.chunks_local += 1;
                 sources.push(Source::Local {
                     layer: format!("{img}/{layer}"),
@@ -677,22 +696,24 @@ impl Site {
             .await?;
         Ok(())
     }
+}
 
-    fn read_local(
-        &self,
-        image: &str,
-        layer: &str,
-        pieces: &[Range],
-        id: ChunkId,
-    ) -> Result<Vec<u8>, SyncError> {
-        let f = self.store.open_layer_data(image, layer)?;
-        let raw = read_pieces(&f, pieces).map_err(|e| SyncError::Io {
-            what: format!("layer {layer} of {image}"),
-            source: e,
-        })?;
-        chunk::verify_raw(id, &raw)?;
-        Ok(raw)
-    }
+/// One chunk's bytes read back from a local layer, its hash checked again
+/// (blocking: run it off the reactor).
+fn read_local(
+    store: &Store,
+    image: &str,
+    layer: &str,
+    pieces: &[Range],
+    id: ChunkId,
+) -> Result<Vec<u8>, SyncError> {
+    let f = store.open_layer_data(image, layer)?;
+    let raw = read_pieces(&f, pieces).map_err(|e| SyncError::Io {
+        what: format!("layer {layer} of {image}"),
+        source: e,
+    })?;
+    chunk::verify_raw(id, &raw)?;
+    Ok(raw)
 }
 
 /// Reads one chunk's raw bytes from where it waits, verifying them again.
@@ -706,13 +727,7 @@ fn load(store: &Store, src: &Source, id: ChunkId, raw_len: u64) -> Result<Vec<u8
             let (image, layer) = layer
                 .split_once('/')
                 .ok_or_else(|| SyncError::Internal("local source".into()))?;
-            let f = store.open_layer_data(image, layer)?;
-            let raw = read_pieces(&f, pieces).map_err(|e| SyncError::Io {
-                what: format!("layer {layer} of {image}"),
-                source: e,
-            })?;
-            chunk::verify_raw(id, &raw)?;
-            Ok(raw)
+            read_local(store, image, layer, pieces, id)
         }
     }
 }
