@@ -47,6 +47,15 @@ pub enum NetError {
 
 /// The IPv4 addresses of interface `name`, or [`NetError::InterfaceMissing`].
 pub fn interface_ipv4(name: &str) -> Result<Vec<Ipv4Addr>, NetError> {
+    Ok(interface_ipv4_nets(name)?
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect())
+}
+
+/// The IPv4 addresses of interface `name` with their prefix lengths, or
+/// [`NetError::InterfaceMissing`].
+pub fn interface_ipv4_nets(name: &str) -> Result<Vec<(Ipv4Addr, u8)>, NetError> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head into `head`; on success we own the list and
     // free it below with freeifaddrs.
@@ -58,8 +67,8 @@ pub fn interface_ipv4(name: &str) -> Result<Vec<Ipv4Addr>, NetError> {
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: `cur` is a non-null node of the list getifaddrs returned, alive until
-        // freeifaddrs; ifa_name is a NUL-terminated string; ifa_addr, when non-null and
-        // of family AF_INET, points at a sockaddr_in.
+        // freeifaddrs; ifa_name is a NUL-terminated string; ifa_addr and ifa_netmask, when
+        // non-null and of family AF_INET, point at sockaddr_in.
         unsafe {
             let ifa = &*cur;
             if !ifa.ifa_name.is_null() && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
@@ -68,7 +77,14 @@ pub fn interface_ipv4(name: &str) -> Result<Vec<Ipv4Addr>, NetError> {
                 if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
                 {
                     let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
-                    addrs.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                    let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                    let prefix = if ifa.ifa_netmask.is_null() {
+                        32
+                    } else {
+                        let mask = &*ifa.ifa_netmask.cast::<libc::sockaddr_in>();
+                        u8::try_from(u32::from_be(mask.sin_addr.s_addr).count_ones()).unwrap_or(32)
+                    };
+                    addrs.push((ip, prefix));
                 }
             }
             cur = ifa.ifa_next;
@@ -82,6 +98,28 @@ pub fn interface_ipv4(name: &str) -> Result<Vec<Ipv4Addr>, NetError> {
         return Err(NetError::InterfaceMissing(name.to_string()));
     }
     Ok(addrs)
+}
+
+fn netmask(prefix: u8) -> u32 {
+    match prefix.min(32) {
+        0 => 0,
+        p => u32::MAX << (32 - u32::from(p)),
+    }
+}
+
+/// Whether two IPv4 subnets (address, prefix length) share any address.
+pub fn subnets_overlap(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let mask = netmask(a.1.min(b.1));
+    u32::from(a.0) & mask == u32::from(b.0) & mask
+}
+
+/// `10.10.0.0/24` for (10.10.0.1, 24).
+pub fn subnet_text(net: (Ipv4Addr, u8)) -> String {
+    let prefix = net.1.min(32);
+    format!(
+        "{}/{prefix}",
+        Ipv4Addr::from(u32::from(net.0) & netmask(prefix))
+    )
 }
 
 fn check_interface(cfg: &PxeConfig) -> Result<(), NetError> {
@@ -282,5 +320,29 @@ fn log_event(event: &Event, src: SocketAddrV4, port: u16) {
         }
         Event::PoolExhausted { seat } => tracing::warn!(seat, "DHCP pool exhausted"),
         other => tracing::info!(%src, port, event = ?other, "DHCP"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> (Ipv4Addr, u8) {
+        let (ip, p) = s.split_once('/').expect("a/p");
+        (ip.parse().expect("ip"), p.parse().expect("prefix"))
+    }
+
+    #[test]
+    fn subnets_overlap_when_one_holds_an_address_of_the_other() {
+        assert!(subnets_overlap(net("10.10.0.1/24"), net("10.10.0.200/24")));
+        assert!(subnets_overlap(net("10.10.0.1/16"), net("10.10.7.1/24")));
+        assert!(subnets_overlap(net("10.10.7.1/24"), net("10.10.0.1/16")));
+        assert!(!subnets_overlap(net("10.10.0.1/24"), net("10.10.1.1/24")));
+        assert!(!subnets_overlap(net("10.10.0.1/25"), net("10.10.0.129/25")));
+        assert!(subnets_overlap(net("10.10.0.1/0"), net("192.168.1.1/24")));
+        assert!(!subnets_overlap(net("10.10.0.1/32"), net("10.10.0.2/32")));
+        assert_eq!(subnet_text(net("10.10.7.9/16")), "10.10.0.0/16");
+        assert_eq!(subnet_text(net("10.10.7.9/32")), "10.10.7.9/32");
+        assert_eq!(subnet_text(net("10.10.7.9/0")), "0.0.0.0/0");
     }
 }

@@ -168,6 +168,7 @@ pub fn run(config: &Config, lang: Lang) -> Report {
                 checks.push(firewall(pxe, config, lang));
                 checks.push(ipxe_files(pxe, lang));
             }
+            checks.extend(separate_subnets(nets, lang));
         }
     }
     checks.extend(ports(config, lang));
@@ -544,6 +545,60 @@ pub fn interface(pxe: &PxeConfig, lang: Lang) -> Vec<Check> {
         )
     });
     out
+}
+
+/// Two boot networks on one subnet: the kernel would route one network's
+/// replies (the admin page, anything not bound to an interface) out through
+/// the other, and the counter LAN and the public network would no longer be
+/// apart. Each network's subnet is its `server_ip`'s on its interface;
+/// networks whose interface lacks that address are left to `interface`.
+fn separate_subnets(nets: &[PxeConfig], lang: Lang) -> Option<Check> {
+    if nets.len() < 2 {
+        return None;
+    }
+    let subnets: Vec<(&str, (Ipv4Addr, u8))> = nets
+        .iter()
+        .filter_map(|p| {
+            let have = khoi_pxe::net::interface_ipv4_nets(&p.interface).ok()?;
+            let net = have.into_iter().find(|(ip, _)| *ip == p.server_ip)?;
+            Some((p.network_name(), net))
+        })
+        .collect();
+    for (i, (a, na)) in subnets.iter().enumerate() {
+        for (b, nb) in &subnets[i + 1..] {
+            if khoi_pxe::net::subnets_overlap(*na, *nb) {
+                let (sa, sb) = (
+                    khoi_pxe::net::subnet_text(*na),
+                    khoi_pxe::net::subnet_text(*nb),
+                );
+                return Some(fail(
+                    "subnets",
+                    lang.pick(
+                        format!("Mạng {a} ({sa}) và mạng {b} ({sb}) dùng chung dải địa chỉ: hai mạng không còn tách biệt"),
+                        format!("Networks {a} ({sa}) and {b} ({sb}) share addresses: the two networks are no longer apart"),
+                    ),
+                    lang.pick(
+                        format!("đặt cho {b} một dải riêng (ví dụ 10.20.0.1/24) trong /etc/network/interfaces và sửa pxe.server_ip của nó"),
+                        format!("give {b} its own subnet (e.g. 10.20.0.1/24) in /etc/network/interfaces and fix its pxe.server_ip"),
+                    ),
+                ));
+            }
+        }
+    }
+    let list: Vec<String> = subnets
+        .iter()
+        .map(|(n, s)| format!("{n} {}", khoi_pxe::net::subnet_text(*s)))
+        .collect();
+    Some(ok(
+        "subnets",
+        lang.pick(
+            format!(
+                "Mỗi mạng khởi động một dải địa chỉ riêng: {}",
+                list.join(", ")
+            ),
+            format!("Each boot network has its own subnet: {}", list.join(", ")),
+        ),
+    ))
 }
 
 /// Where Debian's `ipxe` package puts the binaries (as `boot.rs` copies them).
@@ -1255,6 +1310,46 @@ mod tests {
         })
         .join()
         .expect("thread")
+    }
+
+    /// Two boot networks on one subnet are reported (the counter LAN and the
+    /// public network would no longer be apart); separate ones are listed.
+    #[test]
+    fn boot_networks_on_one_subnet_fail() {
+        let Some(lan) = Lan::new("doc-sub", 9, "lan0", 254) else {
+            return;
+        };
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(["-n", &lan.a])
+                .args(args)
+                .status()
+                .expect("ip");
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&[
+            "link", "add", "kiosk0", "type", "veth", "peer", "name", "kiosk1",
+        ]);
+        ip(&["addr", "add", "10.77.9.2/24", "dev", "kiosk0"]);
+        let check = |a: &str, b: &str| {
+            let nets = vec![pxe("proxy", "boot0", a), pxe("proxy", "kiosk0", b)];
+            in_ns(&lan.a, move || separate_subnets(&nets, Lang::En))
+        };
+        let c = check("10.77.9.1", "10.77.9.2").expect("a check");
+        assert_eq!(c.status, Status::Fail, "{}", c.message);
+        assert!(c.message.contains("10.77.9.0/24"), "{}", c.message);
+        ip(&["addr", "del", "10.77.9.2/24", "dev", "kiosk0"]);
+        ip(&["addr", "add", "10.78.9.1/16", "dev", "kiosk0"]);
+        let c = check("10.77.9.1", "10.78.9.1").expect("a check");
+        assert_eq!(c.status, Status::Ok, "{}", c.message);
+        assert!(
+            c.message.contains("boot0 10.77.9.0/24") && c.message.contains("kiosk0 10.78.0.0/16"),
+            "{}",
+            c.message
+        );
+        // One network: nothing to compare.
+        let one = vec![pxe("proxy", "boot0", "10.77.9.1")];
+        assert!(in_ns(&lan.a, move || separate_subnets(&one, Lang::En)).is_none());
     }
 
     #[test]
