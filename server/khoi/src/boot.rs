@@ -587,6 +587,32 @@ pub async fn keep_boot_times(service: Arc<Service>, cancel: tokio_util::sync::Ca
     }
 }
 
+/// A TFTP read from `ip` at `at_ms`, for the boot clock. `neighbour` is what
+/// the kernel's neighbour table says of `ip` (see [`khoi_pxe::neigh`]): the
+/// seat with that MAC is the reader, and a machine that is no seat is
+/// nobody's boot; it must not be taken for the one seat waiting for its TFTP
+/// step. Without an entry (a reader beyond a router), the clock's own
+/// guess by address applies.
+pub fn tftp_read(
+    service: &Service,
+    ip: IpAddr,
+    neighbour: &khoi_pxe::neigh::Neighbour,
+    at_ms: i64,
+) {
+    let clock = service.activity().boots();
+    let khoi_pxe::neigh::Neighbour::Macs(macs) = neighbour else {
+        clock.tftp_from(ip, at_ms);
+        return;
+    };
+    let seat = macs
+        .iter()
+        .find_map(|m| service.state().seat_by_mac(Mac(*m)).ok().flatten());
+    if let Some(seat) = seat {
+        clock.seen_at(&seat.name, ip);
+        clock.step(&seat.name, BootStep::Tftp, at_ms);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,6 +667,36 @@ mod tests {
         svc.set_networks(vec![quay.clone()]);
         let portal = "10.0.0.1:3260".parse().ok();
         Seats::new(svc, Recorder::start(state), portal, quay)
+    }
+
+    /// A TFTP read is the seat's whose MAC the kernel resolved the reader
+    /// to; a stranger's read is nobody's, even with one seat waiting (it
+    /// used to be taken for that seat, skewing its boot times).
+    #[test]
+    fn tftp_reads_are_attributed_by_the_readers_mac() {
+        use khoi_pxe::neigh::Neighbour;
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = seats(dir.path());
+        let clock = s.service.activity().boots();
+        let tftp_at = || clock.in_progress("pc01").and_then(|b| b.at(BootStep::Tftp));
+        let (seat_ip, stranger_ip): (IpAddr, IpAddr) = (
+            "10.0.0.5".parse().expect("ip"),
+            "10.0.0.66".parse().expect("ip"),
+        );
+        clock.step("pc01", BootStep::Dhcp, 0);
+        // The one seat waiting, but the reader is another machine.
+        let stranger = Neighbour::Macs(vec![[2, 0, 0, 0, 0, 0x66]]);
+        tftp_read(&s.service, stranger_ip, &stranger, 100);
+        assert_eq!(tftp_at(), None);
+        assert_eq!(clock.seat_at(stranger_ip), None);
+        // The seat's own MAC: its step, and its address learned.
+        tftp_read(&s.service, seat_ip, &Neighbour::Macs(vec![MAC]), 200);
+        assert_eq!(tftp_at(), Some(200));
+        assert_eq!(clock.seat_at(seat_ip).as_deref(), Some("pc01"));
+        // No neighbour entry (routed): the clock's guess by address.
+        clock.step("pc01", BootStep::Dhcp, 1000);
+        tftp_read(&s.service, seat_ip, &Neighbour::Unknown, 1100);
+        assert_eq!(tftp_at(), Some(1100));
     }
 
     /// Each `khoi doctor` run used to leave an unknown-machine event: its

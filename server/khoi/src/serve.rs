@@ -695,9 +695,21 @@ async fn start_boot_services(
         // seats by address.
         let svc = Arc::clone(service);
         tftp_stats.on_read(move |ip| {
-            svc.activity()
-                .boots()
-                .tftp_from(ip, khoi_admin::boot_times::now_ms());
+            let at = khoi_admin::boot_times::now_ms();
+            let svc = Arc::clone(&svc);
+            // A neighbour-table read and a seat lookup in SQLite: off the
+            // TFTP server's task.
+            let attribute = move || {
+                let neighbour = match ip {
+                    std::net::IpAddr::V4(v4) => khoi_pxe::neigh::lookup(v4),
+                    std::net::IpAddr::V6(_) => khoi_pxe::neigh::Neighbour::Unknown,
+                };
+                boot::tftp_read(&svc, ip, &neighbour, at);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(attribute)),
+                Err(_) => attribute(),
+            }
         });
     }
     let mut states = Vec::new();
