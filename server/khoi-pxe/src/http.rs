@@ -340,7 +340,8 @@ async fn boot_script(State(ctx): State<Ctx>, Path(file): Path<String>, req: Requ
     else {
         return (StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n").into_response();
     };
-    if let (Some(peer), Some(seen)) = (peer_v4(&req), ctx.state.seen.get(mac))
+    let peer_ip = peer_v4(&req);
+    if let (Some(peer), Some(seen)) = (peer_ip, ctx.state.seen.get(mac))
         && peer != seen
     {
         tracing::warn!(mac = %mac_colon(mac), %peer, dhcp = %seen, "boot script requested from another address");
@@ -356,7 +357,7 @@ async fn boot_script(State(ctx): State<Ctx>, Path(file): Path<String>, req: Requ
     // this connection, must be the seat's: a machine beside it on the LAN
     // may know the seat's MAC, but cannot fetch its boot (and its capture
     // token) without taking that MAC over too.
-    if let Some(peer) = peer_v4(&req) {
+    if let Some(peer) = peer_ip {
         let neighbour = tokio::task::spawn_blocking(move || crate::neigh::lookup(peer))
             .await
             .unwrap_or(crate::neigh::Neighbour::Unknown);
@@ -372,7 +373,7 @@ async fn boot_script(State(ctx): State<Ctx>, Path(file): Path<String>, req: Requ
             );
         }
     }
-    let peer = peer_v4(&req).map(IpAddr::V4);
+    let peer = peer_ip.map(IpAddr::V4);
     // Where the seat reached this server: its capture environment reports there.
     let host = req
         .headers()

@@ -162,6 +162,15 @@ impl Site {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The image's local versions; none when the image is not here yet.
+    fn local_versions(&self, image: &str) -> Result<Vec<khoi_block::VersionInfo>, SyncError> {
+        match self.store.versions(image) {
+            Ok(vs) => Ok(vs),
+            Err(khoi_block::StoreError::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn intent_path(&self) -> PathBuf {
         self.dir.join("committing.json")
     }
@@ -179,12 +188,8 @@ impl Site {
         if intent.image != m.image || intent.version != m.version {
             return Ok(None);
         }
-        let candidates = match self.store.versions(&m.image) {
-            Ok(vs) => vs,
-            Err(khoi_block::StoreError::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let candidates: Vec<_> = candidates
+        let candidates: Vec<_> = self
+            .local_versions(&m.image)?
             .into_iter()
             .filter(|v| {
                 intent.top_before.is_none_or(|t| v.number > t)
@@ -553,29 +558,26 @@ impl Site {
                 }
                 let _ = std::fs::remove_file(&file);
             }
-            let reusable = match local.get(&id) {
-                Some((img, layer, pieces)) => {
-                    let (store, img, layer, pieces) = (
-                        Arc::clone(&self.store),
-                        img.clone(),
-                        layer.clone(),
-                        pieces.clone(),
-                    );
-                    tokio::task::spawn_blocking(move || {
-                        read_local(&store, &img, &layer, &pieces, id).is_ok()
-                    })
-                    .await
-                    .unwrap_or(false)
+            if let Some((img, layer, pieces)) = local.get(&id) {
+                let (store, img2, layer2, pieces2) = (
+                    Arc::clone(&self.store),
+                    img.clone(),
+                    layer.clone(),
+                    pieces.clone(),
+                );
+                let reusable = tokio::task::spawn_blocking(move || {
+                    read_local(&store, &img2, &layer2, &pieces2, id).is_ok()
+                })
+                .await
+                .unwrap_or(false);
+                if reusable {
+                    report.chunks_local += 1;
+                    sources.push(Source::Local {
+                        layer: format!("{img}/{layer}"),
+                        pieces: pieces.clone(),
+                    });
+                    continue;
                 }
-                None => false,
-            };
-            if reusable && let Some((img, layer, pieces)) = local.get(&id) {
-                report.chunks_local += 1;
-                sources.push(Source::Local {
-                    layer: format!("{img}/{layer}"),
-                    pieces: pieces.clone(),
-                });
-                continue;
             }
             if !keep_going() {
                 return Ok(None);
@@ -623,11 +625,7 @@ impl Site {
         if !keep_going() {
             return Ok(None);
         }
-        let top_before = match self.store.versions(image) {
-            Ok(vs) => vs.iter().map(|v| v.number).max(),
-            Err(khoi_block::StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let top_before = self.local_versions(image)?.iter().map(|v| v.number).max();
         write_json(
             &self.intent_path(),
             &Intent {

@@ -88,39 +88,9 @@ pub fn confine(cmd: &mut Command, read: &[&File], write: &[&File], limits: Rlimi
                 return fail();
             }
         }
-        for (res, v) in rl {
-            let lim = libc::rlimit {
-                rlim_cur: v,
-                rlim_max: v,
-            };
-            // SAFETY: `lim` is a valid rlimit value.
-            if unsafe { libc::setrlimit(res, &lim) } < 0 {
-                return fail();
-            }
-        }
-        if drop_privs {
-            // SAFETY: plain credential changes in the child; gid before
-            // uid, since after the uid change the gid cannot change.
-            unsafe {
-                if libc::setgroups(0, std::ptr::null()) < 0
-                    || libc::setresgid(NOBODY, NOBODY, NOBODY) < 0
-                    || libc::setresuid(NOBODY, NOBODY, NOBODY) < 0
-                {
-                    return fail();
-                }
-            }
-        }
         // Dies with Khoi: an orphaned conversion would keep its staged
         // file locked (the lock is shared with the inherited descriptor).
-        // Set after the uid change, which clears it.
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } < 0 {
-            return fail();
-        }
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
-            return fail();
-        }
+        limit_and_drop(&rl, drop_privs)?;
         if let Some(fd) = ruleset.as_ref() {
             // SAFETY: landlock_restrict_self on a rule set descriptor this
             // process holds; flags must be 0.
@@ -157,45 +127,55 @@ pub fn confine_fix(cmd: &mut Command) {
     }
     let drop_privs = drops_to_nobody();
     let rl = [(libc::RLIMIT_CPU, FIX_CPU_SECS), (libc::RLIMIT_CORE, 0)];
-    let hook = move || -> std::io::Result<()> {
-        // Runs between fork and exec: only raw system calls, no allocation.
-        let fail = || Err(std::io::Error::last_os_error());
-        for (res, v) in rl {
-            let lim = libc::rlimit {
-                rlim_cur: v,
-                rlim_max: v,
-            };
-            // SAFETY: `lim` is a valid rlimit value.
-            if unsafe { libc::setrlimit(res, &lim) } < 0 {
-                return fail();
-            }
-        }
-        if drop_privs {
-            // SAFETY: plain credential changes in the child; gid before uid.
-            unsafe {
-                if libc::setgroups(0, std::ptr::null()) < 0
-                    || libc::setresgid(NOBODY, NOBODY, NOBODY) < 0
-                    || libc::setresuid(NOBODY, NOBODY, NOBODY) < 0
-                {
-                    return fail();
-                }
-            }
-        }
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } < 0 {
-            return fail();
-        }
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
-            return fail();
-        }
-        Ok(())
-    };
+    // Runs between fork and exec: only raw system calls, no allocation.
+    let hook = move || limit_and_drop(&rl, drop_privs);
     // SAFETY: the hook only makes async-signal-safe system calls on values
     // prepared before the fork.
     unsafe {
         cmd.pre_exec(hook);
     }
+}
+
+/// The part of both children's pre-exec hooks that is the same: resource
+/// limits, `nobody` (when `drop_privs`), death with Khoi (set after the uid
+/// change, which clears it), and `no_new_privs`. Between fork and exec:
+/// only raw system calls, no allocation.
+fn limit_and_drop(
+    rl: &[(libc::__rlimit_resource_t, libc::rlim_t)],
+    drop_privs: bool,
+) -> std::io::Result<()> {
+    let fail = || Err(std::io::Error::last_os_error());
+    for &(res, v) in rl {
+        let lim = libc::rlimit {
+            rlim_cur: v,
+            rlim_max: v,
+        };
+        // SAFETY: `lim` is a valid rlimit value.
+        if unsafe { libc::setrlimit(res, &lim) } < 0 {
+            return fail();
+        }
+    }
+    if drop_privs {
+        // SAFETY: plain credential changes in the child; gid before uid,
+        // since after the uid change the gid cannot change.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setresgid(NOBODY, NOBODY, NOBODY) < 0
+                || libc::setresuid(NOBODY, NOBODY, NOBODY) < 0
+            {
+                return fail();
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } < 0 {
+        return fail();
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return fail();
+    }
+    Ok(())
 }
 
 /// Give a private work folder to the child's uid (when it drops to
